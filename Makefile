@@ -1,0 +1,95 @@
+# wxlogin — see README.md. `make run` and `make test` are the two commands that matter.
+
+CC      ?= cc
+PKGS    := libmicrohttpd libcurl jansson inih libcrypto
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
+CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -pthread -Isrc $(WARN) -MMD -MP
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+TEST_LIBS  = $(shell pkg-config --libs cmocka 2>/dev/null)
+
+PY      := /usr/bin/python3
+DEPS_STAMP := .deps-installed
+
+SRC      := $(shell find src -name '*.c' | sort)
+LIB_SRC  := $(filter-out src/main.c,$(SRC))
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+
+# Two build flavours from the same sources: normal, and ASan+UBSan.
+B        ?= build
+ifeq ($(B),build-asan)
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+else
+OPT := -O2 -g
+endif
+
+OBJ      := $(patsubst src/%.c,$(B)/obj/%.o,$(SRC))
+LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps build unit e2e test test-one asan run bench format format-check clean
+
+all: build
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): scripts/install-deps.sh
+	bash scripts/install-deps.sh
+	@touch $@
+
+build: $(B)/wxlogin $(UNIT_BIN)
+
+$(B)/obj/%.o: src/%.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
+
+$(B)/libwxlogin.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/wxlogin: $(B)/obj/main.o $(B)/libwxlogin.a
+	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libwxlogin.a | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) -Wno-missing-prototypes $(CFLAGS) -o $@ $< \
+	    $(B)/libwxlogin.a $(PKG_LIBS) $(TEST_LIBS) $(LDFLAGS)
+
+unit: build
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; (cd tests/unit && ../../$$t); done
+
+e2e: build
+	WXLOGIN_BIN=$(CURDIR)/$(B)/wxlogin $(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+# One flavour: build, unit tests, end-to-end tests.
+test-one: unit e2e
+
+# Everything, twice: the normal build, then the same suite under ASan+UBSan.
+test: deps format-check
+	$(MAKE) B=build test-one
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(MAKE) B=build-asan test-one
+	@echo "make test: all suites passed (normal and ASan+UBSan builds)"
+
+asan:
+	$(MAKE) B=build-asan build
+
+run: deps
+	$(MAKE) B=build $(B)/wxlogin
+	bash scripts/run.sh
+
+bench: deps
+	$(MAKE) B=build $(B)/wxlogin
+	bash bench/run.sh
+
+FORMAT_FILES = $(shell find src tests/unit fuzz -name '*.[ch]' 2>/dev/null)
+format:
+	clang-format -i $(FORMAT_FILES)
+
+format-check: | $(DEPS_STAMP)
+	@clang-format --dry-run --Werror $(FORMAT_FILES) || \
+	    (echo "formatting differs from .clang-format: run 'make format'"; exit 1)
+
+clean:
+	rm -rf build build-asan $(DEPS_STAMP)
+
+-include $(OBJ:.o=.d)

@@ -1,0 +1,316 @@
+/*
+ * config: the key table, value parsers and the three layers (defaults, file, env).
+ *
+ * The file is read with inih. inih's handler is not told the line it is on, so the handler
+ * stops at the first bad key and ini_parse() reports that line: errors read "FILE:LINE: ...".
+ */
+#include "config/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SECRET_FILE_MAX 4096
+
+enum cfg_type { CT_STRING, CT_SECRET, CT_URL, CT_LONG, CT_LOG_LEVEL, CT_LOG_FORMAT };
+
+struct cfg_key {
+    const char *name;
+    enum cfg_type type;
+    size_t offset;
+    const char *def; /* NULL: unset */
+    long min, max;   /* CT_LONG bounds */
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct cfg_key keys[] = {
+    {"listen", CT_STRING, OFF(listen), "127.0.0.1:2020", 0, 0},
+    {"appid", CT_STRING, OFF(appid), NULL, 0, 0},
+    {"secret", CT_SECRET, OFF(secret), NULL, 0, 0},
+    {"secret_file", CT_STRING, OFF(secret_file), NULL, 0, 0},
+    {"wechat_base", CT_URL, OFF(wechat_base), "https://api.weixin.qq.com", 0, 0},
+    {"upstream_timeout_ms", CT_LONG, OFF(upstream_timeout_ms), "5000", 50, 120000},
+    {"upstream_retries", CT_LONG, OFF(upstream_retries), "2", 0, 10},
+    {"threads", CT_LONG, OFF(threads), "0", 0, 256},
+    {"log_level", CT_LOG_LEVEL, OFF(log_level), "info", 0, 0},
+    {"log_format", CT_LOG_FORMAT, OFF(log_format), "json", 0, 0},
+    {"max_body_bytes", CT_LONG, OFF(max_body_bytes), "65536", 64, 16 * 1024 * 1024},
+    {"max_connections", CT_LONG, OFF(max_connections), "10000", 1, 1000000},
+    {"connection_timeout", CT_LONG, OFF(connection_timeout), "30", 1, 3600},
+    {"shutdown_timeout_ms", CT_LONG, OFF(shutdown_timeout_ms), "10000", 0, 600000},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const struct cfg_key *find_key(const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static void wipe_free(char *s)
+{
+    if (s == NULL)
+        return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}
+
+static int set_string(char **slot, const char *value, bool secret)
+{
+    char *copy = strdup(value);
+    if (copy == NULL)
+        return -1;
+    if (secret)
+        wipe_free(*slot);
+    else
+        free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+static bool url_ok(const char *v)
+{
+    return (strncmp(v, "http://", 7) == 0 && v[7] != '\0') ||
+           (strncmp(v, "https://", 8) == 0 && v[8] != '\0');
+}
+
+/* Sets one key from text. The error message never quotes a secret's value. */
+static int set_value(struct config *cfg, const struct cfg_key *k, const char *value,
+                     char err[CONFIG_ERR_MAX])
+{
+    void *slot = (char *)cfg + k->offset;
+    switch (k->type) {
+    case CT_STRING:
+    case CT_SECRET:
+        if (*value == '\0') {
+            snprintf(err, CONFIG_ERR_MAX, "%s: must not be empty", k->name);
+            return -1;
+        }
+        if (set_string(slot, value, k->type == CT_SECRET) != 0)
+            goto oom;
+        return 0;
+    case CT_URL: {
+        if (!url_ok(value)) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: '%s' is not an http:// or https:// URL", k->name,
+                     value);
+            return -1;
+        }
+        if (set_string(slot, value, false) != 0)
+            goto oom;
+        char *s = *(char **)slot;
+        size_t n = strlen(s);
+        while (n > 0 && s[n - 1] == '/')
+            s[--n] = '\0';
+        return 0;
+    }
+    case CT_LONG: {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno != 0 || end == value || *end != '\0' || v < k->min || v > k->max) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: '%s' is not a whole number from %ld to %ld", k->name,
+                     value, k->min, k->max);
+            return -1;
+        }
+        *(long *)slot = v;
+        return 0;
+    }
+    case CT_LOG_LEVEL:
+        if (log_level_parse(value, slot) != 0) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: '%s' is not one of debug, info, warn, error",
+                     k->name, value);
+            return -1;
+        }
+        return 0;
+    case CT_LOG_FORMAT:
+        if (log_format_parse(value, slot) != 0) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: '%s' is not one of json, text", k->name, value);
+            return -1;
+        }
+        return 0;
+    }
+oom:
+    snprintf(err, CONFIG_ERR_MAX, "%s: out of memory", k->name);
+    return -1;
+}
+
+struct file_ctx {
+    struct config *cfg;
+    char err[CONFIG_ERR_MAX];
+};
+
+static int on_ini(void *user, const char *section, const char *name, const char *value)
+{
+    struct file_ctx *fc = user;
+    if (section[0] != '\0') {
+        snprintf(fc->err, sizeof(fc->err), "unknown section [%s]", section);
+        return 0;
+    }
+    const struct cfg_key *k = find_key(name);
+    if (k == NULL) {
+        snprintf(fc->err, sizeof(fc->err), "unknown key '%s'", name);
+        return 0;
+    }
+    return set_value(fc->cfg, k, value, fc->err) == 0;
+}
+
+static int load_file(struct config *cfg, const char *path, char err[CONFIG_ERR_MAX])
+{
+    struct file_ctx fc = {.cfg = cfg, .err = ""};
+    int rc = ini_parse(path, on_ini, &fc);
+    if (rc == 0)
+        return 0;
+    if (rc == -1)
+        snprintf(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+    else if (rc == -2)
+        snprintf(err, CONFIG_ERR_MAX, "%s: out of memory", path);
+    else if (fc.err[0] != '\0')
+        snprintf(err, CONFIG_ERR_MAX, "%.200s:%d: %.280s", path, rc, fc.err);
+    else
+        snprintf(err, CONFIG_ERR_MAX, "%s:%d: syntax error", path, rc);
+    return -1;
+}
+
+static int load_env(struct config *cfg, char *const *envp, config_warn_fn *warn, void *warn_arg,
+                    char err[CONFIG_ERR_MAX])
+{
+    static const char prefix[] = "WXLOGIN_";
+    for (; envp != NULL && *envp != NULL; envp++) {
+        const char *e = *envp;
+        if (strncmp(e, prefix, sizeof(prefix) - 1) != 0)
+            continue;
+        const char *eq = strchr(e, '=');
+        if (eq == NULL)
+            continue;
+        const char *kname = e + sizeof(prefix) - 1;
+        char lower[64];
+        size_t n = (size_t)(eq - kname);
+        const struct cfg_key *k = NULL;
+        if (n < sizeof(lower)) {
+            for (size_t i = 0; i < n; i++)
+                lower[i] = (char)tolower((unsigned char)kname[i]);
+            lower[n] = '\0';
+            k = find_key(lower);
+        }
+        if (k == NULL) {
+            if (warn != NULL) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "ignoring unknown environment variable %.*s",
+                         (int)(eq - e) > 100 ? 100 : (int)(eq - e), e);
+                warn(msg, warn_arg);
+            }
+            continue;
+        }
+        char inner[CONFIG_ERR_MAX];
+        if (set_value(cfg, k, eq + 1, inner) != 0) {
+            snprintf(err, CONFIG_ERR_MAX, "environment WXLOGIN_%.*s: %.400s",
+                     (int)n > 60 ? 60 : (int)n, kname, inner);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Reads the secret file; trailing whitespace (the usual newline) is not part of the secret. */
+static int read_secret_file(struct config *cfg, char err[CONFIG_ERR_MAX])
+{
+    char buf[SECRET_FILE_MAX + 1];
+    FILE *f = fopen(cfg->secret_file, "re");
+    if (f == NULL) {
+        snprintf(err, CONFIG_ERR_MAX, "secret_file: cannot open '%s': %s", cfg->secret_file,
+                 strerror(errno));
+        return -1;
+    }
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    int rc = -1;
+    if (n > SECRET_FILE_MAX) {
+        snprintf(err, CONFIG_ERR_MAX, "secret_file: '%s' is larger than %d bytes", cfg->secret_file,
+                 SECRET_FILE_MAX);
+        goto out;
+    }
+    while (n > 0 && isspace((unsigned char)buf[n - 1]))
+        n--;
+    buf[n] = '\0';
+    if (n == 0 || memchr(buf, '\0', n) != NULL) {
+        snprintf(err, CONFIG_ERR_MAX, "secret_file: '%s' holds no usable secret", cfg->secret_file);
+        goto out;
+    }
+    if (set_string(&cfg->secret, buf, true) != 0) {
+        snprintf(err, CONFIG_ERR_MAX, "secret_file: out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    explicit_bzero(buf, sizeof(buf));
+    return rc;
+}
+
+int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
+                void *warn_arg, char err[CONFIG_ERR_MAX])
+{
+    memset(cfg, 0, sizeof(*cfg));
+    err[0] = '\0';
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (keys[i].def != NULL && set_value(cfg, &keys[i], keys[i].def, err) != 0)
+            goto fail;
+    }
+    if (path != NULL && load_file(cfg, path, err) != 0)
+        goto fail;
+    if (load_env(cfg, envp, warn, warn_arg, err) != 0)
+        goto fail;
+    if (cfg->secret_file != NULL) {
+        if (cfg->secret != NULL) {
+            snprintf(err, CONFIG_ERR_MAX,
+                     "secret_file: set either secret or secret_file, not both");
+            goto fail;
+        }
+        if (read_secret_file(cfg, err) != 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    config_done(cfg);
+    return -1;
+}
+
+int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
+{
+    if (cfg->appid == NULL) {
+        snprintf(err, CONFIG_ERR_MAX, "appid: not set (config key appid or WXLOGIN_APPID)");
+        return -1;
+    }
+    if (cfg->secret == NULL) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "secret: not set (config key secret or secret_file, or WXLOGIN_SECRET)");
+        return -1;
+    }
+    return 0;
+}
+
+void config_done(struct config *cfg)
+{
+    free(cfg->listen);
+    free(cfg->appid);
+    wipe_free(cfg->secret);
+    free(cfg->secret_file);
+    free(cfg->wechat_base);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+int config_thread_count(const struct config *cfg)
+{
+    if (cfg->threads > 0)
+        return (int)cfg->threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

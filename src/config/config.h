@@ -1,0 +1,56 @@
+/*
+ * config: the service's settings, from defaults, then an INI file, then WXLOGIN_* environment
+ * variables (the environment wins).
+ *
+ * Every key lives in one table in config.c (name, type, default, bounds), in the manner of
+ * redis's static_configs[]; wxlogin.conf.example documents the same keys and a test parses it.
+ * This module returns errors as text and never logs.
+ */
+#ifndef WXLOGIN_CONFIG_H
+#define WXLOGIN_CONFIG_H
+
+#include <stddef.h>
+
+#include "log/log.h"
+
+#define CONFIG_ERR_MAX 512
+
+struct config {
+    char *listen;      /* host:port */
+    char *appid;       /* NULL when not configured */
+    char *secret;      /* from `secret` or the contents of `secret_file`; NULL when neither */
+    char *secret_file; /* path, NULL when not configured */
+    char *wechat_base; /* scheme://host[:port], without trailing slash */
+    long upstream_timeout_ms;
+    long upstream_retries;
+    long threads; /* 0 = one per core */
+    enum log_level log_level;
+    enum log_format log_format;
+    long max_body_bytes;
+    long max_connections;
+    long connection_timeout; /* seconds an idle or slow client connection may live */
+    long shutdown_timeout_ms;
+};
+
+/* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */
+typedef void config_warn_fn(const char *msg, void *arg);
+
+/*
+ * Fills cfg with defaults, then the file at path (NULL: no file), then the environment envp
+ * (NULL-terminated "K=V" strings, usually environ). On error returns -1 and writes a message
+ * naming the key (and file:line for file errors) to err; cfg is then already released.
+ * On success the caller owns cfg and releases it with config_done().
+ */
+int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
+                void *warn_arg, char err[CONFIG_ERR_MAX]);
+
+/* Checks what `serve` needs beyond well-formed values (appid and a secret). */
+int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX]);
+
+/* Releases cfg's strings, wiping the secret. Accepts a zeroed cfg. */
+void config_done(struct config *cfg);
+
+/* Number of worker threads to run: cfg->threads, or the number of online cores. */
+int config_thread_count(const struct config *cfg);
+
+#endif

@@ -1,0 +1,638 @@
+/*
+ * http/server: libmicrohttpd driven by our loop.
+ *
+ * MHD in external-epoll mode exposes one epoll fd; our loop watches it and calls MHD_run() when
+ * it is readable, and a loop timer follows MHD_get_timeout() for connection timeouts. A resumed
+ * connection is only processed by the next MHD_run(), so every resume also "kicks" that timer
+ * to zero.
+ *
+ * Request lifecycle, as MHD drives the access handler:
+ *   1st call     headers are in: create the request, reject a too large Content-Length.
+ *   body calls   append to the body buffer (bounded).
+ *   final call   route and run the handler. If it answered, queue the response; otherwise
+ *                suspend the connection until http_reply() resumes it, which brings a further
+ *                final call that queues the stored response.
+ *   completed    log the request and free it.
+ */
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log/log.h"
+#include "loop/loop.h"
+#include "util/addr.h"
+
+#define MAX_REPLY_HEADERS 8
+#define CONN_MEMORY_LIMIT (64 * 1024)
+/* A chunked body over the limit is read and dropped up to this much more, so the client can be
+ * told 413; past it the connection is simply closed. */
+#define DISCARD_SLACK (1024 * 1024)
+
+enum req_state {
+    REQ_READING, /* headers or body still arriving */
+    REQ_PENDING, /* handler called, answer not given yet (connection suspended) */
+    REQ_REPLIED, /* answer built, not yet handed to MHD */
+    REQ_QUEUED,  /* answer handed to MHD */
+    REQ_RESET,   /* close with RST */
+};
+
+struct reply_header {
+    char *name, *value;
+};
+
+struct http_request {
+    struct http_server *srv;
+    struct MHD_Connection *conn;
+    const char *method, *path; /* owned by MHD, valid for the request */
+    char id[40];
+    struct timespec start;
+    enum req_state state;
+    bool suspended;
+    bool too_large;
+
+    char *body;
+    size_t body_len, body_cap, discarded;
+
+    unsigned status;
+    struct MHD_Response *resp;
+    struct reply_header headers[MAX_REPLY_HEADERS];
+    size_t nheaders;
+
+    http_cancel_fn *cancel_fn;
+    void *cancel_arg;
+
+    struct http_request *prev, *next; /* the server's live requests */
+};
+
+struct http_server {
+    struct loop *loop;
+    struct MHD_Daemon *mhd;
+    struct loop_io *mhd_io;
+    struct loop_timer mhd_timer;
+    struct loop_timer drained_timer;
+    uint16_t port;
+    size_t max_body;
+    const struct http_route *routes;
+    size_t nroutes;
+    void *handler_arg;
+
+    struct http_request *live; /* every request between first call and completion */
+    size_t nlive;
+    uint32_t id_prefix;
+    uint64_t id_counter;
+
+    bool quiescing;
+    http_drained_fn *drained_fn;
+    void *drained_arg;
+};
+
+/* ---- driving MHD from the loop ---- */
+
+static void run_mhd(struct http_server *srv)
+{
+    MHD_run(srv->mhd);
+    MHD_UNSIGNED_LONG_LONG t;
+    if (MHD_get_timeout(srv->mhd, &t) == MHD_YES)
+        loop_timer_start(srv->loop, &srv->mhd_timer, t);
+    else
+        loop_timer_stop(srv->loop, &srv->mhd_timer);
+}
+
+static void on_mhd_io(struct loop_io *io, int fd, uint32_t events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    run_mhd(arg);
+}
+
+static void on_mhd_timer(void *arg)
+{
+    run_mhd(arg);
+}
+
+static void kick(struct http_server *srv)
+{
+    loop_timer_start(srv->loop, &srv->mhd_timer, 0);
+}
+
+static void on_drained_timer(void *arg)
+{
+    struct http_server *srv = arg;
+    if (srv->nlive == 0 && srv->drained_fn != NULL) {
+        http_drained_fn *fn = srv->drained_fn;
+        srv->drained_fn = NULL;
+        fn(srv->drained_arg);
+    }
+}
+
+/* ---- requests ---- */
+
+static bool id_char_ok(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
+}
+
+/* A proxy's X-Request-Id is kept when it is short and plain, so logs can be joined. */
+static void set_request_id(struct http_request *req)
+{
+    const char *in = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (in != NULL) {
+        size_t n = strlen(in);
+        bool ok = n > 0 && n < sizeof(req->id);
+        for (size_t i = 0; ok && i < n; i++)
+            ok = id_char_ok(in[i]);
+        if (ok) {
+            memcpy(req->id, in, n + 1);
+            return;
+        }
+    }
+    snprintf(req->id, sizeof(req->id), "%08x%08llx", req->srv->id_prefix,
+             (unsigned long long)++req->srv->id_counter);
+}
+
+static struct http_request *request_new(struct http_server *srv, struct MHD_Connection *conn,
+                                        const char *method, const char *path)
+{
+    struct http_request *req = calloc(1, sizeof(*req));
+    if (req == NULL)
+        return NULL;
+    req->srv = srv;
+    req->conn = conn;
+    req->method = method;
+    req->path = path;
+    req->state = REQ_READING;
+    clock_gettime(CLOCK_MONOTONIC, &req->start);
+    set_request_id(req);
+    req->next = srv->live;
+    if (srv->live != NULL)
+        srv->live->prev = req;
+    srv->live = req;
+    srv->nlive++;
+    return req;
+}
+
+static void free_headers(struct http_request *req)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        free(req->headers[i].name);
+        free(req->headers[i].value);
+    }
+    req->nheaders = 0;
+}
+
+static void request_free(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    if (req->prev != NULL)
+        req->prev->next = req->next;
+    else
+        srv->live = req->next;
+    if (req->next != NULL)
+        req->next->prev = req->prev;
+    srv->nlive--;
+    free_headers(req);
+    if (req->resp != NULL)
+        MHD_destroy_response(req->resp);
+    free(req->body);
+    free(req);
+    if (srv->nlive == 0 && srv->drained_fn != NULL)
+        loop_timer_start(srv->loop, &srv->drained_timer, 0);
+}
+
+static void log_request(const struct http_request *req)
+{
+    if (!log_enabled(LOG_INFO) || req->status == 0)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (double)(now.tv_sec - req->start.tv_sec) * 1e3 +
+                (double)(now.tv_nsec - req->start.tv_nsec) / 1e6;
+    char status[8], dur[32];
+    snprintf(status, sizeof(status), "%u", req->status);
+    snprintf(dur, sizeof(dur), "%.3f", ms);
+    log_kv(LOG_INFO, "request", "method", req->method, "path", req->path, "status", status,
+           "duration_ms", dur, "request_id", req->id, NULL);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct http_request *req = *con_cls;
+    if (req == NULL)
+        return;
+    *con_cls = NULL;
+    log_request(req);
+    request_free(req);
+}
+
+static enum MHD_Result queue_reply(struct http_request *req)
+{
+    if (req->state == REQ_RESET)
+        return MHD_NO;
+    req->state = REQ_QUEUED;
+    enum MHD_Result r = MHD_queue_response(req->conn, req->status, req->resp);
+    MHD_destroy_response(req->resp);
+    req->resp = NULL;
+    return r;
+}
+
+static void route(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    char allow[64] = "";
+    size_t alen = 0;
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        const struct http_route *r = &srv->routes[i];
+        if (strcmp(r->path, req->path) != 0)
+            continue;
+        if (strcmp(r->method, req->method) == 0) {
+            r->fn(req, srv->handler_arg);
+            return;
+        }
+        int n = snprintf(allow + alen, sizeof(allow) - alen, "%s%s", alen ? ", " : "", r->method);
+        if (n > 0 && (size_t)n < sizeof(allow) - alen)
+            alen += (size_t)n;
+    }
+    if (alen == 0) {
+        http_reply_error(req, 404, "not_found", "no such endpoint", "none");
+        return;
+    }
+    http_add_header(req, "Allow", allow);
+    http_reply_error(req, 405, "method_not_allowed", "method not allowed on this endpoint", "none");
+}
+
+static bool content_length_too_large(struct http_request *req)
+{
+    const char *cl =
+        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl == NULL)
+        return false;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(cl, &end, 10);
+    /* A malformed Content-Length never gets here: MHD answers it with 400 itself. */
+    return errno != 0 || end == cl || v > req->srv->max_body;
+}
+
+static void reply_too_large(struct http_request *req)
+{
+    char msg[96];
+    snprintf(msg, sizeof(msg), "request body is larger than %zu bytes", req->srv->max_body);
+    http_reply_error(req, 413, "payload_too_large", msg, "none");
+}
+
+/* Returns false when the body must be dropped with the connection. */
+static bool append_body(struct http_request *req, const char *data, size_t size)
+{
+    struct http_server *srv = req->srv;
+    if (req->too_large || req->body_len + size > srv->max_body) {
+        req->too_large = true;
+        req->discarded += size;
+        return req->discarded <= DISCARD_SLACK;
+    }
+    if (req->body_len + size + 1 > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap : 1024;
+        while (cap < req->body_len + size + 1)
+            cap *= 2;
+        if (cap > srv->max_body + 1)
+            cap = srv->max_body + 1;
+        char *b = realloc(req->body, cap);
+        if (b == NULL)
+            return false;
+        req->body = b;
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, size);
+    req->body_len += size;
+    req->body[req->body_len] = '\0';
+    return true;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct http_server *srv = cls;
+    struct http_request *req = *con_cls;
+
+    if (req == NULL) {
+        req = request_new(srv, conn, method, url);
+        if (req == NULL)
+            return MHD_NO;
+        *con_cls = req;
+        if (!content_length_too_large(req))
+            return MHD_YES;
+        reply_too_large(req);
+        return queue_reply(req);
+    }
+
+    switch (req->state) {
+    case REQ_READING: break;
+    case REQ_REPLIED:
+    case REQ_RESET: req->suspended = false; return queue_reply(req);
+    case REQ_PENDING:
+    case REQ_QUEUED:
+        /* Cannot happen: a pending request is suspended and a queued one is done reading. */
+        return MHD_YES;
+    }
+
+    if (*upload_data_size > 0) {
+        bool ok = append_body(req, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return ok ? MHD_YES : MHD_NO;
+    }
+
+    req->state = REQ_PENDING;
+    if (req->too_large)
+        reply_too_large(req);
+    else
+        route(req);
+    if (req->state == REQ_REPLIED || req->state == REQ_RESET)
+        return queue_reply(req);
+    MHD_suspend_connection(conn);
+    req->suspended = true;
+    return MHD_YES;
+}
+
+/* ---- public request API ---- */
+
+const char *http_request_method(const struct http_request *req)
+{
+    return req->method;
+}
+
+const char *http_request_path(const struct http_request *req)
+{
+    return req->path;
+}
+
+const char *http_request_id(const struct http_request *req)
+{
+    return req->id;
+}
+
+const char *http_request_body(const struct http_request *req, size_t *len)
+{
+    *len = req->body_len;
+    return req->body != NULL ? req->body : "";
+}
+
+const char *http_request_header(const struct http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *http_request_query(const struct http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+struct loop *http_request_loop(const struct http_request *req)
+{
+    return req->srv->loop;
+}
+
+void http_request_on_cancel(struct http_request *req, http_cancel_fn *fn, void *arg)
+{
+    req->cancel_fn = fn;
+    req->cancel_arg = arg;
+}
+
+int http_add_header(struct http_request *req, const char *name, const char *value)
+{
+    if (req->nheaders == MAX_REPLY_HEADERS)
+        return -ENOSPC;
+    char *n = strdup(name), *v = strdup(value);
+    if (n == NULL || v == NULL) {
+        free(n);
+        free(v);
+        return -ENOMEM;
+    }
+    req->headers[req->nheaders].name = n;
+    req->headers[req->nheaders].value = v;
+    req->nheaders++;
+    return 0;
+}
+
+/* Marks the request answered and, when its connection waits suspended, wakes it. */
+static void finish(struct http_request *req)
+{
+    req->cancel_fn = NULL;
+    if (req->suspended) {
+        MHD_resume_connection(req->conn);
+        kick(req->srv);
+    }
+}
+
+int http_reply(struct http_request *req, unsigned status, const char *content_type,
+               const void *body, size_t len)
+{
+    if (req->state != REQ_PENDING)
+        return -EALREADY;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp == NULL) {
+        /* Out of memory: the best left is to drop the connection. */
+        req->state = REQ_RESET;
+        finish(req);
+        return -ENOMEM;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(resp, "X-Request-Id", req->id);
+    for (size_t i = 0; i < req->nheaders; i++)
+        MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
+    if (req->srv->quiescing)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    free_headers(req);
+    req->resp = resp;
+    req->status = status;
+    req->state = REQ_REPLIED;
+    finish(req);
+    return 0;
+}
+
+int http_reply_json(struct http_request *req, unsigned status, json_t *body)
+{
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\","
+                                  "\"action\":\"retry\"}";
+        return http_reply(req, 500, "application/json", oom, sizeof(oom) - 1);
+    }
+    int rc = http_reply(req, status, "application/json", text, strlen(text));
+    free(text);
+    return rc;
+}
+
+int http_reply_error(struct http_request *req, unsigned status, const char *slug,
+                     const char *message, const char *action)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s}", "error", slug, "message", message, "action", action);
+    return http_reply_json(req, status, o);
+}
+
+void http_reply_reset(struct http_request *req)
+{
+    if (req->state != REQ_PENDING)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci != NULL) {
+        /* Linger 0 turns MHD's close() into a TCP RST. */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    req->state = REQ_RESET;
+    finish(req);
+}
+
+/* ---- server lifecycle ---- */
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (!log_enabled(LOG_DEBUG))
+        return;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        msg[--n] = '\0';
+    log_kv(LOG_DEBUG, "libmicrohttpd", "detail", msg, NULL);
+}
+
+static uint16_t sockaddr_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+    else
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+}
+
+struct http_server *http_server_new(struct loop *loop, const struct http_server_opts *opts,
+                                    char err[HTTP_ERR_MAX])
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (addr_parse(opts->listen, &ss, &sslen) != 0) {
+        snprintf(err, HTTP_ERR_MAX, "listen: cannot parse or resolve '%s'", opts->listen);
+        return NULL;
+    }
+    if (opts->port != 0)
+        sockaddr_set_port(&ss, opts->port);
+
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL) {
+        snprintf(err, HTTP_ERR_MAX, "out of memory");
+        return NULL;
+    }
+    srv->loop = loop;
+    srv->max_body = opts->max_body;
+    srv->routes = opts->routes;
+    srv->nroutes = opts->nroutes;
+    srv->handler_arg = opts->handler_arg;
+    loop_timer_init(&srv->mhd_timer, on_mhd_timer, srv);
+    loop_timer_init(&srv->drained_timer, on_drained_timer, srv);
+    if (getrandom(&srv->id_prefix, sizeof(srv->id_prefix), 0) != sizeof(srv->id_prefix))
+        srv->id_prefix = (uint32_t)time(NULL);
+
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    srv->mhd = MHD_start_daemon(
+        flags, sockaddr_port(&ss), NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR, &ss,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_CONNECTION_LIMIT,
+        opts->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, opts->connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv, MHD_OPTION_END);
+    if (srv->mhd == NULL) {
+        snprintf(err, HTTP_ERR_MAX, "listen: cannot listen on %s (address in use?)", opts->listen);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = pi != NULL ? pi->port : sockaddr_port(&ss);
+    const union MHD_DaemonInfo *ei = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (ei == NULL) {
+        snprintf(err, HTTP_ERR_MAX, "libmicrohttpd has no epoll support");
+        goto fail;
+    }
+    srv->mhd_io = loop_io_add(loop, ei->epoll_fd, EPOLLIN, on_mhd_io, srv);
+    if (srv->mhd_io == NULL) {
+        snprintf(err, HTTP_ERR_MAX, "cannot watch the HTTP daemon: %s", strerror(errno));
+        goto fail;
+    }
+    kick(srv);
+    return srv;
+fail:
+    http_server_free(srv);
+    return NULL;
+}
+
+uint16_t http_server_port(const struct http_server *srv)
+{
+    return srv->port;
+}
+
+void http_server_quiesce(struct http_server *srv, http_drained_fn *drained, void *arg)
+{
+    if (!srv->quiescing) {
+        srv->quiescing = true;
+        MHD_socket s = MHD_quiesce_daemon(srv->mhd);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);
+    }
+    srv->drained_fn = drained;
+    srv->drained_arg = arg;
+    loop_timer_start(srv->loop, &srv->drained_timer, 0);
+}
+
+void http_server_free(struct http_server *srv)
+{
+    if (srv == NULL)
+        return;
+    if (srv->mhd != NULL) {
+        /* MHD must not be stopped with suspended connections: abandon every pending answer
+         * (its owner stops its timer or transfer) and answer it here. */
+        for (struct http_request *req = srv->live; req != NULL; req = req->next) {
+            if (req->state != REQ_PENDING)
+                continue;
+            if (req->cancel_fn != NULL)
+                req->cancel_fn(req->cancel_arg);
+            req->cancel_fn = NULL;
+            http_reply_error(req, 503, "shutting_down", "the service is shutting down", "retry");
+        }
+        MHD_run(srv->mhd);
+        MHD_stop_daemon(srv->mhd);
+    }
+    loop_io_del(srv->mhd_io);
+    loop_timer_stop(srv->loop, &srv->mhd_timer);
+    loop_timer_stop(srv->loop, &srv->drained_timer);
+    free(srv);
+}

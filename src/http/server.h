@@ -1,0 +1,98 @@
+/*
+ * http/server: the HTTP front. One server per worker thread, on that thread's loop.
+ *
+ * Wraps a libmicrohttpd daemon in external-epoll mode: MHD's epoll fd and its timeout are
+ * watched by our loop, so MHD never runs a thread of its own. Every daemon of the process binds
+ * the same address with SO_REUSEPORT and the kernel spreads connections across them.
+ *
+ * The server reads the whole request body (up to max_body), routes by exact path and method, and
+ * calls the route's handler once. The handler answers with http_reply*() either before it returns
+ * or later from the same thread (when WeChat has answered): in that case the connection is
+ * suspended meanwhile and resumed by the reply. Unknown paths, wrong methods and oversized bodies
+ * are answered here; everything else is the handlers' business.
+ */
+#ifndef WXLOGIN_HTTP_SERVER_H
+#define WXLOGIN_HTTP_SERVER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop;
+struct http_server;
+struct http_request;
+
+typedef void http_handler_fn(struct http_request *req, void *arg);
+typedef void http_cancel_fn(void *arg);
+typedef void http_drained_fn(void *arg);
+
+struct http_route {
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* exact path */
+    http_handler_fn *fn;
+};
+
+struct http_server_opts {
+    const char *listen; /* host:port; port 0 picks a free port */
+    uint16_t port;      /* when non-zero, overrides listen's port (other workers join port 0's) */
+    size_t max_body;
+    unsigned max_connections;
+    unsigned connection_timeout_s;
+    const struct http_route *routes; /* borrowed, must outlive the server */
+    size_t nroutes;
+    void *handler_arg; /* passed to every handler */
+};
+
+#define HTTP_ERR_MAX 256
+
+/* Starts listening. Returns NULL and writes err on failure. */
+struct http_server *http_server_new(struct loop *loop, const struct http_server_opts *opts,
+                                    char err[HTTP_ERR_MAX]);
+/* Port actually bound (useful with port 0). */
+uint16_t http_server_port(const struct http_server *srv);
+/*
+ * Stops accepting connections; requests already received are still answered and every response
+ * from now on closes its connection. drained(arg) runs (from the loop, once) when no request is
+ * left in the server.
+ */
+void http_server_quiesce(struct http_server *srv, http_drained_fn *drained, void *arg);
+/*
+ * Stops the server: pending requests get their cancel hook called and are answered 503, then
+ * every connection is closed. Accepts NULL.
+ */
+void http_server_free(struct http_server *srv);
+
+/* ---- the request, as handlers see it; every pointer is borrowed from the request ---- */
+const char *http_request_method(const struct http_request *req);
+const char *http_request_path(const struct http_request *req);
+const char *http_request_id(const struct http_request *req);
+/* Body bytes (NUL-terminated for convenience; may contain NULs). */
+const char *http_request_body(const struct http_request *req, size_t *len);
+/* Request header or NULL. */
+const char *http_request_header(const struct http_request *req, const char *name);
+/* Query-string argument or NULL. */
+const char *http_request_query(const struct http_request *req, const char *name);
+struct loop *http_request_loop(const struct http_request *req);
+
+/*
+ * While a handler's answer is pending, fn(arg) is how the server abandons it at shutdown: the
+ * owner must stop whatever would call http_reply() later. Set to NULL when no longer needed.
+ */
+void http_request_on_cancel(struct http_request *req, http_cancel_fn *fn, void *arg);
+
+/* ---- answering: exactly one http_reply*() per request ---- */
+/* Adds a response header (copied). Call before the reply. */
+int http_add_header(struct http_request *req, const char *name, const char *value);
+/* Answers with body (copied). */
+int http_reply(struct http_request *req, unsigned status, const char *content_type,
+               const void *body, size_t len);
+/* Answers with body serialised as JSON; takes the reference to body. */
+int http_reply_json(struct http_request *req, unsigned status, json_t *body);
+/* Answers {"error": slug, "message": message, "action": action}. */
+int http_reply_error(struct http_request *req, unsigned status, const char *slug,
+                     const char *message, const char *action);
+/* Closes the connection without an answer, with a TCP reset (the mock uses it). */
+void http_reply_reset(struct http_request *req);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * mock/code: the grammar of mock login codes (docs/mock.md), parsed. Pure code.
+ *
+ *   code      := (directive "_")* user ["-" nonce]
+ *   directive := ("busy" N | "err" [-]N | "delay" N | "http" N | "html" | "reset" | "hang")
+ *                ["x" COUNT]
+ */
+#ifndef WXLOGIN_MOCK_CODE_H
+#define WXLOGIN_MOCK_CODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define MOCK_MAX_DIRECTIVES 8
+#define MOCK_USER_MAX 128
+
+enum mock_kind { MOCK_ERR, MOCK_DELAY, MOCK_HTTP, MOCK_HTML, MOCK_RESET, MOCK_HANG };
+
+struct mock_directive {
+    enum mock_kind kind;
+    long value; /* errcode, ms or HTTP status */
+    long count; /* applies to the first `count` requests; 0 = all */
+};
+
+struct mock_code {
+    struct mock_directive d[MOCK_MAX_DIRECTIVES];
+    size_t nd;
+    char user[MOCK_USER_MAX + 1];
+};
+
+/* Parses code. Segments that are not directives end the directive list: the rest is the user.
+ * Returns 0, or -1 when the code is empty or its user part is. */
+int mock_code_parse(const char *code, struct mock_code *out);
+
+/* True when directive d applies to the n-th request (1-based) with its code. */
+bool mock_directive_applies(const struct mock_directive *d, long n);
+
+#endif

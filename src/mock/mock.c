@@ -1,0 +1,418 @@
+/*
+ * mock: WeChat's behaviour as seen by a client, on loopback.
+ *
+ * Faithful where clients trip: errors are HTTP 200 with errcode/errmsg (errmsg carries a rid),
+ * success has no errcode and is labelled text/plain, codes are single use. Everything else is
+ * driven by the code itself (mock/code.h), so tests need no side channel to make WeChat fail.
+ */
+#include "mock/mock.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "http/server.h"
+#include "log/log.h"
+#include "loop/loop.h"
+#include "mock/code.h"
+#include "mock/codeset.h"
+#include "runtime/workers.h"
+
+#define MOCK_MAX_APPS 16
+#define MOCK_CODE_MAX 128
+#define CODESET_SLOTS (1u << 19)
+#define CODE_LIFETIME_MS (5 * 60 * 1000)
+#define HANG_MS (120 * 1000)
+
+struct mock_app {
+    char *appid;
+    char *secret;
+};
+
+struct mock {
+    struct mock_app apps[MOCK_MAX_APPS];
+    size_t napps;
+    const char *listen;
+    uint16_t port;
+    int nworkers;
+
+    pthread_mutex_t mu; /* guards used and attempts */
+    struct codeset *used;
+    struct codeset *attempts;
+    atomic_ulong c2s_requests, c2s_exchanges;
+};
+
+/* A request whose answer waits for a delay. */
+struct pending {
+    struct http_request *req;
+    struct mock *m;
+    struct loop_timer timer;
+    const struct mock_app *app;
+    const struct mock_directive *fail; /* points into code; NULL = answer normally */
+    struct mock_code code;
+    char js_code[MOCK_CODE_MAX + 1];
+};
+
+/* ---- answers ---- */
+
+static const char *errmsg_for(long errcode)
+{
+    switch (errcode) {
+    case -1: return "system error";
+    case 40002: return "invalid grant_type";
+    case 40013: return "invalid appid";
+    case 40029: return "invalid code";
+    case 40125: return "invalid appsecret";
+    case 40163: return "code been used";
+    case 40226: return "code blocked";
+    case 41002: return "appid missing";
+    case 41004: return "appsecret missing";
+    case 41008: return "missing code";
+    case 45011: return "api minute-quota reach limit, must slower, retry next minute";
+    default: return "mock error";
+    }
+}
+
+static void reply_errcode(struct http_request *req, long errcode)
+{
+    unsigned char r[8];
+    RAND_bytes(r, sizeof(r));
+    char body[256];
+    int n = snprintf(body, sizeof(body),
+                     "{\"errcode\":%ld,\"errmsg\":\"%s, rid: %02x%02x%02x%02x-%02x%02x-%02x%02x\"}",
+                     errcode, errmsg_for(errcode), r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+    http_reply(req, 200, "application/json; encoding=utf-8", body, (size_t)n);
+}
+
+/* "o" + 27 base64url characters of SHA-256(label:a:b): the shape of a real openid. */
+static void derive_id(const char *label, const char *a, const char *b, char out[29])
+{
+    char in[512];
+    unsigned char md[SHA256_DIGEST_LENGTH], b64[48];
+    int n = snprintf(in, sizeof(in), "%s:%s:%s", label, a, b);
+    SHA256((const unsigned char *)in, (size_t)n, md);
+    EVP_EncodeBlock(b64, md, sizeof(md));
+    out[0] = 'o';
+    for (int i = 0; i < 27; i++) {
+        char c = (char)b64[i];
+        out[i + 1] = c == '+' ? '-' : c == '/' ? '_' : c;
+    }
+    out[28] = '\0';
+}
+
+static void reply_session(struct http_request *req, const struct mock_app *app, const char *user)
+{
+    char openid[29], unionid[29], sk[32];
+    unsigned char raw[16];
+    RAND_bytes(raw, sizeof(raw));
+    EVP_EncodeBlock((unsigned char *)sk, raw, sizeof(raw));
+    derive_id("openid", app->appid, user, openid);
+    char body[256];
+    int n;
+    if (user[0] == 'u') {
+        derive_id("unionid", "", user, unionid);
+        n = snprintf(body, sizeof(body),
+                     "{\"session_key\":\"%s\",\"openid\":\"%s\",\"unionid\":\"%s\"}", sk, openid,
+                     unionid);
+    } else {
+        n = snprintf(body, sizeof(body), "{\"session_key\":\"%s\",\"openid\":\"%s\"}", sk, openid);
+    }
+    /* WeChat labels this JSON text/plain. */
+    http_reply(req, 200, "text/plain", body, (size_t)n);
+}
+
+static void answer(struct mock *m, struct http_request *req, const struct mock_app *app,
+                   const struct mock_directive *fail, const struct mock_code *code,
+                   const char *js_code)
+{
+    if (fail != NULL) {
+        switch (fail->kind) {
+        case MOCK_ERR: reply_errcode(req, fail->value); return;
+        case MOCK_HTTP: {
+            char body[128];
+            int n =
+                snprintf(body, sizeof(body),
+                         "<html><body><h1>%ld</h1>mock upstream error</body></html>", fail->value);
+            http_reply(req, (unsigned)fail->value, "text/html", body, (size_t)n);
+            return;
+        }
+        case MOCK_HTML: {
+            static const char page[] = "<!DOCTYPE html><html><head><title>Gateway</title></head>"
+                                       "<body>Please log in to the network.</body></html>";
+            http_reply(req, 200, "text/html; charset=utf-8", page, sizeof(page) - 1);
+            return;
+        }
+        case MOCK_RESET:
+        case MOCK_HANG: http_reply_reset(req); return;
+        case MOCK_DELAY: break;
+        }
+    }
+    /* Spend the code now, at answer time, so concurrent requests with one code race as they
+     * would at WeChat: the first answered wins, the others get 40163. */
+    uint64_t key = codeset_key(js_code, strlen(js_code));
+    pthread_mutex_lock(&m->mu);
+    bool used = codeset_get(m->used, key, loop_clock_ms()) != 0;
+    if (!used)
+        codeset_put(m->used, key, 1, loop_clock_ms());
+    pthread_mutex_unlock(&m->mu);
+    if (used) {
+        reply_errcode(req, 40163);
+        return;
+    }
+    atomic_fetch_add(&m->c2s_exchanges, 1);
+    reply_session(req, app, code->user);
+}
+
+static void on_pending_timer(void *arg)
+{
+    struct pending *p = arg;
+    answer(p->m, p->req, p->app, p->fail, &p->code, p->js_code);
+    free(p);
+}
+
+static void on_pending_cancel(void *arg)
+{
+    struct pending *p = arg;
+    loop_timer_stop(http_request_loop(p->req), &p->timer);
+    free(p);
+}
+
+/* ---- endpoints ---- */
+
+static const struct mock_app *find_app(const struct mock *m, const char *appid)
+{
+    for (size_t i = 0; i < m->napps; i++)
+        if (strcmp(m->apps[i].appid, appid) == 0)
+            return &m->apps[i];
+    return NULL;
+}
+
+static bool code_chars_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n <= MOCK_CODE_MAX &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+/* WeChat's own checks of the query, in its order; 0 when they pass. */
+static long check_query(const struct mock *m, struct http_request *req, const struct mock_app **app)
+{
+    const char *appid = http_request_query(req, "appid");
+    const char *secret = http_request_query(req, "secret");
+    const char *js_code = http_request_query(req, "js_code");
+    const char *grant = http_request_query(req, "grant_type");
+    if (appid == NULL || *appid == '\0')
+        return 41002;
+    *app = find_app(m, appid);
+    if (*app == NULL)
+        return 40013;
+    if (secret == NULL || *secret == '\0')
+        return 41004;
+    if (strcmp(secret, (*app)->secret) != 0)
+        return 40125;
+    if (js_code == NULL || *js_code == '\0')
+        return 41008;
+    if (grant == NULL || strcmp(grant, "authorization_code") != 0)
+        return 40002;
+    return 0;
+}
+
+static void handle_jscode2session(struct http_request *req, void *arg)
+{
+    struct mock *m = arg;
+    const struct mock_app *app = NULL;
+    atomic_fetch_add(&m->c2s_requests, 1);
+
+    long ec = check_query(m, req, &app);
+    if (ec != 0) {
+        reply_errcode(req, ec);
+        return;
+    }
+    const char *js_code = http_request_query(req, "js_code");
+    struct pending *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        http_reply_reset(req);
+        return;
+    }
+    if (!code_chars_ok(js_code) || mock_code_parse(js_code, &p->code) != 0) {
+        free(p);
+        reply_errcode(req, 40029);
+        return;
+    }
+    p->req = req;
+    p->m = m;
+    p->app = app;
+    memcpy(p->js_code, js_code, strlen(js_code) + 1);
+
+    long n = 1;
+    if (p->code.nd > 0) {
+        uint64_t key = codeset_key(js_code, strlen(js_code));
+        pthread_mutex_lock(&m->mu);
+        n = (long)codeset_get(m->attempts, key, loop_clock_ms()) + 1;
+        codeset_put(m->attempts, key, (uint32_t)n, loop_clock_ms());
+        pthread_mutex_unlock(&m->mu);
+    }
+    long delay = 0;
+    for (size_t i = 0; i < p->code.nd; i++) {
+        const struct mock_directive *d = &p->code.d[i];
+        if (!mock_directive_applies(d, n))
+            continue;
+        if (d->kind == MOCK_DELAY)
+            delay += d->value;
+        else if (p->fail == NULL)
+            p->fail = d;
+    }
+    if (p->fail != NULL && p->fail->kind == MOCK_HANG)
+        delay += HANG_MS;
+    if (delay == 0) {
+        answer(m, req, app, p->fail, &p->code, p->js_code);
+        free(p);
+        return;
+    }
+    loop_timer_init(&p->timer, on_pending_timer, p);
+    loop_timer_start(http_request_loop(req), &p->timer, (uint64_t)delay);
+    http_request_on_cancel(req, on_pending_cancel, p);
+}
+
+static void handle_stats(struct http_request *req, void *arg)
+{
+    struct mock *m = arg;
+    json_t *o = json_pack("{s:{s:I, s:I}}", "jscode2session", "requests",
+                          (json_int_t)atomic_load(&m->c2s_requests), "exchanges",
+                          (json_int_t)atomic_load(&m->c2s_exchanges));
+    http_reply_json(req, 200, o);
+}
+
+static const struct http_route mock_routes[] = {
+    {"GET", "/sns/jscode2session", handle_jscode2session},
+    {"GET", "/mock/stats", handle_stats},
+};
+
+/* ---- workers ---- */
+
+static int mock_init(struct worker *w, void *arg)
+{
+    struct mock *m = arg;
+    struct http_server_opts ho = {
+        .listen = m->listen,
+        .port = m->port,
+        .max_body = 64 * 1024,
+        .max_connections = 20000,
+        .connection_timeout_s = 60,
+        .routes = mock_routes,
+        .nroutes = sizeof(mock_routes) / sizeof(mock_routes[0]),
+        .handler_arg = m,
+    };
+    char err[HTTP_ERR_MAX];
+    struct http_server *srv = http_server_new(w->loop, &ho, err);
+    if (srv == NULL) {
+        fprintf(stderr, "wxlogin mock: %s\n", err);
+        return -1;
+    }
+    w->data = srv;
+    m->port = http_server_port(srv);
+    if (w->id == m->nworkers - 1) {
+        char port[8];
+        snprintf(port, sizeof(port), "%u", m->port);
+        log_kv(LOG_WARN, "wxlogin mock serving", "listen", m->listen, "port", port, NULL);
+    }
+    return 0;
+}
+
+static void mock_stop(struct worker *w)
+{
+    http_server_free(w->data);
+    w->data = NULL;
+    loop_stop(w->loop);
+}
+
+static void mock_done(struct worker *w)
+{
+    http_server_free(w->data);
+    w->data = NULL;
+}
+
+static const struct worker_ops mock_ops = {.init = mock_init, .stop = mock_stop, .done = mock_done};
+
+static const char mock_usage[] =
+    "usage: wxlogin mock [--listen ADDR] [--app APPID:SECRET]... [--threads N] "
+    "[--log-level LEVEL]\n";
+
+static int add_app(struct mock *m, const char *spec)
+{
+    const char *colon = strchr(spec, ':');
+    if (colon == NULL || colon == spec || colon[1] == '\0' || m->napps == MOCK_MAX_APPS)
+        return -1;
+    m->apps[m->napps].appid = strndup(spec, (size_t)(colon - spec));
+    m->apps[m->napps].secret = strdup(colon + 1);
+    m->napps++;
+    return 0;
+}
+
+int mock_main(int argc, char **argv)
+{
+    struct mock m = {.listen = "127.0.0.1:2021"};
+    enum log_level level = LOG_WARN;
+    long threads = 0;
+    int rc = 2;
+    pthread_mutex_init(&m.mu, NULL);
+
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--listen") == 0 && v != NULL) {
+            m.listen = v;
+        } else if (strcmp(a, "--app") == 0 && v != NULL) {
+            if (add_app(&m, v) != 0) {
+                fprintf(stderr, "wxlogin mock: --app wants APPID:SECRET\n");
+                goto out;
+            }
+        } else if (strcmp(a, "--threads") == 0 && v != NULL) {
+            char *end;
+            threads = strtol(v, &end, 10);
+            if (*end != '\0' || threads < 1 || threads > 256) {
+                fprintf(stderr, "wxlogin mock: --threads wants 1 to 256\n");
+                goto out;
+            }
+        } else if (strcmp(a, "--log-level") == 0 && v != NULL) {
+            if (log_level_parse(v, &level) != 0) {
+                fprintf(stderr, "wxlogin mock: --log-level wants debug|info|warn|error\n");
+                goto out;
+            }
+        } else {
+            fprintf(stderr, "wxlogin mock: unknown argument '%s'\n%s", a, mock_usage);
+            goto out;
+        }
+        i++;
+    }
+    if (m.napps == 0)
+        add_app(&m, "wx1234567890abcdef:0123456789abcdef0123456789abcdef");
+    log_setup(level, LOG_FORMAT_TEXT);
+
+    m.used = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
+    m.attempts = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
+    if (m.used == NULL || m.attempts == NULL) {
+        rc = 1;
+        goto out;
+    }
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? n : 1;
+    }
+    m.nworkers = (int)threads;
+    rc = workers_run(m.nworkers, &mock_ops, &m) == 0 ? 0 : 1;
+out:
+    codeset_free(m.used);
+    codeset_free(m.attempts);
+    for (size_t i = 0; i < m.napps; i++) {
+        free(m.apps[i].appid);
+        free(m.apps[i].secret);
+    }
+    pthread_mutex_destroy(&m.mu);
+    return rc;
+}

@@ -1,0 +1,42 @@
+#include "util/addr.h"
+
+#include <netdb.h>
+#include <string.h>
+
+int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *start = s, *port;
+    size_t hlen;
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':')
+            return -1;
+        start = s + 1;
+        hlen = (size_t)(close - start);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (colon == NULL)
+            return -1;
+        hlen = (size_t)(colon - s);
+        port = colon + 1;
+    }
+    if (hlen == 0 || hlen >= sizeof(host) || *port == '\0' || strlen(port) > 5 ||
+        strspn(port, "0123456789") != strlen(port))
+        return -1;
+    memcpy(host, start, hlen);
+    host[hlen] = '\0';
+
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, port, &hints, &res) != 0 || res == NULL)
+        return -1;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}

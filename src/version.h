@@ -1,0 +1,4 @@
+#ifndef WXLOGIN_VERSION_H
+#define WXLOGIN_VERSION_H
+#define WXLOGIN_VERSION "0.1.0"
+#endif

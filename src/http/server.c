@@ -339,6 +339,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = req;
         if (!content_length_too_large(req))
             return MHD_YES;
+        /* Answer before reading the body; MHD then closes the connection. */
+        req->state = REQ_PENDING;
         reply_too_large(req);
         return queue_reply(req);
     }

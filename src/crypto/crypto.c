@@ -1,0 +1,142 @@
+#include "crypto/crypto.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+#define SEAL_VERSION 1
+#define NONCE_LEN 12
+#define TAG_LEN 16
+
+int crypto_random(void *buf, size_t n)
+{
+    return RAND_bytes(buf, (int)n) == 1 ? 0 : -1;
+}
+
+int crypto_token_new(char out[CRYPTO_TOKEN_LEN + 1])
+{
+    uint8_t raw[32];
+    char b64[48];
+    if (crypto_random(raw, sizeof(raw)) != 0)
+        return -1;
+    size_t n = crypto_b64_encode(raw, sizeof(raw), b64);
+    crypto_wipe(raw, sizeof(raw));
+    /* base64url without padding: 32 bytes → 43 characters. */
+    while (n > 0 && b64[n - 1] == '=')
+        n--;
+    memcpy(out, CRYPTO_TOKEN_PREFIX, 4);
+    for (size_t i = 0; i < n; i++)
+        out[4 + i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+    out[4 + n] = '\0';
+    crypto_wipe(b64, sizeof(b64));
+    return 0;
+}
+
+bool crypto_token_well_formed(const char *s)
+{
+    if (strncmp(s, CRYPTO_TOKEN_PREFIX, 4) != 0 || strlen(s) != CRYPTO_TOKEN_LEN)
+        return false;
+    return strspn(s + 4, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
+           CRYPTO_TOKEN_LEN - 4;
+}
+
+void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_HASH_LEN])
+{
+    unsigned int n = CRYPTO_HASH_LEN;
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
+int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen,
+                const void *pt, size_t ptlen, uint8_t *out)
+{
+    int rc = -1, n = 0, total;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    uint8_t *nonce = out + 1, *ct = out + 1 + NONCE_LEN;
+    if (ctx == NULL || ptlen > (size_t)INT32_MAX - CRYPTO_SEAL_OVERHEAD)
+        goto out;
+    out[0] = SEAL_VERSION;
+    if (crypto_random(nonce, NONCE_LEN) != 0)
+        goto out;
+    if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        (aadlen > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aadlen) != 1) ||
+        EVP_EncryptUpdate(ctx, ct, &n, pt, (int)ptlen) != 1)
+        goto out;
+    total = n;
+    if (EVP_EncryptFinal_ex(ctx, ct + total, &n) != 1)
+        goto out;
+    total += n;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, ct + total) != 1)
+        goto out;
+    rc = 1 + NONCE_LEN + total + TAG_LEN;
+out:
+    EVP_CIPHER_CTX_free(ctx);
+    return rc;
+}
+
+int crypto_open(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen,
+                const uint8_t *in, size_t inlen, uint8_t *out)
+{
+    int rc = -1, n = 0, total = 0;
+    EVP_CIPHER_CTX *ctx = NULL;
+    if (inlen < CRYPTO_SEAL_OVERHEAD || in[0] != SEAL_VERSION || inlen > (size_t)INT32_MAX)
+        return -1;
+    size_t ctlen = inlen - CRYPTO_SEAL_OVERHEAD;
+    const uint8_t *nonce = in + 1, *ct = in + 1 + NONCE_LEN, *tag = ct + ctlen;
+    ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL)
+        goto out;
+    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        (aadlen > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aadlen) != 1) ||
+        EVP_DecryptUpdate(ctx, out, &n, ct, (int)ctlen) != 1)
+        goto out;
+    total = n;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)tag) != 1 ||
+        EVP_DecryptFinal_ex(ctx, out + total, &n) != 1)
+        goto out;
+    rc = total + n;
+out:
+    if (rc < 0)
+        crypto_wipe(out, ctlen);
+    EVP_CIPHER_CTX_free(ctx);
+    return rc;
+}
+
+size_t crypto_b64_encode(const void *in, size_t n, char *out)
+{
+    return (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+}
+
+int crypto_b64_decode(const char *s, size_t len, uint8_t *out)
+{
+    /* EVP_DecodeBlock accepts leading/trailing whitespace and counts padding as zero bytes;
+     * insist on the canonical form first, then correct for the padding. */
+    if (len % 4 != 0 || len > (size_t)INT32_MAX)
+        return -1;
+    size_t pad = 0;
+    if (len > 0 && s[len - 1] == '=')
+        pad++;
+    if (len > 1 && s[len - 2] == '=')
+        pad++;
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < len - pad; i++)
+        if (s[i] == '\0' || strchr(alphabet, s[i]) == NULL)
+            return -1;
+    if (len == 0)
+        return 0;
+    int n = EVP_DecodeBlock(out, (const unsigned char *)s, (int)len);
+    if (n < 0)
+        return -1;
+    return n - (int)pad;
+}
+
+bool crypto_equal(const void *a, const void *b, size_t n)
+{
+    return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+void crypto_wipe(void *p, size_t n)
+{
+    OPENSSL_cleanse(p, n);
+}

@@ -1,0 +1,112 @@
+/*
+ * session: the store of users and sessions, as an ops table with one implementation per backend
+ * (session_sqlite.c now; Redis later). The same tests run against every backend.
+ *
+ * One store handle per worker thread, opened on that thread's loop. Operations are
+ * asynchronous in shape: each takes a completion callback. A backend may call it before the
+ * operation function returns (SQLite does) or later from the same loop (a network backend), so
+ * callers must cope with both.
+ *
+ * What is stored:
+ *   users     (appid, openid) → unionid, session_key sealed with the master key (AES-256-GCM,
+ *             appid and openid as associated data; sealing is the caller's job, the store only
+ *             keeps the blob).
+ *   sessions  SHA-256(token) → appid, openid, expiry. The raw token is never stored, so a copy of
+ *             the store lets nobody log in.
+ */
+#ifndef WXLOGIN_SESSION_H
+#define WXLOGIN_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/crypto.h"
+
+struct loop;
+struct session_store;
+
+#define SESSION_ID_MAX 128    /* appid, openid, unionid */
+#define SESSION_SEALED_MAX 128 /* a sealed session_key */
+#define SESSION_ERR_MAX 256
+
+enum session_status {
+    SESSION_OK = 0,
+    SESSION_NOT_FOUND = 1, /* no such (or expired) session */
+    SESSION_ERROR = -1,    /* the store failed: the caller answers 503 store_unavailable */
+};
+
+struct session_user {
+    char appid[SESSION_ID_MAX + 1];
+    char openid[SESSION_ID_MAX + 1];
+    char unionid[SESSION_ID_MAX + 1]; /* "" when unknown */
+    uint8_t sealed_key[SESSION_SEALED_MAX];
+    size_t sealed_len;
+};
+
+struct session_record {
+    char appid[SESSION_ID_MAX + 1];
+    char openid[SESSION_ID_MAX + 1];
+    char unionid[SESSION_ID_MAX + 1]; /* "" when unknown */
+    int64_t expires_at;               /* unix seconds */
+};
+
+typedef void session_done_fn(int status, void *arg);
+/* rec is valid during the callback only; NULL unless status is SESSION_OK. */
+typedef void session_get_fn(int status, const struct session_record *rec, void *arg);
+typedef void session_user_fn(int status, const struct session_user *user, void *arg);
+typedef void session_count_fn(int status, long count, void *arg);
+
+struct session_ops {
+    const char *name;
+    /* Opens the store described by spec (after its "scheme:"). Returns 0 or -1 with err. */
+    int (*open)(const char *spec, struct loop *loop, struct session_store **out,
+                char err[SESSION_ERR_MAX]);
+    void (*close)(struct session_store *st);
+    /* Does the store answer (readiness)? */
+    void (*ping)(struct session_store *st, session_done_fn *done, void *arg);
+    /*
+     * Upserts the user (unique per appid+openid; the newest session_key and a known unionid
+     * win) and, when token_hash is not NULL, creates a session expiring at expires_at, in one
+     * atomic write. Completes only once the write is durable against a process crash.
+     */
+    void (*login)(struct session_store *st, const struct session_user *user,
+                  const uint8_t *token_hash, int64_t expires_at, int64_t now,
+                  session_done_fn *done, void *arg);
+    /* Creates a session for an existing user. */
+    void (*put_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
+                        const char *appid, const char *openid, int64_t expires_at, int64_t now,
+                        session_done_fn *done, void *arg);
+    /* Finds a live session (expires_at > now) and its user's unionid. */
+    void (*get_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
+                        int64_t now, session_get_fn *done, void *arg);
+    /* Deletes a session; SESSION_NOT_FOUND when there was none. */
+    void (*delete_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
+                           session_done_fn *done, void *arg);
+    void (*get_user)(struct session_store *st, const char *appid, const char *openid,
+                     session_user_fn *done, void *arg);
+    /* Deletes up to limit expired sessions; reports how many. */
+    void (*purge_expired)(struct session_store *st, int64_t now, long limit,
+                          session_count_fn *done, void *arg);
+};
+
+/* Every backend's handle starts with this. */
+struct session_store {
+    const struct session_ops *ops;
+};
+
+/*
+ * Opens a store from its URL: "sqlite:PATH" (PATH relative to the working directory).
+ * Returns 0 or -1 with err (which never contains a password).
+ */
+int session_open(const char *url, struct loop *loop, struct session_store **out,
+                 char err[SESSION_ERR_MAX]);
+/* Accepts NULL. */
+void session_close(struct session_store *st);
+
+/* For SQLite stores: the database path in url, or NULL for other backends. */
+const char *session_sqlite_path(const char *url);
+
+extern const struct session_ops session_sqlite_ops;
+
+#endif

@@ -1,0 +1,720 @@
+/*
+ * Unit tests for config/config.h: defaults, the INI file, WXLOGIN_* environment overrides,
+ * secret_file, error texts (key, file:line, never the secret) and the annotated example file.
+ *
+ * Each test writes its files into a fresh mkdtemp directory (removed by the teardown) and passes
+ * its own envp array, so nothing depends on the real environment.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/config.h"
+
+#define assert_contains(hay, needle)                                                               \
+    do {                                                                                           \
+        const char *h_ = (hay), *n_ = (needle);                                                    \
+        if (strstr(h_, n_) == NULL)                                                                \
+            fail_msg("\"%s\" does not contain \"%s\"", h_, n_);                                    \
+    } while (0)
+
+#define assert_not_contains(hay, needle)                                                           \
+    do {                                                                                           \
+        const char *h_ = (hay), *n_ = (needle);                                                    \
+        if (strstr(h_, n_) != NULL)                                                                \
+            fail_msg("\"%s\" contains \"%s\"", h_, n_);                                            \
+    } while (0)
+
+#define MAX_FILES 8
+
+struct fixture {
+    char dir[64];
+    char *files[MAX_FILES];
+    size_t nfiles;
+    struct config cfg;
+    char err[CONFIG_ERR_MAX];
+};
+
+static char *const no_env[] = {NULL};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -1;
+    strcpy(f->dir, "/tmp/wxlogin-test-config-XXXXXX");
+    if (mkdtemp(f->dir) == NULL) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    for (size_t i = 0; i < f->nfiles; i++) {
+        unlink(f->files[i]);
+        free(f->files[i]);
+    }
+    rmdir(f->dir);
+    config_done(&f->cfg);
+    free(f);
+    return 0;
+}
+
+/* Writes content to dir/name and returns the path (owned by the fixture). */
+static const char *write_file(struct fixture *f, const char *name, const char *content)
+{
+    assert_true(f->nfiles < MAX_FILES);
+    char *path = NULL;
+    assert_true(asprintf(&path, "%s/%s", f->dir, name) > 0);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    assert_int_equal(fputs(content, fp) >= 0, 1);
+    assert_int_equal(fclose(fp), 0);
+    f->files[f->nfiles++] = path;
+    return path;
+}
+
+/* Loads path (may be NULL) with env and expects an error; returns the message. */
+static const char *load_fails(struct fixture *f, const char *path, char *const *env)
+{
+    int rc = config_load(&f->cfg, path, env, NULL, NULL, f->err);
+    if (rc != -1)
+        fail_msg("config_load succeeded, expected an error (%s)", path ? path : "no file");
+    assert_true(f->err[0] != '\0');
+    /* "cfg is then already released" */
+    assert_null(f->cfg.listen);
+    assert_null(f->cfg.wechat_base);
+    return f->err;
+}
+
+static void load_ok(struct fixture *f, const char *path, char *const *env)
+{
+    int rc = config_load(&f->cfg, path, env, NULL, NULL, f->err);
+    if (rc != 0)
+        fail_msg("config_load failed: %s", f->err);
+}
+
+/* "path:line" as errors from the file name it. */
+static void assert_names_line(const char *err, const char *path, int line)
+{
+    char where[300];
+    snprintf(where, sizeof(where), "%s:%d:", path, line);
+    assert_contains(err, where);
+}
+
+/* ---- defaults and a good file ---- */
+
+static void test_defaults_without_file_or_env(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, no_env);
+    assert_string_equal(f->cfg.listen, "127.0.0.1:2020");
+    assert_string_equal(f->cfg.wechat_base, "https://api.weixin.qq.com");
+    assert_int_equal(f->cfg.upstream_timeout_ms, 5000);
+    assert_int_equal(f->cfg.upstream_retries, 2);
+    assert_int_equal(f->cfg.log_level, LOG_INFO);
+    assert_int_equal(f->cfg.log_format, LOG_FORMAT_JSON);
+    assert_int_equal(f->cfg.max_body_bytes, 65536);
+    assert_int_equal(f->cfg.threads, 0);
+    assert_null(f->cfg.appid);
+    assert_null(f->cfg.secret);
+    assert_null(f->cfg.secret_file);
+}
+
+static void test_null_envp_is_no_environment(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, NULL);
+    assert_string_equal(f->cfg.listen, "127.0.0.1:2020");
+}
+
+static void test_good_file_sets_every_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "good.conf",
+                                  "; a comment\n"
+                                  "# another comment\n"
+                                  "\n"
+                                  "listen = 0.0.0.0:8080\n"
+                                  "appid = wx1234567890abcdef\n"
+                                  "secret = 0123456789abcdef0123456789abcdef\n"
+                                  "wechat_base = http://127.0.0.1:2021\n"
+                                  "upstream_timeout_ms = 1500\n"
+                                  "upstream_retries = 0\n"
+                                  "threads = 4\n"
+                                  "log_level = debug\n"
+                                  "log_format = text\n"
+                                  "max_body_bytes = 1024\n"
+                                  "max_connections = 50\n"
+                                  "connection_timeout = 7\n"
+                                  "shutdown_timeout_ms = 250\n");
+    load_ok(f, path, no_env);
+    assert_string_equal(f->cfg.listen, "0.0.0.0:8080");
+    assert_string_equal(f->cfg.appid, "wx1234567890abcdef");
+    assert_string_equal(f->cfg.secret, "0123456789abcdef0123456789abcdef");
+    assert_string_equal(f->cfg.wechat_base, "http://127.0.0.1:2021");
+    assert_int_equal(f->cfg.upstream_timeout_ms, 1500);
+    assert_int_equal(f->cfg.upstream_retries, 0);
+    assert_int_equal(f->cfg.threads, 4);
+    assert_int_equal(f->cfg.log_level, LOG_DEBUG);
+    assert_int_equal(f->cfg.log_format, LOG_FORMAT_TEXT);
+    assert_int_equal(f->cfg.max_body_bytes, 1024);
+    assert_int_equal(f->cfg.max_connections, 50);
+    assert_int_equal(f->cfg.connection_timeout, 7);
+    assert_int_equal(f->cfg.shutdown_timeout_ms, 250);
+    assert_int_equal(config_thread_count(&f->cfg), 4);
+}
+
+static void test_missing_file_is_an_error_naming_it(void **state)
+{
+    struct fixture *f = *state;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/does-not-exist.conf", f->dir);
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, path);
+}
+
+/* ---- file errors ---- */
+
+static void test_file_unknown_key_names_key_and_line(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "unknown.conf",
+                                  "listen = 127.0.0.1:1\n"
+                                  "\n"
+                                  "listne = 127.0.0.1:2\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "listne");
+    assert_names_line(err, path, 3);
+}
+
+/* inih keeps calling the handler after a failed line; the message must still describe the line
+ * that the error reports (the first bad one), not a later one. */
+static void test_file_two_unknown_keys_first_is_reported(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "two.conf",
+                                  "alpha = 1\n"
+                                  "listen = 127.0.0.1:1\n"
+                                  "omega = 2\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_names_line(err, path, 1);
+    assert_contains(err, "alpha");
+    assert_not_contains(err, "omega");
+}
+
+static void test_file_unknown_section_is_an_error(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "section.conf",
+                                  "appid = wx1\n"
+                                  "[server]\n"
+                                  "listen = 127.0.0.1:1\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "server");
+    assert_names_line(err, path, 3);
+}
+
+static void test_file_syntax_error_names_line(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "syntax.conf",
+                                  "appid = wx1\n"
+                                  "this line has no equals sign\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_names_line(err, path, 2);
+}
+
+static void test_file_bad_int_names_key_and_line(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "int.conf",
+                                  "appid = wx1\n"
+                                  "upstream_timeout_ms = 5s\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "upstream_timeout_ms");
+    assert_names_line(err, path, 2);
+}
+
+static void test_file_int_out_of_range_names_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "range.conf", "upstream_retries = 11\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "upstream_retries");
+    assert_names_line(err, path, 1);
+}
+
+static void test_file_negative_int_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "neg.conf", "max_connections = -1\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "max_connections");
+}
+
+static void test_file_int_overflow_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "overflow.conf", "upstream_timeout_ms = 99999999999999999999\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "upstream_timeout_ms");
+}
+
+static void test_file_int_bounds_are_inclusive(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "bounds.conf",
+                                  "upstream_timeout_ms = 50\n"
+                                  "upstream_retries = 10\n"
+                                  "max_body_bytes = 64\n");
+    load_ok(f, path, no_env);
+    assert_int_equal(f->cfg.upstream_timeout_ms, 50);
+    assert_int_equal(f->cfg.upstream_retries, 10);
+    assert_int_equal(f->cfg.max_body_bytes, 64);
+}
+
+static void test_file_int_just_below_minimum_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "below.conf", "upstream_timeout_ms = 49\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "upstream_timeout_ms");
+}
+
+static void test_file_bad_log_level_names_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "level.conf", "log_level = verbose\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "log_level");
+    assert_names_line(err, path, 1);
+}
+
+static void test_file_bad_log_format_names_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "format.conf", "log_format = xml\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "log_format");
+}
+
+static void test_file_bad_url_names_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "url.conf", "wechat_base = ftp://api.weixin.qq.com\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "wechat_base");
+    assert_names_line(err, path, 1);
+}
+
+static void test_file_url_without_scheme_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "noscheme.conf", "wechat_base = api.weixin.qq.com\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "wechat_base");
+}
+
+static void test_file_empty_string_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "empty.conf", "appid =\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "appid");
+}
+
+/* ---- wechat_base normalisation ---- */
+
+static void test_wechat_base_trailing_slashes_stripped(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "slash.conf", "wechat_base = http://127.0.0.1:2021///\n");
+    load_ok(f, path, no_env);
+    assert_string_equal(f->cfg.wechat_base, "http://127.0.0.1:2021");
+}
+
+static void test_wechat_base_trailing_slash_stripped_from_env(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_WECHAT_BASE=https://example.test/", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.wechat_base, "https://example.test");
+}
+
+/* "https:///" passes the scheme check, then slash stripping leaves "https:", which is no URL. */
+static void test_wechat_base_of_only_slashes_rejected(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_WECHAT_BASE=https:///", NULL};
+    int rc = config_load(&f->cfg, NULL, env, NULL, NULL, f->err);
+    if (rc == 0)
+        fail_msg("accepted wechat_base 'https:///' and kept it as '%s'", f->cfg.wechat_base);
+    assert_contains(f->err, "wechat_base");
+}
+
+/* ---- environment ---- */
+
+static void test_env_overrides_file(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "base.conf",
+                                  "listen = 127.0.0.1:1111\n"
+                                  "appid = wxfromfile\n"
+                                  "upstream_retries = 1\n");
+    char *const env[] = {"PATH=/usr/bin", "WXLOGIN_LISTEN=127.0.0.1:2222",
+                         "WXLOGIN_UPSTREAM_RETRIES=5", NULL};
+    load_ok(f, path, env);
+    assert_string_equal(f->cfg.listen, "127.0.0.1:2222");
+    assert_int_equal(f->cfg.upstream_retries, 5);
+    assert_string_equal(f->cfg.appid, "wxfromfile");
+}
+
+static void test_env_sets_every_kind(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wxenv",
+                         "WXLOGIN_SECRET=envsecret",
+                         "WXLOGIN_LOG_LEVEL=error",
+                         "WXLOGIN_LOG_FORMAT=text",
+                         "WXLOGIN_MAX_BODY_BYTES=4096",
+                         NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.appid, "wxenv");
+    assert_string_equal(f->cfg.secret, "envsecret");
+    assert_int_equal(f->cfg.log_level, LOG_ERROR);
+    assert_int_equal(f->cfg.log_format, LOG_FORMAT_TEXT);
+    assert_int_equal(f->cfg.max_body_bytes, 4096);
+}
+
+static void test_env_bad_int_names_key(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_UPSTREAM_TIMEOUT_MS=fast", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "WXLOGIN_UPSTREAM_TIMEOUT_MS");
+    assert_contains(err, "upstream_timeout_ms");
+}
+
+static void test_env_int_out_of_range_names_key(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_THREADS=257", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "WXLOGIN_THREADS");
+}
+
+static void test_env_bad_enum_names_key(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_LOG_LEVEL=loud", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "WXLOGIN_LOG_LEVEL");
+    assert_contains(err, "log_level");
+}
+
+static void test_env_bad_url_names_key(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_WECHAT_BASE=api.weixin.qq.com", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "WXLOGIN_WECHAT_BASE");
+}
+
+static void test_env_error_after_good_file_fails(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "ok.conf", "appid = wx1\n");
+    char *const env[] = {"WXLOGIN_LOG_FORMAT=yaml", NULL};
+    const char *err = load_fails(f, path, env);
+    assert_contains(err, "WXLOGIN_LOG_FORMAT");
+}
+
+struct warnings {
+    int n;
+    char last[256];
+};
+
+static void record_warning(const char *msg, void *arg)
+{
+    struct warnings *w = arg;
+    w->n++;
+    snprintf(w->last, sizeof(w->last), "%s", msg);
+}
+
+static void test_env_unknown_variable_warns_and_loads(void **state)
+{
+    struct fixture *f = *state;
+    struct warnings w = {0};
+    char *const env[] = {"HOME=/root", "WXLOGIN_FOO=bar", "WXLOGIN_LISTEN=127.0.0.1:9", NULL};
+    int rc = config_load(&f->cfg, NULL, env, record_warning, &w, f->err);
+    if (rc != 0)
+        fail_msg("config_load failed: %s", f->err);
+    assert_int_equal(w.n, 1);
+    assert_contains(w.last, "WXLOGIN_FOO");
+    assert_not_contains(w.last, "bar");
+    assert_string_equal(f->cfg.listen, "127.0.0.1:9");
+}
+
+static void test_env_unknown_variable_without_warn_callback(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_FOO=bar", NULL};
+    load_ok(f, NULL, env);
+}
+
+static void test_env_non_prefixed_variables_ignored_silently(void **state)
+{
+    struct fixture *f = *state;
+    struct warnings w = {0};
+    char *const env[] = {"LISTEN=1.2.3.4:5", "XWXLOGIN_LISTEN=1.2.3.4:5", "WXLOGIN", NULL};
+    int rc = config_load(&f->cfg, NULL, env, record_warning, &w, f->err);
+    if (rc != 0)
+        fail_msg("config_load failed: %s", f->err);
+    assert_int_equal(w.n, 0);
+    assert_string_equal(f->cfg.listen, "127.0.0.1:2020");
+}
+
+/* ---- secrets ---- */
+
+static void test_secret_file_read_and_newline_stripped(void **state)
+{
+    struct fixture *f = *state;
+    const char *secret = write_file(f, "secret", "0123456789abcdef0123456789abcdef\n");
+    char *conf = NULL;
+    assert_true(asprintf(&conf, "secret_file = %s\n", secret) > 0);
+    const char *path = write_file(f, "sf.conf", conf);
+    free(conf);
+    load_ok(f, path, no_env);
+    assert_string_equal(f->cfg.secret, "0123456789abcdef0123456789abcdef");
+    assert_string_equal(f->cfg.secret_file, secret);
+}
+
+static void test_secret_file_crlf_stripped(void **state)
+{
+    struct fixture *f = *state;
+    const char *secret = write_file(f, "secret", "abc123\r\n");
+    char env0[200];
+    snprintf(env0, sizeof(env0), "WXLOGIN_SECRET_FILE=%s", secret);
+    char *const env[] = {env0, NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.secret, "abc123");
+}
+
+static void test_secret_file_only_whitespace_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *secret = write_file(f, "secret", "\n\n");
+    char env0[200];
+    snprintf(env0, sizeof(env0), "WXLOGIN_SECRET_FILE=%s", secret);
+    char *const env[] = {env0, NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "secret_file");
+}
+
+static void test_secret_file_missing_is_an_error(void **state)
+{
+    struct fixture *f = *state;
+    char env0[200];
+    snprintf(env0, sizeof(env0), "WXLOGIN_SECRET_FILE=%s/no-such-secret", f->dir);
+    char *const env[] = {env0, NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "secret_file");
+    assert_contains(err, "no-such-secret");
+}
+
+static void test_secret_and_secret_file_both_set_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *secret = write_file(f, "secret", "fromthefile\n");
+    char *conf = NULL;
+    assert_true(asprintf(&conf, "secret = SECRETINTHECONF\nsecret_file = %s\n", secret) > 0);
+    const char *path = write_file(f, "both.conf", conf);
+    free(conf);
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "secret_file");
+    assert_not_contains(err, "SECRETINTHECONF");
+    assert_not_contains(err, "fromthefile");
+}
+
+static void test_secret_from_env_and_secret_file_from_file_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *secret = write_file(f, "secret", "fromthefile\n");
+    char *conf = NULL;
+    assert_true(asprintf(&conf, "secret_file = %s\n", secret) > 0);
+    const char *path = write_file(f, "sf.conf", conf);
+    free(conf);
+    char *const env[] = {"WXLOGIN_SECRET=SECRETINTHEENV", NULL};
+    const char *err = load_fails(f, path, env);
+    assert_not_contains(err, "SECRETINTHEENV");
+}
+
+static void test_error_never_contains_env_secret(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_SECRET=TOPSECRETVALUE42", "WXLOGIN_UPSTREAM_RETRIES=lots",
+                         NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "upstream_retries");
+    assert_not_contains(err, "TOPSECRETVALUE42");
+}
+
+static void test_error_never_contains_file_secret(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "leak.conf",
+                                  "secret = TOPSECRETVALUE42\n"
+                                  "listen_port = 80\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "listen_port");
+    assert_not_contains(err, "TOPSECRETVALUE42");
+}
+
+/* ---- config_check_serve ---- */
+
+static void test_check_serve_without_appid(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_SECRET=s", NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), -1);
+    assert_contains(err, "appid");
+}
+
+static void test_check_serve_without_secret(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wx1", NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), -1);
+    assert_contains(err, "secret");
+}
+
+static void test_check_serve_with_appid_and_secret(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wx1", "WXLOGIN_SECRET=s", NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), 0);
+}
+
+static void test_config_done_twice_is_safe(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, no_env);
+    config_done(&f->cfg);
+    assert_null(f->cfg.listen);
+    config_done(&f->cfg);
+}
+
+/* ---- the annotated example ---- */
+
+#define EXAMPLE "../../wxlogin.conf.example"
+
+static void test_example_file_loads(void **state)
+{
+    struct fixture *f = *state;
+    if (access(EXAMPLE, R_OK) != 0)
+        skip();
+    int rc = config_load(&f->cfg, EXAMPLE, no_env, NULL, NULL, f->err);
+    if (rc != 0)
+        fail_msg("%s does not load: %s", EXAMPLE, f->err);
+}
+
+/* The example with its secret_file (a deployment path) pointed at a temp file: every other key
+ * and value in it must be known and valid. */
+static void test_example_file_keys_are_all_valid(void **state)
+{
+    struct fixture *f = *state;
+    FILE *in = fopen(EXAMPLE, "r");
+    if (in == NULL)
+        skip();
+    const char *secret = write_file(f, "secret", "examplesecret\n");
+    char *text = NULL;
+    size_t cap = 0;
+    FILE *out = open_memstream(&text, &cap);
+    assert_non_null(out);
+    char line[1024];
+    while (fgets(line, sizeof(line), in) != NULL) {
+        if (strncmp(line, "secret_file", 11) == 0)
+            fprintf(out, "secret_file = %s\n", secret);
+        else
+            fputs(line, out);
+    }
+    fclose(in);
+    fclose(out);
+    const char *path = write_file(f, "example.conf", text);
+    free(text);
+    load_ok(f, path, no_env);
+    assert_non_null(f->cfg.listen);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        T(test_defaults_without_file_or_env),
+        T(test_null_envp_is_no_environment),
+        T(test_good_file_sets_every_key),
+        T(test_missing_file_is_an_error_naming_it),
+        T(test_file_unknown_key_names_key_and_line),
+        T(test_file_two_unknown_keys_first_is_reported),
+        T(test_file_unknown_section_is_an_error),
+        T(test_file_syntax_error_names_line),
+        T(test_file_bad_int_names_key_and_line),
+        T(test_file_int_out_of_range_names_key),
+        T(test_file_negative_int_rejected),
+        T(test_file_int_overflow_rejected),
+        T(test_file_int_bounds_are_inclusive),
+        T(test_file_int_just_below_minimum_rejected),
+        T(test_file_bad_log_level_names_key),
+        T(test_file_bad_log_format_names_key),
+        T(test_file_bad_url_names_key),
+        T(test_file_url_without_scheme_rejected),
+        T(test_file_empty_string_rejected),
+        T(test_wechat_base_trailing_slashes_stripped),
+        T(test_wechat_base_trailing_slash_stripped_from_env),
+        T(test_wechat_base_of_only_slashes_rejected),
+        T(test_env_overrides_file),
+        T(test_env_sets_every_kind),
+        T(test_env_bad_int_names_key),
+        T(test_env_int_out_of_range_names_key),
+        T(test_env_bad_enum_names_key),
+        T(test_env_bad_url_names_key),
+        T(test_env_error_after_good_file_fails),
+        T(test_env_unknown_variable_warns_and_loads),
+        T(test_env_unknown_variable_without_warn_callback),
+        T(test_env_non_prefixed_variables_ignored_silently),
+        T(test_secret_file_read_and_newline_stripped),
+        T(test_secret_file_crlf_stripped),
+        T(test_secret_file_only_whitespace_rejected),
+        T(test_secret_file_missing_is_an_error),
+        T(test_secret_and_secret_file_both_set_rejected),
+        T(test_secret_from_env_and_secret_file_from_file_rejected),
+        T(test_error_never_contains_env_secret),
+        T(test_error_never_contains_file_secret),
+        T(test_check_serve_without_appid),
+        T(test_check_serve_without_secret),
+        T(test_check_serve_with_appid_and_secret),
+        T(test_config_done_twice_is_safe),
+        T(test_example_file_loads),
+        T(test_example_file_keys_are_all_valid),
+#undef T
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -2,20 +2,35 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "config/config.h"
+#include "config/master_key.h"
+#include "crypto/crypto.h"
+#include "exchange/exchange.h"
 #include "handlers/handlers.h"
 #include "http/server.h"
 #include "log/log.h"
 #include "loop/loop.h"
 #include "runtime/workers.h"
+#include "session/session.h"
 #include "version.h"
 #include "wechat/client.h"
+
+/* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long. */
+#define CODE_LIFETIME_MS (5 * 60 * 1000)
+#define EXCHANGE_MAX_CODES 200000
+/* Expired sessions are deleted in batches, so a backlog never stalls a worker. */
+#define PURGE_INTERVAL_MS (60 * 1000)
+#define PURGE_BATCH 1000
+#define PURGE_AGAIN_MS 100
 
 struct serve {
     const struct config *cfg;
     int nworkers;
     uint16_t port; /* bound by worker 0, joined by the others */
+    uint8_t master_key[CRYPTO_KEY_LEN];
+    struct exchange *exchange;
 };
 
 struct serve_worker {
@@ -23,6 +38,7 @@ struct serve_worker {
     struct handlers_ctx ctx;
     struct http_server *http;
     struct loop_timer deadline;
+    struct loop_timer purge;
     long shutdown_timeout_ms;
 };
 
@@ -33,6 +49,29 @@ static void release(struct serve_worker *sw)
     sw->http = NULL;
     wechat_client_free(sw->ctx.wx);
     sw->ctx.wx = NULL;
+    loop_timer_stop(sw->w->loop, &sw->purge);
+    session_close(sw->ctx.store);
+    sw->ctx.store = NULL;
+}
+
+static void on_purged(int status, long count, void *arg)
+{
+    struct serve_worker *sw = arg;
+    if (status != SESSION_OK) {
+        log_msg(LOG_WARN, "purging expired sessions failed; will try again");
+        count = 0;
+    } else if (count > 0) {
+        log_msg(LOG_DEBUG, "purged %ld expired sessions", count);
+    }
+    loop_timer_start(sw->w->loop, &sw->purge,
+                     count >= PURGE_BATCH ? PURGE_AGAIN_MS : PURGE_INTERVAL_MS);
+}
+
+static void on_purge_timer(void *arg)
+{
+    struct serve_worker *sw = arg;
+    sw->ctx.store->ops->purge_expired(sw->ctx.store, (int64_t)time(NULL), PURGE_BATCH, on_purged,
+                                      sw);
 }
 
 static void drained(void *arg)
@@ -81,6 +120,17 @@ static int serve_init(struct worker *w, void *arg)
     sw->w = w;
     sw->shutdown_timeout_ms = cfg->shutdown_timeout_ms;
     loop_timer_init(&sw->deadline, on_deadline, sw);
+    loop_timer_init(&sw->purge, on_purge_timer, sw);
+
+    char serr[SESSION_ERR_MAX];
+    if (session_open(cfg->store, w->loop, &sw->ctx.store, serr) != 0) {
+        log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
+        return -1;
+    }
+    sw->ctx.exchange = s->exchange;
+    sw->ctx.master_key = s->master_key;
+    if (w->id == 0) /* one purger is enough */
+        loop_timer_start(w->loop, &sw->purge, PURGE_INTERVAL_MS);
 
     struct wechat_client_opts wo = {.base = cfg->wechat_base,
                                     .timeout_ms = cfg->upstream_timeout_ms,
@@ -115,7 +165,7 @@ static int serve_init(struct worker *w, void *arg)
         snprintf(threads, sizeof(threads), "%d", s->nworkers);
         log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen,
                "port", port, "threads", threads, "appid", cfg->appid, "wechat_base",
-               cfg->wechat_base, NULL);
+               cfg->wechat_base, "store", cfg->store, NULL);
     }
     return 0;
 }
@@ -129,8 +179,21 @@ static const struct worker_ops serve_ops = {
 int serve_run(const struct config *cfg)
 {
     struct serve s = {.cfg = cfg, .nworkers = config_thread_count(cfg)};
+    char err[CONFIG_ERR_MAX];
+    int rc = 1;
+    if (master_key_load(cfg, s.master_key, err) != 0) {
+        log_kv(LOG_ERROR, "cannot load the master key", "detail", err, NULL);
+        goto out;
+    }
+    s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
+    if (s.exchange == NULL)
+        goto out;
     if (workers_run(s.nworkers, &serve_ops, &s) != 0)
-        return 1;
+        goto out;
     log_msg(LOG_INFO, "stopped");
-    return 0;
+    rc = 0;
+out:
+    exchange_free(s.exchange);
+    crypto_wipe(s.master_key, sizeof(s.master_key));
+    return rc;
 }

@@ -44,6 +44,10 @@ static const struct cfg_key keys[] = {
     {"max_connections", CT_LONG, OFF(max_connections), "10000", 1, 1000000},
     {"connection_timeout", CT_LONG, OFF(connection_timeout), "30", 1, 3600},
     {"shutdown_timeout_ms", CT_LONG, OFF(shutdown_timeout_ms), "10000", 0, 600000},
+    {"store", CT_STRING, OFF(store), "sqlite:wxlogin.db", 0, 0},
+    {"session_ttl", CT_LONG, OFF(session_ttl), "604800", 1, 31536000},
+    {"master_key", CT_SECRET, OFF(master_key), NULL, 0, 0},
+    {"master_key_file", CT_STRING, OFF(master_key_file), NULL, 0, 0},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -277,6 +281,15 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
         if (read_secret_file(cfg, err) != 0)
             goto fail;
     }
+    if (cfg->master_key != NULL && cfg->master_key_file != NULL) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "master_key_file: set either master_key or master_key_file, not both");
+        goto fail;
+    }
+    if (strncmp(cfg->store, "sqlite:", 7) != 0 || cfg->store[7] == '\0') {
+        snprintf(err, CONFIG_ERR_MAX, "store: '%.200s' is not sqlite:PATH", cfg->store);
+        goto fail;
+    }
     return 0;
 fail:
     config_done(cfg);
@@ -304,6 +317,9 @@ void config_done(struct config *cfg)
     wipe_free(cfg->secret);
     free(cfg->secret_file);
     free(cfg->wechat_base);
+    free(cfg->store);
+    wipe_free(cfg->master_key);
+    free(cfg->master_key_file);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -30,6 +30,10 @@ struct config {
     long max_connections;
     long connection_timeout; /* seconds an idle or slow client connection may live */
     long shutdown_timeout_ms;
+    char *store;      /* "sqlite:PATH" */
+    long session_ttl; /* seconds */
+    char *master_key; /* base64 of 32 bytes; NULL when not configured */
+    char *master_key_file;
 };
 
 /* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */

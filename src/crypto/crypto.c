@@ -47,8 +47,8 @@ void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_HASH_LEN])
     EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
-int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen,
-                const void *pt, size_t ptlen, uint8_t *out)
+int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen, const void *pt,
+                size_t ptlen, uint8_t *out)
 {
     int rc = -1, n = 0, total;
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();

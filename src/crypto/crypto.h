@@ -37,8 +37,8 @@ void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_HASH_LEN]);
  * AES-256-GCM with a random nonce; aad is authenticated, not encrypted. out must hold
  * ptlen + CRYPTO_SEAL_OVERHEAD bytes. Returns the sealed length, or -1.
  */
-int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen,
-                const void *pt, size_t ptlen, uint8_t *out);
+int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen, const void *pt,
+                size_t ptlen, uint8_t *out);
 /*
  * Opens a sealed blob. out must hold inlen - CRYPTO_SEAL_OVERHEAD bytes. Returns the plaintext
  * length, or -1 when the blob is malformed or fails authentication (wrong key, tampered data,

@@ -1,28 +1,54 @@
 /*
  * handlers: one file per resource; the only layer that chooses HTTP status codes.
  *
- * Each worker thread has its own handlers_ctx (its WeChat client) so a request never leaves its
- * thread. The route table is shared and read-only.
+ * Each worker thread has its own handlers_ctx (its WeChat client, its store connection) so a
+ * request never leaves its thread; the code-exchange table is the one thing shared by all
+ * workers (see exchange/exchange.h). The route table is shared and read-only.
  */
 #ifndef WXLOGIN_HANDLERS_H
 #define WXLOGIN_HANDLERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
+#include "crypto/crypto.h"
 #include "http/server.h"
 
 struct config;
+struct exchange;
+struct session_store;
 struct wechat_client;
 
 struct handlers_ctx {
-    const struct config *cfg; /* borrowed, outlives the workers */
-    struct wechat_client *wx; /* this worker's client */
+    const struct config *cfg;    /* borrowed, outlives the workers */
+    const uint8_t *master_key;   /* CRYPTO_KEY_LEN bytes, borrowed */
+    struct exchange *exchange;   /* shared by all workers */
+    struct wechat_client *wx;    /* this worker's */
+    struct session_store *store; /* this worker's */
 };
 
 extern const struct http_route handlers_routes[];
 extern const size_t handlers_nroutes;
 
 void handle_openid(struct http_request *req, void *arg);
+void handle_login(struct http_request *req, void *arg);
+void handle_session(struct http_request *req, void *arg);
+void handle_logout(struct http_request *req, void *arg);
 void handle_healthz(struct http_request *req, void *arg);
+void handle_readyz(struct http_request *req, void *arg);
+
+/* ---- shared by the handlers ---- */
+
+/* 503 store_unavailable, action retry (and a log line). */
+void handlers_reply_store_error(struct http_request *req, const char *op);
+
+/* 401 invalid_token with WWW-Authenticate. */
+void handlers_reply_invalid_token(struct http_request *req, const char *why);
+
+/*
+ * Reads "Authorization: Bearer <token>" and hashes a well-formed token into hash. Returns 0, or
+ * -1 with *why set when the header is missing, not Bearer, or not one of our tokens.
+ */
+int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why);
 
 #endif

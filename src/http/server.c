@@ -33,7 +33,7 @@
 #include "loop/loop.h"
 #include "util/addr.h"
 
-#define MAX_REPLY_HEADERS 8
+#define MAX_REPLY_HEADERS 12
 #define CONN_MEMORY_LIMIT (64 * 1024)
 /* A chunked body over the limit is read and dropped up to this much more, so the client can be
  * told 413; past it the connection is simply closed. */
@@ -456,7 +456,8 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         finish(req);
         return -ENOMEM;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (content_type != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     MHD_add_response_header(resp, "X-Request-Id", req->id);
     for (size_t i = 0; i < req->nheaders; i++)

@@ -84,7 +84,7 @@ void http_request_on_cancel(struct http_request *req, http_cancel_fn *fn, void *
 /* ---- answering: exactly one http_reply*() per request ---- */
 /* Adds a response header (copied). Call before the reply. */
 int http_add_header(struct http_request *req, const char *name, const char *value);
-/* Answers with body (copied). */
+/* Answers with body (copied); content_type NULL sends none (e.g. 204). */
 int http_reply(struct http_request *req, unsigned status, const char *content_type,
                const void *body, size_t len);
 /* Answers with body serialised as JSON; takes the reference to body. */

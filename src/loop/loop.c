@@ -294,13 +294,9 @@ void loop_free(struct loop *loop)
 {
     if (loop == NULL)
         return;
+    run_posts(loop);
     loop_io_del(loop->wake_io);
     free_dead(loop);
-    while (loop->post_head != NULL) {
-        struct loop_post_item *it = loop->post_head;
-        loop->post_head = it->next;
-        free(it);
-    }
     if (loop->wakefd >= 0)
         close(loop->wakefd);
     if (loop->epfd >= 0)

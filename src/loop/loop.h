@@ -64,7 +64,8 @@ bool loop_timer_armed(const struct loop_timer *t);
 
 /*
  * Thread-safe: queues fn(arg) to run on the loop's thread and wakes it. Returns 0 or -ENOMEM.
- * Posted calls still queued when the loop is freed are dropped (arg is not freed).
+ * Calls still queued when the loop is freed run inside loop_free(), so whatever they carry is
+ * released; they must not expect the loop to run again.
  */
 int loop_post(struct loop *loop, loop_post_fn *fn, void *arg);
 

@@ -26,7 +26,7 @@
 struct loop;
 struct session_store;
 
-#define SESSION_ID_MAX 128    /* appid, openid, unionid */
+#define SESSION_ID_MAX 128     /* appid, openid, unionid */
 #define SESSION_SEALED_MAX 128 /* a sealed session_key */
 #define SESSION_ERR_MAX 256
 
@@ -71,8 +71,8 @@ struct session_ops {
      * atomic write. Completes only once the write is durable against a process crash.
      */
     void (*login)(struct session_store *st, const struct session_user *user,
-                  const uint8_t *token_hash, int64_t expires_at, int64_t now,
-                  session_done_fn *done, void *arg);
+                  const uint8_t *token_hash, int64_t expires_at, int64_t now, session_done_fn *done,
+                  void *arg);
     /* Creates a session for an existing user. */
     void (*put_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
                         const char *appid, const char *openid, int64_t expires_at, int64_t now,
@@ -86,8 +86,8 @@ struct session_ops {
     void (*get_user)(struct session_store *st, const char *appid, const char *openid,
                      session_user_fn *done, void *arg);
     /* Deletes up to limit expired sessions; reports how many. */
-    void (*purge_expired)(struct session_store *st, int64_t now, long limit,
-                          session_count_fn *done, void *arg);
+    void (*purge_expired)(struct session_store *st, int64_t now, long limit, session_count_fn *done,
+                          void *arg);
 };
 
 /* Every backend's handle starts with this. */

@@ -60,10 +60,9 @@ static const char *const stmt_sql[ST_COUNT] = {
         " unionid = COALESCE(excluded.unionid, users.unionid), updated_at = excluded.updated_at",
     [ST_INSERT_SESSION] = "INSERT INTO sessions (token_hash, appid, openid, created_at, "
                           "expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_GET_SESSION] =
-        "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
-        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
-        " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+    [ST_GET_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
+                       " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
+                       " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1",
     [ST_GET_USER] = "SELECT unionid, session_key FROM users WHERE appid = ?1 AND openid = ?2",
     [ST_PURGE] = "DELETE FROM sessions WHERE token_hash IN"
@@ -142,8 +141,8 @@ static int migrate(sqlite3 *db, char err[SESSION_ERR_MAX])
     sqlite3_finalize(q);
     if (version > NMIGRATIONS) {
         snprintf(err, SESSION_ERR_MAX,
-                 "store: database schema version %d is newer than this wxlogin knows (%d)",
-                 version, NMIGRATIONS);
+                 "store: database schema version %d is newer than this wxlogin knows (%d)", version,
+                 NMIGRATIONS);
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
@@ -188,9 +187,8 @@ static int sq_open(const char *spec, struct loop *loop, struct session_store **o
     s->base.ops = &session_sqlite_ops;
     s->path = strdup(spec);
     /* NOMUTEX: each connection belongs to one worker thread. */
-    int rc = sqlite3_open_v2(spec, &s->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        spec, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK || s->path == NULL) {
         snprintf(err, SESSION_ERR_MAX, "store: cannot open '%s': %s", spec,
                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -198,8 +196,8 @@ static int sq_open(const char *spec, struct loop *loop, struct session_store **o
     }
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
     char *msg = NULL;
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
-                     NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
+                     &msg) != SQLITE_OK) {
         snprintf(err, SESSION_ERR_MAX, "store: cannot set up '%s': %s", spec,
                  msg ? msg : sqlite3_errmsg(s->db));
         sqlite3_free(msg);
@@ -284,8 +282,8 @@ out:
 }
 
 static void sq_put_session(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
-                           const char *appid, const char *openid, int64_t expires_at,
-                           int64_t now, session_done_fn *done, void *arg)
+                           const char *appid, const char *openid, int64_t expires_at, int64_t now,
+                           session_done_fn *done, void *arg)
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
     int ok = file_ok(s) && insert_session(s, token_hash, appid, openid, expires_at, now) == 0;
@@ -318,9 +316,8 @@ static void sq_get_session(struct session_store *st, const uint8_t token_hash[CR
     done(rc == SQLITE_DONE ? SESSION_NOT_FOUND : SESSION_ERROR, NULL, arg);
 }
 
-static void sq_delete_session(struct session_store *st,
-                              const uint8_t token_hash[CRYPTO_HASH_LEN], session_done_fn *done,
-                              void *arg)
+static void sq_delete_session(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
+                              session_done_fn *done, void *arg)
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
     if (!file_ok(s)) {

@@ -1,0 +1,265 @@
+/*
+ * exchange: a chained hash table under one mutex, plus a FIFO of entries in creation order so
+ * expired outcomes are dropped from the front (every entry lives the same ttl, so creation
+ * order is expiry order). The critical sections are a few pointer moves; the WeChat call and the
+ * store writes happen outside the lock.
+ */
+#include "exchange/exchange.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop/loop.h"
+
+enum waiter_state { W_QUEUED, W_POSTED, W_CANCELLED };
+
+struct exchange_waiter {
+    struct exchange *x;
+    struct loop *loop;
+    exchange_wake_fn *wake;
+    void *arg;
+    enum waiter_state state; /* guarded by x->mu */
+    struct entry *entry;     /* valid while W_QUEUED */
+    struct exchange_outcome outcome;
+    struct exchange_waiter *next;
+};
+
+struct entry {
+    uint8_t key[CRYPTO_HASH_LEN];
+    bool done;
+    uint64_t expires_ms;
+    struct exchange_outcome outcome;
+    struct exchange_waiter *waiters;
+    struct entry *chain; /* bucket chain */
+    struct entry *fifo_prev, *fifo_next;
+};
+
+struct exchange {
+    pthread_mutex_t mu;
+    struct entry **buckets;
+    size_t nbuckets; /* power of two */
+    size_t count, max;
+    uint64_t ttl_ms;
+    struct entry *fifo_head, *fifo_tail;
+};
+
+void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_LEN])
+{
+    char buf[SESSION_ID_MAX + 1 + 1024];
+    int n = snprintf(buf, sizeof(buf), "%s\n%s", appid, code);
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        n = (int)sizeof(buf) - 1;
+    crypto_sha256(buf, (size_t)n, key);
+}
+
+struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms)
+{
+    struct exchange *x = calloc(1, sizeof(*x));
+    if (x == NULL)
+        return NULL;
+    x->nbuckets = 1024;
+    while (x->nbuckets < max_entries)
+        x->nbuckets *= 2;
+    x->buckets = calloc(x->nbuckets, sizeof(*x->buckets));
+    if (x->buckets == NULL) {
+        free(x);
+        return NULL;
+    }
+    x->max = max_entries;
+    x->ttl_ms = ttl_ms;
+    pthread_mutex_init(&x->mu, NULL);
+    return x;
+}
+
+static size_t bucket_of(const struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN])
+{
+    uint64_t h;
+    memcpy(&h, key, sizeof(h));
+    return (size_t)h & (x->nbuckets - 1);
+}
+
+static struct entry *find(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN])
+{
+    for (struct entry *e = x->buckets[bucket_of(x, key)]; e != NULL; e = e->chain)
+        if (memcmp(e->key, key, CRYPTO_HASH_LEN) == 0)
+            return e;
+    return NULL;
+}
+
+static void unlink_entry(struct exchange *x, struct entry *e)
+{
+    struct entry **pp = &x->buckets[bucket_of(x, e->key)];
+    while (*pp != e)
+        pp = &(*pp)->chain;
+    *pp = e->chain;
+    if (e->fifo_prev != NULL)
+        e->fifo_prev->fifo_next = e->fifo_next;
+    else
+        x->fifo_head = e->fifo_next;
+    if (e->fifo_next != NULL)
+        e->fifo_next->fifo_prev = e->fifo_prev;
+    else
+        x->fifo_tail = e->fifo_prev;
+    x->count--;
+    free(e);
+}
+
+/* Drops remembered outcomes whose time is up. In-flight entries are never dropped here: their
+ * exchange is bounded by the WeChat client's deadlines and they end with exchange_finish(). */
+static void expire(struct exchange *x, uint64_t now)
+{
+    struct entry *e = x->fifo_head;
+    while (e != NULL && e->expires_ms <= now) {
+        struct entry *next = e->fifo_next;
+        if (e->done)
+            unlink_entry(x, e);
+        e = next;
+    }
+}
+
+void exchange_free(struct exchange *x)
+{
+    if (x == NULL)
+        return;
+    while (x->fifo_head != NULL)
+        unlink_entry(x, x->fifo_head);
+    free(x->buckets);
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+}
+
+size_t exchange_size(struct exchange *x)
+{
+    pthread_mutex_lock(&x->mu);
+    size_t n = x->count;
+    pthread_mutex_unlock(&x->mu);
+    return n;
+}
+
+enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
+                                  struct loop *loop, exchange_wake_fn *wake, void *arg,
+                                  struct exchange_outcome *out, struct exchange_waiter **waiter)
+{
+    uint64_t now = loop_clock_ms();
+    enum exchange_role role = EXCHANGE_LEAD;
+    struct exchange_waiter *w = NULL;
+
+    pthread_mutex_lock(&x->mu);
+    expire(x, now);
+    struct entry *e = find(x, key);
+    if (e != NULL && e->done) {
+        *out = e->outcome;
+        role = EXCHANGE_KNOWN;
+        goto out;
+    }
+    if (e != NULL) {
+        w = calloc(1, sizeof(*w));
+        if (w == NULL)
+            goto out; /* lead without de-duplication rather than fail */
+        *w = (struct exchange_waiter){.x = x,
+                                      .loop = loop,
+                                      .wake = wake,
+                                      .arg = arg,
+                                      .state = W_QUEUED,
+                                      .entry = e,
+                                      .next = e->waiters};
+        e->waiters = w;
+        *waiter = w;
+        role = EXCHANGE_WAIT;
+        goto out;
+    }
+    if (x->count >= x->max)
+        goto out;
+    e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        goto out;
+    memcpy(e->key, key, CRYPTO_HASH_LEN);
+    e->expires_ms = now + x->ttl_ms;
+    size_t b = bucket_of(x, key);
+    e->chain = x->buckets[b];
+    x->buckets[b] = e;
+    e->fifo_prev = x->fifo_tail;
+    if (x->fifo_tail != NULL)
+        x->fifo_tail->fifo_next = e;
+    else
+        x->fifo_head = e;
+    x->fifo_tail = e;
+    x->count++;
+out:
+    pthread_mutex_unlock(&x->mu);
+    return role;
+}
+
+/* Runs on the waiter's loop. */
+static void deliver(void *arg)
+{
+    struct exchange_waiter *w = arg;
+    struct exchange *x = w->x;
+    pthread_mutex_lock(&x->mu);
+    bool cancelled = w->state == W_CANCELLED;
+    pthread_mutex_unlock(&x->mu);
+    if (!cancelled)
+        w->wake(&w->outcome, w->arg);
+    free(w);
+}
+
+void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
+                     const struct exchange_outcome *outcome, bool remember)
+{
+    pthread_mutex_lock(&x->mu);
+    struct entry *e = find(x, key);
+    if (e == NULL || e->done) { /* led without an entry (table was full) */
+        pthread_mutex_unlock(&x->mu);
+        return;
+    }
+    struct exchange_waiter *ws = e->waiters;
+    e->waiters = NULL;
+    for (struct exchange_waiter *w = ws; w != NULL; w = w->next) {
+        w->state = W_POSTED;
+        w->outcome = *outcome;
+    }
+    if (remember) {
+        e->done = true;
+        e->outcome = *outcome;
+    } else {
+        unlink_entry(x, e);
+    }
+    pthread_mutex_unlock(&x->mu);
+
+    while (ws != NULL) {
+        struct exchange_waiter *next = ws->next;
+        if (loop_post(ws->loop, deliver, ws) != 0) {
+            /* Out of memory: the waiter's request stays pending until its own cancellation
+             * at shutdown; nothing better can be done without memory. */
+            pthread_mutex_lock(&x->mu);
+            ws->state = W_CANCELLED;
+            pthread_mutex_unlock(&x->mu);
+        }
+        ws = next;
+    }
+}
+
+void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter)
+{
+    pthread_mutex_lock(&x->mu);
+    if (waiter->state == W_POSTED) {
+        /* deliver() is on its way to this thread's loop: it will free the waiter. */
+        waiter->state = W_CANCELLED;
+        pthread_mutex_unlock(&x->mu);
+        return;
+    }
+    /* Still queued: an entry with waiters is in flight, so it is still alive. */
+    bool queued = waiter->state == W_QUEUED;
+    if (queued) {
+        struct exchange_waiter **pp = &waiter->entry->waiters;
+        while (*pp != NULL && *pp != waiter)
+            pp = &(*pp)->next;
+        if (*pp == waiter)
+            *pp = waiter->next;
+    }
+    pthread_mutex_unlock(&x->mu);
+    if (queued)
+        free(waiter);
+}

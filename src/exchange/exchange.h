@@ -1,0 +1,87 @@
+/*
+ * exchange: idempotent, single-flight exchange of login codes, shared by every worker thread.
+ *
+ * A wx.login code can be exchanged with WeChat once; a second exchange fails with 40163. Yet the
+ * same code reaches us twice all the time (double taps, client retries after a lost response,
+ * two pages logging in at once). This table, keyed by SHA-256 of the code (never the code),
+ * makes the first request the leader that calls WeChat; concurrent requests with the same code
+ * wait for its outcome, and the outcome is remembered for the code's lifetime so a later repeat
+ * is answered without calling WeChat. Transient failures are shared with the waiters of the
+ * moment but not remembered.
+ *
+ * Waiters may live on other threads than the leader: they are woken through loop_post() on
+ * their own loop, never touched from the leader's thread.
+ */
+#ifndef WXLOGIN_EXCHANGE_H
+#define WXLOGIN_EXCHANGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/crypto.h"
+#include "session/session.h"
+#include "wechat/client.h"
+
+struct loop;
+struct exchange;
+struct exchange_waiter;
+
+enum exchange_kind {
+    EXCHANGE_OK,      /* WeChat exchanged the code and the user is stored */
+    EXCHANGE_WECHAT,  /* WeChat failed: status/errcode/http_status say how */
+    EXCHANGE_STORE,   /* WeChat succeeded but the store failed */
+    EXCHANGE_ABORTED, /* the leader was cancelled (shutdown) */
+};
+
+struct exchange_outcome {
+    enum exchange_kind kind;
+    /* EXCHANGE_OK */
+    char openid[SESSION_ID_MAX + 1];
+    char unionid[SESSION_ID_MAX + 1]; /* "" when none */
+    /* EXCHANGE_WECHAT */
+    enum wechat_status status;
+    long errcode;
+    long http_status;
+};
+
+enum exchange_role {
+    EXCHANGE_LEAD,  /* nobody is exchanging this code: do it, then exchange_finish() */
+    EXCHANGE_WAIT,  /* someone is: wake() will run on the caller's loop with the outcome */
+    EXCHANGE_KNOWN, /* the outcome is remembered and was copied out */
+};
+
+typedef void exchange_wake_fn(const struct exchange_outcome *outcome, void *arg);
+
+/* max_entries bounds memory; ttl_ms is how long outcomes are remembered. NULL on failure. */
+struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms);
+/* Frees the table. No waiter may be left (the workers have stopped). Accepts NULL. */
+void exchange_free(struct exchange *x);
+
+/* Key for a code of an app: SHA-256(appid "\n" code). */
+void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_LEN]);
+
+/*
+ * Joins the exchange of key. On EXCHANGE_WAIT, *waiter identifies the wait (for
+ * exchange_cancel) and wake(outcome, arg) will run exactly once on loop unless cancelled. On
+ * EXCHANGE_KNOWN, *out holds the outcome. When the table is full, the caller leads without
+ * de-duplication.
+ */
+enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
+                                  struct loop *loop, exchange_wake_fn *wake, void *arg,
+                                  struct exchange_outcome *out, struct exchange_waiter **waiter);
+
+/*
+ * The leader's outcome: wakes every waiter with it, and remembers it when remember is true
+ * (success, and failures that are final for the code), else forgets the code.
+ */
+void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
+                     const struct exchange_outcome *outcome, bool remember);
+
+/* From the waiter's own thread: abandons the wait; wake will not run. */
+void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter);
+
+/* Number of codes in the table (in flight or remembered). */
+size_t exchange_size(struct exchange *x);
+
+#endif

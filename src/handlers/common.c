@@ -1,0 +1,40 @@
+/* Replies and request parsing shared by several handlers. */
+#include <strings.h>
+
+#include "handlers/handlers.h"
+#include "log/log.h"
+
+void handlers_reply_store_error(struct http_request *req, const char *op)
+{
+    log_kv(LOG_ERROR, "store failed", "op", op, "request_id", http_request_id(req), NULL);
+    http_reply_error(req, 503, "store_unavailable", "the session store is unavailable", "retry");
+}
+
+void handlers_reply_invalid_token(struct http_request *req, const char *why)
+{
+    http_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    http_reply_error(req, 401, "invalid_token", why, "relogin");
+}
+
+int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)
+{
+    const char *h = http_request_header(req, "Authorization");
+    if (h == NULL) {
+        *why = "missing Authorization: Bearer token";
+        return -1;
+    }
+    /* RFC 6750: the scheme is case-insensitive; one or more spaces follow it. */
+    if (strncasecmp(h, "Bearer ", 7) != 0) {
+        *why = "Authorization must use the Bearer scheme";
+        return -1;
+    }
+    h += 7;
+    while (*h == ' ')
+        h++;
+    if (!crypto_token_well_formed(h)) {
+        *why = "malformed token";
+        return -1;
+    }
+    crypto_sha256(h, CRYPTO_TOKEN_LEN, hash);
+    return 0;
+}

@@ -1,0 +1,283 @@
+/*
+ * POST /openid and POST /v1/login: exchange a wx.login code.
+ *
+ * Both record the user and their newest session_key (sealed with the master key); /v1/login
+ * also issues our own session token. The exchange is idempotent and single-flight
+ * (exchange/exchange.h): the first request with a code leads and calls WeChat, concurrent ones
+ * wait for its outcome, and later repeats reuse the remembered outcome, so one code costs one
+ * WeChat call whatever the client does. session_key never leaves the server.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config/config.h"
+#include "exchange/exchange.h"
+#include "handlers/handlers.h"
+#include "handlers/login_request.h"
+#include "handlers/upstream_error.h"
+#include "log/log.h"
+#include "session/session.h"
+#include "wechat/client.h"
+
+struct login_op {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+    bool want_token;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wechat_call *call;       /* leading: WeChat is answering */
+    struct exchange_waiter *waiter; /* waiting for another request's exchange */
+    struct exchange_outcome out;    /* the identity to answer with */
+    char token[CRYPTO_TOKEN_LEN + 1];
+    int64_t expires_at;
+};
+
+static void op_free(struct login_op *op)
+{
+    crypto_wipe(op->token, sizeof(op->token));
+    free(op);
+}
+
+static void reply_success(struct login_op *op)
+{
+    json_t *body = json_pack("{s:s}", "openid", op->out.openid);
+    if (body != NULL && op->out.unionid[0] != '\0')
+        json_object_set_new(body, "unionid", json_string(op->out.unionid));
+    if (body != NULL && op->want_token) {
+        json_object_set_new(body, "token", json_string(op->token));
+        json_object_set_new(body, "expires_in", json_integer(op->expires_at - (int64_t)time(NULL)));
+    }
+    http_reply_json(op->req, 200, body);
+    op_free(op);
+}
+
+/* Prepares a fresh token and its hash for a new session. */
+static int new_token(struct login_op *op, uint8_t hash[CRYPTO_HASH_LEN])
+{
+    if (crypto_token_new(op->token) != 0)
+        return -1;
+    crypto_sha256(op->token, CRYPTO_TOKEN_LEN, hash);
+    op->expires_at = (int64_t)time(NULL) + op->ctx->cfg->session_ttl;
+    return 0;
+}
+
+static void reply_internal(struct login_op *op, const char *what)
+{
+    http_reply_error(op->req, 500, "internal", what, "retry");
+    op_free(op);
+}
+
+/* ---- followers: the outcome of someone else's exchange ---- */
+
+static void on_session_put(int status, void *arg)
+{
+    struct login_op *op = arg;
+    if (status != SESSION_OK) {
+        handlers_reply_store_error(op->req, "put_session");
+        op_free(op);
+        return;
+    }
+    reply_success(op);
+}
+
+static void follow(struct login_op *op, const struct exchange_outcome *o)
+{
+    struct http_request *req = op->req;
+    switch (o->kind) {
+    case EXCHANGE_OK:
+        op->out = *o;
+        if (!op->want_token) {
+            reply_success(op);
+            return;
+        }
+        uint8_t hash[CRYPTO_HASH_LEN];
+        if (new_token(op, hash) != 0) {
+            reply_internal(op, "cannot create a token");
+            return;
+        }
+        op->ctx->store->ops->put_session(op->ctx->store, hash, op->ctx->cfg->appid, o->openid,
+                                         op->expires_at, (int64_t)time(NULL), on_session_put, op);
+        return;
+    case EXCHANGE_WECHAT: {
+        struct wechat_result res = {.status = o->status,
+                                    .errcode = o->errcode,
+                                    .http_status = o->http_status,
+                                    .detail = "outcome shared with an earlier request"};
+        upstream_error_reply(req, &res, "code2session");
+        break;
+    }
+    case EXCHANGE_STORE: handlers_reply_store_error(req, "login"); break;
+    case EXCHANGE_ABORTED:
+        http_reply_error(req, 503, "shutting_down", "the service is shutting down", "retry");
+        break;
+    }
+    op_free(op);
+}
+
+static void on_wake(const struct exchange_outcome *o, void *arg)
+{
+    struct login_op *op = arg;
+    op->waiter = NULL;
+    http_request_on_cancel(op->req, NULL, NULL);
+    follow(op, o);
+}
+
+/* ---- the leader ---- */
+
+/* Final for the code: WeChat will answer the same to any repeat. */
+static bool final_failure(const struct wechat_result *res)
+{
+    return res->status == WECHAT_ERRCODE &&
+           (res->errcode == 40029 || res->errcode == 40163 || res->errcode == 40226);
+}
+
+static void on_stored(int status, void *arg)
+{
+    struct login_op *op = arg;
+    struct exchange *x = op->ctx->exchange;
+    if (status != SESSION_OK) {
+        /* Not remembered: the store may be back for a retry (though WeChat will then say the
+         * code was used, and the client gets a clear relogin). */
+        struct exchange_outcome o = {.kind = EXCHANGE_STORE};
+        exchange_finish(x, op->key, &o, false);
+        handlers_reply_store_error(op->req, "login");
+        op_free(op);
+        return;
+    }
+    exchange_finish(x, op->key, &op->out, true);
+    reply_success(op);
+}
+
+static bool copy_id(const json_t *v, char out[SESSION_ID_MAX + 1])
+{
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > SESSION_ID_MAX)
+        return false;
+    memcpy(out, json_string_value(v), json_string_length(v) + 1);
+    return true;
+}
+
+static void store_login(struct login_op *op, const json_t *body)
+{
+    struct handlers_ctx *ctx = op->ctx;
+    struct session_user u;
+    uint8_t hash[CRYPTO_HASH_LEN];
+    memset(&u, 0, sizeof(u));
+
+    snprintf(u.appid, sizeof(u.appid), "%s", ctx->cfg->appid);
+    const json_t *sk = json_object_get(body, "session_key");
+    if (!copy_id(json_object_get(body, "openid"), u.openid) ||
+        json_string_length(sk) > SESSION_SEALED_MAX - CRYPTO_SEAL_OVERHEAD) {
+        struct wechat_result bad = {.status = WECHAT_BAD_BODY,
+                                    .detail = "openid or "
+                                              "session_key malformed"};
+        struct exchange_outcome o = {.kind = EXCHANGE_WECHAT, .status = WECHAT_BAD_BODY};
+        exchange_finish(ctx->exchange, op->key, &o, false);
+        upstream_error_reply(op->req, &bad, "code2session");
+        op_free(op);
+        return;
+    }
+    copy_id(json_object_get(body, "unionid"), u.unionid);
+
+    /* The associated data binds the sealed key to its user: a blob copied onto another row
+     * does not open. */
+    char aad[2 * SESSION_ID_MAX + 2];
+    int aadlen = snprintf(aad, sizeof(aad), "%s\n%s", u.appid, u.openid);
+    int sealed = crypto_seal(ctx->master_key, aad, (size_t)aadlen, json_string_value(sk),
+                             json_string_length(sk), u.sealed_key);
+    if (sealed < 0 || (op->want_token && new_token(op, hash) != 0)) {
+        struct exchange_outcome o = {.kind = EXCHANGE_STORE};
+        exchange_finish(ctx->exchange, op->key, &o, false);
+        reply_internal(op, "cannot seal the session");
+        return;
+    }
+    u.sealed_len = (size_t)sealed;
+
+    op->out.kind = EXCHANGE_OK;
+    memcpy(op->out.openid, u.openid, sizeof(u.openid));
+    memcpy(op->out.unionid, u.unionid, sizeof(u.unionid));
+    ctx->store->ops->login(ctx->store, &u, op->want_token ? hash : NULL, op->expires_at,
+                           (int64_t)time(NULL), on_stored, op);
+    crypto_wipe(&u, sizeof(u));
+}
+
+static void on_code2session(const struct wechat_result *res, void *arg)
+{
+    struct login_op *op = arg;
+    op->call = NULL;
+    http_request_on_cancel(op->req, NULL, NULL);
+    if (res->status == WECHAT_OK) {
+        store_login(op, res->body);
+        return;
+    }
+    struct exchange_outcome o = {.kind = EXCHANGE_WECHAT,
+                                 .status = res->status,
+                                 .errcode = res->errcode,
+                                 .http_status = res->http_status};
+    exchange_finish(op->ctx->exchange, op->key, &o, final_failure(res));
+    upstream_error_reply(op->req, res, "code2session");
+    op_free(op);
+}
+
+/* Shutdown abandons the request: stop the WeChat call (telling any followers) or the wait. */
+static void on_cancel(void *arg)
+{
+    struct login_op *op = arg;
+    if (op->call != NULL) {
+        wechat_call_cancel(op->call);
+        struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
+        exchange_finish(op->ctx->exchange, op->key, &o, false);
+    }
+    if (op->waiter != NULL)
+        exchange_cancel(op->ctx->exchange, op->waiter);
+    op_free(op);
+}
+
+static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_token)
+{
+    char code[LOGIN_CODE_MAX + 1];
+    const char *why;
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    if (login_request_parse(body, len, code, &why) != 0) {
+        http_reply_error(req, 400, "bad_request", why, "none");
+        return;
+    }
+    struct login_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        http_reply_error(req, 503, "internal", "out of memory", "retry");
+        return;
+    }
+    op->req = req;
+    op->ctx = ctx;
+    op->want_token = want_token;
+    exchange_key(ctx->cfg->appid, code, op->key);
+
+    struct exchange_outcome known;
+    switch (exchange_begin(ctx->exchange, op->key, http_request_loop(req), on_wake, op, &known,
+                           &op->waiter)) {
+    case EXCHANGE_KNOWN: follow(op, &known); return;
+    case EXCHANGE_WAIT: http_request_on_cancel(req, on_cancel, op); return;
+    case EXCHANGE_LEAD: break;
+    }
+    op->call =
+        wechat_code2session(ctx->wx, ctx->cfg->appid, ctx->cfg->secret, code, on_code2session, op);
+    if (op->call == NULL) {
+        struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
+        exchange_finish(ctx->exchange, op->key, &o, false);
+        http_reply_error(req, 503, "internal", "cannot start the WeChat call", "retry");
+        op_free(op);
+        return;
+    }
+    http_request_on_cancel(req, on_cancel, op);
+}
+
+void handle_openid(struct http_request *req, void *arg)
+{
+    start(req, arg, false);
+}
+
+void handle_login(struct http_request *req, void *arg)
+{
+    start(req, arg, true);
+}

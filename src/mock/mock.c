@@ -29,6 +29,8 @@
 #define CODESET_SLOTS (1u << 19)
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
 #define HANG_MS (120 * 1000)
+/* Latest session_key per user, for the debug route; a ring, so memory is bounded. */
+#define SK_RING (1u << 18)
 
 struct mock_app {
     char *appid;
@@ -46,6 +48,14 @@ struct mock {
     struct codeset *used;
     struct codeset *attempts;
     atomic_ulong c2s_requests, c2s_exchanges;
+
+    /* Each user's latest session_key: users maps a user's hash to 1 + its ring slot. */
+    struct codeset *users;
+    struct sk_slot {
+        uint64_t owner;
+        char sk[32];
+    } * sk_ring;
+    uint32_t sk_next;
 };
 
 /* A request whose answer waits for a delay. */
@@ -106,13 +116,34 @@ static void derive_id(const char *label, const char *a, const char *b, char out[
     out[28] = '\0';
 }
 
-static void reply_session(struct http_request *req, const struct mock_app *app, const char *user)
+static uint64_t user_key(const char *appid, const char *openid)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf), "%s\n%s", appid, openid);
+    return codeset_key(buf, (size_t)n);
+}
+
+static void remember_session_key(struct mock *m, const char *appid, const char *openid,
+                                 const char *sk)
+{
+    uint64_t k = user_key(appid, openid);
+    pthread_mutex_lock(&m->mu);
+    uint32_t slot = m->sk_next++ % SK_RING;
+    m->sk_ring[slot].owner = k;
+    snprintf(m->sk_ring[slot].sk, sizeof(m->sk_ring[slot].sk), "%s", sk);
+    codeset_put(m->users, k, slot + 1, loop_clock_ms());
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void reply_session(struct mock *m, struct http_request *req, const struct mock_app *app,
+                          const char *user)
 {
     char openid[29], unionid[29], sk[32];
     unsigned char raw[16];
     RAND_bytes(raw, sizeof(raw));
     EVP_EncodeBlock((unsigned char *)sk, raw, sizeof(raw));
     derive_id("openid", app->appid, user, openid);
+    remember_session_key(m, app->appid, openid, sk);
     char body[256];
     int n;
     if (user[0] == 'u') {
@@ -166,7 +197,7 @@ static void answer(struct mock *m, struct http_request *req, const struct mock_a
         return;
     }
     atomic_fetch_add(&m->c2s_exchanges, 1);
-    reply_session(req, app, code->user);
+    reply_session(m, req, app, code->user);
 }
 
 static void on_pending_timer(void *arg)
@@ -289,7 +320,31 @@ static void handle_stats(struct http_request *req, void *arg)
     http_reply_json(req, 200, o);
 }
 
+/* Debug route, mock only: a user's current session_key, so tests can encrypt data the way a
+ * phone would. WeChat has nothing like it. */
+static void handle_session_key(struct http_request *req, void *arg)
+{
+    struct mock *m = arg;
+    const char *appid = http_request_query(req, "appid");
+    const char *openid = http_request_query(req, "openid");
+    char sk[32] = "";
+    if (appid != NULL && openid != NULL) {
+        uint64_t k = user_key(appid, openid);
+        pthread_mutex_lock(&m->mu);
+        uint32_t v = codeset_get(m->users, k, loop_clock_ms());
+        if (v != 0 && m->sk_ring[v - 1].owner == k)
+            memcpy(sk, m->sk_ring[v - 1].sk, sizeof(sk));
+        pthread_mutex_unlock(&m->mu);
+    }
+    if (sk[0] == '\0') {
+        http_reply_error(req, 404, "not_found", "no session_key for this appid and openid", "none");
+        return;
+    }
+    http_reply_json(req, 200, json_pack("{s:s}", "session_key", sk));
+}
+
 static const struct http_route mock_routes[] = {
+    {"GET", "/mock/session_key", handle_session_key},
     {"GET", "/sns/jscode2session", handle_jscode2session},
     {"GET", "/mock/stats", handle_stats},
 };
@@ -396,7 +451,9 @@ int mock_main(int argc, char **argv)
 
     m.used = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
     m.attempts = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
-    if (m.used == NULL || m.attempts == NULL) {
+    m.users = codeset_new(2 * SK_RING, UINT64_MAX / 2);
+    m.sk_ring = calloc(SK_RING, sizeof(*m.sk_ring));
+    if (m.used == NULL || m.attempts == NULL || m.users == NULL || m.sk_ring == NULL) {
         rc = 1;
         goto out;
     }
@@ -409,6 +466,8 @@ int mock_main(int argc, char **argv)
 out:
     codeset_free(m.used);
     codeset_free(m.attempts);
+    codeset_free(m.users);
+    free(m.sk_ring);
     for (size_t i = 0; i < m.napps; i++) {
         free(m.apps[i].appid);
         free(m.apps[i].secret);

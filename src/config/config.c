@@ -103,17 +103,23 @@ static int set_value(struct config *cfg, const struct cfg_key *k, const char *va
             goto oom;
         return 0;
     case CT_URL: {
-        if (!url_ok(value)) {
-            snprintf(err, CONFIG_ERR_MAX, "%s: '%s' is not an http:// or https:// URL", k->name,
+        char url[512];
+        size_t n = strlen(value);
+        while (n > 0 && value[n - 1] == '/')
+            n--;
+        if (n >= sizeof(url)) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: URL too long", k->name);
+            return -1;
+        }
+        memcpy(url, value, n);
+        url[n] = '\0';
+        if (!url_ok(url)) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: '%.400s' is not an http:// or https:// URL", k->name,
                      value);
             return -1;
         }
-        if (set_string(slot, value, false) != 0)
+        if (set_string(slot, url, false) != 0)
             goto oom;
-        char *s = *(char **)slot;
-        size_t n = strlen(s);
-        while (n > 0 && s[n - 1] == '/')
-            s[--n] = '\0';
         return 0;
     }
     case CT_LONG: {
@@ -155,6 +161,9 @@ struct file_ctx {
 static int on_ini(void *user, const char *section, const char *name, const char *value)
 {
     struct file_ctx *fc = user;
+    /* inih goes on after an error and reports the first bad line: keep the first message. */
+    if (fc->err[0] != '\0')
+        return 0;
     if (section[0] != '\0') {
         snprintf(fc->err, sizeof(fc->err), "unknown section [%s]", section);
         return 0;
@@ -167,9 +176,46 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     return set_value(fc->cfg, k, value, fc->err) == 0;
 }
 
+/* inih (as Debian builds it) cuts lines at INI_MAX_LINE bytes and then reports a confusing
+ * syntax error; say what is wrong instead. */
+static int check_line_lengths(const char *path, char err[CONFIG_ERR_MAX])
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return 0; /* ini_parse reports it */
+    int line = 1, rc = 0;
+    size_t len = 0;
+    char start[64]; /* the line's beginning, to name its key */
+    for (int c = getc(f); c != EOF; c = getc(f)) {
+        if (c == '\n') {
+            line++;
+            len = 0;
+            continue;
+        }
+        if (len < sizeof(start) - 1)
+            start[len] = (char)c;
+        if (++len >= INI_MAX_LINE) {
+            start[sizeof(start) - 1] = '\0';
+            char *eq = strchr(start, '=');
+            if (eq != NULL)
+                *eq = '\0';
+            char *k = start + strspn(start, " \t");
+            size_t kn = strcspn(k, " \t");
+            snprintf(err, CONFIG_ERR_MAX, "%.200s:%d: %.*s: line longer than %d bytes", path, line,
+                     (int)(kn > 60 ? 60 : kn), k, INI_MAX_LINE - 1);
+            rc = -1;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
 static int load_file(struct config *cfg, const char *path, char err[CONFIG_ERR_MAX])
 {
     struct file_ctx fc = {.cfg = cfg, .err = ""};
+    if (check_line_lengths(path, err) != 0)
+        return -1;
     int rc = ini_parse(path, on_ini, &fc);
     if (rc == 0)
         return 0;

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,10 +57,18 @@ struct line {
     size_t len;
 };
 
+/* Bytes kept back for the end of a JSON line ("}" and the newline). */
+#define LINE_RESERVE 2
+
+static size_t room_left(const struct line *l)
+{
+    return sizeof(l->buf) - (g_format == LOG_FORMAT_JSON ? LINE_RESERVE : 1) - l->len;
+}
+
 static void put(struct line *l, const char *s, size_t n)
 {
-    /* Keep one byte for the newline; a line that does not fit is cut, never overflowed. */
-    size_t room = sizeof(l->buf) - 1 - l->len;
+    /* A line that does not fit is cut, never overflowed. */
+    size_t room = room_left(l);
     if (n > room)
         n = room;
     memcpy(l->buf + l->len, s, n);
@@ -71,18 +80,56 @@ static void puts_(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
+static void puts_(struct line *l, const char *s);
+
+/* Writes s as a JSON string. A string too long for the line is cut (at a UTF-8 boundary) and
+ * marked, so the line always stays valid JSON. */
 static void put_json_string(struct line *l, const char *s)
 {
-    json_t *js = json_string(s);
-    if (js == NULL) { /* not UTF-8: say so rather than write bytes a JSON reader rejects */
-        puts_(l, "\"<invalid utf-8>\"");
-        return;
+    static const char cut_mark[] = "...(cut)";
+    size_t n = strlen(s);
+    for (;;) {
+        json_t *js = json_stringn(s, n);
+        if (js == NULL) { /* not UTF-8: say so rather than write bytes a JSON reader rejects */
+            puts_(l, "\"<invalid utf-8>\"");
+            return;
+        }
+        if (n < strlen(s)) {
+            char *t = NULL;
+            if (asprintf(&t, "%.*s%s", (int)n, s, cut_mark) < 0) {
+                json_decref(js);
+                put(l, "\"\"", 2);
+                return;
+            }
+            json_decref(js);
+            js = json_string(t);
+            free(t);
+            if (js == NULL) {
+                put(l, "\"\"", 2);
+                return;
+            }
+        }
+        size_t room = room_left(l);
+        size_t need = json_dumpb(js, NULL, 0, JSON_ENCODE_ANY);
+        if (need <= room) {
+            l->len += json_dumpb(js, l->buf + l->len, room, JSON_ENCODE_ANY);
+            json_decref(js);
+            return;
+        }
+        json_decref(js);
+        /* Escaping can grow a byte to six: shrink generously, then back off to a character
+         * boundary. */
+        size_t target = room > sizeof(cut_mark) + 8 ? (room - sizeof(cut_mark) - 8) / 6 : 0;
+        if (target >= n)
+            target = n > 0 ? n - 1 : 0;
+        while (target > 0 && ((unsigned char)s[target] & 0xC0) == 0x80)
+            target--;
+        if (target == 0) {
+            put(l, "\"\"", 2);
+            return;
+        }
+        n = target;
     }
-    size_t room = sizeof(l->buf) - 1 - l->len;
-    size_t need = json_dumpb(js, NULL, 0, JSON_ENCODE_ANY);
-    if (need <= room)
-        l->len += json_dumpb(js, l->buf + l->len, room, JSON_ENCODE_ANY);
-    json_decref(js);
 }
 
 /* Text values are quoted only when they would be ambiguous. */
@@ -144,7 +191,7 @@ static void emit(enum log_level level, const char *msg, va_list ap)
         }
     }
     if (g_format == LOG_FORMAT_JSON)
-        puts_(&l, "}");
+        l.buf[l.len++] = '}';
     l.buf[l.len++] = '\n';
     /* One write per line: atomic on pipes for lines under PIPE_BUF, never interleaved mid-line
      * on files opened O_APPEND. A failed log write has nowhere to be reported. */

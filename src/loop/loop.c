@@ -25,6 +25,7 @@ struct loop_io {
     void *arg;
     bool dead;
     struct loop_io *next_dead;
+    struct loop_io *prev, *next; /* the loop's live watchers */
 };
 
 struct loop_post_item {
@@ -42,6 +43,7 @@ struct loop {
     struct loop_timer **heap;
     size_t heap_len, heap_cap;
 
+    struct loop_io *live; /* registered watchers */
     struct loop_io *dead; /* freed after each dispatch batch */
     struct loop_io *wake_io;
 
@@ -184,6 +186,10 @@ struct loop_io *loop_io_add(struct loop *loop, int fd, uint32_t events, loop_io_
         free(io);
         return NULL;
     }
+    io->next = loop->live;
+    if (loop->live != NULL)
+        loop->live->prev = io;
+    loop->live = io;
     return io;
 }
 
@@ -199,7 +205,14 @@ void loop_io_del(struct loop_io *io)
         return;
     /* The fd may already be closed by its owner (curl closes before telling us); ENOENT/EBADF
      * are then expected and harmless. */
-    epoll_ctl(io->loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    struct loop *loop = io->loop;
+    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    if (io->prev != NULL)
+        io->prev->next = io->next;
+    else
+        loop->live = io->next;
+    if (io->next != NULL)
+        io->next->prev = io->prev;
     io->dead = true;
     io->next_dead = io->loop->dead;
     io->loop->dead = io;
@@ -295,7 +308,8 @@ void loop_free(struct loop *loop)
     if (loop == NULL)
         return;
     run_posts(loop);
-    loop_io_del(loop->wake_io);
+    while (loop->live != NULL)
+        loop_io_del(loop->live);
     free_dead(loop);
     if (loop->wakefd >= 0)
         close(loop->wakefd);

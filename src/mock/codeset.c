@@ -1,6 +1,7 @@
 #include "mock/codeset.h"
 
 #include <openssl/sha.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,7 @@ struct codeset {
     struct gen cur, prev;
     size_t cap; /* power of two */
     uint64_t rotate_ms, born_ms;
+    bool started; /* born_ms is set */
 };
 
 uint64_t codeset_key(const char *code, size_t len)
@@ -67,8 +69,10 @@ static struct slot *find(const struct codeset *cs, const struct gen *g, uint64_t
 
 static void maybe_rotate(struct codeset *cs, uint64_t now_ms)
 {
-    if (cs->born_ms == 0)
+    if (!cs->started) {
+        cs->started = true;
         cs->born_ms = now_ms;
+    }
     if (cs->cur.used < cs->cap / 2 && now_ms - cs->born_ms < cs->rotate_ms)
         return;
     struct gen old = cs->prev;

@@ -134,7 +134,7 @@ void wechat_errmsg_rid(const char *errmsg, char out[WECHAT_RID_MAX])
     if (p == NULL)
         return;
     p += skip;
-    size_t n = strspn(p, "abcdefABCDEF0123456789-");
+    size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
     if (n >= WECHAT_RID_MAX)
         n = WECHAT_RID_MAX - 1;
     memcpy(out, p, n);

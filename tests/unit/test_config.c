@@ -95,6 +95,7 @@ static const char *load_fails(struct fixture *f, const char *path, char *const *
     /* "cfg is then already released" */
     assert_null(f->cfg.listen);
     assert_null(f->cfg.wechat_base);
+    assert_null(f->cfg.store);
     return f->err;
 }
 
@@ -130,6 +131,10 @@ static void test_defaults_without_file_or_env(void **state)
     assert_null(f->cfg.appid);
     assert_null(f->cfg.secret);
     assert_null(f->cfg.secret_file);
+    assert_string_equal(f->cfg.store, "sqlite:wxlogin.db");
+    assert_int_equal(f->cfg.session_ttl, 604800);
+    assert_null(f->cfg.master_key);
+    assert_null(f->cfg.master_key_file);
 }
 
 static void test_null_envp_is_no_environment(void **state)
@@ -158,7 +163,10 @@ static void test_good_file_sets_every_key(void **state)
                                   "max_body_bytes = 1024\n"
                                   "max_connections = 50\n"
                                   "connection_timeout = 7\n"
-                                  "shutdown_timeout_ms = 250\n");
+                                  "shutdown_timeout_ms = 250\n"
+                                  "store = sqlite:/var/lib/wxlogin/db.sqlite\n"
+                                  "session_ttl = 3600\n"
+                                  "master_key_file = /etc/wxlogin/master.key\n");
     load_ok(f, path, no_env);
     assert_string_equal(f->cfg.listen, "0.0.0.0:8080");
     assert_string_equal(f->cfg.appid, "wx1234567890abcdef");
@@ -173,6 +181,9 @@ static void test_good_file_sets_every_key(void **state)
     assert_int_equal(f->cfg.max_connections, 50);
     assert_int_equal(f->cfg.connection_timeout, 7);
     assert_int_equal(f->cfg.shutdown_timeout_ms, 250);
+    assert_string_equal(f->cfg.store, "sqlite:/var/lib/wxlogin/db.sqlite");
+    assert_int_equal(f->cfg.session_ttl, 3600);
+    assert_string_equal(f->cfg.master_key_file, "/etc/wxlogin/master.key");
     assert_int_equal(config_thread_count(&f->cfg), 4);
 }
 
@@ -267,7 +278,8 @@ static void test_file_negative_int_rejected(void **state)
 static void test_file_int_overflow_rejected(void **state)
 {
     struct fixture *f = *state;
-    const char *path = write_file(f, "overflow.conf", "upstream_timeout_ms = 99999999999999999999\n");
+    const char *path =
+        write_file(f, "overflow.conf", "upstream_timeout_ms = 99999999999999999999\n");
     const char *err = load_fails(f, path, no_env);
     assert_contains(err, "upstream_timeout_ms");
 }
@@ -335,6 +347,23 @@ static void test_file_empty_string_rejected(void **state)
     assert_contains(err, "appid");
 }
 
+/* inih reads lines of at most 200 bytes; a longer line must still load, or fail naming its key
+ * (not "syntax error" on a line after the end of the file). */
+static void test_file_long_value_loads_or_names_key(void **state)
+{
+    struct fixture *f = *state;
+    char line[400] = "store = sqlite:/";
+    size_t n = strlen(line);
+    memset(line + n, 'd', 250);
+    strcpy(line + n + 250, "\n");
+    const char *path = write_file(f, "long.conf", line);
+    if (config_load(&f->cfg, path, no_env, NULL, NULL, f->err) == 0) {
+        assert_int_equal(strlen(f->cfg.store), strlen(line) - strlen("store = \n"));
+        return;
+    }
+    assert_contains(f->err, "store");
+}
+
 /* ---- wechat_base normalisation ---- */
 
 static void test_wechat_base_trailing_slashes_stripped(void **state)
@@ -384,12 +413,9 @@ static void test_env_overrides_file(void **state)
 static void test_env_sets_every_kind(void **state)
 {
     struct fixture *f = *state;
-    char *const env[] = {"WXLOGIN_APPID=wxenv",
-                         "WXLOGIN_SECRET=envsecret",
-                         "WXLOGIN_LOG_LEVEL=error",
-                         "WXLOGIN_LOG_FORMAT=text",
-                         "WXLOGIN_MAX_BODY_BYTES=4096",
-                         NULL};
+    char *const env[] = {"WXLOGIN_APPID=wxenv",         "WXLOGIN_SECRET=envsecret",
+                         "WXLOGIN_LOG_LEVEL=error",     "WXLOGIN_LOG_FORMAT=text",
+                         "WXLOGIN_MAX_BODY_BYTES=4096", NULL};
     load_ok(f, NULL, env);
     assert_string_equal(f->cfg.appid, "wxenv");
     assert_string_equal(f->cfg.secret, "envsecret");
@@ -564,8 +590,7 @@ static void test_secret_from_env_and_secret_file_from_file_rejected(void **state
 static void test_error_never_contains_env_secret(void **state)
 {
     struct fixture *f = *state;
-    char *const env[] = {"WXLOGIN_SECRET=TOPSECRETVALUE42", "WXLOGIN_UPSTREAM_RETRIES=lots",
-                         NULL};
+    char *const env[] = {"WXLOGIN_SECRET=TOPSECRETVALUE42", "WXLOGIN_UPSTREAM_RETRIES=lots", NULL};
     const char *err = load_fails(f, NULL, env);
     assert_contains(err, "upstream_retries");
     assert_not_contains(err, "TOPSECRETVALUE42");
@@ -580,6 +605,52 @@ static void test_error_never_contains_file_secret(void **state)
     const char *err = load_fails(f, path, no_env);
     assert_contains(err, "listen_port");
     assert_not_contains(err, "TOPSECRETVALUE42");
+}
+
+static void test_master_key_and_file_both_set_rejected(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_MASTER_KEY=MASTERKEYVALUE42", "WXLOGIN_MASTER_KEY_FILE=/k", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "master_key");
+    assert_not_contains(err, "MASTERKEYVALUE42");
+}
+
+static void test_error_never_contains_master_key(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "mk.conf",
+                                  "master_key = MASTERKEYVALUE42\n"
+                                  "session_ttl = 0\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "session_ttl");
+    assert_not_contains(err, "MASTERKEYVALUE42");
+}
+
+/* ---- store ---- */
+
+static void test_store_other_than_sqlite_rejected(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_STORE=redis://127.0.0.1:6379", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "store");
+}
+
+static void test_store_sqlite_without_path_rejected(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "store.conf", "store = sqlite:\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "store");
+}
+
+static void test_session_ttl_out_of_range_rejected(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_SESSION_TTL=31536001", NULL};
+    const char *err = load_fails(f, NULL, env);
+    assert_contains(err, "WXLOGIN_SESSION_TTL");
 }
 
 /* ---- config_check_serve ---- */
@@ -687,6 +758,7 @@ int main(void)
         T(test_file_bad_url_names_key),
         T(test_file_url_without_scheme_rejected),
         T(test_file_empty_string_rejected),
+        T(test_file_long_value_loads_or_names_key),
         T(test_wechat_base_trailing_slashes_stripped),
         T(test_wechat_base_trailing_slash_stripped_from_env),
         T(test_wechat_base_of_only_slashes_rejected),
@@ -708,6 +780,11 @@ int main(void)
         T(test_secret_from_env_and_secret_file_from_file_rejected),
         T(test_error_never_contains_env_secret),
         T(test_error_never_contains_file_secret),
+        T(test_master_key_and_file_both_set_rejected),
+        T(test_error_never_contains_master_key),
+        T(test_store_other_than_sqlite_rejected),
+        T(test_store_sqlite_without_path_rejected),
+        T(test_session_ttl_out_of_range_rejected),
         T(test_check_serve_without_appid),
         T(test_check_serve_without_secret),
         T(test_check_serve_with_appid_and_secret),

@@ -199,8 +199,8 @@ static void test_code_with_plus_and_percent_rejected(void **state)
 static void test_code_with_unicode_rejected(void **state)
 {
     (void)state;
-    expect_rejected_str("{\"code\":\"abc\xc3\xa9\"}");     /* raw UTF-8 e-acute */
-    expect_rejected_str("{\"code\":\"abc\\u00e9\"}");      /* escaped */
+    expect_rejected_str("{\"code\":\"abc\xc3\xa9\"}");    /* raw UTF-8 e-acute */
+    expect_rejected_str("{\"code\":\"abc\\u00e9\"}");     /* escaped */
     expect_rejected_str("{\"code\":\"\\uff41\\uff42\"}"); /* fullwidth a, b */
 }
 
@@ -252,10 +252,14 @@ static void test_why_never_echoes_the_code(void **state)
 {
     (void)state;
     static const char *const bodies[] = {
-        "{\"code\":\"SECRETCODE.x\"}",      "{\"code\":\"SECRETCODE x\"}",
-        "{\"code\":\"SECRETCODE\\u0000\"}", "{\"code\":\"SECRETCODE\",\"code\":\"SECRETCODE\"}",
-        "{\"code\":\"SECRETCODE\"}junk",    "{\"cod\":\"SECRETCODE\"}",
-        "[\"SECRETCODE\"]",                  "SECRETCODE",
+        "{\"code\":\"SECRETCODE.x\"}",
+        "{\"code\":\"SECRETCODE x\"}",
+        "{\"code\":\"SECRETCODE\\u0000\"}",
+        "{\"code\":\"SECRETCODE\",\"code\":\"SECRETCODE\"}",
+        "{\"code\":\"SECRETCODE\"}junk",
+        "{\"cod\":\"SECRETCODE\"}",
+        "[\"SECRETCODE\"]",
+        "SECRETCODE",
     };
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
         const char *why = expect_rejected_str(bodies[i]);

@@ -14,7 +14,7 @@
 #   WXLOGIN_BIN=path          the binary (default <repo>/build/wxlogin); not passed to the service
 #
 # Everything listens on 127.0.0.1 only. Both processes are stopped on exit, whatever happens.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$ROOT/bench
@@ -29,6 +29,7 @@ SECRET=0123456789abcdef0123456789abcdef
 TMP=
 MOCK_PID=
 SERVE_PID=
+WRK_PID=
 MOCK_PORT=
 SERVE_PORT=
 RUN_ID=
@@ -65,7 +66,12 @@ stop_proc() {
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
+    if [[ -n $WRK_PID ]]; then
+        kill -TERM "$WRK_PID" 2>/dev/null || true
+        wait "$WRK_PID" 2>/dev/null || true
+        WRK_PID=
+    fi
     # The service first, so it does not log upstream errors for a mock that went away.
     stop_proc "$SERVE_PID" serve
     SERVE_PID=
@@ -81,19 +87,25 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'echo "bench: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-# free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
+# Ports: both processes listen on 127.0.0.1 port 0, so the kernel picks a free port and no
+# other process can take it between "find a free port" and "bind it" (on a busy machine, with
+# test suites running and thousands of outgoing loopback connections, that race does happen).
+# The mock logs the port it got; the service's port is read from `ss -p` by its pid.
+
+# free_port: a port nothing listens on right now; only used when `ss` is missing. Picked below
+# the kernel's ephemeral range, where outgoing connections (thousands per second during a run)
+# take their local ports, so only another listener can race for it.
 free_port() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-        return
-    fi
-    local p i
-    for ((i = 0; i < 100; i++)); do
-        p=$((20000 + RANDOM % 40000))
+    local lo=32768 p i
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    ((lo > 12000)) || lo=32768
+    for ((i = 0; i < 200; i++)); do
+        p=$((10000 + (RANDOM * 32768 + RANDOM) % (lo - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return
@@ -102,23 +114,41 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
     die "no free port found"
 }
 
-# wait_http URL PID NAME LOG: polls URL until it answers 200, for up to 10 s.
-wait_http() {
-    local url=$1 pid=$2 name=$3 log=$4 i
+# listen_port PID: the TCP port PID listens on, per `ss -ltnp`; empty if none (yet).
+listen_port() {
+    ss -Hltnp 2>/dev/null |
+        awk -v pat="pid=$1," 'index($0, pat) { n = split($4, a, ":"); print a[n]; exit }'
+}
+
+# wait_for NAME PID LOG CMD...: runs CMD (which prints something once ready) every 0.1 s for
+# up to 10 s, while PID is alive; prints CMD's output. Fails with NAME's log if it never does.
+wait_for() {
+    local name=$1 pid=$2 log=$3 i out
+    shift 3
     for ((i = 0; i < 100; i++)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "bench: $name exited during startup; its log:" >&2
             sed 's/^/    /' "$log" >&2 || true
             return 1
         fi
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+        out=$("$@" 2>/dev/null || true)
+        if [[ -n $out ]]; then
+            echo "$out"
             return 0
         fi
         sleep 0.1
     done
-    echo "bench: $name did not answer $url within 10 s; its log:" >&2
+    echo "bench: $name not ready after 10 s ($*); its log:" >&2
     sed 's/^/    /' "$log" >&2 || true
     return 1
+}
+
+mock_port_from_log() {
+    grep -o 'port=[0-9]*' "$TMP/mock.log" | head -n 1 | cut -d= -f2
+}
+
+http_ok() {
+    curl -fsS -o /dev/null --max-time 1 "$1" && echo ok
 }
 
 # No WXLOGIN_* from the caller's environment may reach the service: only what we set below.
@@ -131,19 +161,25 @@ unset_wxlogin_env() {
 }
 
 start_mock() {
-    MOCK_PORT=$(free_port)
-    local args=(mock --listen "127.0.0.1:$MOCK_PORT")
+    local args=(mock --listen 127.0.0.1:0)
     [[ -n ${BENCH_MOCK_THREADS:-} ]] && args+=(--threads "$BENCH_MOCK_THREADS")
-    (unset_wxlogin_env && exec "$BIN" "${args[@]}") >"$TMP/mock.log" 2>&1 &
+    (cd "$TMP" && unset_wxlogin_env && exec "$BIN" "${args[@]}") >"$TMP/mock.log" 2>&1 &
     MOCK_PID=$!
-    wait_http "http://127.0.0.1:$MOCK_PORT/mock/stats" "$MOCK_PID" mock "$TMP/mock.log"
+    MOCK_PORT=$(wait_for mock "$MOCK_PID" "$TMP/mock.log" mock_port_from_log)
+    wait_for mock "$MOCK_PID" "$TMP/mock.log" \
+        http_ok "http://127.0.0.1:$MOCK_PORT/mock/stats" >/dev/null
 }
 
 start_serve() {
-    SERVE_PORT=$(free_port)
+    local listen=127.0.0.1:0
+    command -v ss >/dev/null || listen=127.0.0.1:$(free_port)
     (
+        # Run in the temp dir, and keep the SQLite store (and the master key the service creates
+        # beside it) there: nothing lands in the caller's directory, each run starts empty.
+        cd "$TMP"
         unset_wxlogin_env
-        export WXLOGIN_LISTEN="127.0.0.1:$SERVE_PORT"
+        export WXLOGIN_STORE="sqlite:$TMP/wxlogin.db"
+        export WXLOGIN_LISTEN="$listen"
         export WXLOGIN_APPID="$APPID" WXLOGIN_SECRET="$SECRET"
         export WXLOGIN_WECHAT_BASE="http://127.0.0.1:$MOCK_PORT"
         export WXLOGIN_LOG_LEVEL=warn WXLOGIN_SHUTDOWN_TIMEOUT_MS=2000
@@ -151,7 +187,15 @@ start_serve() {
         exec "$BIN" serve
     ) >"$TMP/serve.log" 2>&1 &
     SERVE_PID=$!
-    wait_http "http://127.0.0.1:$SERVE_PORT/healthz" "$SERVE_PID" serve "$TMP/serve.log"
+    if [[ ${listen##*:} == 0 ]]; then
+        SERVE_PORT=$(wait_for serve "$SERVE_PID" "$TMP/serve.log" listen_port "$SERVE_PID")
+    else
+        SERVE_PORT=${listen##*:}
+    fi
+    wait_for serve "$SERVE_PID" "$TMP/serve.log" \
+        http_ok "http://127.0.0.1:$SERVE_PORT/healthz" >/dev/null
+    # Whoever answered must be our process, not something that took the port first.
+    kill -0 "$SERVE_PID" 2>/dev/null || die "serve exited during startup (log: $TMP/serve.log)"
 }
 
 # ---------------------------------------------------------------- wrk runs
@@ -168,6 +212,18 @@ raise_fd_limit() {
     if [[ $soft != unlimited && $soft -lt 2048 ]]; then
         NOTES+=("open-file limit is only $soft: the 512-connection run may fail to connect")
     fi
+}
+
+# wrk_to OUT ARGS...: runs wrk with its output in OUT. In the background and waited for, so a
+# SIGINT/SIGTERM to this script runs the cleanup at once instead of after wrk's run ends.
+wrk_to() {
+    local out=$1 rc=0
+    shift
+    wrk "$@" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=
+    return "$rc"
 }
 
 # next_run_id: a fresh alphanumeric run id per wrk invocation, so no two runs (nor the warm-up)
@@ -227,7 +283,7 @@ run_wrk() {
     fi
     next_run_id
     echo "bench: $name, $conns connections, ${DURATION}s ..." >&2
-    if ! wrk "${args[@]}" "$url" >"$out" 2>&1; then
+    if ! wrk_to "$out" "${args[@]}" "$url"; then
         echo "bench: wrk failed for $name at $conns connections:" >&2
         sed 's/^/    /' "$out" >&2
         add_row "$name" "$conns" FAILED - - - -
@@ -261,8 +317,8 @@ warm_up() {
     [[ $WARMUP == 0 ]] && return 0
     next_run_id
     echo "bench: warming up (${WARMUP}s) ..." >&2
-    wrk -t"$WRK_THREADS" -c16 -d"${WARMUP}s" -s "$BENCH_DIR/openid.lua" \
-        "http://127.0.0.1:$SERVE_PORT/openid" >"$TMP/wrk-warmup.txt" 2>&1 ||
+    wrk_to "$TMP/wrk-warmup.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" -s "$BENCH_DIR/openid.lua" \
+        "http://127.0.0.1:$SERVE_PORT/openid" ||
         die "warm-up failed: $(cat "$TMP/wrk-warmup.txt")"
 }
 

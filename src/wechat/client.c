@@ -23,6 +23,9 @@
 /* WeChat drops idle keep-alive connections after about 30 s; a pooled connection older than
  * that fails on reuse, so curl must not reuse one that old. */
 #define MAX_CONN_AGE_S 25L
+/* curl's default cache keeps 4 connections per transfer in progress and closes the rest, so
+ * under load it keeps reconnecting (a TLS handshake each time with WeChat). Keep plenty. */
+#define MAX_CACHED_CONNS 1024L
 #define BACKOFF_BASE_MS 100L
 #define BACKOFF_CAP_MS 2000L
 
@@ -511,6 +514,7 @@ struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_c
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, MAX_CACHED_CONNS);
     return c;
 }
 

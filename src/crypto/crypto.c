@@ -79,9 +79,11 @@ int crypto_open(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadle
 {
     int rc = -1, n = 0, total = 0;
     EVP_CIPHER_CTX *ctx = NULL;
-    if (inlen < CRYPTO_SEAL_OVERHEAD || in[0] != SEAL_VERSION || inlen > (size_t)INT32_MAX)
+    if (inlen < CRYPTO_SEAL_OVERHEAD || inlen > (size_t)INT32_MAX)
         return -1;
     size_t ctlen = inlen - CRYPTO_SEAL_OVERHEAD;
+    if (in[0] != SEAL_VERSION)
+        goto out;
     const uint8_t *nonce = in + 1, *ct = in + 1 + NONCE_LEN, *tag = ct + ctlen;
     ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL)

@@ -7,8 +7,14 @@
  * transaction is in the WAL file (the OS page cache at least) and survives the process being
  * killed; only a power loss could drop the last transactions.
  *
+ * Writers: SQLite allows one at a time and makes the others wait in its busy handler, which
+ * sleeps (1 ms, 2 ms, 5 ms...). Workers of one process therefore take a process-wide mutex around
+ * each write instead, held for the few tens of microseconds a write takes; busy_timeout remains
+ * for other processes on the same file.
+ *
  * Operations complete synchronously: the callback runs before the function returns.
  */
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +24,8 @@
 #include "session/session.h"
 
 #define BUSY_TIMEOUT_MS 5000
+
+static pthread_mutex_t write_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* Forward migrations; schema_version holds how many have been applied. Append, never edit. */
 static const char *const migrations[] = {
@@ -258,6 +266,7 @@ static void sq_login(struct session_store *st, const struct session_user *user,
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
     int status = SESSION_ERROR;
+    pthread_mutex_lock(&write_mu);
     if (!file_ok(s) || exec_stmt(stmt(s, ST_BEGIN)) != 0)
         goto out;
     sqlite3_stmt *q = stmt(s, ST_UPSERT_USER);
@@ -278,6 +287,7 @@ static void sq_login(struct session_store *st, const struct session_user *user,
 rollback:
     exec_stmt(stmt(s, ST_ROLLBACK));
 out:
+    pthread_mutex_unlock(&write_mu);
     done(status, arg);
 }
 
@@ -286,7 +296,9 @@ static void sq_put_session(struct session_store *st, const uint8_t token_hash[CR
                            session_done_fn *done, void *arg)
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
+    pthread_mutex_lock(&write_mu);
     int ok = file_ok(s) && insert_session(s, token_hash, appid, openid, expires_at, now) == 0;
+    pthread_mutex_unlock(&write_mu);
     done(ok ? SESSION_OK : SESSION_ERROR, arg);
 }
 
@@ -326,11 +338,15 @@ static void sq_delete_session(struct session_store *st, const uint8_t token_hash
     }
     sqlite3_stmt *q = stmt(s, ST_DELETE_SESSION);
     sqlite3_bind_blob(q, 1, token_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
-    if (exec_stmt(q) != 0) {
+    pthread_mutex_lock(&write_mu);
+    int rc = exec_stmt(q);
+    int changes = sqlite3_changes(s->db);
+    pthread_mutex_unlock(&write_mu);
+    if (rc != 0) {
         done(SESSION_ERROR, arg);
         return;
     }
-    done(sqlite3_changes(s->db) > 0 ? SESSION_OK : SESSION_NOT_FOUND, arg);
+    done(changes > 0 ? SESSION_OK : SESSION_NOT_FOUND, arg);
 }
 
 static void sq_get_user(struct session_store *st, const char *appid, const char *openid,
@@ -379,11 +395,15 @@ static void sq_purge_expired(struct session_store *st, int64_t now, long limit,
     sqlite3_stmt *q = stmt(s, ST_PURGE);
     sqlite3_bind_int64(q, 1, now);
     sqlite3_bind_int64(q, 2, limit);
-    if (exec_stmt(q) != 0) {
+    pthread_mutex_lock(&write_mu);
+    int rc = exec_stmt(q);
+    int changes = sqlite3_changes(s->db);
+    pthread_mutex_unlock(&write_mu);
+    if (rc != 0) {
         done(SESSION_ERROR, 0, arg);
         return;
     }
-    done(SESSION_OK, sqlite3_changes(s->db), arg);
+    done(SESSION_OK, changes, arg);
 }
 
 const struct session_ops session_sqlite_ops = {

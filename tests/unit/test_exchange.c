@@ -1,0 +1,665 @@
+/*
+ * Unit tests for exchange/exchange.h: the single-flight table of login-code exchanges. Roles
+ * (lead, wait, known), waking waiters through their own loop (and only there), remembering or
+ * forgetting outcomes, expiry, a full table, cancellation before and after the wake was posted,
+ * and waiters on two loops in two threads.
+ *
+ * A loop is run "until drained" by posting loop_stop after everything else: posts run in order,
+ * so every wake posted before has run when loop_run returns. Every test arms an alarm first: a
+ * wake that never comes kills the test instead of hanging it. The ASan build checks that no
+ * waiter leaks, including one cancelled after its wake was posted and freed by loop_free.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "exchange/exchange.h"
+#include "loop/loop.h"
+
+#define WATCHDOG_S 10
+#define APPID "wx0123456789abcdef"
+#define TTL_MS 100 /* short remembered-outcome lifetime for the expiry tests */
+
+struct fixture {
+    struct exchange *x;
+    struct loop *loop;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -1;
+    f->x = exchange_new(16, 60000);
+    f->loop = loop_new();
+    *state = f;
+    if (f->x == NULL || f->loop == NULL)
+        return -1;
+    alarm(WATCHDOG_S);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    alarm(0);
+    loop_free(f->loop);
+    exchange_free(f->x);
+    free(f);
+    return 0;
+}
+
+/* Replaces the fixture's table with one of other bounds. */
+static void reset_table(struct fixture *f, size_t max_entries, uint64_t ttl_ms)
+{
+    exchange_free(f->x);
+    f->x = exchange_new(max_entries, ttl_ms);
+    assert_non_null(f->x);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* ---- wakes ---- */
+
+struct wake_rec {
+    int calls;
+    struct exchange_outcome out;
+    pthread_t thread;
+    struct loop *stop; /* when set, the wake stops this loop (its own) */
+};
+
+static void on_wake(const struct exchange_outcome *o, void *arg)
+{
+    struct wake_rec *r = arg;
+    r->calls++;
+    r->out = *o;
+    r->thread = pthread_self();
+    if (r->stop != NULL)
+        loop_stop(r->stop);
+}
+
+static void stop_loop(void *arg)
+{
+    loop_stop(arg);
+}
+
+/* Runs loop until everything posted to it so far has run. */
+static void drain(struct loop *loop)
+{
+    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
+    assert_int_equal(loop_run(loop), 0);
+}
+
+/* ---- helpers ---- */
+
+static void key_of(const char *code, uint8_t key[CRYPTO_HASH_LEN])
+{
+    exchange_key(APPID, code, key);
+}
+
+static enum exchange_role begin(struct fixture *f, const uint8_t *key, struct wake_rec *rec,
+                                struct exchange_outcome *out, struct exchange_waiter **w)
+{
+    return exchange_begin(f->x, key, f->loop, on_wake, rec, out, w);
+}
+
+static struct exchange_outcome ok_outcome(const char *openid, const char *unionid)
+{
+    struct exchange_outcome o;
+    memset(&o, 0, sizeof(o));
+    o.kind = EXCHANGE_OK;
+    snprintf(o.openid, sizeof(o.openid), "%s", openid);
+    snprintf(o.unionid, sizeof(o.unionid), "%s", unionid);
+    return o;
+}
+
+static struct exchange_outcome wechat_outcome(long errcode)
+{
+    struct exchange_outcome o;
+    memset(&o, 0, sizeof(o));
+    o.kind = EXCHANGE_WECHAT;
+    o.status = WECHAT_ERRCODE;
+    o.errcode = errcode;
+    o.http_status = 200;
+    return o;
+}
+
+/* Leads key (asserting LEAD) and queues one waiter on it (asserting WAIT). */
+static struct exchange_waiter *lead_and_wait(struct fixture *f, const uint8_t *key,
+                                             struct wake_rec *rec)
+{
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, key, rec, &out, &w), EXCHANGE_WAIT);
+    assert_non_null(w);
+    return w;
+}
+
+/* ---- keys ---- */
+
+static void test_key_is_sha256_of_appid_newline_code(void **state)
+{
+    (void)state;
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], want[CRYPTO_HASH_LEN];
+    exchange_key(APPID, "081abc", k1);
+    exchange_key(APPID, "081abc", k2);
+    assert_memory_equal(k1, k2, CRYPTO_HASH_LEN);
+    const char *s = APPID "\n081abc";
+    crypto_sha256(s, strlen(s), want);
+    assert_memory_equal(k1, want, CRYPTO_HASH_LEN);
+}
+
+static void test_key_differs_by_appid(void **state)
+{
+    (void)state;
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
+    exchange_key("wx0123456789abcdef", "081abc", k1);
+    exchange_key("wx0123456789abcdee", "081abc", k2);
+    assert_memory_not_equal(k1, k2, CRYPTO_HASH_LEN);
+}
+
+static void test_key_differs_by_code(void **state)
+{
+    (void)state;
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
+    exchange_key(APPID, "081abc", k1);
+    exchange_key(APPID, "081abd", k2);
+    assert_memory_not_equal(k1, k2, CRYPTO_HASH_LEN);
+}
+
+/* ---- roles ---- */
+
+static void test_first_begin_leads(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", key);
+    assert_int_equal(exchange_size(f->x), 0);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_null(w);
+    assert_int_equal(exchange_size(f->x), 1);
+    exchange_finish(f->x, key, &(struct exchange_outcome){.kind = EXCHANGE_ABORTED}, false);
+}
+
+static void test_second_begin_same_key_waits(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    assert_int_equal(exchange_size(f->x), 1);
+    exchange_cancel(f->x, w);
+    exchange_finish(f->x, key, &(struct exchange_outcome){.kind = EXCHANGE_ABORTED}, false);
+}
+
+static void test_other_key_leads_while_one_is_in_flight(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", k1);
+    key_of("code-2", k2);
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 2);
+}
+
+/* ---- finishing ---- */
+
+static void test_finish_remember_wakes_waiter_on_its_loop(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    lead_and_wait(f, key, &rec);
+
+    struct exchange_outcome o = ok_outcome("openid-1", "unionid-1");
+    exchange_finish(f->x, key, &o, true);
+    /* Woken through the loop, never from the leader's call. */
+    assert_int_equal(rec.calls, 0);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+    assert_int_equal(rec.out.kind, EXCHANGE_OK);
+    assert_string_equal(rec.out.openid, "openid-1");
+    assert_string_equal(rec.out.unionid, "unionid-1");
+    assert_true(pthread_equal(rec.thread, pthread_self()));
+    /* Exactly once. */
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+}
+
+static void test_begin_after_remembered_finish_is_known(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    struct exchange_outcome o = ok_outcome("openid-1", "unionid-1");
+    exchange_finish(f->x, key, &o, true);
+
+    memset(&out, 0xa5, sizeof(out));
+    assert_int_equal(begin(f, key, &rec, &out, &w), EXCHANGE_KNOWN);
+    assert_null(w);
+    assert_int_equal(out.kind, EXCHANGE_OK);
+    assert_string_equal(out.openid, "openid-1");
+    assert_string_equal(out.unionid, "unionid-1");
+    assert_int_equal(exchange_size(f->x), 1);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 0);
+}
+
+static void test_remembered_final_failure_is_known(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    struct exchange_outcome o = wechat_outcome(40029);
+    exchange_finish(f->x, key, &o, true);
+    memset(&out, 0, sizeof(out));
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(out.kind, EXCHANGE_WECHAT);
+    assert_int_equal(out.status, WECHAT_ERRCODE);
+    assert_int_equal(out.errcode, 40029);
+    assert_int_equal(out.http_status, 200);
+}
+
+static void test_finish_forget_shares_outcome_then_next_begin_leads(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    lead_and_wait(f, key, &rec);
+
+    struct exchange_outcome o = wechat_outcome(-1);
+    exchange_finish(f->x, key, &o, false);
+    assert_int_equal(exchange_size(f->x), 0);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 1);
+
+    /* The waiter of the moment still gets the transient outcome. */
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+    assert_int_equal(rec.out.kind, EXCHANGE_WECHAT);
+    assert_int_equal(rec.out.errcode, -1);
+}
+
+static void test_several_waiters_each_woken_once(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec rec[4] = {{0}};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(begin(f, key, &rec[i], &out, &w), EXCHANGE_WAIT);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(rec[i].calls, 1);
+        assert_string_equal(rec[i].out.openid, "openid-1");
+        assert_string_equal(rec[i].out.unionid, "");
+    }
+}
+
+static void test_second_finish_keeps_first_outcome(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    struct exchange_outcome o1 = ok_outcome("openid-1", ""), o2 = ok_outcome("openid-2", "");
+    exchange_finish(f->x, key, &o1, true);
+    exchange_finish(f->x, key, &o2, false);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_string_equal(out.openid, "openid-1");
+}
+
+static void test_finish_of_unknown_key_is_harmless(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    key_of("never-begun", key);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    assert_int_equal(exchange_size(f->x), 0);
+}
+
+/* ---- expiry and bounds ---- */
+
+static void test_remembered_outcome_expires_after_ttl(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 16, TTL_MS);
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_KNOWN);
+    sleep_ms(TTL_MS + 50);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 1);
+}
+
+static void test_expired_entries_leave_the_table(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 16, TTL_MS);
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], k3[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", k1);
+    key_of("code-2", k2);
+    key_of("code-3", k3);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_LEAD);
+    exchange_finish(f->x, k1, &o, true);
+    exchange_finish(f->x, k2, &o, true);
+    assert_int_equal(exchange_size(f->x), 2);
+    sleep_ms(TTL_MS + 50);
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 1);
+}
+
+static void test_in_flight_entry_survives_ttl(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 16, TTL_MS);
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    sleep_ms(TTL_MS + 50);
+    /* Still being exchanged: a repeat must wait, not lead a second WeChat call. */
+    assert_int_equal(begin(f, key, &rec, &out, &w), EXCHANGE_WAIT);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+}
+
+static void test_full_table_leads_without_entry(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 2, 60000);
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], k3[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    key_of("code-1", k1);
+    key_of("code-2", k2);
+    key_of("code-3", k3);
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 2);
+    /* No entry for k3: a repeat is not de-duplicated. */
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_null(w);
+
+    struct exchange_outcome o = ok_outcome("openid-3", "");
+    exchange_finish(f->x, k3, &o, true);
+    assert_int_equal(exchange_size(f->x), 2);
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+
+    /* Room again once an exchange is forgotten. */
+    exchange_finish(f->x, k1, &o, false);
+    assert_int_equal(exchange_size(f->x), 1);
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 2);
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_WAIT);
+    exchange_cancel(f->x, w);
+}
+
+static void test_size_counts_in_flight_and_remembered(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec rec = {0};
+    key_of("code-1", k1);
+    key_of("code-2", k2);
+    assert_int_equal(exchange_size(f->x), 0);
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 1);
+    assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 2);
+    assert_int_equal(begin(f, k1, &rec, &out, &w), EXCHANGE_WAIT);
+    assert_int_equal(exchange_size(f->x), 2);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, k1, &o, true);
+    assert_int_equal(exchange_size(f->x), 2);
+    exchange_finish(f->x, k2, &o, false);
+    assert_int_equal(exchange_size(f->x), 1);
+    drain(f->loop);
+}
+
+/* ---- cancellation ---- */
+
+static void test_cancel_queued_waiter_is_never_woken(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w[4] = {NULL};
+    struct wake_rec rec[4] = {{0}};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w[0]), EXCHANGE_LEAD);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(begin(f, key, &rec[i], &out, &w[i]), EXCHANGE_WAIT);
+    /* One in the middle of the queue and the newest: the others must still be woken. */
+    exchange_cancel(f->x, w[1]);
+    exchange_cancel(f->x, w[3]);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    assert_int_equal(rec[0].calls, 1);
+    assert_int_equal(rec[1].calls, 0);
+    assert_int_equal(rec[2].calls, 1);
+    assert_int_equal(rec[3].calls, 0);
+}
+
+static void test_cancel_every_waiter_then_finish(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w[2] = {NULL};
+    struct wake_rec rec[2] = {{0}};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w[0]), EXCHANGE_LEAD);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(begin(f, key, &rec[i], &out, &w[i]), EXCHANGE_WAIT);
+    exchange_cancel(f->x, w[0]);
+    exchange_cancel(f->x, w[1]);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    assert_int_equal(rec[0].calls + rec[1].calls, 0);
+    assert_int_equal(begin(f, key, NULL, &out, &w[0]), EXCHANGE_KNOWN);
+}
+
+static void test_cancel_after_finish_before_loop_ran_is_never_woken(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    exchange_cancel(f->x, w);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 0);
+}
+
+static void test_cancel_after_forgetting_finish_is_never_woken(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = wechat_outcome(-1);
+    /* The entry is freed by the finish; the posted waiter must not need it. */
+    exchange_finish(f->x, key, &o, false);
+    exchange_cancel(f->x, w);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 0);
+}
+
+static void test_loop_free_frees_posted_cancelled_waiter(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    exchange_cancel(f->x, w);
+    /* The loop never runs again: loop_free runs the queued delivery, which frees the waiter
+     * (ASan reports a leak otherwise) without waking it. */
+    loop_free(f->loop);
+    f->loop = NULL;
+    assert_int_equal(rec.calls, 0);
+}
+
+static void test_loop_free_delivers_posted_wake(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    key_of("code-1", key);
+    lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    exchange_finish(f->x, key, &o, true);
+    loop_free(f->loop);
+    f->loop = NULL;
+    assert_int_equal(rec.calls, 1);
+    assert_string_equal(rec.out.openid, "openid-1");
+}
+
+/* ---- threads ---- */
+
+static void *run_loop_thread(void *arg)
+{
+    struct loop *loop = arg;
+    if (loop_run(loop) != 0)
+        abort();
+    return NULL;
+}
+
+static void test_waiters_on_two_loops_woken_on_their_own_threads(void **state)
+{
+    struct fixture *f = *state;
+    struct loop *la = loop_new(), *lb = loop_new();
+    assert_non_null(la);
+    assert_non_null(lb);
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct exchange_outcome out;
+    struct exchange_waiter *w = NULL;
+    struct wake_rec ra = {.stop = la}, rb = {.stop = lb};
+    key_of("code-1", key);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_begin(f->x, key, la, on_wake, &ra, &out, &w), EXCHANGE_WAIT);
+    assert_int_equal(exchange_begin(f->x, key, lb, on_wake, &rb, &out, &w), EXCHANGE_WAIT);
+
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, run_loop_thread, la), 0);
+    assert_int_equal(pthread_create(&tb, NULL, run_loop_thread, lb), 0);
+    struct exchange_outcome o = ok_outcome("openid-1", "unionid-1");
+    /* Finished from this (the leader's) thread; each wake stops its own loop. */
+    exchange_finish(f->x, key, &o, true);
+    assert_int_equal(pthread_join(ta, NULL), 0);
+    assert_int_equal(pthread_join(tb, NULL), 0);
+
+    assert_int_equal(ra.calls, 1);
+    assert_int_equal(rb.calls, 1);
+    assert_true(pthread_equal(ra.thread, ta));
+    assert_true(pthread_equal(rb.thread, tb));
+    assert_string_equal(ra.out.openid, "openid-1");
+    assert_string_equal(rb.out.unionid, "unionid-1");
+    loop_free(la);
+    loop_free(lb);
+}
+
+static void test_free_accepts_null(void **state)
+{
+    (void)state;
+    exchange_free(NULL);
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_key_is_sha256_of_appid_newline_code),
+        T(test_key_differs_by_appid),
+        T(test_key_differs_by_code),
+        T(test_first_begin_leads),
+        T(test_second_begin_same_key_waits),
+        T(test_other_key_leads_while_one_is_in_flight),
+        T(test_finish_remember_wakes_waiter_on_its_loop),
+        T(test_begin_after_remembered_finish_is_known),
+        T(test_remembered_final_failure_is_known),
+        T(test_finish_forget_shares_outcome_then_next_begin_leads),
+        T(test_several_waiters_each_woken_once),
+        T(test_second_finish_keeps_first_outcome),
+        T(test_finish_of_unknown_key_is_harmless),
+        T(test_remembered_outcome_expires_after_ttl),
+        T(test_expired_entries_leave_the_table),
+        T(test_in_flight_entry_survives_ttl),
+        T(test_full_table_leads_without_entry),
+        T(test_size_counts_in_flight_and_remembered),
+        T(test_cancel_queued_waiter_is_never_woken),
+        T(test_cancel_every_waiter_then_finish),
+        T(test_cancel_after_finish_before_loop_ran_is_never_woken),
+        T(test_cancel_after_forgetting_finish_is_never_woken),
+        T(test_loop_free_frees_posted_cancelled_waiter),
+        T(test_loop_free_delivers_posted_wake),
+        T(test_waiters_on_two_loops_woken_on_their_own_threads),
+        T(test_free_accepts_null),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

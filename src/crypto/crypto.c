@@ -2,7 +2,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SEAL_VERSION 1
@@ -131,6 +133,81 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out)
     if (n < 0)
         return -1;
     return n - (int)pad;
+}
+
+int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out)
+{
+    char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        copy[i] = s[i] == ' ' ? '+' : s[i];
+    copy[len] = '\0';
+    int n = crypto_b64_decode(copy, len, out);
+    free(copy);
+    return n;
+}
+
+int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
+                             size_t len, uint8_t *out)
+{
+    int rc = -1, n = 0, total;
+    if (len == 0 || len % 16 != 0 || len > (size_t)INT32_MAX)
+        return -1;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL)
+        return -1;
+    if (EVP_DecryptInit_ex(ctx, EVP_aes_128_cbc(), NULL, key, iv) != 1 ||
+        EVP_DecryptUpdate(ctx, out, &n, in, (int)len) != 1)
+        goto out;
+    total = n;
+    if (EVP_DecryptFinal_ex(ctx, out + total, &n) != 1) /* checks the PKCS#7 padding */
+        goto out;
+    rc = total + n;
+out:
+    if (rc < 0)
+        crypto_wipe(out, len);
+    EVP_CIPHER_CTX_free(ctx);
+    return rc;
+}
+
+static void to_hex(const uint8_t *md, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
+{
+    uint8_t md[20];
+    unsigned int n = sizeof(md);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) != 1 ||
+        EVP_DigestUpdate(ctx, a, alen) != 1 || EVP_DigestUpdate(ctx, b, blen) != 1 ||
+        EVP_DigestFinal_ex(ctx, md, &n) != 1) {
+        /* Only on allocation failure; an empty string never equals a real signature. */
+        out[0] = '\0';
+        EVP_MD_CTX_free(ctx);
+        return;
+    }
+    EVP_MD_CTX_free(ctx);
+    to_hex(md, sizeof(md), out);
+}
+
+void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
+                            char out[65])
+{
+    uint8_t md[32];
+    unsigned int n = sizeof(md);
+    if (HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, md, &n) == NULL) {
+        out[0] = '\0';
+        return;
+    }
+    to_hex(md, sizeof(md), out);
 }
 
 bool crypto_equal(const void *a, const void *b, size_t n)

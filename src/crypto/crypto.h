@@ -55,6 +55,26 @@ size_t crypto_b64_encode(const void *in, size_t n, char *out);
  */
 int crypto_b64_decode(const char *s, size_t len, uint8_t *out);
 
+/*
+ * Base64 as Mini Programs deliver it: standard alphabet, but spaces are read as '+' (a '+' sent
+ * unencoded through a URL or form arrives as a space). Otherwise as strict as crypto_b64_decode.
+ */
+int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out);
+
+/*
+ * AES-128-CBC decryption with PKCS#7 padding (WeChat's encryptedData). out must hold len bytes.
+ * Returns the plaintext length, or -1 when len is not a positive multiple of 16 or the padding
+ * is wrong (the usual sign of a wrong key); out is wiped on failure.
+ */
+int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
+                             size_t len, uint8_t *out);
+
+/* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)). */
+void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
+/* Lowercase hex HMAC-SHA256(key, msg). */
+void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
+                            char out[65]);
+
 /* Constant-time equality of two n-byte buffers. */
 bool crypto_equal(const void *a, const void *b, size_t n);
 /* Wipes n bytes in a way the compiler cannot drop. */

@@ -10,7 +10,7 @@
  * What is stored:
  *   users     (appid, openid) → unionid, session_key sealed with the master key (AES-256-GCM,
  *             appid and openid as associated data; sealing is the caller's job, the store only
- *             keeps the blob).
+ *             keeps the blob), and the previous sealed key with the time it was replaced.
  *   sessions  SHA-256(token) → appid, openid, expiry. The raw token is never stored, so a copy of
  *             the store lets nobody log in.
  */
@@ -42,6 +42,11 @@ struct session_user {
     char unionid[SESSION_ID_MAX + 1]; /* "" when unknown */
     uint8_t sealed_key[SESSION_SEALED_MAX];
     size_t sealed_len;
+    /* The key this one replaced and when (get_user only; prev_len 0 when none). Kept so data
+     * encrypted just before a re-login still opens during the grace period. */
+    uint8_t prev_sealed_key[SESSION_SEALED_MAX];
+    size_t prev_len;
+    int64_t prev_replaced_at;
 };
 
 struct session_record {

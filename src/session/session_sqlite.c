@@ -38,6 +38,9 @@ static const char *const migrations[] = {
     "  token_hash BLOB PRIMARY KEY, appid TEXT NOT NULL, openid TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE INDEX sessions_expiry ON sessions (expires_at);",
+    /* 2: the previous session_key, for the grace period after a re-login */
+    "ALTER TABLE users ADD COLUMN prev_session_key BLOB;"
+    "ALTER TABLE users ADD COLUMN prev_replaced_at INTEGER;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -65,6 +68,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT INTO users (appid, openid, unionid, session_key, created_at, updated_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
         " ON CONFLICT (appid, openid) DO UPDATE SET session_key = excluded.session_key,"
+        " prev_session_key = users.session_key, prev_replaced_at = excluded.updated_at,"
         " unionid = COALESCE(excluded.unionid, users.unionid), updated_at = excluded.updated_at",
     [ST_INSERT_SESSION] = "INSERT INTO sessions (token_hash, appid, openid, created_at, "
                           "expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -72,7 +76,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
                        " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1",
-    [ST_GET_USER] = "SELECT unionid, session_key FROM users WHERE appid = ?1 AND openid = ?2",
+    [ST_GET_USER] = "SELECT unionid, session_key, prev_session_key, prev_replaced_at FROM users"
+                    " WHERE appid = ?1 AND openid = ?2",
     [ST_PURGE] = "DELETE FROM sessions WHERE token_hash IN"
                  " (SELECT token_hash FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
 };
@@ -378,6 +383,13 @@ static void sq_get_user(struct session_store *st, const char *appid, const char 
         memcpy(u.sealed_key, blob, (size_t)n);
         u.sealed_len = (size_t)n;
         status = SESSION_OK;
+    }
+    n = sqlite3_column_bytes(q, 2);
+    blob = sqlite3_column_blob(q, 2);
+    if (blob != NULL && n > 0 && n <= SESSION_SEALED_MAX) {
+        memcpy(u.prev_sealed_key, blob, (size_t)n);
+        u.prev_len = (size_t)n;
+        u.prev_replaced_at = sqlite3_column_int64(q, 3);
     }
     sqlite3_reset(q);
     done(status, status == SESSION_OK ? &u : NULL, arg);

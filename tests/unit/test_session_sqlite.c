@@ -521,12 +521,15 @@ static void test_purge_with_nothing_expired_reports_zero(void **state)
     assert_int_equal(get_session(f->st, h, NOW, NULL), SESSION_OK);
 }
 
-static void test_migration_creates_schema_version_1(void **state)
+/* The number of migrations in session_sqlite.c. */
+#define SCHEMA_LATEST 2
+
+static void test_migration_creates_latest_schema_version(void **state)
 {
     struct fixture *f = *state;
     close_store(f);
     assert_int_equal(sql_long(f->path, "SELECT count(*) FROM schema_version"), 1);
-    assert_int_equal(sql_long(f->path, "SELECT version FROM schema_version"), 1);
+    assert_int_equal(sql_long(f->path, "SELECT version FROM schema_version"), SCHEMA_LATEST);
     assert_int_equal(sql_long(f->path, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                                        " AND name IN ('users', 'sessions')"),
                      2);
@@ -546,7 +549,62 @@ static void test_reopen_existing_db_keeps_data_and_version(void **state)
     assert_int_equal(get_session(f->st, h, NOW, &rec), SESSION_OK);
     assert_string_equal(rec.unionid, "unionid-1");
     assert_int_equal(sql_long(f->path, "SELECT count(*) FROM schema_version"), 1);
-    assert_int_equal(sql_long(f->path, "SELECT version FROM schema_version"), 1);
+    assert_int_equal(sql_long(f->path, "SELECT version FROM schema_version"), SCHEMA_LATEST);
+}
+
+/* A database written by the first schema (before the previous-key columns) is migrated
+ * forward and keeps its users and sessions. */
+static void test_migration_from_version_1_keeps_data(void **state)
+{
+    struct fixture *f = *state;
+    close_store(f);
+    char side[4200];
+    snprintf(side, sizeof(side), "%s-wal", f->path);
+    unlink(side);
+    snprintf(side, sizeof(side), "%s-shm", f->path);
+    unlink(side);
+    FILE *empty = fopen(f->path, "w"); /* an empty file is an empty database */
+    assert_non_null(empty);
+    fclose(empty);
+    sql_exec(f->path, "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                      "INSERT INTO schema_version VALUES (1);"
+                      "CREATE TABLE users (appid TEXT NOT NULL, openid TEXT NOT NULL, unionid TEXT,"
+                      " session_key BLOB NOT NULL, created_at INTEGER NOT NULL,"
+                      " updated_at INTEGER NOT NULL, PRIMARY KEY (appid, openid)) WITHOUT ROWID;"
+                      "CREATE TABLE sessions (token_hash BLOB PRIMARY KEY, appid TEXT NOT NULL,"
+                      " openid TEXT NOT NULL, created_at INTEGER NOT NULL,"
+                      " expires_at INTEGER NOT NULL) WITHOUT ROWID;"
+                      "CREATE INDEX sessions_expiry ON sessions (expires_at);"
+                      "INSERT INTO users VALUES ('" APPID "', 'old-user', 'u1', x'0102', 1, 1);");
+    assert_int_equal(open_store(f), 0);
+    assert_int_equal(sql_long(f->path, "SELECT version FROM schema_version"), SCHEMA_LATEST);
+    struct session_user got;
+    assert_int_equal(get_user(f->st, APPID, "old-user", &got), SESSION_OK);
+    assert_int_equal(got.sealed_len, 2);
+    assert_int_equal(got.prev_len, 0);
+    assert_string_equal(got.unionid, "u1");
+}
+
+/* A re-login keeps the key it replaces, with the time, for the decrypt grace period. */
+static void test_upsert_keeps_previous_key_and_time(void **state)
+{
+    struct fixture *f = *state;
+    struct session_user a = make_user(APPID, "openid-1", "", 0x11, 45);
+    struct session_user b = make_user(APPID, "openid-1", "", 0x22, 45);
+    struct done_cap c = {0};
+    f->st->ops->login(f->st, &a, NULL, 0, NOW, on_done, &c);
+    assert_int_equal(c.status, SESSION_OK);
+    struct session_user got;
+    assert_int_equal(get_user(f->st, APPID, "openid-1", &got), SESSION_OK);
+    assert_int_equal(got.prev_len, 0);
+
+    f->st->ops->login(f->st, &b, NULL, 0, NOW + 7, on_done, &c);
+    assert_int_equal(c.status, SESSION_OK);
+    assert_int_equal(get_user(f->st, APPID, "openid-1", &got), SESSION_OK);
+    assert_memory_equal(got.sealed_key, b.sealed_key, b.sealed_len);
+    assert_int_equal(got.prev_len, a.sealed_len);
+    assert_memory_equal(got.prev_sealed_key, a.sealed_key, a.sealed_len);
+    assert_int_equal(got.prev_replaced_at, NOW + 7);
 }
 
 static void test_two_handles_on_one_file_share_data(void **state)
@@ -694,8 +752,10 @@ int main(void)
         T(test_put_session_for_existing_user),
         T(test_purge_expired_respects_limit_and_spares_live),
         T(test_purge_with_nothing_expired_reports_zero),
-        T(test_migration_creates_schema_version_1),
+        T(test_migration_creates_latest_schema_version),
         T(test_reopen_existing_db_keeps_data_and_version),
+        T(test_migration_from_version_1_keeps_data),
+        T(test_upsert_keeps_previous_key_and_time),
         T(test_two_handles_on_one_file_share_data),
         T(test_newer_schema_version_is_refused),
         T(test_error_after_db_file_deleted),

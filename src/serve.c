@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -16,6 +17,7 @@
 #include "session/session.h"
 #include "version.h"
 #include "wechat/client.h"
+#include "wechat/token.h"
 
 /* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long. */
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
@@ -31,6 +33,7 @@ struct serve {
     uint16_t port; /* bound by worker 0, joined by the others */
     uint8_t master_key[CRYPTO_KEY_LEN];
     struct exchange *exchange;
+    struct wechat_token *token;
 };
 
 struct serve_worker {
@@ -47,6 +50,9 @@ static void release(struct serve_worker *sw)
     /* The server first: it cancels pending requests, which cancel their WeChat calls. */
     http_server_free(sw->http);
     sw->http = NULL;
+    /* A token fetch running on this worker's client would leave its waiters hanging. */
+    if (sw->ctx.token != NULL)
+        wechat_token_detach(sw->ctx.token, sw->ctx.wx);
     wechat_client_free(sw->ctx.wx);
     sw->ctx.wx = NULL;
     loop_timer_stop(sw->w->loop, &sw->purge);
@@ -128,6 +134,7 @@ static int serve_init(struct worker *w, void *arg)
         return -1;
     }
     sw->ctx.exchange = s->exchange;
+    sw->ctx.token = s->token;
     sw->ctx.master_key = s->master_key;
     if (w->id == 0) /* one purger is enough */
         loop_timer_start(w->loop, &sw->purge, PURGE_INTERVAL_MS);
@@ -186,7 +193,10 @@ int serve_run(const struct config *cfg)
         goto out;
     }
     s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
-    if (s.exchange == NULL)
+    s.token = wechat_token_new(cfg->appid, cfg->secret,
+                               strcmp(cfg->access_token_api, "classic") == 0 ? WECHAT_TOKEN_CLASSIC
+                                                                             : WECHAT_TOKEN_STABLE);
+    if (s.exchange == NULL || s.token == NULL)
         goto out;
     if (workers_run(s.nworkers, &serve_ops, &s) != 0)
         goto out;
@@ -194,6 +204,7 @@ int serve_run(const struct config *cfg)
     rc = 0;
 out:
     exchange_free(s.exchange);
+    wechat_token_free(s.token);
     crypto_wipe(s.master_key, sizeof(s.master_key));
     return rc;
 }

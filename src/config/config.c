@@ -48,6 +48,10 @@ static const struct cfg_key keys[] = {
     {"session_ttl", CT_LONG, OFF(session_ttl), "604800", 1, 31536000},
     {"master_key", CT_SECRET, OFF(master_key), NULL, 0, 0},
     {"master_key_file", CT_STRING, OFF(master_key_file), NULL, 0, 0},
+    {"session_key_grace", CT_LONG, OFF(session_key_grace), "300", 0, 86400},
+    {"access_token_api", CT_STRING, OFF(access_token_api), "stable", 0, 0},
+    {"admin_token", CT_SECRET, OFF(admin_token), NULL, 0, 0},
+    {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -270,21 +274,21 @@ static int load_env(struct config *cfg, char *const *envp, config_warn_fn *warn,
     return 0;
 }
 
-/* Reads the secret file; trailing whitespace (the usual newline) is not part of the secret. */
-static int read_secret_file(struct config *cfg, char err[CONFIG_ERR_MAX])
+/* Reads a secret from a file; trailing whitespace (the usual newline) is not part of it. */
+static int read_secret_file(const char *key, const char *path, char **slot,
+                            char err[CONFIG_ERR_MAX])
 {
     char buf[SECRET_FILE_MAX + 1];
-    FILE *f = fopen(cfg->secret_file, "re");
+    FILE *f = fopen(path, "re");
     if (f == NULL) {
-        snprintf(err, CONFIG_ERR_MAX, "secret_file: cannot open '%s': %s", cfg->secret_file,
-                 strerror(errno));
+        snprintf(err, CONFIG_ERR_MAX, "%s: cannot open '%.300s': %s", key, path, strerror(errno));
         return -1;
     }
     size_t n = fread(buf, 1, sizeof(buf), f);
     fclose(f);
     int rc = -1;
     if (n > SECRET_FILE_MAX) {
-        snprintf(err, CONFIG_ERR_MAX, "secret_file: '%s' is larger than %d bytes", cfg->secret_file,
+        snprintf(err, CONFIG_ERR_MAX, "%s: '%.300s' is larger than %d bytes", key, path,
                  SECRET_FILE_MAX);
         goto out;
     }
@@ -292,17 +296,30 @@ static int read_secret_file(struct config *cfg, char err[CONFIG_ERR_MAX])
         n--;
     buf[n] = '\0';
     if (n == 0 || memchr(buf, '\0', n) != NULL) {
-        snprintf(err, CONFIG_ERR_MAX, "secret_file: '%s' holds no usable secret", cfg->secret_file);
+        snprintf(err, CONFIG_ERR_MAX, "%s: '%.300s' holds no usable secret", key, path);
         goto out;
     }
-    if (set_string(&cfg->secret, buf, true) != 0) {
-        snprintf(err, CONFIG_ERR_MAX, "secret_file: out of memory");
+    if (set_string(slot, buf, true) != 0) {
+        snprintf(err, CONFIG_ERR_MAX, "%s: out of memory", key);
         goto out;
     }
     rc = 0;
 out:
     explicit_bzero(buf, sizeof(buf));
     return rc;
+}
+
+/* A secret given either inline (key) or as a file (key_file), never both. */
+static int secret_pair(const char *key, char **value, const char *file_key, const char *file,
+                       char err[CONFIG_ERR_MAX])
+{
+    if (file == NULL)
+        return 0;
+    if (*value != NULL) {
+        snprintf(err, CONFIG_ERR_MAX, "%s: set either %s or %s, not both", file_key, key, file_key);
+        return -1;
+    }
+    return read_secret_file(file_key, file, value, err);
 }
 
 int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
@@ -318,14 +335,15 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
         goto fail;
     if (load_env(cfg, envp, warn, warn_arg, err) != 0)
         goto fail;
-    if (cfg->secret_file != NULL) {
-        if (cfg->secret != NULL) {
-            snprintf(err, CONFIG_ERR_MAX,
-                     "secret_file: set either secret or secret_file, not both");
-            goto fail;
-        }
-        if (read_secret_file(cfg, err) != 0)
-            goto fail;
+    if (secret_pair("secret", &cfg->secret, "secret_file", cfg->secret_file, err) != 0 ||
+        secret_pair("admin_token", &cfg->admin_token, "admin_token_file", cfg->admin_token_file,
+                    err) != 0)
+        goto fail;
+    if (strcmp(cfg->access_token_api, "stable") != 0 &&
+        strcmp(cfg->access_token_api, "classic") != 0) {
+        snprintf(err, CONFIG_ERR_MAX, "access_token_api: '%.100s' is not one of stable, classic",
+                 cfg->access_token_api);
+        goto fail;
     }
     if (cfg->master_key != NULL && cfg->master_key_file != NULL) {
         snprintf(err, CONFIG_ERR_MAX,
@@ -366,6 +384,9 @@ void config_done(struct config *cfg)
     free(cfg->store);
     wipe_free(cfg->master_key);
     free(cfg->master_key_file);
+    free(cfg->access_token_api);
+    wipe_free(cfg->admin_token);
+    free(cfg->admin_token_file);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -34,6 +34,10 @@ struct config {
     long session_ttl; /* seconds */
     char *master_key; /* base64 of 32 bytes; NULL when not configured */
     char *master_key_file;
+    long session_key_grace; /* seconds the replaced session_key still opens data */
+    char *access_token_api; /* "stable" or "classic" */
+    char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
+    char *admin_token_file;
 };
 
 /* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */

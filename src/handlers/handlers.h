@@ -18,11 +18,13 @@ struct config;
 struct exchange;
 struct session_store;
 struct wechat_client;
+struct wechat_token;
 
 struct handlers_ctx {
     const struct config *cfg;    /* borrowed, outlives the workers */
     const uint8_t *master_key;   /* CRYPTO_KEY_LEN bytes, borrowed */
     struct exchange *exchange;   /* shared by all workers */
+    struct wechat_token *token;  /* the app's access token, shared by all workers */
     struct wechat_client *wx;    /* this worker's */
     struct session_store *store; /* this worker's */
 };
@@ -34,6 +36,12 @@ void handle_openid(struct http_request *req, void *arg);
 void handle_login(struct http_request *req, void *arg);
 void handle_session(struct http_request *req, void *arg);
 void handle_logout(struct http_request *req, void *arg);
+void handle_decrypt(struct http_request *req, void *arg);
+void handle_check_signature(struct http_request *req, void *arg);
+void handle_phone(struct http_request *req, void *arg);
+void handle_session_check(struct http_request *req, void *arg);
+void handle_admin_token(struct http_request *req, void *arg);
+void handle_admin_token_refresh(struct http_request *req, void *arg);
 void handle_healthz(struct http_request *req, void *arg);
 void handle_readyz(struct http_request *req, void *arg);
 

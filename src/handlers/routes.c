@@ -1,10 +1,21 @@
 /* The service's routes. Keep docs/api.md in step. */
 #include "handlers/handlers.h"
 
+/* clang-format off: one route per line reads best */
 const struct http_route handlers_routes[] = {
-    {"POST", "/openid", handle_openid},     {"POST", "/v1/login", handle_login},
-    {"GET", "/v1/session", handle_session}, {"POST", "/v1/logout", handle_logout},
-    {"GET", "/healthz", handle_healthz},    {"GET", "/readyz", handle_readyz},
+    {"POST", "/openid", handle_openid},
+    {"POST", "/v1/login", handle_login},
+    {"GET", "/v1/session", handle_session},
+    {"POST", "/v1/logout", handle_logout},
+    {"POST", "/v1/decrypt", handle_decrypt},
+    {"POST", "/v1/check-signature", handle_check_signature},
+    {"POST", "/v1/phone", handle_phone},
+    {"GET", "/v1/session/check", handle_session_check},
+    {"GET", "/admin/v1/access-token", handle_admin_token},
+    {"POST", "/admin/v1/access-token/refresh", handle_admin_token_refresh},
+    {"GET", "/healthz", handle_healthz},
+    {"GET", "/readyz", handle_readyz},
 };
+/* clang-format on */
 
 const size_t handlers_nroutes = sizeof(handlers_routes) / sizeof(handlers_routes[0]);

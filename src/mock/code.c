@@ -33,7 +33,7 @@ static bool parse_directive(const char *s, const char *end, struct mock_directiv
         {"busy", MOCK_ERR, true, false},    {"err", MOCK_ERR, true, true},
         {"delay", MOCK_DELAY, true, false}, {"http", MOCK_HTTP, true, false},
         {"html", MOCK_HTML, false, false},  {"reset", MOCK_RESET, false, false},
-        {"hang", MOCK_HANG, false, false},
+        {"hang", MOCK_HANG, false, false},  {"wrongapp", MOCK_WRONGAPP, false, false},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         size_t n = strlen(names[i].name);

@@ -2,7 +2,8 @@
  * mock/code: the grammar of mock login codes (docs/mock.md), parsed. Pure code.
  *
  *   code      := (directive "_")* user ["-" nonce]
- *   directive := ("busy" N | "err" [-]N | "delay" N | "http" N | "html" | "reset" | "hang")
+ *   directive := ("busy" N | "err" [-]N | "delay" N | "http" N | "html" | "reset" | "hang" |
+ *                 "wrongapp")
  *                ["x" COUNT]
  */
 #ifndef WXLOGIN_MOCK_CODE_H
@@ -14,7 +15,15 @@
 #define MOCK_MAX_DIRECTIVES 8
 #define MOCK_USER_MAX 128
 
-enum mock_kind { MOCK_ERR, MOCK_DELAY, MOCK_HTTP, MOCK_HTML, MOCK_RESET, MOCK_HANG };
+enum mock_kind {
+    MOCK_ERR,
+    MOCK_DELAY,
+    MOCK_HTTP,
+    MOCK_HTML,
+    MOCK_RESET,
+    MOCK_HANG,
+    MOCK_WRONGAPP, /* phone numbers: a watermark naming another app */
+};
 
 struct mock_directive {
     enum mock_kind kind;

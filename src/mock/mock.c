@@ -6,6 +6,7 @@
  * driven by the code itself (mock/code.h), so tests need no side channel to make WeChat fail.
  */
 #include "mock/mock.h"
+#include "mock/internal.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -24,50 +25,11 @@
 #include "mock/codeset.h"
 #include "runtime/workers.h"
 
-#define MOCK_MAX_APPS 16
-#define MOCK_CODE_MAX 128
 #define CODESET_SLOTS (1u << 19)
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
 #define HANG_MS (120 * 1000)
 /* Latest session_key per user, for the debug route; a ring, so memory is bounded. */
 #define SK_RING (1u << 18)
-
-struct mock_app {
-    char *appid;
-    char *secret;
-};
-
-struct mock {
-    struct mock_app apps[MOCK_MAX_APPS];
-    size_t napps;
-    const char *listen;
-    uint16_t port;
-    int nworkers;
-
-    pthread_mutex_t mu; /* guards used and attempts */
-    struct codeset *used;
-    struct codeset *attempts;
-    atomic_ulong c2s_requests, c2s_exchanges;
-
-    /* Each user's latest session_key: users maps a user's hash to 1 + its ring slot. */
-    struct codeset *users;
-    struct sk_slot {
-        uint64_t owner;
-        char sk[32];
-    } * sk_ring;
-    uint32_t sk_next;
-};
-
-/* A request whose answer waits for a delay. */
-struct pending {
-    struct http_request *req;
-    struct mock *m;
-    struct loop_timer timer;
-    const struct mock_app *app;
-    const struct mock_directive *fail; /* points into code; NULL = answer normally */
-    struct mock_code code;
-    char js_code[MOCK_CODE_MAX + 1];
-};
 
 /* ---- answers ---- */
 
@@ -85,11 +47,16 @@ static const char *errmsg_for(long errcode)
     case 41004: return "appsecret missing";
     case 41008: return "missing code";
     case 45011: return "api minute-quota reach limit, must slower, retry next minute";
+    case 40001: return "invalid credential, access_token is invalid or not latest";
+    case 41001: return "access_token missing";
+    case 47001: return "data format error";
+    case 87008: return "invalid sig_method";
+    case 87009: return "invalid signature";
     default: return "mock error";
     }
 }
 
-static void reply_errcode(struct http_request *req, long errcode)
+void mock_reply_errcode(struct http_request *req, long errcode)
 {
     unsigned char r[8];
     RAND_bytes(r, sizeof(r));
@@ -158,70 +125,66 @@ static void reply_session(struct mock *m, struct http_request *req, const struct
     http_reply(req, 200, "text/plain", body, (size_t)n);
 }
 
-static void answer(struct mock *m, struct http_request *req, const struct mock_app *app,
-                   const struct mock_directive *fail, const struct mock_code *code,
-                   const char *js_code)
+void mock_count(struct mock *m, enum mock_counter c)
 {
-    if (fail != NULL) {
-        switch (fail->kind) {
-        case MOCK_ERR: reply_errcode(req, fail->value); return;
-        case MOCK_HTTP: {
-            char body[128];
-            int n =
-                snprintf(body, sizeof(body),
-                         "<html><body><h1>%ld</h1>mock upstream error</body></html>", fail->value);
-            http_reply(req, (unsigned)fail->value, "text/html", body, (size_t)n);
-            return;
-        }
-        case MOCK_HTML: {
-            static const char page[] = "<!DOCTYPE html><html><head><title>Gateway</title></head>"
-                                       "<body>Please log in to the network.</body></html>";
-            http_reply(req, 200, "text/html; charset=utf-8", page, sizeof(page) - 1);
-            return;
-        }
-        case MOCK_RESET:
-        case MOCK_HANG: http_reply_reset(req); return;
-        case MOCK_DELAY: break;
-        }
-    }
-    /* Spend the code now, at answer time, so concurrent requests with one code race as they
-     * would at WeChat: the first answered wins, the others get 40163. */
-    uint64_t key = codeset_key(js_code, strlen(js_code));
+    atomic_fetch_add(&m->counters[c], 1);
+}
+
+bool mock_spend(struct mock *m, struct codeset *set, const char *code)
+{
+    uint64_t key = codeset_key(code, strlen(code));
     pthread_mutex_lock(&m->mu);
-    bool used = codeset_get(m->used, key, loop_clock_ms()) != 0;
+    bool used = codeset_get(set, key, loop_clock_ms()) != 0;
     if (!used)
-        codeset_put(m->used, key, 1, loop_clock_ms());
+        codeset_put(set, key, 1, loop_clock_ms());
     pthread_mutex_unlock(&m->mu);
-    if (used) {
-        reply_errcode(req, 40163);
+    return !used;
+}
+
+static void answer_failure(struct http_request *req, const struct mock_directive *fail)
+{
+    switch (fail->kind) {
+    case MOCK_ERR: mock_reply_errcode(req, fail->value); return;
+    case MOCK_HTTP: {
+        char body[128];
+        int n = snprintf(body, sizeof(body),
+                         "<html><body><h1>%ld</h1>mock upstream error</body></html>", fail->value);
+        http_reply(req, (unsigned)fail->value, "text/html", body, (size_t)n);
         return;
     }
-    atomic_fetch_add(&m->c2s_exchanges, 1);
-    reply_session(m, req, app, code->user);
+    case MOCK_HTML: {
+        static const char page[] = "<!DOCTYPE html><html><head><title>Gateway</title></head>"
+                                   "<body>Please log in to the network.</body></html>";
+        http_reply(req, 200, "text/html; charset=utf-8", page, sizeof(page) - 1);
+        return;
+    }
+    case MOCK_RESET:
+    case MOCK_HANG:
+    case MOCK_DELAY:
+    case MOCK_WRONGAPP: http_reply_reset(req); return;
+    }
+}
+
+static void answer(struct mock_pending *p)
+{
+    if (p->fail != NULL)
+        answer_failure(p->req, p->fail);
+    else
+        p->succeed(p);
 }
 
 static void on_pending_timer(void *arg)
 {
-    struct pending *p = arg;
-    answer(p->m, p->req, p->app, p->fail, &p->code, p->js_code);
+    struct mock_pending *p = arg;
+    answer(p);
     free(p);
 }
 
 static void on_pending_cancel(void *arg)
 {
-    struct pending *p = arg;
+    struct mock_pending *p = arg;
     loop_timer_stop(http_request_loop(p->req), &p->timer);
     free(p);
-}
-
-/* ---- endpoints ---- */
-
-static const struct mock_app *find_app(const struct mock *m, const char *appid)
-{
-    for (size_t i = 0; i < m->napps; i++)
-        if (strcmp(m->apps[i].appid, appid) == 0)
-            return &m->apps[i];
-    return NULL;
 }
 
 static bool code_chars_ok(const char *s)
@@ -231,8 +194,81 @@ static bool code_chars_ok(const char *s)
            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
 }
 
+void mock_run_coded(struct mock *m, struct http_request *req, struct mock_app *app,
+                    const char *code, mock_succeed_fn *succeed)
+{
+    struct mock_pending *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        http_reply_reset(req);
+        return;
+    }
+    if (!code_chars_ok(code) || mock_code_parse(code, &p->code) != 0) {
+        free(p);
+        mock_reply_errcode(req, 40029);
+        return;
+    }
+    p->req = req;
+    p->m = m;
+    p->app = app;
+    p->succeed = succeed;
+    memcpy(p->code_text, code, strlen(code) + 1);
+
+    long n = 1;
+    if (p->code.nd > 0) {
+        uint64_t key = codeset_key(code, strlen(code));
+        pthread_mutex_lock(&m->mu);
+        n = (long)codeset_get(m->attempts, key, loop_clock_ms()) + 1;
+        codeset_put(m->attempts, key, (uint32_t)n, loop_clock_ms());
+        pthread_mutex_unlock(&m->mu);
+    }
+    long delay = 0;
+    for (size_t i = 0; i < p->code.nd; i++) {
+        const struct mock_directive *d = &p->code.d[i];
+        if (!mock_directive_applies(d, n))
+            continue;
+        if (d->kind == MOCK_DELAY)
+            delay += d->value;
+        else if (d->kind == MOCK_WRONGAPP)
+            p->wrongapp = true;
+        else if (p->fail == NULL)
+            p->fail = d;
+    }
+    if (p->fail != NULL && p->fail->kind == MOCK_HANG)
+        delay += HANG_MS;
+    if (delay == 0) {
+        answer(p);
+        free(p);
+        return;
+    }
+    loop_timer_init(&p->timer, on_pending_timer, p);
+    loop_timer_start(http_request_loop(req), &p->timer, (uint64_t)delay);
+    http_request_on_cancel(req, on_pending_cancel, p);
+}
+
+static void c2s_succeed(struct mock_pending *p)
+{
+    /* Spend the code now, at answer time, so concurrent requests with one code race as they
+     * would at WeChat: the first answered wins, the others get 40163. */
+    if (!mock_spend(p->m, p->m->used, p->code_text)) {
+        mock_reply_errcode(p->req, 40163);
+        return;
+    }
+    mock_count(p->m, MC_C2S_EXCHANGES);
+    reply_session(p->m, p->req, p->app, p->code.user);
+}
+
+/* ---- endpoints ---- */
+
+struct mock_app *mock_find_app(struct mock *m, const char *appid)
+{
+    for (size_t i = 0; i < m->napps; i++)
+        if (strcmp(m->apps[i].appid, appid) == 0)
+            return &m->apps[i];
+    return NULL;
+}
+
 /* WeChat's own checks of the query, in its order; 0 when they pass. */
-static long check_query(const struct mock *m, struct http_request *req, const struct mock_app **app)
+static long check_query(struct mock *m, struct http_request *req, struct mock_app **app)
 {
     const char *appid = http_request_query(req, "appid");
     const char *secret = http_request_query(req, "secret");
@@ -240,7 +276,7 @@ static long check_query(const struct mock *m, struct http_request *req, const st
     const char *grant = http_request_query(req, "grant_type");
     if (appid == NULL || *appid == '\0')
         return 41002;
-    *app = find_app(m, appid);
+    *app = mock_find_app(m, appid);
     if (*app == NULL)
         return 40013;
     if (secret == NULL || *secret == '\0')
@@ -257,85 +293,50 @@ static long check_query(const struct mock *m, struct http_request *req, const st
 static void handle_jscode2session(struct http_request *req, void *arg)
 {
     struct mock *m = arg;
-    const struct mock_app *app = NULL;
-    atomic_fetch_add(&m->c2s_requests, 1);
-
+    struct mock_app *app = NULL;
+    mock_count(m, MC_C2S);
     long ec = check_query(m, req, &app);
     if (ec != 0) {
-        reply_errcode(req, ec);
+        mock_reply_errcode(req, ec);
         return;
     }
-    const char *js_code = http_request_query(req, "js_code");
-    struct pending *p = calloc(1, sizeof(*p));
-    if (p == NULL) {
-        http_reply_reset(req);
-        return;
-    }
-    if (!code_chars_ok(js_code) || mock_code_parse(js_code, &p->code) != 0) {
-        free(p);
-        reply_errcode(req, 40029);
-        return;
-    }
-    p->req = req;
-    p->m = m;
-    p->app = app;
-    memcpy(p->js_code, js_code, strlen(js_code) + 1);
-
-    long n = 1;
-    if (p->code.nd > 0) {
-        uint64_t key = codeset_key(js_code, strlen(js_code));
-        pthread_mutex_lock(&m->mu);
-        n = (long)codeset_get(m->attempts, key, loop_clock_ms()) + 1;
-        codeset_put(m->attempts, key, (uint32_t)n, loop_clock_ms());
-        pthread_mutex_unlock(&m->mu);
-    }
-    long delay = 0;
-    for (size_t i = 0; i < p->code.nd; i++) {
-        const struct mock_directive *d = &p->code.d[i];
-        if (!mock_directive_applies(d, n))
-            continue;
-        if (d->kind == MOCK_DELAY)
-            delay += d->value;
-        else if (p->fail == NULL)
-            p->fail = d;
-    }
-    if (p->fail != NULL && p->fail->kind == MOCK_HANG)
-        delay += HANG_MS;
-    if (delay == 0) {
-        answer(m, req, app, p->fail, &p->code, p->js_code);
-        free(p);
-        return;
-    }
-    loop_timer_init(&p->timer, on_pending_timer, p);
-    loop_timer_start(http_request_loop(req), &p->timer, (uint64_t)delay);
-    http_request_on_cancel(req, on_pending_cancel, p);
+    mock_run_coded(m, req, app, http_request_query(req, "js_code"), c2s_succeed);
 }
 
 static void handle_stats(struct http_request *req, void *arg)
 {
     struct mock *m = arg;
-    json_t *o = json_pack("{s:{s:I, s:I}}", "jscode2session", "requests",
-                          (json_int_t)atomic_load(&m->c2s_requests), "exchanges",
-                          (json_int_t)atomic_load(&m->c2s_exchanges));
+#define C(i) ((json_int_t)atomic_load(&m->counters[i]))
+    json_t *o = json_pack("{s:{s:I, s:I}, s:{s:I}, s:{s:I}, s:{s:I}, s:{s:I}}", "jscode2session",
+                          "requests", C(MC_C2S), "exchanges", C(MC_C2S_EXCHANGES), "stable_token",
+                          "requests", C(MC_STABLE_TOKEN), "token", "requests", C(MC_TOKEN),
+                          "getuserphonenumber", "requests", C(MC_PHONE), "checksession", "requests",
+                          C(MC_CHECKSESSION));
+#undef C
     http_reply_json(req, 200, o);
 }
 
 /* Debug route, mock only: a user's current session_key, so tests can encrypt data the way a
  * phone would. WeChat has nothing like it. */
+void mock_session_key(struct mock *m, const char *appid, const char *openid, char out[32])
+{
+    uint64_t k = user_key(appid, openid);
+    out[0] = '\0';
+    pthread_mutex_lock(&m->mu);
+    uint32_t v = codeset_get(m->users, k, loop_clock_ms());
+    if (v != 0 && m->sk_ring[v - 1].owner == k)
+        memcpy(out, m->sk_ring[v - 1].sk, 32);
+    pthread_mutex_unlock(&m->mu);
+}
+
 static void handle_session_key(struct http_request *req, void *arg)
 {
     struct mock *m = arg;
     const char *appid = http_request_query(req, "appid");
     const char *openid = http_request_query(req, "openid");
     char sk[32] = "";
-    if (appid != NULL && openid != NULL) {
-        uint64_t k = user_key(appid, openid);
-        pthread_mutex_lock(&m->mu);
-        uint32_t v = codeset_get(m->users, k, loop_clock_ms());
-        if (v != 0 && m->sk_ring[v - 1].owner == k)
-            memcpy(sk, m->sk_ring[v - 1].sk, sizeof(sk));
-        pthread_mutex_unlock(&m->mu);
-    }
+    if (appid != NULL && openid != NULL)
+        mock_session_key(m, appid, openid, sk);
     if (sk[0] == '\0') {
         http_reply_error(req, 404, "not_found", "no session_key for this appid and openid", "none");
         return;
@@ -344,6 +345,11 @@ static void handle_session_key(struct http_request *req, void *arg)
 }
 
 static const struct http_route mock_routes[] = {
+    {"POST", "/cgi-bin/stable_token", mock_handle_stable_token},
+    {"GET", "/cgi-bin/token", mock_handle_token},
+    {"POST", "/wxa/business/getuserphonenumber", mock_handle_phone},
+    {"GET", "/wxa/checksession", mock_handle_checksession},
+    {"POST", "/mock/token/invalidate", mock_handle_invalidate_token},
     {"GET", "/mock/session_key", handle_session_key},
     {"GET", "/sns/jscode2session", handle_jscode2session},
     {"GET", "/mock/stats", handle_stats},
@@ -397,7 +403,7 @@ static const struct worker_ops mock_ops = {.init = mock_init, .stop = mock_stop,
 
 static const char mock_usage[] =
     "usage: wxlogin mock [--listen ADDR] [--app APPID:SECRET]... [--threads N] "
-    "[--log-level LEVEL]\n";
+    "[--token-delay-ms N] [--log-level LEVEL]\n";
 
 static int add_app(struct mock *m, const char *spec)
 {
@@ -434,6 +440,13 @@ int mock_main(int argc, char **argv)
                 fprintf(stderr, "wxlogin mock: --threads wants 1 to 256\n");
                 goto out;
             }
+        } else if (strcmp(a, "--token-delay-ms") == 0 && v != NULL) {
+            char *end;
+            m.token_delay_ms = strtol(v, &end, 10);
+            if (*end != '\0' || m.token_delay_ms < 0 || m.token_delay_ms > 60000) {
+                fprintf(stderr, "wxlogin mock: --token-delay-ms wants 0 to 60000\n");
+                goto out;
+            }
         } else if (strcmp(a, "--log-level") == 0 && v != NULL) {
             if (log_level_parse(v, &level) != 0) {
                 fprintf(stderr, "wxlogin mock: --log-level wants debug|info|warn|error\n");
@@ -451,9 +464,11 @@ int mock_main(int argc, char **argv)
 
     m.used = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
     m.attempts = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
+    m.used_phone = codeset_new(CODESET_SLOTS, CODE_LIFETIME_MS);
     m.users = codeset_new(2 * SK_RING, UINT64_MAX / 2);
     m.sk_ring = calloc(SK_RING, sizeof(*m.sk_ring));
-    if (m.used == NULL || m.attempts == NULL || m.users == NULL || m.sk_ring == NULL) {
+    if (m.used == NULL || m.attempts == NULL || m.used_phone == NULL || m.users == NULL ||
+        m.sk_ring == NULL) {
         rc = 1;
         goto out;
     }
@@ -466,6 +481,7 @@ int mock_main(int argc, char **argv)
 out:
     codeset_free(m.used);
     codeset_free(m.attempts);
+    codeset_free(m.used_phone);
     codeset_free(m.users);
     free(m.sk_ring);
     for (size_t i = 0; i < m.napps; i++) {

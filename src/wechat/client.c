@@ -34,6 +34,7 @@ struct wechat_client {
     CURLM *multi;
     struct loop_timer timer;
     char *base;
+    struct curl_slist *json_headers;
     long timeout_ms;
     int retries;
     CURL *pool[POOL_MAX];
@@ -45,6 +46,7 @@ struct wechat_call {
     struct wechat_client *c;
     CURL *easy;
     char *url;
+    char *post; /* JSON body, NULL for GET */
     char *resp;
     size_t resp_len;
     bool too_large;
@@ -333,6 +335,7 @@ static void call_free(struct wechat_call *call)
         call->next->prev = call->prev;
     /* The URL may hold the app secret and the body a session_key. */
     wipe_free(call->url, call->url ? strlen(call->url) : 0);
+    wipe_free(call->post, call->post ? strlen(call->post) : 0);
     wipe_free(call->resp, call->resp_len);
     free(call);
 }
@@ -361,6 +364,12 @@ static int attempt(struct wechat_call *call)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "wxlogin/" WXLOGIN_VERSION);
+    if (call->post != NULL) {
+        /* WeChat's POST APIs want a JSON body (form data gets 47001). */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->post);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(call->post));
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->json_headers);
+    }
     call->attempts++;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
         return -1;
@@ -431,8 +440,8 @@ static void check_done(struct wechat_client *c)
     }
 }
 
-struct wechat_call *wechat_get(struct wechat_client *c, char *path_query, wechat_accept_fn *accept,
-                               wechat_done_fn *done, void *arg)
+static struct wechat_call *start_call(struct wechat_client *c, char *path_query, char *post,
+                                      wechat_accept_fn *accept, wechat_done_fn *done, void *arg)
 {
     struct wechat_call *call = NULL;
     size_t blen = strlen(c->base), plen = strlen(path_query);
@@ -447,6 +456,8 @@ struct wechat_call *wechat_get(struct wechat_client *c, char *path_query, wechat
     call->c = c;
     call->url = url;
     url = NULL;
+    call->post = post;
+    post = NULL;
     call->accept = accept;
     call->done = done;
     call->arg = arg;
@@ -465,7 +476,20 @@ fail:
         call_free(call);
     wipe_free(url, blen + plen);
     wipe_free(path_query, plen);
+    wipe_free(post, post ? strlen(post) : 0);
     return NULL;
+}
+
+struct wechat_call *wechat_get(struct wechat_client *c, char *path_query, wechat_accept_fn *accept,
+                               wechat_done_fn *done, void *arg)
+{
+    return start_call(c, path_query, NULL, accept, done, arg);
+}
+
+struct wechat_call *wechat_post_json(struct wechat_client *c, char *path_query, char *body,
+                                     wechat_accept_fn *accept, wechat_done_fn *done, void *arg)
+{
+    return start_call(c, path_query, body, accept, done, arg);
 }
 
 void wechat_call_cancel(struct wechat_call *call)
@@ -506,7 +530,8 @@ struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_c
     loop_timer_init(&c->timer, on_timer, c);
     c->base = strdup(opts->base);
     c->multi = curl_multi_init();
-    if (c->base == NULL || c->multi == NULL) {
+    c->json_headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (c->base == NULL || c->multi == NULL || c->json_headers == NULL) {
         wechat_client_free(c);
         return NULL;
     }
@@ -529,6 +554,7 @@ void wechat_client_free(struct wechat_client *c)
     if (c->multi != NULL)
         curl_multi_cleanup(c->multi);
     loop_timer_stop(c->loop, &c->timer);
+    curl_slist_free_all(c->json_headers);
     free(c->base);
     free(c);
 }

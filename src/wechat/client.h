@@ -66,6 +66,9 @@ void wechat_client_free(struct wechat_client *c);
  */
 struct wechat_call *wechat_get(struct wechat_client *c, char *path_query, wechat_accept_fn *accept,
                                wechat_done_fn *done, void *arg);
+/* POST base + path_query with a JSON body; path_query and body are taken over (and wiped). */
+struct wechat_call *wechat_post_json(struct wechat_client *c, char *path_query, char *body,
+                                     wechat_accept_fn *accept, wechat_done_fn *done, void *arg);
 /* Stops a call; done will not be called. */
 void wechat_call_cancel(struct wechat_call *call);
 

@@ -1,0 +1,208 @@
+/*
+ * Mini Program data opened with the user's session_key, which never leaves the server:
+ *   POST /v1/decrypt          encryptedData + iv → the decrypted JSON (watermark checked)
+ *   POST /v1/check-signature  rawData + signature → whether SHA-1(rawData + session_key) matches
+ *   GET  /v1/session/check    asks WeChat whether the stored session_key is still valid
+ * The previous session_key is tried too while inside session_key_grace, so data encrypted just
+ * before a re-login still opens.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "crypto/crypto.h"
+#include "handlers/upstream_error.h"
+#include "handlers/user_op.h"
+#include "log/log.h"
+
+/* ---- POST /v1/decrypt ---- */
+
+/* Decrypts with one session_key string; returns the JSON object or NULL. */
+static json_t *try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, const uint8_t iv[16])
+{
+    uint8_t key[24];
+    json_t *obj = NULL;
+    if (crypto_b64_decode(sk, strlen(sk), key) != 16) {
+        crypto_wipe(key, sizeof(key));
+        return NULL;
+    }
+    uint8_t *pt = malloc(ctlen);
+    if (pt == NULL)
+        goto out;
+    int n = crypto_aes128cbc_decrypt(key, iv, ct, ctlen, pt);
+    if (n > 0) {
+        json_error_t jerr;
+        obj = json_loadb((const char *)pt, (size_t)n, 0, &jerr);
+        if (obj != NULL && !json_is_object(obj)) {
+            json_decref(obj);
+            obj = NULL;
+        }
+        crypto_wipe(pt, (size_t)n);
+    }
+    free(pt);
+out:
+    crypto_wipe(key, sizeof(key));
+    return obj;
+}
+
+struct decrypt_in {
+    uint8_t iv[16];
+    uint8_t *ct;
+    size_t ctlen;
+};
+
+static void decrypt_ready(struct user_op *op)
+{
+    const char *ed = json_string_value(json_object_get(op->in, "encryptedData"));
+    const char *ivs = json_string_value(json_object_get(op->in, "iv"));
+    uint8_t iv[24];
+    size_t edlen = strlen(ed);
+    uint8_t *ct = malloc(edlen / 4 * 3 + 3);
+    json_t *obj = NULL;
+    int ctlen = -1;
+    if (ct != NULL && crypto_b64_decode_lenient(ivs, strlen(ivs), iv) == 16)
+        ctlen = crypto_b64_decode_lenient(ed, edlen, ct);
+    if (ct == NULL || ctlen <= 0) { /* checked before; only out of memory gets here */
+        free(ct);
+        http_reply_error(op->req, 503, "internal", "out of memory", "retry");
+        user_op_free(op);
+        return;
+    }
+    obj = try_decrypt(op->sk, ct, (size_t)ctlen, iv);
+    if (obj == NULL && op->prev_sk[0] != '\0')
+        obj = try_decrypt(op->prev_sk, ct, (size_t)ctlen, iv);
+    free(ct);
+    if (obj == NULL) {
+        /* Almost always data encrypted with a session_key a later wx.login replaced. */
+        http_reply_error(op->req, 422, "decrypt_failed",
+                         "the data does not decrypt with this user's session key", "relogin");
+        user_op_free(op);
+        return;
+    }
+    const char *wm = json_string_value(json_object_get(json_object_get(obj, "watermark"), "appid"));
+    if (wm == NULL || strcmp(wm, op->ctx->cfg->appid) != 0) {
+        json_decref(obj);
+        http_reply_error(op->req, 422, "watermark_mismatch",
+                         "the data was not produced for this app", "none");
+        user_op_free(op);
+        return;
+    }
+    http_reply_json(op->req, 200, json_pack("{s:o}", "data", obj));
+    user_op_free(op);
+}
+
+void handle_decrypt(struct http_request *req, void *arg)
+{
+    static const char *const fields[] = {"encryptedData", "iv", NULL};
+    json_t *in = handlers_parse_fields(req, fields);
+    if (in == NULL)
+        return;
+    /* Validate the input before touching the store: bad input changes nothing. */
+    const char *ed = json_string_value(json_object_get(in, "encryptedData"));
+    const char *ivs = json_string_value(json_object_get(in, "iv"));
+    uint8_t iv[24];
+    size_t edlen = strlen(ed);
+    const char *why = NULL;
+    if (strlen(ivs) != 24 || crypto_b64_decode_lenient(ivs, 24, iv) != 16)
+        why = "iv must be 16 bytes in base64";
+    else if (edlen == 0)
+        why = "encryptedData must not be empty";
+    else {
+        uint8_t *ct = malloc(edlen / 4 * 3 + 3);
+        int n = ct != NULL ? crypto_b64_decode_lenient(ed, edlen, ct) : -1;
+        free(ct);
+        if (n < 0)
+            why = "encryptedData is not base64";
+        else if (n == 0 || n % 16 != 0)
+            why = "encryptedData must be a non-empty multiple of 16 bytes";
+    }
+    if (why != NULL) {
+        json_decref(in);
+        http_reply_error(req, 400, "bad_request", why, "none");
+        return;
+    }
+    struct user_op *op = user_op_new(req, arg, in);
+    if (op != NULL)
+        user_op_load(op, decrypt_ready);
+}
+
+/* ---- POST /v1/check-signature ---- */
+
+static bool signature_matches(const char *raw, const char *sk, const char *sig)
+{
+    char want[41];
+    crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), want);
+    return want[0] != '\0' && crypto_equal(want, sig, 40);
+}
+
+static void check_signature_ready(struct user_op *op)
+{
+    const char *raw = json_string_value(json_object_get(op->in, "rawData"));
+    const char *given = json_string_value(json_object_get(op->in, "signature"));
+    char sig[41];
+    bool valid = false;
+    size_t n = strlen(given);
+    if (n == 40 && strspn(given, "0123456789abcdefABCDEF") == 40) {
+        for (size_t i = 0; i < 40; i++)
+            sig[i] = (char)(given[i] >= 'A' && given[i] <= 'F' ? given[i] + 32 : given[i]);
+        sig[40] = '\0';
+        valid = signature_matches(raw, op->sk, sig) ||
+                (op->prev_sk[0] != '\0' && signature_matches(raw, op->prev_sk, sig));
+    }
+    http_reply_json(op->req, 200, json_pack("{s:b}", "valid", valid));
+    user_op_free(op);
+}
+
+void handle_check_signature(struct http_request *req, void *arg)
+{
+    static const char *const fields[] = {"rawData", "signature", NULL};
+    json_t *in = handlers_parse_fields(req, fields);
+    if (in == NULL)
+        return;
+    struct user_op *op = user_op_new(req, arg, in);
+    if (op != NULL)
+        user_op_load(op, check_signature_ready);
+}
+
+/* ---- GET /v1/session/check ---- */
+
+static struct wechat_call *check_start(struct user_op *op, const char *access_token)
+{
+    /* signature = HMAC-SHA256 keyed with the session_key string as received (not decoded),
+     * over the empty message (WeChat's checkSessionKey). */
+    char sig[65];
+    crypto_hmac_sha256_hex(op->sk, strlen(op->sk), "", 0, sig);
+    const char *kv[] = {"access_token", access_token, "signature",   sig, "openid",
+                        op->rec.openid, "sig_method", "hmac_sha256", NULL};
+    char *pq = wechat_path_query("/wxa/checksession", kv);
+    crypto_wipe(sig, sizeof(sig));
+    if (pq == NULL)
+        return NULL;
+    return wechat_get(op->ctx->wx, pq, NULL, user_op_on_call_done, op);
+}
+
+static void check_result(struct user_op *op, const struct wechat_result *res)
+{
+    if (res->status == WECHAT_OK || (res->status == WECHAT_ERRCODE && res->errcode == 87009)) {
+        /* 87009: the signature does not match WeChat's current key for this user. */
+        http_reply_json(op->req, 200, json_pack("{s:b}", "valid", res->status == WECHAT_OK));
+    } else {
+        upstream_error_reply(op->req, res, "checksession");
+    }
+    user_op_free(op);
+}
+
+static void session_check_ready(struct user_op *op)
+{
+    op->start = check_start;
+    op->result = check_result;
+    user_op_call_token(op);
+}
+
+void handle_session_check(struct http_request *req, void *arg)
+{
+    struct user_op *op = user_op_new(req, arg, NULL);
+    if (op != NULL)
+        user_op_load(op, session_check_ready);
+}

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/addr.h"
+
 #define SECRET_FILE_MAX 4096
 
 enum cfg_type { CT_STRING, CT_SECRET, CT_URL, CT_LONG, CT_LOG_LEVEL, CT_LOG_FORMAT };
@@ -339,6 +341,13 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
         secret_pair("admin_token", &cfg->admin_token, "admin_token_file", cfg->admin_token_file,
                     err) != 0)
         goto fail;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (addr_parse(cfg->listen, &ss, &sslen) != 0) {
+        snprintf(err, CONFIG_ERR_MAX, "listen: '%.200s' is not host:port or does not resolve",
+                 cfg->listen);
+        goto fail;
+    }
     if (strcmp(cfg->access_token_api, "stable") != 0 &&
         strcmp(cfg->access_token_api, "classic") != 0) {
         snprintf(err, CONFIG_ERR_MAX, "access_token_api: '%.100s' is not one of stable, classic",

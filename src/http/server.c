@@ -73,6 +73,7 @@ struct http_request {
     void *cancel_arg;
 
     struct http_request *prev, *next; /* the server's live requests */
+    bool dispatched;                  /* counted in srv->nactive */
 };
 
 struct http_server {
@@ -89,6 +90,7 @@ struct http_server {
 
     struct http_request *live; /* every request between first call and completion */
     size_t nlive;
+    size_t nactive; /* live requests handed to a handler: what a drain waits for */
     uint32_t id_prefix;
     uint64_t id_counter;
 
@@ -130,7 +132,7 @@ static void kick(struct http_server *srv)
 static void on_drained_timer(void *arg)
 {
     struct http_server *srv = arg;
-    if (srv->nlive == 0 && srv->drained_fn != NULL) {
+    if (srv->nactive == 0 && srv->drained_fn != NULL) {
         http_drained_fn *fn = srv->drained_fn;
         srv->drained_fn = NULL;
         fn(srv->drained_arg);
@@ -203,12 +205,14 @@ static void request_free(struct http_request *req)
     if (req->next != NULL)
         req->next->prev = req->prev;
     srv->nlive--;
+    if (req->dispatched)
+        srv->nactive--;
     free_headers(req);
     if (req->resp != NULL)
         MHD_destroy_response(req->resp);
     free(req->body);
     free(req);
-    if (srv->nlive == 0 && srv->drained_fn != NULL)
+    if (srv->nactive == 0 && srv->drained_fn != NULL)
         loop_timer_start(srv->loop, &srv->drained_timer, 0);
 }
 
@@ -341,6 +345,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_YES;
         /* Answer before reading the body; MHD then closes the connection. */
         req->state = REQ_PENDING;
+        req->dispatched = true;
+        srv->nactive++;
         reply_too_large(req);
         return queue_reply(req);
     }
@@ -362,6 +368,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
 
     req->state = REQ_PENDING;
+    req->dispatched = true;
+    srv->nactive++;
     if (req->too_large)
         reply_too_large(req);
     else
@@ -538,6 +546,23 @@ static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
         ((struct sockaddr_in *)ss)->sin_port = htons(port);
 }
 
+/*
+ * Our daemons share their port through SO_REUSEPORT, which would also let this process join a
+ * port another program (or another wxlogin) already serves, silently splitting its traffic.
+ * The first daemon therefore checks with a plain bind that the address is free.
+ */
+static bool address_free(const struct sockaddr_storage *ss, socklen_t len)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return true; /* let MHD report the real problem */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* TIME_WAIT is fine */
+    bool ok = bind(fd, (const struct sockaddr *)ss, len) == 0 || errno != EADDRINUSE;
+    close(fd);
+    return ok;
+}
+
 struct http_server *http_server_new(struct loop *loop, const struct http_server_opts *opts,
                                     char err[HTTP_ERR_MAX])
 {
@@ -549,6 +574,10 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     }
     if (opts->port != 0)
         sockaddr_set_port(&ss, opts->port);
+    else if (sockaddr_port(&ss) != 0 && !address_free(&ss, sslen)) {
+        snprintf(err, HTTP_ERR_MAX, "listen: %s is already in use", opts->listen);
+        return NULL;
+    }
 
     struct http_server *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) {

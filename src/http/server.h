@@ -53,8 +53,9 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
 uint16_t http_server_port(const struct http_server *srv);
 /*
  * Stops accepting connections; requests already received are still answered and every response
- * from now on closes its connection. drained(arg) runs (from the loop, once) when no request is
- * left in the server.
+ * from now on closes its connection. drained(arg) runs (from the loop, once) when no request
+ * handed to a handler is left. Requests still sending their headers or body are not waited
+ * for: a client that half-closed mid-body would otherwise hold the shutdown.
  */
 void http_server_quiesce(struct http_server *srv, http_drained_fn *drained, void *arg);
 /*

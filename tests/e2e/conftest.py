@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -191,74 +192,84 @@ def assert_error(resp, status, error, action, wx_errcode=ABSENT):
 # raw-socket helpers
 # --------------------------------------------------------------------------
 
-def read_http_response(sock, timeout=5.0):
-    """Read one HTTP/1.x response from sock. Returns (status, headers, body) or
-    None if the peer closed/reset before sending a status line.
-    Tolerates resets after a complete header block."""
-    sock.settimeout(timeout)
-    buf = b""
-    deadline = time.monotonic() + timeout
+class HTTPReader:
+    """Reads successive HTTP/1.x responses from one socket (keeps bytes that
+    belong to the next response, so pipelined answers are not lost)."""
 
-    def recv_more():
-        nonlocal buf
-        if time.monotonic() > deadline:
-            raise socket.timeout("read_http_response deadline")
-        chunk = sock.recv(65536)
-        if not chunk:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _more(self, deadline):
+        if self.eof:
             return False
-        buf += chunk
+        if time.monotonic() > deadline:
+            raise socket.timeout("HTTPReader deadline")
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
         return True
 
-    try:
-        while b"\r\n\r\n" not in buf:
-            if not recv_more():
-                break
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    if b"\r\n\r\n" not in buf:
-        if buf.startswith(b"HTTP/"):
-            # headers cut short; still report the status
-            try:
-                return int(buf.split(b" ", 2)[1]), {}, b""
-            except (ValueError, IndexError):
-                return None
-        return None
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    try:
-        status = int(lines[0].split(b" ", 2)[1])
-    except (ValueError, IndexError):
-        return None
-    headers = {}
-    for line in lines[1:]:
-        if b":" in line:
-            k, v = line.split(b":", 1)
-            headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
-    body = rest
-    try:
-        if "content-length" in headers:
-            n = int(headers["content-length"])
-            while len(body) < n:
-                chunk = sock.recv(65536)
-                if not chunk:
+    def read_response(self, timeout=5.0):
+        """(status, headers, body), or None if the peer closed/reset before a status
+        line. Tolerates resets after a complete header block."""
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while b"\r\n\r\n" not in self.buf:
+                if not self._more(deadline):
                     break
-                body += chunk
-            body = body[:n]
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            while not body.endswith(b"0\r\n\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-        else:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-    except (ConnectionResetError, BrokenPipeError, socket.timeout):
-        pass
-    return status, headers, body
+        except (ConnectionResetError, BrokenPipeError):
+            self.eof = True
+        if b"\r\n\r\n" not in self.buf:
+            if self.buf.startswith(b"HTTP/"):
+                try:
+                    return int(self.buf.split(b" ", 2)[1]), {}, b""
+                except (ValueError, IndexError):
+                    return None
+            return None
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        try:
+            status = int(lines[0].split(b" ", 2)[1])
+        except (ValueError, IndexError):
+            return None
+        headers = {}
+        for line in lines[1:]:
+            if b":" in line:
+                k, v = line.split(b":", 1)
+                headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+        try:
+            if "content-length" in headers:
+                n = int(headers["content-length"])
+                while len(self.buf) < n and self._more(deadline):
+                    pass
+                body, self.buf = self.buf[:n], self.buf[n:]
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                while b"0\r\n\r\n" not in self.buf and self._more(deadline):
+                    pass
+                raw, _, self.buf = self.buf.partition(b"0\r\n\r\n")
+                body = b""
+                while raw:
+                    size_line, _, raw = raw.partition(b"\r\n")
+                    size = int(size_line.split(b";")[0], 16)
+                    body += raw[:size]
+                    raw = raw[size + 2:]
+            else:
+                while self._more(deadline):
+                    pass
+                body, self.buf = self.buf, b""
+        except (ConnectionResetError, BrokenPipeError, socket.timeout):
+            body, self.buf = self.buf, b""
+        return status, headers, body
+
+
+def read_http_response(sock, timeout=5.0):
+    """Read one HTTP/1.x response from sock (see HTTPReader.read_response)."""
+    return HTTPReader(sock).read_response(timeout)
 
 
 def raw_exchange(port, data, timeout=5.0, read=True, half_close=False):
@@ -299,8 +310,12 @@ class Proc:
         self.log_path = Path(log_path)
         self.port = port
         self._log = open(self.log_path, "wb")
+        # its own working directory: serve keeps files (e.g. a default sqlite store)
+        # relative to it, and they must not land in the repository
+        self.cwd = self.log_path.with_suffix(".cwd")
+        self.cwd.mkdir(exist_ok=True)
         self.popen = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL,
+            argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=self._log, start_new_session=True)
         self.returncode = None
         self.stop_signal_needed_kill = False
@@ -492,6 +507,13 @@ def _finish(group):
 
 
 def run_cli(args, env=None, timeout=15.0, cwd=None):
+    if cwd is None:
+        with tempfile.TemporaryDirectory(prefix="wxlogin-cli-") as d:
+            return _run_cli(args, env, timeout, d)
+    return _run_cli(args, env, timeout, cwd)
+
+
+def _run_cli(args, env, timeout, cwd):
     """Run wxlogin to completion. Returns CompletedProcess (text). Fails on sanitizer output.
 
     A process still running after `timeout` is killed and the test fails (used
@@ -592,7 +614,7 @@ class Counter:
     def delta(self):
         return self.mock.requests() - self.before
 
-    def assert_delta(self, expected, settle=0.15):
+    def assert_delta(self, expected, settle=0.1):
         # The mock counts a request when it arrives; give a late (wrong) retry a
         # moment to show up, and a slow counter a moment to catch up.
         wait_until(lambda: self.delta() >= expected, timeout=2.0)

@@ -214,7 +214,8 @@ def test_default_retries_is_2(serve_factory, mock):
 
 
 def test_listen_port_in_use_fails(serve_factory, mock):
+    """A second serve on a port already taken must not start (docs/operations.md: exit 1)."""
     s = serve_factory(mock=mock)
-    cp = run_cli(["serve"], env=serve_env(mock, WXLOGIN_LISTEN=f"127.0.0.1:{s.port}"), timeout=10)
-    assert cp.returncode != 0, cp
+    cp = run_cli(["serve"], env=serve_env(mock, WXLOGIN_LISTEN=f"127.0.0.1:{s.port}"), timeout=3)
+    assert cp.returncode == 1, cp
     assert s.alive()

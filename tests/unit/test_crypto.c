@@ -498,6 +498,162 @@ static void test_wipe_zeroes_exactly_n_bytes(void **state)
     assert_int_equal(buf[8], 0xff);
 }
 
+/* ---- WeChat's official vectors (../shared/wechat-api.md §2, §5, §6) ---- */
+
+static const char official_ed[] =
+    "CiyLU1Aw2KjvrjMdj8YKliAjtP4gsMZMQmRzooG2xrDcvSnxIMXFufNstNGTyaGS9uT5geRa0W4oTOb1WT7fJlAC+"
+    "oNPdbB+"
+    "3hVbJSRgv+4lGOETKUQz6OYStslQ142dNCuabNPGBzlooOmB231qMM85d2/"
+    "fV6ChevvXvQP8Hkue1poOFtnEtpyxVLW1zAo6/"
+    "1Xx1COxFvrc2d7UL/lmHInNlxuacJXwu0fjpXfz/YqYzBIBzD6WUfTIF9GRHpOn/Hz7saL8xz+W//"
+    "FRAUid1OksQaQx4CMs8LOd"
+    "dcQhULW4ucetDf96JcR3g0gfRK4PC7E/r7Z6xNrXd2UIeorGj5Ef7b1pJAYB6Y5anaHqZ9J6nKEBvB4DnNLIVWSgARns/"
+    "8wR2SiRS7MNACwTyrGvt9ts8p12PKFdlqYTopNHR1Vf7XjfhQlVsAJdNiKdYmYVoKlaRv85IfVunYzO0IKXsyl7JCUjCpo"
+    "G20f0"
+    "a04COwfneQAGGwd5oa+T8yO5hzuyDb/XcxxmK01EpqOyuxINew==";
+
+static const char official_pt[] =
+    "{\"openId\":\"oGZUI0egBJY1zhBYw2KhdUfwVJJE\",\"nickName\":\"Band\",\"gender\":1,\"language\":"
+    "\"zh_CN\",\"city\":\"Guangzhou\",\"province\":\"Guangdong\",\"country\":\"CN\",\"avatarUrl\":"
+    "\"http://wx.qlogo.cn/mmopen/vi_32/"
+    "aSKcBBPpibyKNicHNTMM0qJVh8Kjgiak2AHWr8MHM4WgMEm7GFhsf8OYrySdbv"
+    "AMvTsw3mo8ibKicsnfN5pRjl1p8HQ/0\",\"unionId\":\"ocMvos6NjeKLIBqg5Mr9QjxrP1FA\",\"watermark\":{"
+    "\"timestamp\":1477314187,\"appid\":\"wx4f4bc4dec97d474b\"}}";
+
+static int official_decrypt(const char *ed, uint8_t **pt_out)
+{
+    uint8_t key[24], iv[24];
+    assert_int_equal(crypto_b64_decode("tiihtNczf5v6AKRyjwEUhQ==", 24, key), 16);
+    assert_int_equal(crypto_b64_decode("r7BXXKkLb8qrSNn05n0qiA==", 24, iv), 16);
+    size_t edlen = strlen(ed);
+    uint8_t *ct = malloc(edlen);
+    assert_non_null(ct);
+    int ctlen = crypto_b64_decode_lenient(ed, edlen, ct);
+    assert_int_equal(ctlen, 400);
+    uint8_t *pt = malloc((size_t)ctlen);
+    assert_non_null(pt);
+    int n = crypto_aes128cbc_decrypt(key, iv, ct, (size_t)ctlen, pt);
+    free(ct);
+    *pt_out = pt;
+    return n;
+}
+
+static void test_official_decrypt_sample(void **state)
+{
+    (void)state;
+    uint8_t *pt = NULL;
+    int n = official_decrypt(official_ed, &pt);
+    assert_int_equal(n, 393);
+    assert_int_equal(strlen(official_pt), 393);
+    assert_memory_equal(pt, official_pt, 393);
+    free(pt);
+}
+
+static void test_official_decrypt_with_spaces_for_plus(void **state)
+{
+    (void)state;
+    char mangled[sizeof(official_ed)];
+    memcpy(mangled, official_ed, sizeof(official_ed));
+    for (char *p = mangled; *p; p++)
+        if (*p == '+')
+            *p = ' ';
+    uint8_t *pt = NULL;
+    assert_int_equal(official_decrypt(mangled, &pt), 393);
+    assert_memory_equal(pt, official_pt, 393);
+    free(pt);
+}
+
+static void test_decrypt_wrong_key_fails_and_wipes(void **state)
+{
+    (void)state;
+    uint8_t key[16] = {0}, iv[16] = {0}, ct[400], pt[400];
+    size_t edlen = strlen(official_ed);
+    uint8_t *buf = malloc(edlen);
+    assert_non_null(buf);
+    assert_int_equal(crypto_b64_decode(official_ed, edlen, buf), 400);
+    memcpy(ct, buf, sizeof(ct));
+    free(buf);
+    memset(pt, 0xAA, sizeof(pt));
+    /* An all-zero key almost surely yields bad padding; the contract is -1 and a wiped out. */
+    int n = crypto_aes128cbc_decrypt(key, iv, ct, sizeof(ct), pt);
+    if (n < 0) {
+        for (size_t i = 0; i < sizeof(pt); i++)
+            assert_int_equal(pt[i], 0);
+    } else {
+        assert_true(n <= 400);
+        assert_memory_not_equal(pt, official_pt, 16);
+    }
+}
+
+static void test_decrypt_rejects_bad_lengths(void **state)
+{
+    (void)state;
+    uint8_t key[16] = {1}, iv[16] = {2}, in[32] = {0}, out[32];
+    assert_int_equal(crypto_aes128cbc_decrypt(key, iv, in, 0, out), -1);
+    assert_int_equal(crypto_aes128cbc_decrypt(key, iv, in, 15, out), -1);
+    assert_int_equal(crypto_aes128cbc_decrypt(key, iv, in, 17, out), -1);
+}
+
+static void test_official_rawdata_signature(void **state)
+{
+    (void)state;
+    static const char raw[] =
+        "{\"nickName\":\"Band\",\"gender\":1,\"language\":\"zh_CN\",\"city\":\"Guangzhou\","
+        "\"province\":\"Guangdong\",\"country\":\"CN\",\"avatarUrl\":\"http://wx.qlogo.cn/mmopen/"
+        "vi_32/1vZvI39NWFQ9XM4LtQpFrQJ1xlgZxx3w7bQxKARol6503Iuswjjn6nIGBiaycAjAtpujxyzYsrztuuICqIM5"
+        "ibXQ/0\"}";
+    static const char sk[] = "HyVFkGl5F5OQWJZZaNzBBg==";
+    char out[41];
+    crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), out);
+    assert_string_equal(out, "75e81ceda165f4ffa64f4068af58c64b8f54b88c");
+}
+
+static void test_checksession_hmac_vectors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *sk, *hex;
+    } v[] = {
+        {"tiihtNczf5v6AKRyjwEUhQ==",
+         "7154f9f8b4b76b92f541cbf0e37d48840fa06e5e42da92a6f80168a1516a4735"},
+        {"HyVFkGl5F5OQWJZZaNzBBg==",
+         "252b75c92698025afe925b29cca5517fdf9ee67aae072cf3225ebf3a53783058"},
+        {"o0q0otL8aEzpcZL/FT9WsQ==",
+         "46e043c5525c2d817c44be603d30837a808a1d930d038f6fdc3e62a201fed128"},
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        char out[65];
+        /* Keyed with the session_key string as received, not its decoding. */
+        crypto_hmac_sha256_hex(v[i].sk, strlen(v[i].sk), "", 0, out);
+        assert_string_equal(out, v[i].hex);
+    }
+}
+
+static void test_official_login_state_signature(void **state)
+{
+    (void)state;
+    char out[65];
+    crypto_hmac_sha256_hex("o0q0otL8aEzpcZL/FT9WsQ==", 24, "{\"foo\":\"bar\"}", 13, out);
+    assert_string_equal(out, "654571f79995b2ce1e149e53c0a33dc39c0a74090db514261454e8dbe432aa0b");
+}
+
+static void test_b64_lenient_edge_cases(void **state)
+{
+    (void)state;
+    uint8_t out[16];
+    /* a space is a '+' */
+    assert_int_equal(crypto_b64_decode_lenient("a b=", 4, out), 2);
+    uint8_t strict[16];
+    assert_int_equal(crypto_b64_decode("a+b=", 4, strict), 2);
+    assert_memory_equal(out, strict, 2);
+    /* otherwise as strict as ever */
+    assert_int_equal(crypto_b64_decode_lenient("a\tb=", 4, out), -1);
+    assert_int_equal(crypto_b64_decode_lenient("abc", 3, out), -1);
+    assert_int_equal(crypto_b64_decode_lenient("ab_-", 4, out), -1);
+    assert_int_equal(crypto_b64_decode_lenient("", 0, out), 0);
+    assert_int_equal(crypto_b64_decode_lenient("    ", 4, out), 3); /* "++++" */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -539,6 +695,14 @@ int main(void)
         cmocka_unit_test(test_equal_differs_in_last_byte),
         cmocka_unit_test(test_equal_zero_length_is_equal),
         cmocka_unit_test(test_wipe_zeroes_exactly_n_bytes),
+        cmocka_unit_test(test_official_decrypt_sample),
+        cmocka_unit_test(test_official_decrypt_with_spaces_for_plus),
+        cmocka_unit_test(test_decrypt_wrong_key_fails_and_wipes),
+        cmocka_unit_test(test_decrypt_rejects_bad_lengths),
+        cmocka_unit_test(test_official_rawdata_signature),
+        cmocka_unit_test(test_checksession_hmac_vectors),
+        cmocka_unit_test(test_official_login_state_signature),
+        cmocka_unit_test(test_b64_lenient_edge_cases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

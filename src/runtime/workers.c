@@ -56,7 +56,10 @@ int workers_run(int n, const struct worker_ops *ops, void *arg)
         t->ops = ops;
         t->w.id = ninit;
         t->w.loop = loop_new();
-        if (t->w.loop == NULL || ops->init(&t->w, arg) != 0) {
+        if (t->w.loop == NULL)
+            goto out;
+        if (ops->init(&t->w, arg) != 0) {
+            ops->done(&t->w); /* releases whatever init set up before failing */
             loop_free(t->w.loop);
             goto out;
         }

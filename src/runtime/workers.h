@@ -18,7 +18,8 @@ struct worker {
 };
 
 struct worker_ops {
-    /* On the main thread, before any worker runs. Returns 0 or -1 (start aborted). */
+    /* On the main thread, before any worker runs. Returns 0 or -1 (start aborted; done() is
+     * still called, so init may leave partial state in w->data). */
     int (*init)(struct worker *w, void *arg);
     /* On the worker's thread when a stop is asked: stop accepting, finish, then loop_stop(). */
     void (*stop)(struct worker *w);

@@ -12,26 +12,14 @@
 #include <string.h>
 
 #include "loop/loop.h"
-
-enum waiter_state { W_QUEUED, W_POSTED, W_CANCELLED };
-
-struct exchange_waiter {
-    struct exchange *x;
-    struct loop *loop;
-    exchange_wake_fn *wake;
-    void *arg;
-    enum waiter_state state; /* guarded by x->mu */
-    struct entry *entry;     /* valid while W_QUEUED */
-    struct exchange_outcome outcome;
-    struct exchange_waiter *next;
-};
+#include "runtime/waitlist.h"
 
 struct entry {
     uint8_t key[CRYPTO_HASH_LEN];
     bool done;
     uint64_t expires_ms;
     struct exchange_outcome outcome;
-    struct exchange_waiter *waiters;
+    struct waitlist waiters;
     struct entry *chain; /* bucket chain */
     struct entry *fifo_prev, *fifo_next;
 };
@@ -138,13 +126,18 @@ size_t exchange_size(struct exchange *x)
     return n;
 }
 
+static void wake_trampoline(const void *result, void (*fn)(void), void *arg)
+{
+    ((exchange_wake_fn *)fn)(result, arg);
+}
+
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                                   struct loop *loop, exchange_wake_fn *wake, void *arg,
                                   struct exchange_outcome *out, struct exchange_waiter **waiter)
 {
     uint64_t now = loop_clock_ms();
     enum exchange_role role = EXCHANGE_LEAD;
-    struct exchange_waiter *w = NULL;
+    struct waiter *w = NULL;
 
     pthread_mutex_lock(&x->mu);
     expire(x, now);
@@ -155,18 +148,12 @@ enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_H
         goto out;
     }
     if (e != NULL) {
-        w = calloc(1, sizeof(*w));
+        w = waiter_new(&x->mu, loop, wake_trampoline, (void (*)(void))wake, arg,
+                       sizeof(struct exchange_outcome));
         if (w == NULL)
             goto out; /* lead without de-duplication rather than fail */
-        *w = (struct exchange_waiter){.x = x,
-                                      .loop = loop,
-                                      .wake = wake,
-                                      .arg = arg,
-                                      .state = W_QUEUED,
-                                      .entry = e,
-                                      .next = e->waiters};
-        e->waiters = w;
-        *waiter = w;
+        waitlist_add(&e->waiters, w);
+        *waiter = (struct exchange_waiter *)w;
         role = EXCHANGE_WAIT;
         goto out;
     }
@@ -192,19 +179,6 @@ out:
     return role;
 }
 
-/* Runs on the waiter's loop. */
-static void deliver(void *arg)
-{
-    struct exchange_waiter *w = arg;
-    struct exchange *x = w->x;
-    pthread_mutex_lock(&x->mu);
-    bool cancelled = w->state == W_CANCELLED;
-    pthread_mutex_unlock(&x->mu);
-    if (!cancelled)
-        w->wake(&w->outcome, w->arg);
-    free(w);
-}
-
 void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                      const struct exchange_outcome *outcome, bool remember)
 {
@@ -214,12 +188,7 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
         pthread_mutex_unlock(&x->mu);
         return;
     }
-    struct exchange_waiter *ws = e->waiters;
-    e->waiters = NULL;
-    for (struct exchange_waiter *w = ws; w != NULL; w = w->next) {
-        w->state = W_POSTED;
-        w->outcome = *outcome;
-    }
+    struct waiter *ws = waitlist_take(&e->waiters, outcome);
     if (remember) {
         e->done = true;
         e->outcome = *outcome;
@@ -227,39 +196,11 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
         unlink_entry(x, e);
     }
     pthread_mutex_unlock(&x->mu);
-
-    while (ws != NULL) {
-        struct exchange_waiter *next = ws->next;
-        if (loop_post(ws->loop, deliver, ws) != 0) {
-            /* Out of memory: the waiter's request stays pending until its own cancellation
-             * at shutdown; nothing better can be done without memory. */
-            pthread_mutex_lock(&x->mu);
-            ws->state = W_CANCELLED;
-            pthread_mutex_unlock(&x->mu);
-        }
-        ws = next;
-    }
+    waiters_post(ws);
 }
 
 void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter)
 {
-    pthread_mutex_lock(&x->mu);
-    if (waiter->state == W_POSTED) {
-        /* deliver() is on its way to this thread's loop: it will free the waiter. */
-        waiter->state = W_CANCELLED;
-        pthread_mutex_unlock(&x->mu);
-        return;
-    }
-    /* Still queued: an entry with waiters is in flight, so it is still alive. */
-    bool queued = waiter->state == W_QUEUED;
-    if (queued) {
-        struct exchange_waiter **pp = &waiter->entry->waiters;
-        while (*pp != NULL && *pp != waiter)
-            pp = &(*pp)->next;
-        if (*pp == waiter)
-            *pp = waiter->next;
-    }
-    pthread_mutex_unlock(&x->mu);
-    if (queued)
-        free(waiter);
+    (void)x;
+    waitlist_cancel((struct waiter *)waiter);
 }

@@ -25,7 +25,7 @@
 
 struct loop;
 struct exchange;
-struct exchange_waiter;
+struct exchange_waiter; /* opaque: a runtime/waitlist waiter */
 
 enum exchange_kind {
     EXCHANGE_OK,      /* WeChat exchanged the code and the user is stored */

@@ -91,6 +91,8 @@ void mock_run_coded(struct mock *m, struct http_request *req, struct mock_app *a
 /* {"errcode": N, "errmsg": "..., rid: ..."} with HTTP 200, as WeChat does. */
 void mock_reply_errcode(struct http_request *req, long errcode);
 struct mock_app *mock_find_app(struct mock *m, const char *appid);
+/* WeChat's appid/secret checks, in its order: 0, or 41002, 40013, 41004, 40125. */
+long mock_check_app(struct mock *m, const char *appid, const char *secret, struct mock_app **app);
 /* The user's latest session_key into out ("" when unknown). */
 void mock_session_key(struct mock *m, const char *appid, const char *openid, char out[32]);
 /* Spends code in set; false when it was spent already. */

@@ -267,13 +267,8 @@ struct mock_app *mock_find_app(struct mock *m, const char *appid)
     return NULL;
 }
 
-/* WeChat's own checks of the query, in its order; 0 when they pass. */
-static long check_query(struct mock *m, struct http_request *req, struct mock_app **app)
+long mock_check_app(struct mock *m, const char *appid, const char *secret, struct mock_app **app)
 {
-    const char *appid = http_request_query(req, "appid");
-    const char *secret = http_request_query(req, "secret");
-    const char *js_code = http_request_query(req, "js_code");
-    const char *grant = http_request_query(req, "grant_type");
     if (appid == NULL || *appid == '\0')
         return 41002;
     *app = mock_find_app(m, appid);
@@ -283,6 +278,19 @@ static long check_query(struct mock *m, struct http_request *req, struct mock_ap
         return 41004;
     if (strcmp(secret, (*app)->secret) != 0)
         return 40125;
+    return 0;
+}
+
+/* WeChat's own checks of the query, in its order; 0 when they pass. */
+static long check_query(struct mock *m, struct http_request *req, struct mock_app **app)
+{
+    const char *appid = http_request_query(req, "appid");
+    const char *secret = http_request_query(req, "secret");
+    const char *js_code = http_request_query(req, "js_code");
+    const char *grant = http_request_query(req, "grant_type");
+    long ec = mock_check_app(m, appid, secret, app);
+    if (ec != 0)
+        return ec;
     if (js_code == NULL || *js_code == '\0')
         return 41008;
     if (grant == NULL || strcmp(grant, "authorization_code") != 0)

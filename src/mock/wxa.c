@@ -49,16 +49,7 @@ static long check_credentials(struct mock *m, const char *grant, const char *app
 {
     if (grant == NULL || strcmp(grant, "client_credential") != 0)
         return 40002;
-    if (appid == NULL || *appid == '\0')
-        return 41002;
-    *app = mock_find_app(m, appid);
-    if (*app == NULL)
-        return 40013;
-    if (secret == NULL || *secret == '\0')
-        return 41004;
-    if (strcmp(secret, (*app)->secret) != 0)
-        return 40125;
-    return 0;
+    return mock_check_app(m, appid, secret, app);
 }
 
 struct token_reply {

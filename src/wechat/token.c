@@ -12,6 +12,7 @@
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "runtime/waitlist.h"
 
 /* Refresh when less than this is left; stable tokens rotate 5 minutes before expiry. */
 #define REFRESH_MARGIN_S 300
@@ -19,18 +20,6 @@
 #define SAME_TOKEN_BACKOFF_MS 10000
 /* A failed fetch is not repeated sooner; requests meanwhile get the same failure. */
 #define FAILED_FETCH_BACKOFF_MS 1000
-
-enum waiter_state { W_QUEUED, W_POSTED, W_CANCELLED };
-
-struct wechat_token_waiter {
-    struct wechat_token *t;
-    struct loop *loop;
-    wechat_token_fn *fn;
-    void *arg;
-    enum waiter_state state; /* guarded by t->mu */
-    struct wechat_token_result res;
-    struct wechat_token_waiter *next;
-};
 
 struct wechat_token {
     pthread_mutex_t mu;
@@ -44,7 +33,7 @@ struct wechat_token {
     bool fetching;
     struct wechat_client *fetch_wx;
     struct wechat_call *fetch_call;
-    struct wechat_token_waiter *waiters;
+    struct waitlist waiters;
     uint64_t no_fetch_until_ms;
     struct wechat_token_result last_failure; /* returned while no_fetch_until_ms holds */
     unsigned long fetches;
@@ -94,45 +83,9 @@ unsigned long wechat_token_fetches(struct wechat_token *t)
     return n;
 }
 
-/* ---- waking waiters ---- */
-
-static void deliver(void *arg)
+static void token_trampoline(const void *result, void (*fn)(void), void *arg)
 {
-    struct wechat_token_waiter *w = arg;
-    struct wechat_token *t = w->t;
-    pthread_mutex_lock(&t->mu);
-    bool cancelled = w->state == W_CANCELLED;
-    pthread_mutex_unlock(&t->mu);
-    if (!cancelled)
-        w->fn(&w->res, w->arg);
-    crypto_wipe(w->res.token, sizeof(w->res.token));
-    free(w);
-}
-
-/* With t->mu held: detaches the waiters and gives each the result. Returns the list. */
-static struct wechat_token_waiter *take_waiters(struct wechat_token *t,
-                                                const struct wechat_token_result *res)
-{
-    struct wechat_token_waiter *ws = t->waiters;
-    t->waiters = NULL;
-    for (struct wechat_token_waiter *w = ws; w != NULL; w = w->next) {
-        w->state = W_POSTED;
-        w->res = *res;
-    }
-    return ws;
-}
-
-static void post_waiters(struct wechat_token *t, struct wechat_token_waiter *ws)
-{
-    while (ws != NULL) {
-        struct wechat_token_waiter *next = ws->next;
-        if (loop_post(ws->loop, deliver, ws) != 0) {
-            pthread_mutex_lock(&t->mu);
-            ws->state = W_CANCELLED; /* out of memory: dropped at its request's cancellation */
-            pthread_mutex_unlock(&t->mu);
-        }
-        ws = next;
-    }
+    ((wechat_token_fn *)fn)(result, arg);
 }
 
 /* ---- fetching ---- */
@@ -171,15 +124,16 @@ static void on_fetched(const struct wechat_result *wr, void *arg)
     if (res.status == WECHAT_TOKEN_OK) {
         memcpy(t->token, res.token, sizeof(t->token));
         t->expires_at = res.expires_at;
+        memset(&t->last_failure, 0, sizeof(t->last_failure)); /* only the latest fetch counts */
         if (strcmp(res.token, t->rejected) == 0)
             t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
     } else {
         t->last_failure = res;
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     }
-    struct wechat_token_waiter *ws = take_waiters(t, &res);
+    struct waiter *ws = waitlist_take(&t->waiters, &res);
     pthread_mutex_unlock(&t->mu);
-    post_waiters(t, ws);
+    waiters_post(ws);
     crypto_wipe(res.token, sizeof(res.token));
 }
 
@@ -256,15 +210,14 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
             goto out;
         }
     }
-    struct wechat_token_waiter *w = calloc(1, sizeof(*w));
+    struct waiter *w = waiter_new(&t->mu, loop, token_trampoline, (void (*)(void))fn, arg,
+                                  sizeof(struct wechat_token_result));
     if (w == NULL) {
         out->status = WECHAT_TOKEN_ABORTED;
         goto out;
     }
-    *w = (struct wechat_token_waiter){
-        .t = t, .loop = loop, .fn = fn, .arg = arg, .state = W_QUEUED, .next = t->waiters};
-    t->waiters = w;
-    *waiter = w;
+    waitlist_add(&t->waiters, w);
+    *waiter = (struct wechat_token_waiter *)w;
     rc = WECHAT_TOKEN_WAIT;
 out:
     pthread_mutex_unlock(&t->mu);
@@ -273,23 +226,8 @@ out:
 
 void wechat_token_cancel(struct wechat_token *t, struct wechat_token_waiter *waiter)
 {
-    pthread_mutex_lock(&t->mu);
-    if (waiter->state == W_POSTED) {
-        waiter->state = W_CANCELLED; /* deliver() frees it */
-        pthread_mutex_unlock(&t->mu);
-        return;
-    }
-    bool queued = waiter->state == W_QUEUED;
-    if (queued) {
-        struct wechat_token_waiter **pp = &t->waiters;
-        while (*pp != NULL && *pp != waiter)
-            pp = &(*pp)->next;
-        if (*pp == waiter)
-            *pp = waiter->next;
-    }
-    pthread_mutex_unlock(&t->mu);
-    if (queued)
-        free(waiter);
+    (void)t;
+    waitlist_cancel((struct waiter *)waiter);
 }
 
 void wechat_token_invalidate(struct wechat_token *t, const char *bad)
@@ -314,7 +252,7 @@ void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx)
     t->fetch_wx = NULL;
     t->fetch_call = NULL;
     struct wechat_token_result res = {.status = WECHAT_TOKEN_ABORTED};
-    struct wechat_token_waiter *ws = take_waiters(t, &res);
+    struct waiter *ws = waitlist_take(&t->waiters, &res);
     pthread_mutex_unlock(&t->mu);
-    post_waiters(t, ws);
+    waiters_post(ws);
 }

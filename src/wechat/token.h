@@ -23,7 +23,7 @@
 
 struct loop;
 struct wechat_token;
-struct wechat_token_waiter;
+struct wechat_token_waiter; /* opaque: a runtime/waitlist waiter */
 
 #define WECHAT_TOKEN_MAX 512
 

@@ -1,0 +1,46 @@
+/*
+ * runtime/waitlist: requests on any worker thread waiting for work another thread finishes.
+ *
+ * The owner of the work (the code-exchange table, the access token) keeps a waitlist under its
+ * own mutex. When the work is done it takes the waiters (copying the result into each) and
+ * posts them: each waiter's callback then runs on the waiter's own loop, through loop_post(),
+ * never on the finishing thread. A waiter can be cancelled from its own thread at any time
+ * until its callback has run; a cancelled waiter is freed without its callback.
+ *
+ * Locking: every function taking `mu` is called with it NOT held; the others with it held.
+ */
+#ifndef WXLOGIN_RUNTIME_WAITLIST_H
+#define WXLOGIN_RUNTIME_WAITLIST_H
+
+#include <pthread.h>
+#include <stddef.h>
+
+struct loop;
+struct waiter;
+
+/*
+ * The owner's trampoline: calls fn (the owner's typed callback, stored as a generic function
+ * pointer) with result, a copy of what waitlist_take() was given, valid during the call.
+ */
+typedef void waiter_fn(const void *result, void (*fn)(void), void *arg);
+
+struct waitlist {
+    struct waiter *head;
+};
+
+/* A waiter for a result of result_size bytes, to be woken on loop by trampoline(result, fn,
+ * arg). mu is the owner's mutex. NULL when out of memory. */
+struct waiter *waiter_new(pthread_mutex_t *mu, struct loop *loop, waiter_fn *trampoline,
+                          void (*fn)(void), void *arg, size_t result_size);
+
+/* Lock held: adds w. */
+void waitlist_add(struct waitlist *wl, struct waiter *w);
+/* Lock held: detaches every waiter, giving each a copy of result; returns them for
+ * waiters_post(). */
+struct waiter *waitlist_take(struct waitlist *wl, const void *result);
+/* Lock not held: posts each detached waiter to its loop. */
+void waiters_post(struct waiter *ws);
+/* Lock not held, from w's own thread: w's callback will not run, and w is freed. */
+void waitlist_cancel(struct waiter *w);
+
+#endif

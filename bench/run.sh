@@ -10,10 +10,14 @@
 #   BENCH_WRK_TIMEOUT=2s      wrk --timeout (a slower response counts as a timeout error)
 #   BENCH_SERVER_THREADS=     WXLOGIN_THREADS for the service (unset: the service's default)
 #   BENCH_MOCK_THREADS=       --threads for the mock (unset: the mock's default)
+#   BENCH_SESSIONS=100000     sessions seeded into the store for GET /v1/session
+#   BENCH_USERS=5000          distinct users those sessions belong to
+#   BENCH_NGINX=/usr/sbin/nginx  the nginx for the baseline (Debian's nginx-light)
 #   BENCH_KEEP_LOGS=1         keep the temp dir with the logs and raw wrk output
 #   WXLOGIN_BIN=path          the binary (default <repo>/build/wxlogin); not passed to the service
 #
-# Everything listens on 127.0.0.1 only. Both processes are stopped on exit, whatever happens.
+# Everything listens on 127.0.0.1 only. Every process it starts (mock, service, nginx) is stopped
+# on exit, whatever happens.
 set -Eeuo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,17 +29,26 @@ WRK_THREADS=${BENCH_WRK_THREADS:-2}
 WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-2s}
 APPID=wx1234567890abcdef # the mock's default app
 SECRET=0123456789abcdef0123456789abcdef
+SESSIONS=${BENCH_SESSIONS:-100000}
+USERS=${BENCH_USERS:-5000}
+NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
+PY=/usr/bin/python3
 
 TMP=
 MOCK_PID=
 SERVE_PID=
 WRK_PID=
+NGINX_PID=
+NGINX_WORKERS=()
 MOCK_PORT=
 SERVE_PORT=
+NGINX_PORT=
+TOKENS=
 RUN_ID=
 RUN_SEQ=0
 ROWS=()
 NOTES=()
+declare -A RPS=() # "NAME@CONNS" -> req/s, for the ratio lines
 
 die() {
     echo "bench: $*" >&2
@@ -77,6 +90,7 @@ cleanup() {
     SERVE_PID=
     stop_proc "$MOCK_PID" mock
     MOCK_PID=
+    stop_nginx
     if [[ -n $TMP && -d $TMP ]]; then
         if [[ $rc -ne 0 || ${BENCH_KEEP_LOGS:-0} == 1 ]]; then
             echo "bench: logs and raw wrk output kept in $TMP" >&2
@@ -198,6 +212,163 @@ start_serve() {
     kill -0 "$SERVE_PID" 2>/dev/null || die "serve exited during startup (log: $TMP/serve.log)"
 }
 
+# ---------------------------------------------------------------- sessions for GET /v1/session
+
+# seed_store: the service creates its schema when it starts, so start it once on the empty store
+# and stop it; then insert BENCH_SESSIONS sessions straight into SQLite (seed_sessions.py, one
+# transaction) while nothing has the file open. The tokens go to $TOKENS for session.lua.
+seed_store() {
+    echo "bench: creating the schema, then seeding $SESSIONS sessions ..." >&2
+    start_serve
+    stop_proc "$SERVE_PID" serve
+    SERVE_PID=
+    mv -- "$TMP/serve.log" "$TMP/serve-schema.log"
+    if [[ -s $TMP/serve-schema.log ]]; then
+        NOTES+=("the schema-creating start of the service logged warnings; first ones:")
+        while IFS= read -r l; do NOTES+=("    $l"); done < <(head -n 3 "$TMP/serve-schema.log" | cut -c1-300)
+    fi
+    TOKENS=$TMP/tokens.txt
+    "$PY" "$BENCH_DIR/seed_sessions.py" "$TMP/wxlogin.db" "$TOKENS" \
+        --sessions "$SESSIONS" --users "$USERS" --appid "$APPID" 2>"$TMP/seed.log" || {
+        sed 's/^/    /' "$TMP/seed.log" >&2
+        die "seeding the store failed"
+    }
+    sed 's/^/bench: /' "$TMP/seed.log" >&2
+    # session.lua reads these; it splits the tokens among wrk's threads.
+    export BENCH_TOKENS=$TOKENS BENCH_WRK_THREADS=$WRK_THREADS
+}
+
+# get_session TOKEN HEADERS_FILE: GET /v1/session with TOKEN; prints the status code.
+get_session() {
+    curl -sS -o /dev/null -D "$2" -w '%{http_code}' --max-time 5 \
+        -H "Authorization: Bearer $1" "http://127.0.0.1:$SERVE_PORT/v1/session" || true
+}
+
+# check_sessions: a token from a real login, and a seeded one, must verify (200, with the
+# identity headers); an unknown token must not (401). Catches a seeding format that does not
+# match the service's (then every measured request would be a cheap 401).
+check_sessions() {
+    local body token code seeded
+    body=$(curl -sS --max-time 5 -H 'Content-Type: application/json' \
+        -d "{\"code\":\"ubench-${RUN_ID}check\"}" "http://127.0.0.1:$SERVE_PORT/v1/login") ||
+        die "sanity check: POST /v1/login failed"
+    token=$(grep -o '"token": *"wxl_[A-Za-z0-9_-]*"' <<<"$body" | grep -o 'wxl_[A-Za-z0-9_-]*' || true)
+    [[ -n $token ]] || die "sanity check: POST /v1/login answered without a token: $body"
+    code=$(get_session "$token" "$TMP/check-login.hdr")
+    [[ $code == 200 ]] || die "sanity check: GET /v1/session with a fresh login's token answered $code"
+    seeded=$(head -n 1 "$TOKENS")
+    code=$(get_session "$seeded" "$TMP/check-seeded.hdr")
+    [[ $code == 200 ]] || die "sanity check: GET /v1/session with a seeded token answered $code" \
+        "(the seeding does not match the service's token format or schema)"
+    if ! grep -qi '^X-WX-OpenID: oBn' "$TMP/check-seeded.hdr" ||
+        ! grep -qi '^X-WX-UnionID: uBn' "$TMP/check-seeded.hdr"; then
+        die "sanity check: a seeded token's answer lacks the seeded user's X-WX-OpenID/UnionID"
+    fi
+    code=$(get_session "wxl_$(printf '%043d' 0)" "$TMP/check-unknown.hdr")
+    [[ $code == 401 ]] || die "sanity check: GET /v1/session with an unknown token answered $code, not 401"
+    echo "bench: sanity check passed (login's token 200, seeded token 200, unknown token 401)" >&2
+}
+
+# ---------------------------------------------------------------- nginx baseline
+
+# The baseline: Debian's nginx answering `return 200` on loopback, from a private config and
+# prefix in the temp dir (pid, error log, lock and temp paths all there; nothing else written).
+# As many worker processes as the service has worker threads.
+nginx_workers() {
+    if [[ -n ${BENCH_SERVER_THREADS:-} ]]; then
+        echo "$BENCH_SERVER_THREADS"
+    else # the service's default: online CPUs, sysconf(_SC_NPROCESSORS_ONLN)
+        getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1
+    fi
+}
+
+write_nginx_conf() {
+    local dir=$1 port=$2 workers=$3
+    cat >"$dir/nginx.conf" <<EOF
+# Written by bench/run.sh for one run; deleted with its temp dir.
+daemon off;
+master_process on;
+worker_processes $workers;
+pid $dir/nginx.pid;
+lock_file $dir/nginx.lock;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+}
+
+# nginx_listening: prints "ok" once our nginx answers on NGINX_PORT and (with ss) every listener
+# on that port is ours: with reuseport, another process could share the port.
+nginx_listening() {
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null || return 0
+    if command -v ss >/dev/null; then
+        local lines
+        lines=$(ss -Hltnp "sport = :$NGINX_PORT" 2>/dev/null || true)
+        [[ -n $lines ]] || return 0
+        grep -qv "pid=$NGINX_PID," <<<"$lines" && return 0
+    fi
+    echo ok
+}
+
+start_nginx() {
+    local dir=$TMP/nginx workers attempt i
+    workers=$(nginx_workers)
+    mkdir -p "$dir"
+    # nginx cannot listen on port 0: pick a free port, and another one if it got taken meanwhile.
+    for ((attempt = 1; attempt <= 5; attempt++)); do
+        NGINX_PORT=$(free_port)
+        write_nginx_conf "$dir" "$NGINX_PORT" "$workers"
+        (cd "$dir" && exec "$NGINX" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf") \
+            >"$dir/stderr.log" 2>&1 &
+        NGINX_PID=$!
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$NGINX_PID" 2>/dev/null || break
+            [[ -n $(nginx_listening) ]] && break
+            sleep 0.1
+        done
+        if kill -0 "$NGINX_PID" 2>/dev/null && [[ -n $(nginx_listening) ]]; then
+            mapfile -t NGINX_WORKERS < <(pgrep -P "$NGINX_PID" || true)
+            echo "bench: nginx on 127.0.0.1:$NGINX_PORT, $workers worker processes" \
+                "(as many as the service's worker threads)" >&2
+            return 0
+        fi
+        stop_nginx
+        if grep -qs 'Address already in use' "$dir/error.log" "$dir/stderr.log"; then
+            : >"$dir/error.log"
+            continue
+        fi
+        echo "bench: nginx did not start; its logs:" >&2
+        cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null | sed 's/^/    /' >&2
+        die "nginx failed to start (config: $dir/nginx.conf)"
+    done
+    die "nginx: no free port after 5 attempts"
+}
+
+# stop_nginx: SIGTERM to the master, which stops its workers; then SIGKILL, by pid, to any of
+# its workers that outlived it (a master killed with SIGKILL leaves them running).
+stop_nginx() {
+    stop_proc "$NGINX_PID" nginx
+    NGINX_PID=
+    local p
+    for p in "${NGINX_WORKERS[@]}"; do
+        if kill -0 "$p" 2>/dev/null && grep -qa '^nginx: worker' "/proc/$p/cmdline" 2>/dev/null; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    NGINX_WORKERS=()
+}
+
 # ---------------------------------------------------------------- wrk runs
 
 raise_fd_limit() {
@@ -292,6 +463,7 @@ run_wrk() {
     local res
     res=$(grep '^RESULT ' "$out" | tail -n 1 || true)
     [[ -n $res ]] || res=$(parse_plain "$out")
+    RPS["$name@$conns"]=$(field "$res" rps)
     add_row "$name" "$conns" \
         "$(printf '%.0f' "$(field "$res" rps)")" \
         "$(field "$res" p50_ms)" "$(field "$res" p99_ms)" \
@@ -311,6 +483,8 @@ run_wrk() {
     # Cheap liveness check: a run that killed the service should not be blamed on the next one.
     kill -0 "$SERVE_PID" 2>/dev/null || die "the service died during $name @$conns (log: $TMP/serve.log)"
     kill -0 "$MOCK_PID" 2>/dev/null || die "the mock died during $name @$conns (log: $TMP/mock.log)"
+    [[ -z $NGINX_PID ]] || kill -0 "$NGINX_PID" 2>/dev/null ||
+        die "nginx died during $name @$conns (log: $TMP/nginx/error.log)"
 }
 
 warm_up() {
@@ -320,6 +494,10 @@ warm_up() {
     wrk_to "$TMP/wrk-warmup.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" -s "$BENCH_DIR/openid.lua" \
         "http://127.0.0.1:$SERVE_PORT/openid" ||
         die "warm-up failed: $(cat "$TMP/wrk-warmup.txt")"
+    # The session lookups too, so the first measured run does not pay for a cold page cache.
+    wrk_to "$TMP/wrk-warmup-session.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" \
+        -s "$BENCH_DIR/session.lua" "http://127.0.0.1:$SERVE_PORT/v1/session" ||
+        die "session warm-up failed: $(cat "$TMP/wrk-warmup-session.txt")"
 }
 
 # ---------------------------------------------------------------- scenarios
@@ -329,6 +507,34 @@ scenario_openid() {
     local url="http://127.0.0.1:$SERVE_PORT/openid"
     run_wrk "POST /openid" 64 "$url" bench/openid.lua
     run_wrk "POST /openid" 512 "$url" bench/openid.lua
+}
+
+# GET /v1/session with valid tokens over the seeded store; each connection count is followed at
+# once by nginx's `return 200` driven by the same script (same requests, same cost to wrk), so a
+# change in the machine's load hits both sides of a ratio alike.
+scenario_session() {
+    local conns
+    for conns in 64 512; do
+        run_wrk "GET /v1/session" "$conns" "http://127.0.0.1:$SERVE_PORT/v1/session" bench/session.lua
+        run_wrk "nginx return 200" "$conns" "http://127.0.0.1:$NGINX_PORT/v1/session" bench/session.lua
+    done
+}
+
+# ratio_lines: GET /v1/session's throughput over nginx's, per connection count.
+ratio_lines() {
+    local conns a b
+    for conns in 64 512; do
+        a=${RPS["GET /v1/session@$conns"]:-}
+        b=${RPS["nginx return 200@$conns"]:-}
+        if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN { exit !(b > 0) }'; then
+            awk -v a="$a" -v b="$b" -v c="$conns" 'BEGIN {
+                r = a / b
+                printf("ratio wxlogin/nginx @%s: %.2f   (goal >= 0.70%s)\n", c, r, (r >= 0.7) ? "" : ": below")
+            }'
+        else
+            echo "ratio wxlogin/nginx @$conns: n/a (a run failed)"
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- report
@@ -343,6 +549,10 @@ report() {
     local r
     for r in "${ROWS[@]}"; do echo "$r"; done
     echo
+    ratio_lines
+    echo
+    echo "store: $SESSIONS seeded sessions of $USERS users in SQLite ($(du -k "$TMP/wxlogin.db" | cut -f1) KiB);" \
+        "nginx: $(nginx_workers) worker processes"
     echo "mock /mock/stats: $(mock_stats)"
     local n
     n=$(wc -l <"$TMP/serve.log")
@@ -361,19 +571,27 @@ main() {
     command -v curl >/dev/null || die "curl is not installed"
     [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive whole number"
     [[ $WARMUP =~ ^[0-9]+$ ]] || die "BENCH_WARMUP_SECONDS must be a whole number"
+    [[ $SESSIONS =~ ^[1-9][0-9]*$ ]] || die "BENCH_SESSIONS must be a positive whole number"
+    [[ $USERS =~ ^[1-9][0-9]*$ ]] || die "BENCH_USERS must be a positive whole number"
+    [[ -x $PY ]] || die "$PY not found (it seeds the session store)"
+    [[ -x $NGINX ]] || die "$NGINX not found (Debian: apt-get install nginx-light, or 'make deps')"
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/wxlogin-bench.XXXXXX")
     RUN_ID=$(printf '%x%04x%04x' "$(date +%s)" "$$" "$RANDOM")
     raise_fd_limit
 
     start_mock
+    seed_store
     start_serve
     echo "bench: wxlogin on 127.0.0.1:$SERVE_PORT, mock on 127.0.0.1:$MOCK_PORT," \
         "$(nproc 2>/dev/null || echo '?') cores, wrk -t$WRK_THREADS, ${DURATION}s per run," \
         "fd limit $(ulimit -Sn)" >&2
+    check_sessions
+    start_nginx
 
     warm_up
     scenario_openid
+    scenario_session
 
     report
 }

@@ -1,0 +1,130 @@
+-- wrk script: GET /v1/session with a valid bearer token, a different one on every request.
+--
+-- The tokens come from the file named by BENCH_TOKENS (one per line; run.sh writes it when it
+-- seeds the store, see seed_sessions.py). Every wrk thread loads the whole file in init() and
+-- builds each request once, up front, so request() only hands out a prepared string: the
+-- client spends as little as possible per request (the same script drives the nginx baseline,
+-- so both sides cost wrk the same).
+--
+-- Thread t of n starts at token (t-1) * N / n and walks the file round-robin from there, so
+-- the threads use different tokens at any moment and together cover all N of them. The file is
+-- in random order relative to token_hash, so consecutive requests hit unrelated B-tree pages.
+--
+-- At the end it prints the same RESULT line as openid.lua (and NON2XX lines when any response
+-- was not 200):
+--
+--   RESULT requests=N duration_s=S rps=R p50_ms=.. p90_ms=.. p99_ms=.. max_ms=.. non2xx=N
+--          errors=N connect=N read=N write=N timeout=N
+
+-- Globals, not locals: setup() copies their values into each thread's state.
+tokens_path = os.getenv("BENCH_TOKENS")
+request_path = os.getenv("BENCH_PATH") or "/v1/session"
+
+local threads = {}
+local nthreads = 0
+
+-- Runs in wrk's main Lua state, once per thread, before the threads start.
+function setup(thread)
+    nthreads = nthreads + 1
+    thread:set("tid", nthreads)
+    thread:set("tokens_path", tokens_path)
+    thread:set("request_path", request_path)
+    table.insert(threads, thread)
+end
+
+-- Everything below until done() runs in each thread's own Lua state.
+local reqs = {}
+local nreqs = 0
+local pos = 0
+non2xx = 0
+statuses = ""   -- "code:count,..." of non-200 statuses, for the summary
+sample = ""     -- the first non-200 body this thread saw, for diagnosis
+local by_status = {}
+
+function init(args)
+    if tokens_path == nil or tokens_path == "" then
+        error("session.lua: set BENCH_TOKENS to a file of session tokens, one per line")
+    end
+    local f, err = io.open(tokens_path, "r")
+    if f == nil then
+        error("session.lua: cannot open BENCH_TOKENS: " .. tostring(err))
+    end
+    for line in f:lines() do
+        local tok = line:match("^%s*(wxl_[%w_-]+)%s*$")
+        if tok ~= nil then
+            nreqs = nreqs + 1
+            reqs[nreqs] = wrk.format("GET", request_path, { ["Authorization"] = "Bearer " .. tok })
+        end
+    end
+    f:close()
+    if nreqs == 0 then
+        error("session.lua: no tokens in " .. tokens_path)
+    end
+    -- The thread count is not known here; setup() numbered the threads, and run.sh passes it.
+    local n = tonumber(os.getenv("BENCH_WRK_THREADS") or "") or 2
+    pos = math.floor(((tid or 1) - 1) * nreqs / n) % nreqs
+end
+
+function request()
+    pos = pos + 1
+    if pos > nreqs then
+        pos = 1
+    end
+    return reqs[pos]
+end
+
+function response(status, hdrs, body)
+    if status ~= 200 then
+        non2xx = non2xx + 1
+        by_status[status] = (by_status[status] or 0) + 1
+        local parts = {}
+        for s, n in pairs(by_status) do
+            parts[#parts + 1] = s .. ":" .. n
+        end
+        statuses = table.concat(parts, ",")
+        if sample == "" and body ~= nil then
+            sample = string.sub(body, 1, 300)
+        end
+    end
+end
+
+-- Back in the main state after the run.
+function done(summary, latency, requests)
+    local non = 0
+    local merged = {}
+    local samples = {}
+    for _, t in ipairs(threads) do
+        non = non + (tonumber(t:get("non2xx")) or 0)
+        local st = t:get("statuses") or ""
+        for s, n in string.gmatch(st, "(%d+):(%d+)") do
+            merged[s] = (merged[s] or 0) + tonumber(n)
+        end
+        local sm = t:get("sample") or ""
+        if sm ~= "" then
+            samples[#samples + 1] = sm
+        end
+    end
+
+    local e = summary.errors
+    local errors = e.connect + e.read + e.write + e.timeout
+    local secs = summary.duration / 1e6
+    local rps = secs > 0 and summary.requests / secs or 0
+    local function ms(us) return us / 1000 end
+
+    if non > 0 then
+        local parts = {}
+        for s, n in pairs(merged) do parts[#parts + 1] = s .. "=" .. n end
+        table.sort(parts)
+        io.write("NON2XX statuses: ", table.concat(parts, " "), "\n")
+        for _, sm in ipairs(samples) do
+            io.write("NON2XX sample body: ", (sm:gsub("[\r\n]", " ")), "\n")
+        end
+    end
+
+    io.write(string.format(
+        "RESULT requests=%d duration_s=%.2f rps=%.1f p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f " ..
+        "max_ms=%.2f non2xx=%d errors=%d connect=%d read=%d write=%d timeout=%d\n",
+        summary.requests, secs, rps,
+        ms(latency:percentile(50)), ms(latency:percentile(90)), ms(latency:percentile(99)),
+        ms(latency.max), non, errors, e.connect, e.read, e.write, e.timeout))
+end

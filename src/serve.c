@@ -14,6 +14,7 @@
 #include "log/log.h"
 #include "loop/loop.h"
 #include "runtime/workers.h"
+#include "session/cache.h"
 #include "session/session.h"
 #include "version.h"
 #include "wechat/client.h"
@@ -34,6 +35,9 @@ struct serve {
     uint8_t master_key[CRYPTO_KEY_LEN];
     struct exchange *exchange;
     struct wechat_token *token;
+    struct session_cache *cache;
+    struct http_route routes[32]; /* the routes this configuration serves */
+    size_t nroutes;
 };
 
 struct serve_worker {
@@ -135,6 +139,7 @@ static int serve_init(struct worker *w, void *arg)
     }
     sw->ctx.exchange = s->exchange;
     sw->ctx.token = s->token;
+    sw->ctx.cache = s->cache;
     sw->ctx.master_key = s->master_key;
     if (w->id == 0) /* one purger is enough */
         loop_timer_start(w->loop, &sw->purge, PURGE_INTERVAL_MS);
@@ -155,8 +160,8 @@ static int serve_init(struct worker *w, void *arg)
         .max_body = (size_t)cfg->max_body_bytes,
         .max_connections = (unsigned)cfg->max_connections,
         .connection_timeout_s = (unsigned)cfg->connection_timeout,
-        .routes = handlers_routes,
-        .nroutes = handlers_nroutes,
+        .routes = s->routes,
+        .nroutes = s->nroutes,
         .handler_arg = &sw->ctx,
     };
     char err[HTTP_ERR_MAX];
@@ -186,6 +191,7 @@ static const struct worker_ops serve_ops = {
 int serve_run(const struct config *cfg)
 {
     struct serve s = {.cfg = cfg, .nworkers = config_thread_count(cfg)};
+    s.nroutes = handlers_select_routes(cfg, s.routes, sizeof(s.routes) / sizeof(s.routes[0]));
     char err[CONFIG_ERR_MAX];
     int rc = 1;
     if (master_key_load(cfg, s.master_key, err) != 0) {
@@ -198,6 +204,13 @@ int serve_run(const struct config *cfg)
                                                                              : WECHAT_TOKEN_STABLE);
     if (s.exchange == NULL || s.token == NULL)
         goto out;
+    /* Only this process sees the logouts of an SQLite store (one process per database file):
+     * that is what makes an in-memory copy of sessions safe. */
+    if (session_sqlite_path(cfg->store) != NULL && cfg->session_cache_size > 0) {
+        s.cache = session_cache_new((size_t)cfg->session_cache_size);
+        if (s.cache == NULL)
+            goto out;
+    }
     if (workers_run(s.nworkers, &serve_ops, &s) != 0)
         goto out;
     log_msg(LOG_INFO, "stopped");
@@ -205,6 +218,7 @@ int serve_run(const struct config *cfg)
 out:
     exchange_free(s.exchange);
     wechat_token_free(s.token);
+    session_cache_free(s.cache);
     crypto_wipe(s.master_key, sizeof(s.master_key));
     return rc;
 }

@@ -54,6 +54,7 @@ static const struct cfg_key keys[] = {
     {"access_token_api", CT_STRING, OFF(access_token_api), "stable", 0, 0},
     {"admin_token", CT_SECRET, OFF(admin_token), NULL, 0, 0},
     {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
+    {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -38,6 +38,7 @@ struct config {
     char *access_token_api; /* "stable" or "classic" */
     char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
     char *admin_token_file;
+    long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
 };
 
 /* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */

@@ -5,6 +5,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
 #define SEAL_VERSION 1
@@ -43,10 +44,20 @@ bool crypto_token_well_formed(const char *s)
            CRYPTO_TOKEN_LEN - 4;
 }
 
+/* EVP_sha256() makes OpenSSL 3 look the algorithm up on every use; fetch it once. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_HASH_LEN])
 {
     unsigned int n = CRYPTO_HASH_LEN;
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+    pthread_once(&sha256_once, fetch_sha256);
+    EVP_Digest(data, len, out, &n, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL);
 }
 
 int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen, const void *pt,

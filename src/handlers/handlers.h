@@ -16,6 +16,7 @@
 
 struct config;
 struct exchange;
+struct session_cache;
 struct session_store;
 struct wechat_client;
 struct wechat_token;
@@ -27,10 +28,14 @@ struct handlers_ctx {
     struct wechat_token *token;  /* the app's access token, shared by all workers */
     struct wechat_client *wx;    /* this worker's */
     struct session_store *store; /* this worker's */
+    struct session_cache *cache; /* shared; NULL when the store is shared by instances */
 };
 
 extern const struct http_route handlers_routes[];
 extern const size_t handlers_nroutes;
+
+/* Copies the routes this configuration serves into out (cap entries); returns how many. */
+size_t handlers_select_routes(const struct config *cfg, struct http_route *out, size_t cap);
 
 void handle_openid(struct http_request *req, void *arg);
 void handle_login(struct http_request *req, void *arg);

@@ -1,4 +1,7 @@
 /* The service's routes. Keep docs/api.md in step. */
+#include <string.h>
+
+#include "config/config.h"
 #include "handlers/handlers.h"
 
 /* clang-format off: one route per line reads best */
@@ -19,3 +22,16 @@ const struct http_route handlers_routes[] = {
 /* clang-format on */
 
 const size_t handlers_nroutes = sizeof(handlers_routes) / sizeof(handlers_routes[0]);
+
+size_t handlers_select_routes(const struct config *cfg, struct http_route *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < handlers_nroutes && n < cap; i++) {
+        /* Without an admin token the admin routes do not exist, for every method: a 405 would
+         * tell a prober they are there. */
+        if (cfg->admin_token == NULL && strncmp(handlers_routes[i].path, "/admin/", 7) == 0)
+            continue;
+        out[n++] = handlers_routes[i];
+    }
+    return n;
+}

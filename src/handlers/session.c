@@ -2,24 +2,17 @@
  * GET /v1/session: verifies a session token for other services (an nginx auth_request target:
  * the identity is also in X-WX-* response headers). POST /v1/logout: ends a session.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "config/config.h"
 #include "handlers/handlers.h"
+#include "session/cache.h"
 #include "session/session.h"
 
-static void on_session(int status, const struct session_record *rec, void *arg)
+static void reply_session(struct http_request *req, const struct session_record *rec)
 {
-    struct http_request *req = arg;
-    if (status == SESSION_ERROR) {
-        handlers_reply_store_error(req, "get_session");
-        return;
-    }
-    if (status != SESSION_OK) {
-        handlers_reply_invalid_token(req, "unknown, expired or logged-out token");
-        return;
-    }
     int64_t left = rec->expires_at - (int64_t)time(NULL);
     json_t *body = json_pack("{s:s, s:s, s:I}", "openid", rec->openid, "appid", rec->appid,
                              "expires_in", (json_int_t)(left > 0 ? left : 0));
@@ -32,6 +25,30 @@ static void on_session(int status, const struct session_record *rec, void *arg)
     http_reply_json(req, 200, body);
 }
 
+struct session_op {
+    struct http_request *req;
+    struct session_cache *cache;
+    uint8_t hash[CRYPTO_HASH_LEN];
+};
+
+static void on_session(int status, const struct session_record *rec, void *arg)
+{
+    struct session_op *op = arg;
+    struct http_request *req = op->req;
+    if (status == SESSION_OK)
+        session_cache_put(op->cache, op->hash, rec);
+    free(op);
+    if (status == SESSION_ERROR) {
+        handlers_reply_store_error(req, "get_session");
+        return;
+    }
+    if (status != SESSION_OK) {
+        handlers_reply_invalid_token(req, "unknown, expired or logged-out token");
+        return;
+    }
+    reply_session(req, rec);
+}
+
 void handle_session(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
@@ -41,7 +58,21 @@ void handle_session(struct http_request *req, void *arg)
         handlers_reply_invalid_token(req, why);
         return;
     }
-    ctx->store->ops->get_session(ctx->store, hash, (int64_t)time(NULL), on_session, req);
+    int64_t now = (int64_t)time(NULL);
+    struct session_record rec;
+    if (session_cache_get(ctx->cache, hash, now, &rec)) {
+        reply_session(req, &rec);
+        return;
+    }
+    struct session_op *op = malloc(sizeof(*op));
+    if (op == NULL) {
+        http_reply_error(req, 503, "internal", "out of memory", "retry");
+        return;
+    }
+    op->req = req;
+    op->cache = ctx->cache;
+    memcpy(op->hash, hash, sizeof(op->hash));
+    ctx->store->ops->get_session(ctx->store, hash, now, on_session, op);
 }
 
 static void on_deleted(int status, void *arg)
@@ -67,5 +98,7 @@ void handle_logout(struct http_request *req, void *arg)
         handlers_reply_invalid_token(req, why);
         return;
     }
+    /* Forget it here first: from now on no lookup may be answered from memory. */
+    session_cache_del(ctx->cache, hash);
     ctx->store->ops->delete_session(ctx->store, hash, on_deleted, req);
 }

@@ -233,6 +233,7 @@ static void on_call_done(const struct wechat_result *res, void *arg)
         user_op_free(op);
         return;
     }
+    wechat_token_accepted(op->ctx->token, op->access_token);
     op->result(op, res);
 }
 

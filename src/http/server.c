@@ -34,7 +34,9 @@
 #include "util/addr.h"
 
 #define MAX_REPLY_HEADERS 12
-#define CONN_MEMORY_LIMIT (64 * 1024)
+/* Per-connection memory for headers and buffers. MHD clears the whole pool between keep-alive
+ * requests, so a bigger pool costs time on every request, not only memory. */
+#define CONN_MEMORY_LIMIT (32 * 1024)
 /* A chunked body over the limit is read and dropped up to this much more, so the client can be
  * told 413; past it the connection is simply closed. */
 #define DISCARD_SLACK (1024 * 1024)

@@ -51,6 +51,17 @@ void waitlist_add(struct waitlist *wl, struct waiter *w)
     wl->head = w;
 }
 
+void waitlist_splice(struct waitlist *to, struct waitlist *from)
+{
+    struct waiter **tail = &to->head;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = from->head;
+    for (struct waiter *w = from->head; w != NULL; w = w->next)
+        w->list = to;
+    from->head = NULL;
+}
+
 struct waiter *waitlist_take(struct waitlist *wl, const void *result)
 {
     struct waiter *ws = wl->head;

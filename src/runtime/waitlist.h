@@ -38,6 +38,8 @@ void waitlist_add(struct waitlist *wl, struct waiter *w);
 /* Lock held: detaches every waiter, giving each a copy of result; returns them for
  * waiters_post(). */
 struct waiter *waitlist_take(struct waitlist *wl, const void *result);
+/* Lock held: moves every waiter of from to the end of to (both under the same lock). */
+void waitlist_splice(struct waitlist *to, struct waitlist *from);
 /* Lock not held: posts each detached waiter to its loop. */
 void waiters_post(struct waiter *ws);
 /* Lock not held, from w's own thread: w's callback will not run, and w is freed. */

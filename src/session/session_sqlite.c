@@ -187,10 +187,19 @@ static void sq_close(struct session_store *st)
     free(s);
 }
 
+static pthread_once_t config_once = PTHREAD_ONCE_INIT;
+
+/* Before SQLite initialises: its global memory statistics cost a mutex on every allocation. */
+static void configure_sqlite(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 static int sq_open(const char *spec, struct loop *loop, struct session_store **out,
                    char err[SESSION_ERR_MAX])
 {
     (void)loop;
+    pthread_once(&config_once, configure_sqlite);
     struct sqlite_store *s = calloc(1, sizeof(*s));
     if (s == NULL || *spec == '\0') {
         snprintf(err, SESSION_ERR_MAX, "store: %s", s == NULL ? "out of memory" : "empty path");
@@ -209,8 +218,10 @@ static int sq_open(const char *spec, struct loop *loop, struct session_store **o
     }
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
     char *msg = NULL;
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
-                     &msg) != SQLITE_OK) {
+    if (sqlite3_exec(s->db,
+                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+                     " PRAGMA mmap_size = 268435456;",
+                     NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, SESSION_ERR_MAX, "store: cannot set up '%s': %s", spec,
                  msg ? msg : sqlite3_errmsg(s->db));
         sqlite3_free(msg);

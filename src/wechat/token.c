@@ -31,6 +31,9 @@ struct wechat_token {
     char rejected[WECHAT_TOKEN_MAX + 1]; /* last token invalidated after WeChat rejected it */
 
     bool fetching;
+    bool force_pending;            /* a forced fetch was asked while another fetch ran */
+    struct waitlist force_waiters; /* who waits for that forced fetch */
+    bool same_token_backoff;       /* no_fetch_until_ms is from a rejected token handed back */
     struct wechat_client *fetch_wx;
     struct wechat_call *fetch_call;
     struct waitlist waiters;
@@ -99,6 +102,8 @@ static bool accept_token(const json_t *body)
            json_integer_value(exp) > 0;
 }
 
+static bool start_fetch(struct wechat_token *t, struct wechat_client *wx, bool force);
+
 static void on_fetched(const struct wechat_result *wr, void *arg)
 {
     struct wechat_token *t = arg;
@@ -118,6 +123,7 @@ static void on_fetched(const struct wechat_result *wr, void *arg)
     }
 
     pthread_mutex_lock(&t->mu);
+    struct wechat_client *wx = t->fetch_wx;
     t->fetching = false;
     t->fetch_wx = NULL;
     t->fetch_call = NULL;
@@ -125,14 +131,31 @@ static void on_fetched(const struct wechat_result *wr, void *arg)
         memcpy(t->token, res.token, sizeof(t->token));
         t->expires_at = res.expires_at;
         memset(&t->last_failure, 0, sizeof(t->last_failure)); /* only the latest fetch counts */
-        if (strcmp(res.token, t->rejected) == 0)
+        if (strcmp(res.token, t->rejected) == 0) {
             t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
+            t->same_token_backoff = true;
+        }
     } else {
         t->last_failure = res;
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
+        t->same_token_backoff = false;
     }
     struct waiter *ws = waitlist_take(&t->waiters, &res);
+    if (t->force_pending) {
+        /* An operator asked for a brand-new token while this fetch ran: fetch it now, on
+         * this same client, for those who asked. */
+        t->force_pending = false;
+        waitlist_splice(&t->waiters, &t->force_waiters);
+        if (!start_fetch(t, wx, true)) {
+            struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
+            struct waiter *more = waitlist_take(&t->waiters, &ab);
+            pthread_mutex_unlock(&t->mu);
+            waiters_post(more);
+            goto post;
+        }
+    }
     pthread_mutex_unlock(&t->mu);
+post:
     waiters_post(ws);
     crypto_wipe(res.token, sizeof(res.token));
 }
@@ -185,6 +208,7 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
     if (flags & WECHAT_TOKEN_DROP) {
         t->token[0] = '\0';
         t->no_fetch_until_ms = 0; /* an operator asked: let it through */
+        t->same_token_backoff = false;
     }
     bool have = t->token[0] != '\0' && t->expires_at > now;
     if (have) {
@@ -197,6 +221,7 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
             start_fetch(t, wx, false);
         goto out;
     }
+    bool started_here = false;
     if (!t->fetching) {
         if (now_ms < t->no_fetch_until_ms) {
             if (t->last_failure.status == WECHAT_TOKEN_FAILED)
@@ -209,14 +234,20 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
             out->status = WECHAT_TOKEN_ABORTED;
             goto out;
         }
+        started_here = true;
     }
+    /* A forced fetch asked while an ordinary one runs must not be answered by that one: it
+     * waits for a forced fetch of its own, started when the running one ends. */
+    bool later = (flags & WECHAT_TOKEN_FORCE) && started_here == false;
     struct waiter *w = waiter_new(&t->mu, loop, token_trampoline, (void (*)(void))fn, arg,
                                   sizeof(struct wechat_token_result));
     if (w == NULL) {
         out->status = WECHAT_TOKEN_ABORTED;
         goto out;
     }
-    waitlist_add(&t->waiters, w);
+    if (later)
+        t->force_pending = true;
+    waitlist_add(later ? &t->force_waiters : &t->waiters, w);
     *waiter = (struct wechat_token_waiter *)w;
     rc = WECHAT_TOKEN_WAIT;
 out:
@@ -240,6 +271,21 @@ void wechat_token_invalidate(struct wechat_token *t, const char *bad)
     pthread_mutex_unlock(&t->mu);
 }
 
+void wechat_token_accepted(struct wechat_token *t, const char *token)
+{
+    pthread_mutex_lock(&t->mu);
+    if (t->rejected[0] != '\0' && strcmp(t->rejected, token) == 0) {
+        /* The token once rejected works after all (a passing rejection): forget it, and any
+         * backoff its return had started. */
+        t->rejected[0] = '\0';
+        if (t->same_token_backoff) {
+            t->no_fetch_until_ms = 0;
+            t->same_token_backoff = false;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
 void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx)
 {
     pthread_mutex_lock(&t->mu);
@@ -252,6 +298,8 @@ void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx)
     t->fetch_wx = NULL;
     t->fetch_call = NULL;
     struct wechat_token_result res = {.status = WECHAT_TOKEN_ABORTED};
+    t->force_pending = false;
+    waitlist_splice(&t->waiters, &t->force_waiters);
     struct waiter *ws = waitlist_take(&t->waiters, &res);
     pthread_mutex_unlock(&t->mu);
     waiters_post(ws);

@@ -72,6 +72,9 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
 void wechat_token_cancel(struct wechat_token *t, struct wechat_token_waiter *waiter);
 /* Drops the cached token if it is still `bad` (compare-and-swap). */
 void wechat_token_invalidate(struct wechat_token *t, const char *bad);
+/* A call with token was answered without a token rejection: a token once rejected proved good,
+ * so it no longer counts as "the rejected token handed back". */
+void wechat_token_accepted(struct wechat_token *t, const char *token);
 /* wx is going away: a fetch running on it is cancelled and its waiters get ABORTED. */
 void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx);
 /* Number of fetches started (for tests and logs). */

@@ -1,8 +1,34 @@
 /* Replies and request parsing shared by several handlers. */
 #include <strings.h>
 
+#include "config/config.h"
 #include "handlers/handlers.h"
 #include "log/log.h"
+
+static void store_call_abandon(void *arg)
+{
+    struct store_call *sc = arg;
+    sc->req = NULL;
+}
+
+void store_call_begin(struct store_call *sc, struct http_request *req)
+{
+    sc->req = req;
+    http_request_on_cancel(req, store_call_abandon, sc);
+}
+
+struct http_request *store_call_end(struct store_call *sc)
+{
+    if (sc->req != NULL)
+        http_request_on_cancel(sc->req, NULL, NULL);
+    return sc->req;
+}
+
+const char *handlers_appid(struct http_request *req, struct handlers_ctx *ctx)
+{
+    (void)req;
+    return ctx->cfg->appid;
+}
 
 void handlers_reply_store_error(struct http_request *req, const char *op)
 {

@@ -52,6 +52,21 @@ void handle_readyz(struct http_request *req, void *arg);
 
 /* ---- shared by the handlers ---- */
 
+/*
+ * A store operation made for a request. A store may answer later (Redis), and the request may
+ * be abandoned meanwhile (shutdown answers it and frees it): the answer must then not touch it.
+ * store_call_begin() before calling the store; store_call_end() first thing in the callback,
+ * which returns the request, or NULL when it was abandoned.
+ */
+struct store_call {
+    struct http_request *req;
+};
+void store_call_begin(struct store_call *sc, struct http_request *req);
+struct http_request *store_call_end(struct store_call *sc);
+
+/* The app a request is for (its appid). */
+const char *handlers_appid(struct http_request *req, struct handlers_ctx *ctx);
+
 /* 503 store_unavailable, action retry (and a log line). */
 void handlers_reply_store_error(struct http_request *req, const char *op);
 

@@ -29,6 +29,7 @@ struct login_op {
     struct wechat_call *call;       /* leading: WeChat is answering */
     struct exchange_waiter *waiter; /* waiting for another request's exchange */
     struct exchange_outcome out;    /* the identity to answer with */
+    struct store_call sc;
     char token[CRYPTO_TOKEN_LEN + 1];
     int64_t expires_at;
 };
@@ -73,6 +74,10 @@ static void reply_internal(struct login_op *op, const char *what)
 static void on_session_put(int status, void *arg)
 {
     struct login_op *op = arg;
+    if (store_call_end(&op->sc) == NULL) {
+        op_free(op);
+        return;
+    }
     if (status != SESSION_OK) {
         handlers_reply_store_error(op->req, "put_session");
         op_free(op);
@@ -96,6 +101,7 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
             reply_internal(op, "cannot create a token");
             return;
         }
+        store_call_begin(&op->sc, req);
         op->ctx->store->ops->put_session(op->ctx->store, hash, op->ctx->cfg->appid, o->openid,
                                          op->expires_at, (int64_t)time(NULL), on_session_put, op);
         return;
@@ -136,16 +142,23 @@ static void on_stored(int status, void *arg)
 {
     struct login_op *op = arg;
     struct exchange *x = op->ctx->exchange;
+    bool abandoned = store_call_end(&op->sc) == NULL;
     if (status != SESSION_OK) {
         /* Not remembered: the store may be back for a retry (though WeChat will then say the
          * code was used, and the client gets a clear relogin). */
         struct exchange_outcome o = {.kind = EXCHANGE_STORE};
         exchange_finish(x, op->key, &o, false);
-        handlers_reply_store_error(op->req, "login");
+        if (!abandoned)
+            handlers_reply_store_error(op->req, "login");
         op_free(op);
         return;
     }
+    /* Stored: the outcome stands for followers even if this request was abandoned. */
     exchange_finish(x, op->key, &op->out, true);
+    if (abandoned) {
+        op_free(op);
+        return;
+    }
     reply_success(op);
 }
 
@@ -196,6 +209,7 @@ static void store_login(struct login_op *op, const json_t *body)
     op->out.kind = EXCHANGE_OK;
     memcpy(op->out.openid, u.openid, sizeof(u.openid));
     memcpy(op->out.unionid, u.unionid, sizeof(u.unionid));
+    store_call_begin(&op->sc, op->req);
     ctx->store->ops->login(ctx->store, &u, op->want_token ? hash : NULL, op->expires_at,
                            (int64_t)time(NULL), on_stored, op);
     crypto_wipe(&u, sizeof(u));

@@ -26,7 +26,7 @@ static void reply_session(struct http_request *req, const struct session_record 
 }
 
 struct session_op {
-    struct http_request *req;
+    struct store_call sc;
     struct session_cache *cache;
     uint8_t hash[CRYPTO_HASH_LEN];
 };
@@ -34,10 +34,12 @@ struct session_op {
 static void on_session(int status, const struct session_record *rec, void *arg)
 {
     struct session_op *op = arg;
-    struct http_request *req = op->req;
+    struct http_request *req = store_call_end(&op->sc);
     if (status == SESSION_OK)
         session_cache_put(op->cache, op->hash, rec);
     free(op);
+    if (req == NULL)
+        return;
     if (status == SESSION_ERROR) {
         handlers_reply_store_error(req, "get_session");
         return;
@@ -69,15 +71,19 @@ void handle_session(struct http_request *req, void *arg)
         http_reply_error(req, 503, "internal", "out of memory", "retry");
         return;
     }
-    op->req = req;
     op->cache = ctx->cache;
     memcpy(op->hash, hash, sizeof(op->hash));
-    ctx->store->ops->get_session(ctx->store, hash, now, on_session, op);
+    store_call_begin(&op->sc, req);
+    ctx->store->ops->get_session(ctx->store, handlers_appid(req, ctx), hash, now, on_session, op);
 }
 
 static void on_deleted(int status, void *arg)
 {
-    struct http_request *req = arg;
+    struct store_call *sc = arg;
+    struct http_request *req = store_call_end(sc);
+    free(sc);
+    if (req == NULL)
+        return;
     if (status == SESSION_ERROR) {
         handlers_reply_store_error(req, "delete_session");
         return;
@@ -98,7 +104,13 @@ void handle_logout(struct http_request *req, void *arg)
         handlers_reply_invalid_token(req, why);
         return;
     }
+    struct store_call *sc = malloc(sizeof(*sc));
+    if (sc == NULL) {
+        http_reply_error(req, 503, "internal", "out of memory", "retry");
+        return;
+    }
     /* Forget it here first: from now on no lookup may be answered from memory. */
     session_cache_del(ctx->cache, hash);
-    ctx->store->ops->delete_session(ctx->store, hash, on_deleted, req);
+    store_call_begin(sc, req);
+    ctx->store->ops->delete_session(ctx->store, handlers_appid(req, ctx), hash, on_deleted, sc);
 }

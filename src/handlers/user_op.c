@@ -90,6 +90,10 @@ static bool open_key(const struct user_op *op, const uint8_t *sealed, size_t len
 static void on_user(int status, const struct session_user *u, void *arg)
 {
     struct user_op *op = arg;
+    if (store_call_end(&op->sc) == NULL) {
+        user_op_free(op);
+        return;
+    }
     if (status == SESSION_ERROR) {
         handlers_reply_store_error(op->req, "get_user");
         user_op_free(op);
@@ -111,17 +115,22 @@ static void on_user(int status, const struct session_user *u, void *arg)
 static void on_session(int status, const struct session_record *rec, void *arg)
 {
     struct user_op *op = arg;
+    if (store_call_end(&op->sc) == NULL) {
+        user_op_free(op);
+        return;
+    }
     if (status == SESSION_ERROR) {
         handlers_reply_store_error(op->req, "get_session");
         user_op_free(op);
         return;
     }
-    if (status != SESSION_OK || strcmp(rec->appid, op->ctx->cfg->appid) != 0) {
+    if (status != SESSION_OK) {
         handlers_reply_invalid_token(op->req, "unknown, expired or logged-out token");
         user_op_free(op);
         return;
     }
     op->rec = *rec;
+    store_call_begin(&op->sc, op->req);
     op->ctx->store->ops->get_user(op->ctx->store, rec->appid, rec->openid, on_user, op);
 }
 
@@ -135,7 +144,9 @@ void user_op_load(struct user_op *op, user_op_next_fn *next)
         return;
     }
     op->next = next;
-    op->ctx->store->ops->get_session(op->ctx->store, hash, (int64_t)time(NULL), on_session, op);
+    store_call_begin(&op->sc, op->req);
+    op->ctx->store->ops->get_session(op->ctx->store, handlers_appid(op->req, op->ctx), hash,
+                                     (int64_t)time(NULL), on_session, op);
 }
 
 /* ---- user_op_call_token ---- */

@@ -35,6 +35,7 @@ struct user_op {
     struct http_request *req;
     struct handlers_ctx *ctx;
     json_t *in; /* the parsed request body, when the handler keeps it */
+    struct store_call sc;
 
     /* filled by user_op_load */
     struct session_record rec;

@@ -82,12 +82,15 @@ struct session_ops {
     void (*put_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
                         const char *appid, const char *openid, int64_t expires_at, int64_t now,
                         session_done_fn *done, void *arg);
-    /* Finds a live session (expires_at > now) and its user's unionid. */
-    void (*get_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
-                        int64_t now, session_get_fn *done, void *arg);
-    /* Deletes a session; SESSION_NOT_FOUND when there was none. */
-    void (*delete_session)(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
-                           session_done_fn *done, void *arg);
+    /* Finds a live session (expires_at > now) of app appid and its user's unionid. A session
+     * of another app is not found: tokens are bound to their app. */
+    void (*get_session)(struct session_store *st, const char *appid,
+                        const uint8_t token_hash[CRYPTO_HASH_LEN], int64_t now,
+                        session_get_fn *done, void *arg);
+    /* Deletes a session of app appid; SESSION_NOT_FOUND when there was none. */
+    void (*delete_session)(struct session_store *st, const char *appid,
+                           const uint8_t token_hash[CRYPTO_HASH_LEN], session_done_fn *done,
+                           void *arg);
     void (*get_user)(struct session_store *st, const char *appid, const char *openid,
                      session_user_fn *done, void *arg);
     /* Deletes up to limit expired sessions; reports how many. */

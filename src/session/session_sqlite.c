@@ -74,8 +74,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                           "expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     [ST_GET_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
                        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
-                       " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
-    [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1",
+                       " WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND s.appid = ?3",
+    [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1 AND appid = ?2",
     [ST_GET_USER] = "SELECT unionid, session_key, prev_session_key, prev_replaced_at FROM users"
                     " WHERE appid = ?1 AND openid = ?2",
     [ST_PURGE] = "DELETE FROM sessions WHERE token_hash IN"
@@ -318,8 +318,9 @@ static void sq_put_session(struct session_store *st, const uint8_t token_hash[CR
     done(ok ? SESSION_OK : SESSION_ERROR, arg);
 }
 
-static void sq_get_session(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
-                           int64_t now, session_get_fn *done, void *arg)
+static void sq_get_session(struct session_store *st, const char *appid,
+                           const uint8_t token_hash[CRYPTO_HASH_LEN], int64_t now,
+                           session_get_fn *done, void *arg)
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
     struct session_record rec;
@@ -330,6 +331,7 @@ static void sq_get_session(struct session_store *st, const uint8_t token_hash[CR
     sqlite3_stmt *q = stmt(s, ST_GET_SESSION);
     sqlite3_bind_blob(q, 1, token_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, now);
+    bind_text(q, 3, appid);
     int rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
         copy_col(q, 0, rec.appid);
@@ -344,8 +346,9 @@ static void sq_get_session(struct session_store *st, const uint8_t token_hash[CR
     done(rc == SQLITE_DONE ? SESSION_NOT_FOUND : SESSION_ERROR, NULL, arg);
 }
 
-static void sq_delete_session(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
-                              session_done_fn *done, void *arg)
+static void sq_delete_session(struct session_store *st, const char *appid,
+                              const uint8_t token_hash[CRYPTO_HASH_LEN], session_done_fn *done,
+                              void *arg)
 {
     struct sqlite_store *s = (struct sqlite_store *)st;
     if (!file_ok(s)) {
@@ -354,6 +357,7 @@ static void sq_delete_session(struct session_store *st, const uint8_t token_hash
     }
     sqlite3_stmt *q = stmt(s, ST_DELETE_SESSION);
     sqlite3_bind_blob(q, 1, token_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+    bind_text(q, 2, appid);
     pthread_mutex_lock(&write_mu);
     int rc = exec_stmt(q);
     int changes = sqlite3_changes(s->db);

@@ -25,6 +25,8 @@
 #include "crypto/crypto.h"
 #include "session/session.h"
 
+#define APPID "wx0123456789abcdef"
+
 #define NOW 1700000000
 #define HOUR 3600
 
@@ -206,7 +208,7 @@ static int get_session(struct session_store *st, const uint8_t *hash, int64_t no
                        struct session_record *rec)
 {
     struct get_cap c = {0};
-    st->ops->get_session(st, hash, now, on_get, &c);
+    st->ops->get_session(st, APPID, hash, now, on_get, &c);
     assert_int_equal(c.calls, 1);
     assert_int_equal(c.has_rec, c.status == SESSION_OK);
     if (c.status == SESSION_OK && rec != NULL)
@@ -217,7 +219,7 @@ static int get_session(struct session_store *st, const uint8_t *hash, int64_t no
 static int delete_session(struct session_store *st, const uint8_t *hash)
 {
     struct done_cap c = {0};
-    st->ops->delete_session(st, hash, on_done, &c);
+    st->ops->delete_session(st, APPID, hash, on_done, &c);
     assert_int_equal(c.calls, 1);
     return c.status;
 }
@@ -263,8 +265,6 @@ static struct session_user make_user(const char *appid, const char *openid, cons
     u.sealed_len = len;
     return u;
 }
-
-#define APPID "wx0123456789abcdef"
 
 /* ---- tests ---- */
 
@@ -521,6 +521,23 @@ static void test_purge_with_nothing_expired_reports_zero(void **state)
     assert_int_equal(get_session(f->st, h, NOW, NULL), SESSION_OK);
 }
 
+/* Tokens are bound to their app: another app's lookup or delete does not find them. */
+static void test_session_bound_to_its_app(void **state)
+{
+    struct fixture *f = *state;
+    struct session_user u = make_user(APPID, "openid-1", "", 0x11, 45);
+    uint8_t h[CRYPTO_HASH_LEN];
+    token_hash("wxl_token-bound", h);
+    assert_int_equal(login(f->st, &u, h, NOW + HOUR), SESSION_OK);
+    struct get_cap g = {0};
+    f->st->ops->get_session(f->st, "wxotherapp00000000", h, NOW, on_get, &g);
+    assert_int_equal(g.status, SESSION_NOT_FOUND);
+    struct done_cap d = {0};
+    f->st->ops->delete_session(f->st, "wxotherapp00000000", h, on_done, &d);
+    assert_int_equal(d.status, SESSION_NOT_FOUND);
+    assert_int_equal(get_session(f->st, h, NOW, NULL), SESSION_OK);
+}
+
 /* The number of migrations in session_sqlite.c. */
 #define SCHEMA_LATEST 2
 
@@ -755,6 +772,7 @@ int main(void)
         T(test_migration_creates_latest_schema_version),
         T(test_reopen_existing_db_keeps_data_and_version),
         T(test_migration_from_version_1_keeps_data),
+        T(test_session_bound_to_its_app),
         T(test_upsert_keeps_previous_key_and_time),
         T(test_two_handles_on_one_file_share_data),
         T(test_newer_schema_version_is_refused),

@@ -1,7 +1,7 @@
 # wxlogin — see README.md. `make run` and `make test` are the two commands that matter.
 
 CC      ?= cc
-PKGS    := libmicrohttpd libcurl jansson inih libcrypto sqlite3
+PKGS    := libmicrohttpd libcurl jansson inih libcrypto sqlite3 hiredis
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -pthread -Isrc $(WARN) -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

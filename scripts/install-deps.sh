@@ -9,7 +9,7 @@ PKGS=(
     libmicrohttpd-dev libcurl4-openssl-dev libssl-dev libjansson-dev
     libsqlite3-dev libhiredis-dev libinih-dev libcmocka-dev
     clang-format
-    python3 python3-pytest
+    python3 python3-pytest redis-server
     curl wrk nginx-light iproute2 openssl
 )
 

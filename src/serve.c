@@ -133,7 +133,7 @@ static int serve_init(struct worker *w, void *arg)
     loop_timer_init(&sw->purge, on_purge_timer, sw);
 
     char serr[SESSION_ERR_MAX];
-    if (session_open(cfg->store, w->loop, &sw->ctx.store, serr) != 0) {
+    if (session_open(cfg->store, w->loop, cfg->store_timeout_ms, &sw->ctx.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
         return -1;
     }

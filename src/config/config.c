@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "session/session.h"
 #include "util/addr.h"
 
 #define SECRET_FILE_MAX 4096
@@ -55,6 +56,7 @@ static const struct cfg_key keys[] = {
     {"admin_token", CT_SECRET, OFF(admin_token), NULL, 0, 0},
     {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
     {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
+    {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -360,8 +362,16 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
                  "master_key_file: set either master_key or master_key_file, not both");
         goto fail;
     }
-    if (strncmp(cfg->store, "sqlite:", 7) != 0 || cfg->store[7] == '\0') {
-        snprintf(err, CONFIG_ERR_MAX, "store: '%.200s' is not sqlite:PATH", cfg->store);
+    char serr[SESSION_ERR_MAX];
+    if (session_url_check(cfg->store, serr) != 0) {
+        /* The URL may hold a password: name the problem, not the value. */
+        snprintf(err, CONFIG_ERR_MAX, "store: %.400s", serr);
+        goto fail;
+    }
+    if (session_url_shared(cfg->store) && cfg->master_key == NULL && cfg->master_key_file == NULL) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "master_key: required with the Redis store (every instance must share it; "
+                 "set master_key or master_key_file)");
         goto fail;
     }
     return 0;

@@ -39,6 +39,7 @@ struct config {
     char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
     char *admin_token_file;
     long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
+    long store_timeout_ms;   /* Redis: connect and command deadline */
 };
 
 /* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */

@@ -64,8 +64,9 @@ typedef void session_count_fn(int status, long count, void *arg);
 
 struct session_ops {
     const char *name;
-    /* Opens the store described by spec (after its "scheme:"). Returns 0 or -1 with err. */
-    int (*open)(const char *spec, struct loop *loop, struct session_store **out,
+    /* Opens the store described by spec; timeout_ms bounds each network operation. Returns 0
+     * or -1 with err. */
+    int (*open)(const char *spec, struct loop *loop, long timeout_ms, struct session_store **out,
                 char err[SESSION_ERR_MAX]);
     void (*close)(struct session_store *st);
     /* Does the store answer (readiness)? */
@@ -104,10 +105,11 @@ struct session_store {
 };
 
 /*
- * Opens a store from its URL: "sqlite:PATH" (PATH relative to the working directory).
+ * Opens a store from its URL: "sqlite:PATH" (PATH relative to the working directory),
+ * "redis://[:password@]host[:port][/db]" or "redis+unix:///path[?db=N]".
  * Returns 0 or -1 with err (which never contains a password).
  */
-int session_open(const char *url, struct loop *loop, struct session_store **out,
+int session_open(const char *url, struct loop *loop, long timeout_ms, struct session_store **out,
                  char err[SESSION_ERR_MAX]);
 /* Accepts NULL. */
 void session_close(struct session_store *st);
@@ -115,6 +117,12 @@ void session_close(struct session_store *st);
 /* For SQLite stores: the database path in url, or NULL for other backends. */
 const char *session_sqlite_path(const char *url);
 
+/* Checks a store URL without opening it. Returns 0 or -1 with err. */
+int session_url_check(const char *url, char err[SESSION_ERR_MAX]);
+/* True for stores shared by several instances (they need a configured master key). */
+bool session_url_shared(const char *url);
+
 extern const struct session_ops session_sqlite_ops;
+extern const struct session_ops session_redis_ops;
 
 #endif

@@ -195,10 +195,11 @@ static void configure_sqlite(void)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
-static int sq_open(const char *spec, struct loop *loop, struct session_store **out,
+static int sq_open(const char *spec, struct loop *loop, long timeout_ms, struct session_store **out,
                    char err[SESSION_ERR_MAX])
 {
     (void)loop;
+    (void)timeout_ms;
     pthread_once(&config_once, configure_sqlite);
     struct sqlite_store *s = calloc(1, sizeof(*s));
     if (s == NULL || *spec == '\0') {

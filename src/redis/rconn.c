@@ -1,0 +1,466 @@
+/*
+ * redis/rconn: hiredis async context + our loop.
+ *
+ * States: DOWN (waiting for the reconnect timer; commands fail at once), CONNECTING (commands are
+ * queued in hiredis and sent once connected), READY. hiredis frees its context itself after the
+ * disconnect callback, so c->ac is cleared there and never used again.
+ */
+#include "redis/rconn.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <hiredis/async.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "loop/loop.h"
+
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 2000
+
+enum rstate { R_DOWN, R_CONNECTING, R_READY };
+
+struct rcmd {
+    struct rconn *c;
+    rconn_reply_fn *fn; /* NULL once answered */
+    void *arg;
+    uint64_t deadline_ms;
+    struct rcmd *prev, *next;
+};
+
+struct rconn {
+    struct loop *loop;
+    struct rconn_opts opts;
+    redisAsyncContext *ac;
+    enum rstate state;
+    struct loop_io *io;
+    uint32_t events;
+    struct loop_timer reconnect;
+    struct loop_timer deadline; /* the earliest command (or the connect) deadline */
+    struct loop_timer kill;     /* drops the connection outside hiredis callbacks */
+    uint64_t connect_deadline_ms;
+    long backoff_ms;
+    struct rcmd *cmds; /* in flight, oldest last */
+    char last_error[RCONN_ERR_MAX];
+};
+
+/* ---- URL ---- */
+
+static char *dup_part(CURLU *u, CURLUPart part)
+{
+    char *v = NULL;
+    if (curl_url_get(u, part, &v, CURLU_URLDECODE) != CURLUE_OK)
+        return NULL;
+    char *copy = strdup(v);
+    curl_free(v);
+    return copy;
+}
+
+void rconn_opts_done(struct rconn_opts *o)
+{
+    free(o->host);
+    free(o->unix_path);
+    if (o->password != NULL) {
+        memset(o->password, 0, strlen(o->password));
+        free(o->password);
+    }
+    memset(o, 0, sizeof(*o));
+}
+
+static bool parse_db(const char *s, int *db)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 1000)
+        return false;
+    *db = (int)v;
+    return true;
+}
+
+int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_MAX])
+{
+    memset(out, 0, sizeof(*out));
+    out->port = 6379;
+    out->timeout_ms = 1000;
+    bool is_unix = strncmp(url, "redis+unix://", 13) == 0;
+    if (!is_unix && strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, RCONN_ERR_MAX, "not a redis:// or redis+unix:// URL");
+        return -1;
+    }
+    CURLU *u = curl_url();
+    char *path = NULL, *query = NULL, *port = NULL;
+    int rc = -1;
+    if (u == NULL || curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
+        snprintf(err, RCONN_ERR_MAX, "malformed Redis URL");
+        goto out;
+    }
+    out->password = dup_part(u, CURLUPART_PASSWORD);
+    path = dup_part(u, CURLUPART_PATH);
+    query = dup_part(u, CURLUPART_QUERY);
+    if (is_unix) {
+        if (path == NULL || path[0] != '/' || path[1] == '\0') {
+            snprintf(err, RCONN_ERR_MAX, "redis+unix:// wants an absolute socket path");
+            goto out;
+        }
+        out->unix_path = path;
+        path = NULL;
+        if (query != NULL && strncmp(query, "db=", 3) == 0 && !parse_db(query + 3, &out->db)) {
+            snprintf(err, RCONN_ERR_MAX, "db must be a number from 0 to 1000");
+            goto out;
+        }
+    } else {
+        out->host = dup_part(u, CURLUPART_HOST);
+        if (out->host == NULL || out->host[0] == '\0') {
+            snprintf(err, RCONN_ERR_MAX, "redis:// wants a host");
+            goto out;
+        }
+        port = dup_part(u, CURLUPART_PORT);
+        if (port != NULL && (out->port = atoi(port)) <= 0) {
+            snprintf(err, RCONN_ERR_MAX, "bad port");
+            goto out;
+        }
+        if (path != NULL && path[0] == '/' && path[1] != '\0' && !parse_db(path + 1, &out->db)) {
+            snprintf(err, RCONN_ERR_MAX, "the path must be a db number from 0 to 1000");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(path);
+    free(query);
+    free(port);
+    curl_url_cleanup(u);
+    if (rc != 0)
+        rconn_opts_done(out);
+    return rc;
+}
+
+/* ---- hiredis <-> loop ---- */
+
+static void on_io(struct loop_io *io, int fd, uint32_t events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    struct rconn *c = arg;
+    if (c->ac != NULL && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        redisAsyncHandleRead(c->ac);
+    if (c->ac != NULL && (events & EPOLLOUT))
+        redisAsyncHandleWrite(c->ac);
+}
+
+static void update_events(struct rconn *c, uint32_t events)
+{
+    c->events = events;
+    if (c->ac == NULL)
+        return;
+    if (c->io == NULL) {
+        c->io = loop_io_add(c->loop, c->ac->c.fd, events, on_io, c);
+        return;
+    }
+    loop_io_mod(c->io, events);
+}
+
+static void ev_add_read(void *p)
+{
+    struct rconn *c = p;
+    update_events(c, c->events | EPOLLIN);
+}
+
+static void ev_del_read(void *p)
+{
+    struct rconn *c = p;
+    update_events(c, c->events & ~(uint32_t)EPOLLIN);
+}
+
+static void ev_add_write(void *p)
+{
+    struct rconn *c = p;
+    update_events(c, c->events | EPOLLOUT);
+}
+
+static void ev_del_write(void *p)
+{
+    struct rconn *c = p;
+    update_events(c, c->events & ~(uint32_t)EPOLLOUT);
+}
+
+static void ev_cleanup(void *p)
+{
+    struct rconn *c = p;
+    loop_io_del(c->io);
+    c->io = NULL;
+    c->events = 0;
+}
+
+/* ---- commands and deadlines ---- */
+
+static void arm_deadline(struct rconn *c)
+{
+    uint64_t due = UINT64_MAX;
+    if (c->state == R_CONNECTING)
+        due = c->connect_deadline_ms;
+    for (struct rcmd *k = c->cmds; k != NULL; k = k->next)
+        if (k->fn != NULL && k->deadline_ms < due)
+            due = k->deadline_ms;
+    if (due == UINT64_MAX) {
+        loop_timer_stop(c->loop, &c->deadline);
+        return;
+    }
+    uint64_t now = loop_clock_ms();
+    loop_timer_start(c->loop, &c->deadline, due > now ? due - now : 0);
+}
+
+static void unlink_cmd(struct rconn *c, struct rcmd *k)
+{
+    if (k->prev != NULL)
+        k->prev->next = k->next;
+    else
+        c->cmds = k->next;
+    if (k->next != NULL)
+        k->next->prev = k->prev;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    (void)ac;
+    struct rcmd *k = privdata;
+    struct rconn *c = k->c;
+    rconn_reply_fn *fn = k->fn;
+    void *arg = k->arg;
+    unlink_cmd(c, k);
+    free(k);
+    if (fn != NULL)
+        fn(r, arg);
+}
+
+static void schedule_reconnect(struct rconn *c);
+
+static void drop(struct rconn *c, const char *why)
+{
+    if (why != NULL)
+        snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    if (c->ac == NULL)
+        return;
+    redisAsyncContext *ac = c->ac;
+    c->ac = NULL;
+    /* Fails every command in flight (their callbacks get NULL); hiredis calls on_disconnect only
+     * for a connection that was up, so a reconnect is scheduled here if it did not. */
+    redisAsyncFree(ac);
+    if (c->state != R_DOWN)
+        schedule_reconnect(c);
+}
+
+static void on_kill(void *arg)
+{
+    drop(arg, NULL);
+}
+
+static void on_deadline(void *arg)
+{
+    struct rconn *c = arg;
+    uint64_t now = loop_clock_ms();
+    if (c->state == R_CONNECTING && now >= c->connect_deadline_ms) {
+        drop(c, "connect timed out");
+        return;
+    }
+    for (struct rcmd *k = c->cmds; k != NULL; k = k->next) {
+        if (k->fn != NULL && now >= k->deadline_ms) {
+            drop(c, "command timed out");
+            return;
+        }
+    }
+    arm_deadline(c);
+}
+
+static void start_connect(struct rconn *c);
+
+static void on_reconnect(void *arg)
+{
+    start_connect(arg);
+}
+
+static void schedule_reconnect(struct rconn *c)
+{
+    c->state = R_DOWN;
+    loop_timer_start(c->loop, &c->reconnect, (uint64_t)c->backoff_ms);
+    c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
+    arm_deadline(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    struct rconn *c = ac->data;
+    if (ac->errstr != NULL && ac->err != 0)
+        snprintf(c->last_error, sizeof(c->last_error), "%s", ac->errstr);
+    c->ac = NULL; /* hiredis frees it after this callback */
+    if (c->loop != NULL)
+        schedule_reconnect(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback, without a disconnect callback. */
+        snprintf(c->last_error, sizeof(c->last_error), "%s",
+                 ac->errstr != NULL ? ac->errstr : "connect failed");
+        c->ac = NULL;
+        schedule_reconnect(c);
+        return;
+    }
+}
+
+/* AUTH / SELECT answers: an error means this connection is no use. */
+static void on_setup(const redisReply *r, void *arg)
+{
+    struct rconn *c = arg;
+    if (r == NULL)
+        return; /* the connection is already going */
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(c->last_error, sizeof(c->last_error), "setup refused: %.200s", r->str);
+        loop_timer_start(c->loop, &c->kill, 0);
+        return;
+    }
+}
+
+static void on_ready_check(const redisReply *r, void *arg)
+{
+    struct rconn *c = arg;
+    if (r != NULL && r->type != REDIS_REPLY_ERROR && c->ac != NULL) {
+        c->state = R_READY;
+        c->backoff_ms = RECONNECT_MIN_MS;
+        c->last_error[0] = '\0';
+        arm_deadline(c);
+    }
+}
+
+static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
+                     const size_t *lens)
+{
+    struct rcmd *k = calloc(1, sizeof(*k));
+    if (k == NULL) {
+        fn(NULL, arg);
+        return;
+    }
+    k->c = c;
+    k->fn = fn;
+    k->arg = arg;
+    k->deadline_ms = loop_clock_ms() + (uint64_t)c->opts.timeout_ms;
+    k->next = c->cmds;
+    if (c->cmds != NULL)
+        c->cmds->prev = k;
+    c->cmds = k;
+    if (redisAsyncCommandArgv(c->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
+        unlink_cmd(c, k);
+        free(k);
+        fn(NULL, arg);
+        return;
+    }
+    arm_deadline(c);
+}
+
+static void start_connect(struct rconn *c)
+{
+    redisAsyncContext *ac = c->opts.unix_path != NULL
+                                ? redisAsyncConnectUnix(c->opts.unix_path)
+                                : redisAsyncConnect(c->opts.host, c->opts.port);
+    if (ac == NULL || ac->err) {
+        snprintf(c->last_error, sizeof(c->last_error), "%s",
+                 ac != NULL && ac->errstr != NULL ? ac->errstr : "cannot connect");
+        if (ac != NULL)
+            redisAsyncFree(ac);
+        schedule_reconnect(c);
+        return;
+    }
+    c->ac = ac;
+    ac->data = c;
+    ac->ev.data = c;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->state = R_CONNECTING;
+    c->connect_deadline_ms = loop_clock_ms() + (uint64_t)c->opts.timeout_ms;
+    /* Queued now, sent as soon as the connection is up; a reply to the last one means ready. */
+    if (c->opts.password != NULL) {
+        const char *argv[] = {"AUTH", c->opts.password};
+        send_cmd(c, on_setup, c, 2, argv, NULL);
+    }
+    if (c->opts.db != 0 && c->ac != NULL) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", c->opts.db);
+        const char *argv[] = {"SELECT", db};
+        send_cmd(c, on_setup, c, 2, argv, NULL);
+    }
+    if (c->ac != NULL) {
+        const char *argv[] = {"PING"};
+        send_cmd(c, on_ready_check, c, 1, argv, NULL);
+    }
+    /* hiredis only learns the connect finished from a write event. */
+    ev_add_write(c);
+}
+
+/* ---- public ---- */
+
+struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts)
+{
+    struct rconn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->loop = loop;
+    c->opts = *opts;
+    c->opts.host = opts->host != NULL ? strdup(opts->host) : NULL;
+    c->opts.unix_path = opts->unix_path != NULL ? strdup(opts->unix_path) : NULL;
+    c->opts.password = opts->password != NULL ? strdup(opts->password) : NULL;
+    c->backoff_ms = RECONNECT_MIN_MS;
+    loop_timer_init(&c->reconnect, on_reconnect, c);
+    loop_timer_init(&c->deadline, on_deadline, c);
+    loop_timer_init(&c->kill, on_kill, c);
+    start_connect(c);
+    return c;
+}
+
+void rconn_free(struct rconn *c)
+{
+    if (c == NULL)
+        return;
+    struct loop *loop = c->loop;
+    loop_timer_stop(loop, &c->reconnect);
+    loop_timer_stop(loop, &c->deadline);
+    loop_timer_stop(loop, &c->kill);
+    c->loop = NULL; /* no reconnect from on_disconnect */
+    if (c->ac != NULL)
+        redisAsyncFree(c->ac); /* every command in flight gets NULL */
+    c->loop = loop;
+    loop_timer_stop(loop, &c->reconnect);
+    loop_timer_stop(loop, &c->deadline);
+    rconn_opts_done(&c->opts);
+    free(c);
+}
+
+void rconn_command(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
+                   const size_t *lens)
+{
+    if (c->state == R_DOWN || c->ac == NULL) {
+        fn(NULL, arg);
+        return;
+    }
+    send_cmd(c, fn, arg, argc, argv, lens);
+}
+
+bool rconn_ready(const struct rconn *c)
+{
+    return c->state == R_READY;
+}
+
+const char *rconn_last_error(const struct rconn *c)
+{
+    return c->last_error;
+}

@@ -1,0 +1,58 @@
+/*
+ * redis/rconn: one asynchronous Redis connection on a worker's loop (hiredis async API).
+ *
+ * hiredis does the protocol; this module plugs its socket into our epoll loop and adds what
+ * hiredis 0.14 lacks: a deadline on connecting and on every command, and reconnection. While
+ * Redis is unreachable, commands fail at once (so requests answer 503 instead of waiting); once
+ * it is back, the next reconnect attempt (100 ms, doubling to 2 s) restores service without a
+ * restart. A command whose deadline passes drops the connection, failing everything in flight
+ * with it: a Redis that does not answer one command is not answering the others either.
+ *
+ * Every command's callback runs exactly once: with the reply, or with NULL on any failure; it
+ * may run before rconn_command() returns. Library-like: no logging, last error kept as text.
+ */
+#ifndef WXLOGIN_REDIS_RCONN_H
+#define WXLOGIN_REDIS_RCONN_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct loop;
+struct rconn;
+
+#define RCONN_ERR_MAX 256
+
+struct rconn_opts {
+    char *host; /* TCP host, NULL with a unix socket */
+    int port;
+    char *unix_path; /* unix socket path, NULL with TCP */
+    char *password;  /* NULL: no AUTH */
+    int db;
+    long timeout_ms; /* connect and command deadline */
+};
+
+/*
+ * Parses redis://[:password@]host[:port][/db] and redis+unix:///path[?db=N] (through libcurl's
+ * URL parser). Returns 0, or -1 with err (never quoting the password). Release with
+ * rconn_opts_done().
+ */
+int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_MAX]);
+void rconn_opts_done(struct rconn_opts *o);
+
+/* Starts connecting. The opts are copied. NULL when out of memory. */
+struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts);
+/* Closes; commands in flight get their callback with NULL. Accepts NULL. */
+void rconn_free(struct rconn *c);
+
+typedef void rconn_reply_fn(const redisReply *reply, void *arg);
+
+/* Sends a command; fn(reply or NULL, arg) runs exactly once. */
+void rconn_command(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
+                   const size_t *lens);
+/* True when connected and authenticated. */
+bool rconn_ready(const struct rconn *c);
+/* The last connection error, "" when none. */
+const char *rconn_last_error(const struct rconn *c);
+
+#endif

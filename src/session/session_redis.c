@@ -1,0 +1,351 @@
+/*
+ * session_redis: the shared store, for several wxlogin instances behind a load balancer.
+ *
+ * One connection per worker thread (redis/rconn.h), commands answered asynchronously on the
+ * worker's loop. Keys are namespaced by app:
+ *   wxlogin:<appid>:u:<openid>       hash: sk, prev_sk, prev_at, unionid, updated
+ *   wxlogin:<appid>:s:<sha256 hex>   hash: openid, exp; expires by Redis TTL (EXPIREAT exp)
+ * Writes that go together (the user upsert and the new session) are one Lua script, so they are
+ * atomic; a login is acknowledged only after Redis answered the script. Redis Cluster is not
+ * supported (the scripts touch keys they compute).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "redis/rconn.h"
+#include "session/session.h"
+
+#define KEY_MAX (32 + 2 * SESSION_ID_MAX + 2 * CRYPTO_HASH_LEN)
+
+/* KEYS[1] user, KEYS[2] session (optional); ARGV sealed key, unionid, now, openid, exp. */
+static const char login_lua[] =
+    "local old = redis.call('HGET', KEYS[1], 'sk')\n"
+    "if old then redis.call('HSET', KEYS[1], 'prev_sk', old, 'prev_at', ARGV[3]) end\n"
+    "redis.call('HSET', KEYS[1], 'sk', ARGV[1], 'updated', ARGV[3])\n"
+    "if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'unionid', ARGV[2]) end\n"
+    "if #KEYS > 1 then\n"
+    "  redis.call('HSET', KEYS[2], 'openid', ARGV[4], 'exp', ARGV[5])\n"
+    "  redis.call('EXPIREAT', KEYS[2], ARGV[5])\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS[1] session; ARGV openid, exp. */
+static const char put_lua[] = "redis.call('HSET', KEYS[1], 'openid', ARGV[1], 'exp', ARGV[2])\n"
+                              "redis.call('EXPIREAT', KEYS[1], ARGV[2])\n"
+                              "return 1\n";
+
+/* KEYS[1] session; ARGV user key prefix, now. The TTL removes expired sessions; exp is checked
+ * as well because TTLs are only as precise as a second. */
+static const char get_lua[] = "local s = redis.call('HMGET', KEYS[1], 'openid', 'exp')\n"
+                              "if not s[1] or not s[2] then return false end\n"
+                              "if tonumber(s[2]) <= tonumber(ARGV[2]) then return false end\n"
+                              "local u = redis.call('HGET', ARGV[1] .. s[1], 'unionid')\n"
+                              "return {s[1], s[2], u or ''}\n";
+
+struct redis_store {
+    struct session_store base;
+    struct rconn *conn;
+};
+
+struct rop {
+    session_done_fn *done;
+    session_get_fn *get;
+    session_user_fn *user;
+    void *arg;
+    char appid[SESSION_ID_MAX + 1];
+    char openid[SESSION_ID_MAX + 1];
+};
+
+static struct rop *rop_new(void *arg)
+{
+    struct rop *op = calloc(1, sizeof(*op));
+    if (op != NULL)
+        op->arg = arg;
+    return op;
+}
+
+static void user_key(char out[KEY_MAX], const char *appid, const char *openid)
+{
+    snprintf(out, KEY_MAX, "wxlogin:%s:u:%s", appid, openid);
+}
+
+static void session_key(char out[KEY_MAX], const char *appid, const uint8_t *hash)
+{
+    static const char hex[] = "0123456789abcdef";
+    int n = snprintf(out, KEY_MAX, "wxlogin:%s:s:", appid);
+    for (int i = 0; i < CRYPTO_HASH_LEN && n + 2 < KEY_MAX; i++) {
+        out[n++] = hex[hash[i] >> 4];
+        out[n++] = hex[hash[i] & 15];
+    }
+    out[n] = '\0';
+}
+
+static int status_of(const redisReply *r)
+{
+    return r == NULL || r->type == REDIS_REPLY_ERROR ? SESSION_ERROR : SESSION_OK;
+}
+
+/* ---- ops ---- */
+
+static void on_done_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_done_fn *done = op->done;
+    void *a = op->arg;
+    free(op);
+    done(status_of(r), a);
+}
+
+static void rd_ping(struct session_store *st, session_done_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, arg);
+        return;
+    }
+    op->done = done;
+    const char *argv[] = {"PING"};
+    rconn_command(s->conn, on_done_reply, op, 1, argv, NULL);
+}
+
+static void rd_login(struct session_store *st, const struct session_user *user,
+                     const uint8_t *token_hash, int64_t expires_at, int64_t now,
+                     session_done_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, arg);
+        return;
+    }
+    op->done = done;
+    char ukey[KEY_MAX], skey[KEY_MAX], nows[24], exps[24];
+    user_key(ukey, user->appid, user->openid);
+    if (token_hash != NULL)
+        session_key(skey, user->appid, token_hash);
+    snprintf(nows, sizeof(nows), "%lld", (long long)now);
+    snprintf(exps, sizeof(exps), "%lld", (long long)expires_at);
+    const int nkeys = token_hash != NULL ? 2 : 1;
+    const char *argv[11];
+    size_t lens[11];
+    int n = 0;
+    argv[n] = "EVAL", lens[n++] = 4;
+    argv[n] = login_lua, lens[n++] = sizeof(login_lua) - 1;
+    argv[n] = nkeys == 2 ? "2" : "1", lens[n++] = 1;
+    argv[n] = ukey, lens[n++] = strlen(ukey);
+    if (nkeys == 2)
+        argv[n] = skey, lens[n++] = strlen(skey);
+    argv[n] = (const char *)user->sealed_key, lens[n++] = user->sealed_len;
+    argv[n] = user->unionid, lens[n++] = strlen(user->unionid);
+    argv[n] = nows, lens[n++] = strlen(nows);
+    argv[n] = user->openid, lens[n++] = strlen(user->openid);
+    argv[n] = exps, lens[n++] = strlen(exps);
+    rconn_command(s->conn, on_done_reply, op, n, argv, lens);
+}
+
+static void rd_put_session(struct session_store *st, const uint8_t token_hash[CRYPTO_HASH_LEN],
+                           const char *appid, const char *openid, int64_t expires_at, int64_t now,
+                           session_done_fn *done, void *arg)
+{
+    (void)now;
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, arg);
+        return;
+    }
+    op->done = done;
+    char skey[KEY_MAX], exps[24];
+    session_key(skey, appid, token_hash);
+    snprintf(exps, sizeof(exps), "%lld", (long long)expires_at);
+    const char *argv[] = {"EVAL", put_lua, "1", skey, openid, exps};
+    rconn_command(s->conn, on_done_reply, op, 6, argv, NULL);
+}
+
+static void copy_str(const redisReply *r, char out[SESSION_ID_MAX + 1])
+{
+    size_t n = r != NULL && r->type == REDIS_REPLY_STRING ? r->len : 0;
+    if (n > SESSION_ID_MAX)
+        n = 0;
+    if (n > 0)
+        memcpy(out, r->str, n);
+    out[n] = '\0';
+}
+
+static void on_get_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_get_fn *get = op->get;
+    void *a = op->arg;
+    struct session_record rec;
+    memset(&rec, 0, sizeof(rec));
+    int status = status_of(r);
+    if (status == SESSION_OK && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+        memcpy(rec.appid, op->appid, sizeof(rec.appid));
+        copy_str(r->element[0], rec.openid);
+        copy_str(r->element[2], rec.unionid);
+        const redisReply *e = r->element[1];
+        rec.expires_at = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
+    } else if (status == SESSION_OK) {
+        status = SESSION_NOT_FOUND; /* the script answers nil */
+    }
+    free(op);
+    get(status, status == SESSION_OK ? &rec : NULL, a);
+}
+
+static void rd_get_session(struct session_store *st, const char *appid,
+                           const uint8_t token_hash[CRYPTO_HASH_LEN], int64_t now,
+                           session_get_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, NULL, arg);
+        return;
+    }
+    op->get = done;
+    snprintf(op->appid, sizeof(op->appid), "%s", appid);
+    char skey[KEY_MAX], prefix[KEY_MAX], nows[24];
+    session_key(skey, appid, token_hash);
+    snprintf(prefix, sizeof(prefix), "wxlogin:%s:u:", appid);
+    snprintf(nows, sizeof(nows), "%lld", (long long)now);
+    const char *argv[] = {"EVAL", get_lua, "1", skey, prefix, nows};
+    rconn_command(s->conn, on_get_reply, op, 6, argv, NULL);
+}
+
+static void on_del_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_done_fn *done = op->done;
+    void *a = op->arg;
+    free(op);
+    int status = status_of(r);
+    if (status == SESSION_OK)
+        status = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? SESSION_OK : SESSION_NOT_FOUND;
+    done(status, a);
+}
+
+static void rd_delete_session(struct session_store *st, const char *appid,
+                              const uint8_t token_hash[CRYPTO_HASH_LEN], session_done_fn *done,
+                              void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, arg);
+        return;
+    }
+    op->done = done;
+    char skey[KEY_MAX];
+    session_key(skey, appid, token_hash);
+    const char *argv[] = {"DEL", skey};
+    rconn_command(s->conn, on_del_reply, op, 2, argv, NULL);
+}
+
+static void on_user_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_user_fn *user = op->user;
+    void *a = op->arg;
+    struct session_user u;
+    memset(&u, 0, sizeof(u));
+    int status = status_of(r);
+    if (status == SESSION_OK && (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+                                 r->element[1]->type != REDIS_REPLY_STRING))
+        status = SESSION_NOT_FOUND;
+    if (status == SESSION_OK) {
+        memcpy(u.appid, op->appid, sizeof(u.appid));
+        memcpy(u.openid, op->openid, sizeof(u.openid));
+        copy_str(r->element[0], u.unionid);
+        const redisReply *sk = r->element[1], *prev = r->element[2], *at = r->element[3];
+        if (sk->len == 0 || sk->len > SESSION_SEALED_MAX) {
+            status = SESSION_ERROR;
+        } else {
+            memcpy(u.sealed_key, sk->str, sk->len);
+            u.sealed_len = sk->len;
+        }
+        if (prev->type == REDIS_REPLY_STRING && prev->len > 0 && prev->len <= SESSION_SEALED_MAX &&
+            at->type == REDIS_REPLY_STRING) {
+            memcpy(u.prev_sealed_key, prev->str, prev->len);
+            u.prev_len = prev->len;
+            u.prev_replaced_at = strtoll(at->str, NULL, 10);
+        }
+    }
+    free(op);
+    user(status, status == SESSION_OK ? &u : NULL, a);
+    crypto_wipe(&u, sizeof(u));
+}
+
+static void rd_get_user(struct session_store *st, const char *appid, const char *openid,
+                        session_user_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, NULL, arg);
+        return;
+    }
+    op->user = done;
+    snprintf(op->appid, sizeof(op->appid), "%s", appid);
+    snprintf(op->openid, sizeof(op->openid), "%s", openid);
+    char ukey[KEY_MAX];
+    user_key(ukey, appid, openid);
+    const char *argv[] = {"HMGET", ukey, "unionid", "sk", "prev_sk", "prev_at"};
+    rconn_command(s->conn, on_user_reply, op, 6, argv, NULL);
+}
+
+static void rd_purge_expired(struct session_store *st, int64_t now, long limit,
+                             session_count_fn *done, void *arg)
+{
+    (void)st;
+    (void)now;
+    (void)limit;
+    done(SESSION_OK, 0, arg); /* Redis expires sessions by their TTL */
+}
+
+static void rd_close(struct session_store *st)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    rconn_free(s->conn);
+    free(s);
+}
+
+static int rd_open(const char *spec, struct loop *loop, long timeout_ms, struct session_store **out,
+                   char err[SESSION_ERR_MAX])
+{
+    struct rconn_opts opts;
+    char perr[RCONN_ERR_MAX];
+    if (rconn_parse_url(spec, &opts, perr) != 0) {
+        snprintf(err, SESSION_ERR_MAX, "store: %.200s", perr);
+        return -1;
+    }
+    opts.timeout_ms = timeout_ms;
+    struct redis_store *s = calloc(1, sizeof(*s));
+    if (s != NULL) {
+        s->base.ops = &session_redis_ops;
+        s->conn = rconn_new(loop, &opts);
+    }
+    rconn_opts_done(&opts);
+    if (s == NULL || s->conn == NULL) {
+        free(s);
+        snprintf(err, SESSION_ERR_MAX, "store: out of memory");
+        return -1;
+    }
+    *out = &s->base;
+    return 0;
+}
+
+const struct session_ops session_redis_ops = {
+    .name = "redis",
+    .open = rd_open,
+    .close = rd_close,
+    .ping = rd_ping,
+    .login = rd_login,
+    .put_session = rd_put_session,
+    .get_session = rd_get_session,
+    .delete_session = rd_delete_session,
+    .get_user = rd_get_user,
+    .purge_expired = rd_purge_expired,
+};

@@ -34,7 +34,8 @@ struct serve {
     uint16_t port; /* bound by worker 0, joined by the others */
     uint8_t master_key[CRYPTO_KEY_LEN];
     struct exchange *exchange;
-    struct wechat_token *token;
+    struct handlers_app apps[CONFIG_MAX_APPS];
+    size_t napps;
     struct session_cache *cache;
     struct http_route routes[32]; /* the routes this configuration serves */
     size_t nroutes;
@@ -55,8 +56,8 @@ static void release(struct serve_worker *sw)
     http_server_free(sw->http);
     sw->http = NULL;
     /* A token fetch running on this worker's client would leave its waiters hanging. */
-    if (sw->ctx.token != NULL)
-        wechat_token_detach(sw->ctx.token, sw->ctx.wx);
+    for (size_t i = 0; i < sw->ctx.napps; i++)
+        wechat_token_detach(sw->ctx.apps[i].token, sw->ctx.wx);
     wechat_client_free(sw->ctx.wx);
     sw->ctx.wx = NULL;
     loop_timer_stop(sw->w->loop, &sw->purge);
@@ -138,7 +139,8 @@ static int serve_init(struct worker *w, void *arg)
         return -1;
     }
     sw->ctx.exchange = s->exchange;
-    sw->ctx.token = s->token;
+    sw->ctx.apps = s->apps;
+    sw->ctx.napps = s->napps;
     sw->ctx.cache = s->cache;
     sw->ctx.master_key = s->master_key;
     if (w->id == 0) /* one purger is enough */
@@ -172,12 +174,17 @@ static int serve_init(struct worker *w, void *arg)
     }
     s->port = http_server_port(sw->http);
     if (w->id == s->nworkers - 1) {
-        char port[8], threads[8];
+        char port[8], threads[8], apps[256];
+        size_t n = 0;
+        apps[0] = '\0';
+        for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
+            n += (size_t)snprintf(apps + n, sizeof(apps) - n, "%s%s", i ? "," : "",
+                                  s->apps[i].appid);
         snprintf(port, sizeof(port), "%u", s->port);
         snprintf(threads, sizeof(threads), "%d", s->nworkers);
         log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen,
-               "port", port, "threads", threads, "appid", cfg->appid, "wechat_base",
-               cfg->wechat_base, "store", cfg->store, NULL);
+               "port", port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base,
+               "store", cfg->store, NULL);
     }
     return 0;
 }
@@ -199,11 +206,21 @@ int serve_run(const struct config *cfg)
         goto out;
     }
     s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
-    s.token = wechat_token_new(cfg->appid, cfg->secret,
-                               strcmp(cfg->access_token_api, "classic") == 0 ? WECHAT_TOKEN_CLASSIC
-                                                                             : WECHAT_TOKEN_STABLE);
-    if (s.exchange == NULL || s.token == NULL)
+    if (s.exchange == NULL)
         goto out;
+    for (size_t i = 0; i < cfg->napps; i++) {
+        const struct config_app *a = &cfg->apps[i];
+        struct handlers_app *h = &s.apps[s.napps];
+        h->appid = a->appid;
+        h->secret = a->secret;
+        h->token =
+            wechat_token_new(a->appid, a->secret,
+                             strcmp(a->access_token_api, "classic") == 0 ? WECHAT_TOKEN_CLASSIC
+                                                                         : WECHAT_TOKEN_STABLE);
+        if (h->token == NULL)
+            goto out;
+        s.napps++;
+    }
     /* Only this process sees the logouts of an SQLite store (one process per database file):
      * that is what makes an in-memory copy of sessions safe. */
     if (session_sqlite_path(cfg->store) != NULL && cfg->session_cache_size > 0) {
@@ -217,7 +234,8 @@ int serve_run(const struct config *cfg)
     rc = 0;
 out:
     exchange_free(s.exchange);
-    wechat_token_free(s.token);
+    for (size_t i = 0; i < s.napps; i++)
+        wechat_token_free(s.apps[i].token);
     session_cache_free(s.cache);
     crypto_wipe(s.master_key, sizeof(s.master_key));
     return rc;

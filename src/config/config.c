@@ -167,16 +167,73 @@ struct file_ctx {
     char err[CONFIG_ERR_MAX];
 };
 
+/* The appid of a section header `app "wx..."`, or NULL. */
+static bool section_appid(const char *section, char out[SESSION_ID_MAX + 1])
+{
+    size_t n = strlen(section);
+    if (strncmp(section, "app \"", 5) != 0 || n < 7 || section[n - 1] != '"' ||
+        n - 6 > SESSION_ID_MAX)
+        return false;
+    memcpy(out, section + 5, n - 6);
+    out[n - 6] = '\0';
+    return strspn(out, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == n - 6;
+}
+
+static struct config_app *app_slot(struct config *cfg, const char *appid)
+{
+    for (size_t i = 0; i < cfg->napps; i++)
+        if (strcmp(cfg->apps[i].appid, appid) == 0)
+            return &cfg->apps[i];
+    if (cfg->napps == CONFIG_MAX_APPS)
+        return NULL;
+    struct config_app *a = &cfg->apps[cfg->napps];
+    a->appid = strdup(appid);
+    if (a->appid == NULL)
+        return NULL;
+    cfg->napps++;
+    return a;
+}
+
+static int on_app_key(struct file_ctx *fc, const char *section, const char *name, const char *value)
+{
+    char appid[SESSION_ID_MAX + 1];
+    if (!section_appid(section, appid)) {
+        snprintf(fc->err, sizeof(fc->err), "unknown section [%.200s] (expected [app \"<appid>\"])",
+                 section);
+        return 0;
+    }
+    struct config_app *a = app_slot(fc->cfg, appid);
+    if (a == NULL) {
+        snprintf(fc->err, sizeof(fc->err), "[app \"%s\"]: too many apps (at most %d)", appid,
+                 CONFIG_MAX_APPS);
+        return 0;
+    }
+    char **slot = strcmp(name, "secret") == 0             ? &a->secret
+                  : strcmp(name, "secret_file") == 0      ? &a->secret_file
+                  : strcmp(name, "access_token_api") == 0 ? &a->access_token_api
+                                                          : NULL;
+    if (slot == NULL) {
+        snprintf(fc->err, sizeof(fc->err),
+                 "[app \"%s\"]: unknown key '%.100s' (apps take secret, secret_file, "
+                 "access_token_api)",
+                 appid, name);
+        return 0;
+    }
+    if (*value == '\0' || set_string(slot, value, slot == &a->secret) != 0) {
+        snprintf(fc->err, sizeof(fc->err), "[app \"%s\"]: %s must not be empty", appid, name);
+        return 0;
+    }
+    return 1;
+}
+
 static int on_ini(void *user, const char *section, const char *name, const char *value)
 {
     struct file_ctx *fc = user;
     /* inih goes on after an error and reports the first bad line: keep the first message. */
     if (fc->err[0] != '\0')
         return 0;
-    if (section[0] != '\0') {
-        snprintf(fc->err, sizeof(fc->err), "unknown section [%s]", section);
-        return 0;
-    }
+    if (section[0] != '\0')
+        return on_app_key(fc, section, name, value);
     const struct cfg_key *k = find_key(name);
     if (k == NULL) {
         snprintf(fc->err, sizeof(fc->err), "unknown key '%s'", name);
@@ -327,6 +384,62 @@ static int secret_pair(const char *key, char **value, const char *file_key, cons
     return read_secret_file(file_key, file, value, err);
 }
 
+/* Makes the apps list: the flat appid first, then the sections; checks each app's settings. */
+static int finish_apps(struct config *cfg, char err[CONFIG_ERR_MAX])
+{
+    if (cfg->appid != NULL) {
+        for (size_t i = 0; i < cfg->napps; i++) {
+            if (strcmp(cfg->apps[i].appid, cfg->appid) == 0) {
+                snprintf(err, CONFIG_ERR_MAX,
+                         "appid: '%.100s' is also an [app] section; configure it once", cfg->appid);
+                return -1;
+            }
+        }
+        if (cfg->napps == CONFIG_MAX_APPS) {
+            snprintf(err, CONFIG_ERR_MAX, "appid: too many apps");
+            return -1;
+        }
+        memmove(&cfg->apps[1], &cfg->apps[0], cfg->napps * sizeof(cfg->apps[0]));
+        memset(&cfg->apps[0], 0, sizeof(cfg->apps[0]));
+        cfg->napps++;
+        struct config_app *a = &cfg->apps[0];
+        a->appid = strdup(cfg->appid);
+        if (a->appid == NULL || (cfg->secret != NULL && set_string(&a->secret, cfg->secret, true)))
+            goto oom;
+    }
+    for (size_t i = 0; i < cfg->napps; i++) {
+        struct config_app *a = &cfg->apps[i];
+        char key[SESSION_ID_MAX + 32];
+        snprintf(key, sizeof(key), "[app \"%s\"] secret", a->appid);
+        if (i > 0 || cfg->appid == NULL) {
+            if (secret_pair(key, &a->secret, "secret_file", a->secret_file, err) != 0)
+                return -1;
+        }
+        if (a->access_token_api == NULL &&
+            set_string(&a->access_token_api, cfg->access_token_api, false) != 0)
+            goto oom;
+        if (strcmp(a->access_token_api, "stable") != 0 &&
+            strcmp(a->access_token_api, "classic") != 0) {
+            snprintf(err, CONFIG_ERR_MAX,
+                     "access_token_api: '%.100s' is not one of stable, classic (app %s)",
+                     a->access_token_api, a->appid);
+            return -1;
+        }
+    }
+    return 0;
+oom:
+    snprintf(err, CONFIG_ERR_MAX, "apps: out of memory");
+    return -1;
+}
+
+const struct config_app *config_app_find(const struct config *cfg, const char *appid)
+{
+    for (size_t i = 0; i < cfg->napps; i++)
+        if (strcmp(cfg->apps[i].appid, appid) == 0)
+            return &cfg->apps[i];
+    return NULL;
+}
+
 int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
                 void *warn_arg, char err[CONFIG_ERR_MAX])
 {
@@ -343,6 +456,8 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
     if (secret_pair("secret", &cfg->secret, "secret_file", cfg->secret_file, err) != 0 ||
         secret_pair("admin_token", &cfg->admin_token, "admin_token_file", cfg->admin_token_file,
                     err) != 0)
+        goto fail;
+    if (finish_apps(cfg, err) != 0)
         goto fail;
     struct sockaddr_storage ss;
     socklen_t sslen;
@@ -382,14 +497,22 @@ fail:
 
 int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
 {
-    if (cfg->appid == NULL) {
-        snprintf(err, CONFIG_ERR_MAX, "appid: not set (config key appid or WXLOGIN_APPID)");
+    if (cfg->napps == 0) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "appid: not set (config key appid or WXLOGIN_APPID, or [app \"<appid>\"] "
+                 "sections)");
         return -1;
     }
-    if (cfg->secret == NULL) {
-        snprintf(err, CONFIG_ERR_MAX,
-                 "secret: not set (config key secret or secret_file, or WXLOGIN_SECRET)");
-        return -1;
+    for (size_t i = 0; i < cfg->napps; i++) {
+        if (cfg->apps[i].secret == NULL) {
+            if (i == 0 && cfg->appid != NULL)
+                snprintf(err, CONFIG_ERR_MAX,
+                         "secret: not set (config key secret or secret_file, or WXLOGIN_SECRET)");
+            else
+                snprintf(err, CONFIG_ERR_MAX, "[app \"%.100s\"]: secret or secret_file not set",
+                         cfg->apps[i].appid);
+            return -1;
+        }
     }
     return 0;
 }
@@ -407,6 +530,12 @@ void config_done(struct config *cfg)
     free(cfg->access_token_api);
     wipe_free(cfg->admin_token);
     free(cfg->admin_token_file);
+    for (size_t i = 0; i < cfg->napps; i++) {
+        free(cfg->apps[i].appid);
+        wipe_free(cfg->apps[i].secret);
+        free(cfg->apps[i].secret_file);
+        free(cfg->apps[i].access_token_api);
+    }
     memset(cfg, 0, sizeof(*cfg));
 }
 

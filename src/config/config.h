@@ -15,6 +15,16 @@
 
 #define CONFIG_ERR_MAX 512
 
+#define CONFIG_MAX_APPS 64
+
+/* One Mini Program the service logs users in for. */
+struct config_app {
+    char *appid;
+    char *secret; /* from secret or the contents of secret_file */
+    char *secret_file;
+    char *access_token_api; /* "stable" or "classic"; the top-level value unless overridden */
+};
+
 struct config {
     char *listen;      /* host:port */
     char *appid;       /* NULL when not configured */
@@ -40,7 +50,15 @@ struct config {
     char *admin_token_file;
     long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
     long store_timeout_ms;   /* Redis: connect and command deadline */
+
+    /* Every app: the flat appid/secret one first (the single-app shorthand), then each
+     * [app "<appid>"] section in file order. */
+    struct config_app apps[CONFIG_MAX_APPS];
+    size_t napps;
 };
+
+/* The app with this appid, or NULL. */
+const struct config_app *config_app_find(const struct config *cfg, const char *appid);
 
 /* Called for problems that do not stop the start (unknown WXLOGIN_* variables). */
 typedef void config_warn_fn(const char *msg, void *arg);
@@ -54,7 +72,7 @@ typedef void config_warn_fn(const char *msg, void *arg);
 int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
                 void *warn_arg, char err[CONFIG_ERR_MAX]);
 
-/* Checks what `serve` needs beyond well-formed values (appid and a secret). */
+/* Checks what `serve` needs beyond well-formed values (at least one app, each with a secret). */
 int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX]);
 
 /* Releases cfg's strings, wiping the secret. Accepts a zeroed cfg. */

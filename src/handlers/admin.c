@@ -18,6 +18,7 @@
 struct admin_op {
     struct http_request *req;
     struct handlers_ctx *ctx;
+    const struct handlers_app *app;
     struct wechat_token_waiter *waiter;
 };
 
@@ -60,7 +61,7 @@ static void on_token(const struct wechat_token_result *res, void *arg)
 static void on_cancel(void *arg)
 {
     struct admin_op *op = arg;
-    wechat_token_cancel(op->ctx->token, op->waiter);
+    wechat_token_cancel(op->app->token, op->waiter);
     free(op);
 }
 
@@ -77,6 +78,9 @@ static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsign
         http_reply_error(req, 401, "unauthorized", "admin token required", "none");
         return;
     }
+    const struct handlers_app *app = handlers_app(req, ctx);
+    if (app == NULL)
+        return;
     struct admin_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
         http_reply_error(req, 503, "internal", "out of memory", "retry");
@@ -84,8 +88,9 @@ static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsign
     }
     op->req = req;
     op->ctx = ctx;
+    op->app = app;
     struct wechat_token_result res;
-    if (wechat_token_get(ctx->token, ctx->wx, http_request_loop(req), flags, on_token, op, &res,
+    if (wechat_token_get(app->token, ctx->wx, http_request_loop(req), flags, on_token, op, &res,
                          &op->waiter) == WECHAT_TOKEN_READY) {
         reply_token(req, &res);
         free(op);

@@ -1,4 +1,5 @@
 /* Replies and request parsing shared by several handlers. */
+#include <string.h>
 #include <strings.h>
 
 #include "config/config.h"
@@ -24,10 +25,35 @@ struct http_request *store_call_end(struct store_call *sc)
     return sc->req;
 }
 
-const char *handlers_appid(struct http_request *req, struct handlers_ctx *ctx)
+static const struct handlers_app *find_app(struct handlers_ctx *ctx, const char *appid, size_t len)
 {
-    (void)req;
-    return ctx->cfg->appid;
+    for (size_t i = 0; i < ctx->napps; i++)
+        if (strlen(ctx->apps[i].appid) == len && memcmp(ctx->apps[i].appid, appid, len) == 0)
+            return &ctx->apps[i];
+    return NULL;
+}
+
+const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx)
+{
+    static const char wechat_referer[] = "https://servicewechat.com/";
+    const struct handlers_app *app = NULL;
+    const char *h = http_request_header(req, "X-WX-AppID");
+    const char *ref = http_request_header(req, "Referer");
+    if (h != NULL) {
+        app = find_app(ctx, h, strlen(h));
+    } else if (ref != NULL && strncmp(ref, wechat_referer, sizeof(wechat_referer) - 1) == 0) {
+        const char *id = ref + sizeof(wechat_referer) - 1;
+        app = find_app(ctx, id, strcspn(id, "/"));
+    } else if (ctx->napps == 1) {
+        app = &ctx->apps[0];
+    }
+    if (app == NULL)
+        http_reply_error(req, 400, "unknown_app",
+                         h != NULL || ref != NULL
+                             ? "the request names an app this service does not serve"
+                             : "say which app: X-WX-AppID header (several apps are served)",
+                         "none");
+    return app;
 }
 
 void handlers_reply_store_error(struct http_request *req, const char *op)

@@ -21,11 +21,19 @@ struct session_store;
 struct wechat_client;
 struct wechat_token;
 
+/* One Mini Program as the handlers see it. */
+struct handlers_app {
+    const char *appid;          /* borrowed from the config */
+    const char *secret;         /* borrowed from the config */
+    struct wechat_token *token; /* this app's access token, shared by all workers */
+};
+
 struct handlers_ctx {
-    const struct config *cfg;    /* borrowed, outlives the workers */
-    const uint8_t *master_key;   /* CRYPTO_KEY_LEN bytes, borrowed */
-    struct exchange *exchange;   /* shared by all workers */
-    struct wechat_token *token;  /* the app's access token, shared by all workers */
+    const struct config *cfg;        /* borrowed, outlives the workers */
+    const uint8_t *master_key;       /* CRYPTO_KEY_LEN bytes, borrowed */
+    struct exchange *exchange;       /* shared by all workers */
+    const struct handlers_app *apps; /* every configured app, shared */
+    size_t napps;
     struct wechat_client *wx;    /* this worker's */
     struct session_store *store; /* this worker's */
     struct session_cache *cache; /* shared; NULL when the store is shared by instances */
@@ -64,8 +72,12 @@ struct store_call {
 void store_call_begin(struct store_call *sc, struct http_request *req);
 struct http_request *store_call_end(struct store_call *sc);
 
-/* The app a request is for (its appid). */
-const char *handlers_appid(struct http_request *req, struct handlers_ctx *ctx);
+/*
+ * The app a request is for: the X-WX-AppID header, else the Referer WeChat sets on wx.request
+ * (https://servicewechat.com/<appid>/<version>/page-frame.html), else the only configured app.
+ * NULL, with 400 unknown_app answered, when that names no configured app.
+ */
+const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx);
 
 /* 503 store_unavailable, action retry (and a log line). */
 void handlers_reply_store_error(struct http_request *req, const char *op);

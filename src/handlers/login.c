@@ -24,6 +24,7 @@
 struct login_op {
     struct http_request *req;
     struct handlers_ctx *ctx;
+    const struct handlers_app *app;
     bool want_token;
     uint8_t key[CRYPTO_HASH_LEN];
     struct wechat_call *call;       /* leading: WeChat is answering */
@@ -102,7 +103,7 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
             return;
         }
         store_call_begin(&op->sc, req);
-        op->ctx->store->ops->put_session(op->ctx->store, hash, op->ctx->cfg->appid, o->openid,
+        op->ctx->store->ops->put_session(op->ctx->store, hash, op->app->appid, o->openid,
                                          op->expires_at, (int64_t)time(NULL), on_session_put, op);
         return;
     case EXCHANGE_WECHAT: {
@@ -177,7 +178,7 @@ static void store_login(struct login_op *op, const json_t *body)
     uint8_t hash[CRYPTO_HASH_LEN];
     memset(&u, 0, sizeof(u));
 
-    snprintf(u.appid, sizeof(u.appid), "%s", ctx->cfg->appid);
+    snprintf(u.appid, sizeof(u.appid), "%s", op->app->appid);
     const json_t *sk = json_object_get(body, "session_key");
     if (!copy_id(json_object_get(body, "openid"), u.openid) ||
         json_string_length(sk) > SESSION_SEALED_MAX - CRYPTO_SEAL_OVERHEAD) {
@@ -249,6 +250,9 @@ static void on_cancel(void *arg)
 
 static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_token)
 {
+    const struct handlers_app *app = handlers_app(req, ctx);
+    if (app == NULL)
+        return;
     char code[LOGIN_CODE_MAX + 1];
     const char *why;
     size_t len;
@@ -264,8 +268,9 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     }
     op->req = req;
     op->ctx = ctx;
+    op->app = app;
     op->want_token = want_token;
-    exchange_key(ctx->cfg->appid, code, op->key);
+    exchange_key(app->appid, code, op->key);
 
     struct exchange_outcome known;
     switch (exchange_begin(ctx->exchange, op->key, http_request_loop(req), on_wake, op, &known,
@@ -274,8 +279,7 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     case EXCHANGE_WAIT: http_request_on_cancel(req, on_cancel, op); return;
     case EXCHANGE_LEAD: break;
     }
-    op->call =
-        wechat_code2session(ctx->wx, ctx->cfg->appid, ctx->cfg->secret, code, on_code2session, op);
+    op->call = wechat_code2session(ctx->wx, app->appid, app->secret, code, on_code2session, op);
     if (op->call == NULL) {
         struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
         exchange_finish(ctx->exchange, op->key, &o, false);

@@ -52,7 +52,7 @@ static void phone_result(struct user_op *op, const struct wechat_result *res)
     }
     const json_t *pi = json_object_get(res->body, "phone_info");
     const char *wm = json_string_value(json_object_get(json_object_get(pi, "watermark"), "appid"));
-    if (wm == NULL || strcmp(wm, op->ctx->cfg->appid) != 0) {
+    if (wm == NULL || strcmp(wm, op->app->appid) != 0) {
         log_kv(LOG_WARN, "phone number watermark names another app", "request_id",
                http_request_id(op->req), NULL);
         http_reply_error(op->req, 502, "upstream_error",

@@ -54,6 +54,9 @@ static void on_session(int status, const struct session_record *rec, void *arg)
 void handle_session(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
+    const struct handlers_app *app = handlers_app(req, ctx);
+    if (app == NULL)
+        return;
     uint8_t hash[CRYPTO_HASH_LEN];
     const char *why;
     if (handlers_bearer_hash(req, hash, &why) != 0) {
@@ -63,7 +66,11 @@ void handle_session(struct http_request *req, void *arg)
     int64_t now = (int64_t)time(NULL);
     struct session_record rec;
     if (session_cache_get(ctx->cache, hash, now, &rec)) {
-        reply_session(req, &rec);
+        /* Tokens are bound to their app, in memory as in the store. */
+        if (strcmp(rec.appid, app->appid) != 0)
+            handlers_reply_invalid_token(req, "unknown, expired or logged-out token");
+        else
+            reply_session(req, &rec);
         return;
     }
     struct session_op *op = malloc(sizeof(*op));
@@ -74,7 +81,7 @@ void handle_session(struct http_request *req, void *arg)
     op->cache = ctx->cache;
     memcpy(op->hash, hash, sizeof(op->hash));
     store_call_begin(&op->sc, req);
-    ctx->store->ops->get_session(ctx->store, handlers_appid(req, ctx), hash, now, on_session, op);
+    ctx->store->ops->get_session(ctx->store, app->appid, hash, now, on_session, op);
 }
 
 static void on_deleted(int status, void *arg)
@@ -98,6 +105,9 @@ static void on_deleted(int status, void *arg)
 void handle_logout(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
+    const struct handlers_app *app = handlers_app(req, ctx);
+    if (app == NULL)
+        return;
     uint8_t hash[CRYPTO_HASH_LEN];
     const char *why;
     if (handlers_bearer_hash(req, hash, &why) != 0) {
@@ -112,5 +122,5 @@ void handle_logout(struct http_request *req, void *arg)
     /* Forget it here first: from now on no lookup may be answered from memory. */
     session_cache_del(ctx->cache, hash);
     store_call_begin(sc, req);
-    ctx->store->ops->delete_session(ctx->store, handlers_appid(req, ctx), hash, on_deleted, sc);
+    ctx->store->ops->delete_session(ctx->store, app->appid, hash, on_deleted, sc);
 }

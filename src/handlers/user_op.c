@@ -136,6 +136,11 @@ static void on_session(int status, const struct session_record *rec, void *arg)
 
 void user_op_load(struct user_op *op, user_op_next_fn *next)
 {
+    op->app = handlers_app(op->req, op->ctx);
+    if (op->app == NULL) {
+        user_op_free(op);
+        return;
+    }
     uint8_t hash[CRYPTO_HASH_LEN];
     const char *why;
     if (handlers_bearer_hash(op->req, hash, &why) != 0) {
@@ -145,8 +150,8 @@ void user_op_load(struct user_op *op, user_op_next_fn *next)
     }
     op->next = next;
     store_call_begin(&op->sc, op->req);
-    op->ctx->store->ops->get_session(op->ctx->store, handlers_appid(op->req, op->ctx), hash,
-                                     (int64_t)time(NULL), on_session, op);
+    op->ctx->store->ops->get_session(op->ctx->store, op->app->appid, hash, (int64_t)time(NULL),
+                                     on_session, op);
 }
 
 /* ---- user_op_call_token ---- */
@@ -217,7 +222,7 @@ static void on_cancel(void *arg)
     if (op->call != NULL)
         wechat_call_cancel(op->call);
     if (op->token_waiter != NULL)
-        wechat_token_cancel(op->ctx->token, op->token_waiter);
+        wechat_token_cancel(op->app->token, op->token_waiter);
     user_op_free(op);
 }
 
@@ -228,7 +233,7 @@ static void on_call_done(const struct wechat_result *res, void *arg)
     http_request_on_cancel(op->req, NULL, NULL);
     if (res->status == WECHAT_ERRCODE && wechat_token_rejected(res->errcode)) {
         /* Drop exactly the token that failed; a newer one fetched meanwhile stays. */
-        wechat_token_invalidate(op->ctx->token, op->access_token);
+        wechat_token_invalidate(op->app->token, op->access_token);
         if (op->token_attempt == 0) {
             op->token_attempt = 1;
             user_op_call_token(op);
@@ -244,7 +249,7 @@ static void on_call_done(const struct wechat_result *res, void *arg)
         user_op_free(op);
         return;
     }
-    wechat_token_accepted(op->ctx->token, op->access_token);
+    wechat_token_accepted(op->app->token, op->access_token);
     op->result(op, res);
 }
 
@@ -275,7 +280,7 @@ static void on_token(const struct wechat_token_result *res, void *arg)
 void user_op_call_token(struct user_op *op)
 {
     struct wechat_token_result res;
-    switch (wechat_token_get(op->ctx->token, op->ctx->wx, http_request_loop(op->req), 0, on_token,
+    switch (wechat_token_get(op->app->token, op->ctx->wx, http_request_loop(op->req), 0, on_token,
                              op, &res, &op->token_waiter)) {
     case WECHAT_TOKEN_READY: on_token(&res, op); break;
     case WECHAT_TOKEN_WAIT: http_request_on_cancel(op->req, on_cancel, op); break;

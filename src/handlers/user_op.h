@@ -34,7 +34,8 @@ typedef void user_op_result_fn(struct user_op *op, const struct wechat_result *r
 struct user_op {
     struct http_request *req;
     struct handlers_ctx *ctx;
-    json_t *in; /* the parsed request body, when the handler keeps it */
+    const struct handlers_app *app; /* set by user_op_load */
+    json_t *in;                     /* the parsed request body, when the handler keeps it */
     struct store_call sc;
 
     /* filled by user_op_load */

@@ -81,7 +81,7 @@ static void decrypt_ready(struct user_op *op)
         return;
     }
     const char *wm = json_string_value(json_object_get(json_object_get(obj, "watermark"), "appid"));
-    if (wm == NULL || strcmp(wm, op->ctx->cfg->appid) != 0) {
+    if (wm == NULL || strcmp(wm, op->app->appid) != 0) {
         json_decref(obj);
         http_reply_error(op->req, 422, "watermark_mismatch",
                          "the data was not produced for this app", "none");

@@ -249,7 +249,10 @@ static void c2s_succeed(struct mock_pending *p)
 {
     /* Spend the code now, at answer time, so concurrent requests with one code race as they
      * would at WeChat: the first answered wins, the others get 40163. */
-    if (!mock_spend(p->m, p->m->used, p->code_text)) {
+    /* Codes belong to one app: spent per app. */
+    char key[MOCK_CODE_MAX + 64];
+    snprintf(key, sizeof(key), "%s\n%s", p->app->appid, p->code_text);
+    if (!mock_spend(p->m, p->m->used, key)) {
         mock_reply_errcode(p->req, 40163);
         return;
     }

@@ -1,0 +1,149 @@
+"""Several Mini Programs in one service: [app "<appid>"] sections, app selection by header,
+Referer and default, and isolation of sessions, tokens and access tokens per app."""
+
+import pytest
+
+from conftest import (assert_error, base_env, new_code, post_json, request, run_cli)
+
+APP_A, SECRET_A = "wxaaaa000000000001", "secretA0000000000000000000000001"
+APP_B, SECRET_B = "wxbbbb000000000002", "secretB0000000000000000000000002"
+ADMIN = "adm-apps-0123456789"
+
+
+def referer(appid):
+    return f"https://servicewechat.com/{appid}/7/page-frame.html"
+
+
+@pytest.fixture(scope="module")
+def two(module_procs, tmp_path_factory):
+    d = tmp_path_factory.mktemp("apps")
+    (d / "b.secret").write_text(SECRET_B + "\n")
+    conf = d / "wxlogin.conf"
+    conf.write_text(f'[app "{APP_A}"]\nsecret = {SECRET_A}\n\n'
+                    f'[app "{APP_B}"]\nsecret_file = {d / "b.secret"}\n'
+                    "access_token_api = classic\n")
+    m = module_procs.mock(apps=[(APP_A, SECRET_A), (APP_B, SECRET_B)])
+    s = module_procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)],
+                           env={"WXLOGIN_ADMIN_TOKEN": ADMIN})
+    return m, s
+
+
+def login(port, user, headers):
+    h = {"Content-Type": "application/json"}
+    h.update(headers)
+    return post_json(port, "/v1/login", {"code": new_code(user)}, headers=h)
+
+
+def session(port, token, headers):
+    h = {"Authorization": f"Bearer {token}"}
+    h.update(headers)
+    return request(port, "GET", "/v1/session", headers=h)
+
+
+def test_app_by_header_and_by_referer(two):
+    m, s = two
+    a = login(s.port, "ualice", {"X-WX-AppID": APP_A})
+    b = login(s.port, "ualice", {"Referer": referer(APP_B)})
+    assert a.status == 200 and b.status == 200, (a, b)
+    # openids are per app, unionids per user across apps
+    assert a.json()["openid"] != b.json()["openid"]
+    assert a.json()["unionid"] == b.json()["unionid"]
+    sa = session(s.port, a.json()["token"], {"X-WX-AppID": APP_A})
+    assert sa.status == 200 and sa.json()["appid"] == APP_A, sa
+    assert sa.headers["x-wx-appid"] == APP_A
+    sb = session(s.port, b.json()["token"], {"Referer": referer(APP_B)})
+    assert sb.status == 200 and sb.json()["appid"] == APP_B, sb
+
+
+def test_token_of_one_app_is_refused_by_the_other(two):
+    m, s = two
+    a = login(s.port, "bob", {"X-WX-AppID": APP_A}).json()["token"]
+    r = session(s.port, a, {"X-WX-AppID": APP_B})
+    assert_error(r, 401, "invalid_token", "relogin")
+    # ...and a logout through app B cannot end app A's session
+    out = request(s.port, "POST", "/v1/logout",
+                  headers={"Authorization": f"Bearer {a}", "X-WX-AppID": APP_B})
+    assert_error(out, 401, "invalid_token", "relogin")
+    assert session(s.port, a, {"X-WX-AppID": APP_A}).status == 200
+
+
+def test_unknown_app_and_no_app_are_400(two):
+    m, s = two
+    r = login(s.port, "carol", {"X-WX-AppID": "wxnotconfigured0000"})
+    assert_error(r, 400, "unknown_app", "none")
+    r = login(s.port, "carol", {"Referer": referer("wxnotconfigured0000")})
+    assert_error(r, 400, "unknown_app", "none")
+    r = login(s.port, "carol", {})  # two apps: the request must say which
+    assert_error(r, 400, "unknown_app", "none")
+    r = request(s.port, "GET", "/v1/session", headers={"Authorization": "Bearer wxl_" + "A" * 43})
+    assert_error(r, 400, "unknown_app", "none")
+
+
+def test_header_wins_over_referer(two):
+    m, s = two
+    r = login(s.port, "dave", {"X-WX-AppID": APP_B, "Referer": referer(APP_A)})
+    assert r.status == 200
+    assert session(s.port, r.json()["token"], {"X-WX-AppID": APP_B}).status == 200
+    assert session(s.port, r.json()["token"], {"X-WX-AppID": APP_A}).status == 401
+
+
+def test_same_code_in_two_apps_is_two_exchanges(two):
+    m, s = two
+    code = new_code("erin")
+    before = m.requests()
+    h = {"Content-Type": "application/json"}
+    a = post_json(s.port, "/openid", {"code": code}, headers={**h, "X-WX-AppID": APP_A})
+    b = post_json(s.port, "/openid", {"code": code}, headers={**h, "X-WX-AppID": APP_B})
+    assert a.status == 200 and b.status == 200, (a, b)
+    assert a.json()["openid"] != b.json()["openid"]
+    assert m.requests() - before == 2
+
+
+def test_access_tokens_are_per_app(two):
+    m, s = two
+    ta = request(s.port, "GET", "/admin/v1/access-token",
+                 headers={"Authorization": f"Bearer {ADMIN}", "X-WX-AppID": APP_A})
+    tb = request(s.port, "GET", "/admin/v1/access-token",
+                 headers={"Authorization": f"Bearer {ADMIN}", "X-WX-AppID": APP_B})
+    assert ta.status == 200 and tb.status == 200, (ta, tb)
+    assert ta.json()["access_token"] != tb.json()["access_token"]
+    stats = m.stats()
+    # app A uses the default stable API, app B was configured for the classic one
+    assert stats["stable_token"]["requests"] >= 1 and stats["token"]["requests"] >= 1
+
+
+def _serve_env(**extra):
+    env = base_env(WXLOGIN_LISTEN="127.0.0.1:0")
+    env.update(extra)
+    return env
+
+
+def test_config_errors_in_app_sections(tmp_path):
+    bad_key = tmp_path / "k.conf"
+    bad_key.write_text(f'[app "{APP_A}"]\nsecret = x\ncolour = blue\n')
+    cp = run_cli(["serve", "--config", str(bad_key)], env=_serve_env())
+    assert cp.returncode == 2 and "colour" in cp.stderr, cp
+
+    no_secret = tmp_path / "n.conf"
+    no_secret.write_text(f'[app "{APP_A}"]\naccess_token_api = stable\n')
+    cp = run_cli(["serve", "--config", str(no_secret)], env=_serve_env())
+    assert cp.returncode == 2 and APP_A in cp.stderr, cp
+
+    twice = tmp_path / "t.conf"
+    twice.write_text(f'appid = {APP_A}\nsecret = x\n[app "{APP_A}"]\nsecret = y\n')
+    cp = run_cli(["serve", "--config", str(twice)], env=_serve_env())
+    assert cp.returncode == 2 and "appid" in cp.stderr, cp
+
+    bad_section = tmp_path / "s.conf"
+    bad_section.write_text("[apps]\nsecret = x\n")
+    cp = run_cli(["serve", "--config", str(bad_section)], env=_serve_env())
+    assert cp.returncode == 2 and "section" in cp.stderr, cp
+
+
+def test_flat_appid_and_sections_together(module_procs, tmp_path):
+    conf = tmp_path / "mix.conf"
+    conf.write_text(f'appid = {APP_A}\nsecret = {SECRET_A}\n[app "{APP_B}"]\nsecret = {SECRET_B}\n')
+    m = module_procs.mock(apps=[(APP_A, SECRET_A), (APP_B, SECRET_B)])
+    s = module_procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)])
+    assert login(s.port, "fay", {"X-WX-AppID": APP_A}).status == 200
+    assert login(s.port, "fay", {"X-WX-AppID": APP_B}).status == 200

@@ -6,6 +6,7 @@
  */
 #include "exchange/exchange.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,44 @@ void exchange_free(struct exchange *x)
     free(x->buckets);
     pthread_mutex_destroy(&x->mu);
     free(x);
+}
+
+char *exchange_outcome_encode(const struct exchange_outcome *o)
+{
+    json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:I, s:I}", "kind", (int)o->kind, "openid",
+                          o->openid, "unionid", o->unionid, "status", (int)o->status, "errcode",
+                          (json_int_t)o->errcode, "http_status", (json_int_t)o->http_status);
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(s, len, 0, &jerr);
+    int kind, status;
+    json_int_t errcode, http_status;
+    const char *openid, *unionid;
+    int rc = -1;
+    if (j == NULL || json_unpack(j, "{s:i, s:s, s:s, s:i, s:I, s:I}", "kind", &kind, "openid",
+                                 &openid, "unionid", &unionid, "status", &status, "errcode",
+                                 &errcode, "http_status", &http_status) != 0)
+        goto out;
+    if (kind < EXCHANGE_OK || kind > EXCHANGE_ABORTED || strlen(openid) > SESSION_ID_MAX ||
+        strlen(unionid) > SESSION_ID_MAX || status < WECHAT_OK || status > WECHAT_TIMEOUT)
+        goto out;
+    memset(out, 0, sizeof(*out));
+    out->kind = (enum exchange_kind)kind;
+    memcpy(out->openid, openid, strlen(openid) + 1);
+    memcpy(out->unionid, unionid, strlen(unionid) + 1);
+    out->status = (enum wechat_status)status;
+    out->errcode = (long)errcode;
+    out->http_status = (long)http_status;
+    rc = 0;
+out:
+    json_decref(j);
+    return rc;
 }
 
 size_t exchange_size(struct exchange *x)

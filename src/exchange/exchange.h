@@ -81,6 +81,13 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
 /* From the waiter's own thread: abandons the wait; wake will not run. */
 void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter);
 
+/*
+ * Outcomes as text, for sharing them between instances through the store (JSON; no secret in
+ * it: ids and error codes only). encode returns a malloc'd string or NULL; decode returns 0 or -1.
+ */
+char *exchange_outcome_encode(const struct exchange_outcome *o);
+int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out);
+
 /* Number of codes in the table (in flight or remembered). */
 size_t exchange_size(struct exchange *x);
 

@@ -18,6 +18,7 @@
 #include "handlers/login_request.h"
 #include "handlers/upstream_error.h"
 #include "log/log.h"
+#include "loop/loop.h"
 #include "session/session.h"
 #include "wechat/client.h"
 
@@ -31,14 +32,44 @@ struct login_op {
     struct exchange_waiter *waiter; /* waiting for another request's exchange */
     struct exchange_outcome out;    /* the identity to answer with */
     struct store_call sc;
+    char code[LOGIN_CODE_MAX + 1];
+    bool claimed;           /* this request holds the store's claim on the code */
+    struct loop_timer poll; /* another instance holds it: ask again */
+    uint64_t give_up_ms;
     char token[CRYPTO_TOKEN_LEN + 1];
     int64_t expires_at;
 };
 
+/* How long a claim on a code may last: the whole exchange with WeChat, retries included. */
+static long claim_hold_ms(const struct handlers_ctx *ctx)
+{
+    return ctx->cfg->upstream_timeout_ms * (ctx->cfg->upstream_retries + 1) + 5000;
+}
+
+#define CLAIM_POLL_MS 100
+#define OUTCOME_KEEP_MS (5 * 60 * 1000)
+
 static void op_free(struct login_op *op)
 {
     crypto_wipe(op->token, sizeof(op->token));
+    crypto_wipe(op->code, sizeof(op->code));
     free(op);
+}
+
+/*
+ * The leader's outcome: wakes this process's followers and, through the store, tells other
+ * instances (remembered outcomes are published, others release the claim).
+ */
+static void lead_finish(struct login_op *op, const struct exchange_outcome *o, bool remember)
+{
+    exchange_finish(op->ctx->exchange, op->key, o, remember);
+    if (!op->claimed)
+        return;
+    op->claimed = false;
+    char *text = remember ? exchange_outcome_encode(o) : NULL;
+    op->ctx->store->ops->code_publish(op->ctx->store, op->app->appid, op->key, text,
+                                      text != NULL ? strlen(text) : 0, OUTCOME_KEEP_MS, NULL, NULL);
+    free(text);
 }
 
 static void reply_success(struct login_op *op)
@@ -132,6 +163,8 @@ static void on_wake(const struct exchange_outcome *o, void *arg)
 
 /* ---- the leader ---- */
 
+static void on_cancel(void *arg);
+
 /* Final for the code: WeChat will answer the same to any repeat. */
 static bool final_failure(const struct wechat_result *res)
 {
@@ -142,20 +175,19 @@ static bool final_failure(const struct wechat_result *res)
 static void on_stored(int status, void *arg)
 {
     struct login_op *op = arg;
-    struct exchange *x = op->ctx->exchange;
     bool abandoned = store_call_end(&op->sc) == NULL;
     if (status != SESSION_OK) {
         /* Not remembered: the store may be back for a retry (though WeChat will then say the
          * code was used, and the client gets a clear relogin). */
         struct exchange_outcome o = {.kind = EXCHANGE_STORE};
-        exchange_finish(x, op->key, &o, false);
+        lead_finish(op, &o, false);
         if (!abandoned)
             handlers_reply_store_error(op->req, "login");
         op_free(op);
         return;
     }
     /* Stored: the outcome stands for followers even if this request was abandoned. */
-    exchange_finish(x, op->key, &op->out, true);
+    lead_finish(op, &op->out, true);
     if (abandoned) {
         op_free(op);
         return;
@@ -186,7 +218,7 @@ static void store_login(struct login_op *op, const json_t *body)
                                     .detail = "openid or "
                                               "session_key malformed"};
         struct exchange_outcome o = {.kind = EXCHANGE_WECHAT, .status = WECHAT_BAD_BODY};
-        exchange_finish(ctx->exchange, op->key, &o, false);
+        lead_finish(op, &o, false);
         upstream_error_reply(op->req, &bad, "code2session");
         op_free(op);
         return;
@@ -201,7 +233,7 @@ static void store_login(struct login_op *op, const json_t *body)
                              json_string_length(sk), u.sealed_key);
     if (sealed < 0 || (op->want_token && new_token(op, hash) != 0)) {
         struct exchange_outcome o = {.kind = EXCHANGE_STORE};
-        exchange_finish(ctx->exchange, op->key, &o, false);
+        lead_finish(op, &o, false);
         reply_internal(op, "cannot seal the session");
         return;
     }
@@ -229,19 +261,93 @@ static void on_code2session(const struct wechat_result *res, void *arg)
                                  .status = res->status,
                                  .errcode = res->errcode,
                                  .http_status = res->http_status};
-    exchange_finish(op->ctx->exchange, op->key, &o, final_failure(res));
+    lead_finish(op, &o, final_failure(res));
     upstream_error_reply(op->req, res, "code2session");
     op_free(op);
+}
+
+static void call_wechat(struct login_op *op)
+{
+    struct handlers_ctx *ctx = op->ctx;
+    op->call = wechat_code2session(ctx->wx, op->app->appid, op->app->secret, op->code,
+                                   on_code2session, op);
+    if (op->call == NULL) {
+        struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
+        lead_finish(op, &o, false);
+        http_reply_error(op->req, 503, "internal", "cannot start the WeChat call", "retry");
+        op_free(op);
+        return;
+    }
+    http_request_on_cancel(op->req, on_cancel, op);
+}
+
+static void on_claim(int status, enum session_claim claim_state, const char *outcome, size_t len,
+                     void *arg)
+{
+    struct login_op *op = arg;
+    struct exchange_outcome o;
+    if (store_call_end(&op->sc) == NULL) {
+        struct exchange_outcome ab = {.kind = EXCHANGE_ABORTED};
+        lead_finish(op, &ab, false);
+        op_free(op);
+        return;
+    }
+    if (status != SESSION_OK) {
+        struct exchange_outcome st = {.kind = EXCHANGE_STORE};
+        lead_finish(op, &st, false);
+        handlers_reply_store_error(op->req, "code_claim");
+        op_free(op);
+        return;
+    }
+    switch (claim_state) {
+    case SESSION_CLAIM_MINE:
+        op->claimed = true;
+        call_wechat(op);
+        return;
+    case SESSION_CLAIM_KNOWN:
+        /* Another instance exchanged it: its outcome, for us and our local followers. */
+        if (exchange_outcome_decode(outcome, len, &o) != 0)
+            o = (struct exchange_outcome){.kind = EXCHANGE_STORE};
+        lead_finish(op, &o, o.kind != EXCHANGE_STORE);
+        follow(op, &o);
+        return;
+    case SESSION_CLAIM_BUSY: break;
+    }
+    if (loop_clock_ms() >= op->give_up_ms) {
+        struct exchange_outcome ab = {.kind = EXCHANGE_ABORTED};
+        lead_finish(op, &ab, false);
+        http_reply_error(op->req, 503, "upstream_busy",
+                         "another instance is still exchanging this code, retry", "retry");
+        op_free(op);
+        return;
+    }
+    loop_timer_start(http_request_loop(op->req), &op->poll, CLAIM_POLL_MS);
+    http_request_on_cancel(op->req, on_cancel, op);
+}
+
+static void claim(struct login_op *op)
+{
+    store_call_begin(&op->sc, op->req);
+    op->ctx->store->ops->code_claim(op->ctx->store, op->app->appid, op->key, claim_hold_ms(op->ctx),
+                                    on_claim, op);
+}
+
+static void on_poll(void *arg)
+{
+    struct login_op *op = arg;
+    http_request_on_cancel(op->req, NULL, NULL);
+    claim(op);
 }
 
 /* Shutdown abandons the request: stop the WeChat call (telling any followers) or the wait. */
 static void on_cancel(void *arg)
 {
     struct login_op *op = arg;
-    if (op->call != NULL) {
+    if (op->call != NULL || loop_timer_armed(&op->poll)) {
         wechat_call_cancel(op->call);
+        loop_timer_stop(http_request_loop(op->req), &op->poll);
         struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
-        exchange_finish(op->ctx->exchange, op->key, &o, false);
+        lead_finish(op, &o, false);
     }
     if (op->waiter != NULL)
         exchange_cancel(op->ctx->exchange, op->waiter);
@@ -270,6 +376,7 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     op->ctx = ctx;
     op->app = app;
     op->want_token = want_token;
+    loop_timer_init(&op->poll, on_poll, op);
     exchange_key(app->appid, code, op->key);
 
     struct exchange_outcome known;
@@ -279,15 +386,9 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     case EXCHANGE_WAIT: http_request_on_cancel(req, on_cancel, op); return;
     case EXCHANGE_LEAD: break;
     }
-    op->call = wechat_code2session(ctx->wx, app->appid, app->secret, code, on_code2session, op);
-    if (op->call == NULL) {
-        struct exchange_outcome o = {.kind = EXCHANGE_ABORTED};
-        exchange_finish(ctx->exchange, op->key, &o, false);
-        http_reply_error(req, 503, "internal", "cannot start the WeChat call", "retry");
-        op_free(op);
-        return;
-    }
-    http_request_on_cancel(req, on_cancel, op);
+    memcpy(op->code, code, sizeof(op->code));
+    op->give_up_ms = loop_clock_ms() + (uint64_t)claim_hold_ms(ctx);
+    claim(op);
 }
 
 void handle_openid(struct http_request *req, void *arg)

@@ -62,6 +62,16 @@ typedef void session_get_fn(int status, const struct session_record *rec, void *
 typedef void session_user_fn(int status, const struct session_user *user, void *arg);
 typedef void session_count_fn(int status, long count, void *arg);
 
+/* Who exchanges a login code when several instances share the store. */
+enum session_claim {
+    SESSION_CLAIM_MINE,  /* nobody else: exchange it, then publish the outcome */
+    SESSION_CLAIM_BUSY,  /* another instance is exchanging it right now: ask again later */
+    SESSION_CLAIM_KNOWN, /* its outcome is published: outcome/len hold it */
+};
+/* outcome is valid during the callback only. */
+typedef void session_claim_fn(int status, enum session_claim claim, const char *outcome, size_t len,
+                              void *arg);
+
 struct session_ops {
     const char *name;
     /* Opens the store described by spec; timeout_ms bounds each network operation. Returns 0
@@ -94,6 +104,20 @@ struct session_ops {
                            void *arg);
     void (*get_user)(struct session_store *st, const char *appid, const char *openid,
                      session_user_fn *done, void *arg);
+    /*
+     * Claims the exchange of the code whose hash is code_key, for hold_ms (after which a
+     * claim whose holder died lapses). A store used by one process answers MINE at once.
+     */
+    void (*code_claim)(struct session_store *st, const char *appid,
+                       const uint8_t code_key[CRYPTO_HASH_LEN], long hold_ms,
+                       session_claim_fn *done, void *arg);
+    /*
+     * Publishes a claimed code's outcome for keep_ms, or (outcome NULL) releases the claim so
+     * the next request tries again. done may be NULL.
+     */
+    void (*code_publish)(struct session_store *st, const char *appid,
+                         const uint8_t code_key[CRYPTO_HASH_LEN], const char *outcome, size_t len,
+                         long keep_ms, session_done_fn *done, void *arg);
     /* Deletes up to limit expired sessions; reports how many. */
     void (*purge_expired)(struct session_store *st, int64_t now, long limit, session_count_fn *done,
                           void *arg);

@@ -5,6 +5,7 @@
  * worker's loop. Keys are namespaced by app:
  *   wxlogin:<appid>:u:<openid>       hash: sk, prev_sk, prev_at, unionid, updated
  *   wxlogin:<appid>:s:<sha256 hex>   hash: openid, exp; expires by Redis TTL (EXPIREAT exp)
+ *   wxlogin:<appid>:c:<sha256 hex>   a login code's exchange: "" while claimed, then its outcome
  * Writes that go together (the user upsert and the new session) are one Lua script, so they are
  * atomic; a login is acknowledged only after Redis answered the script. Redis Cluster is not
  * supported (the scripts touch keys they compute).
@@ -43,6 +44,13 @@ static const char get_lua[] = "local s = redis.call('HMGET', KEYS[1], 'openid', 
                               "local u = redis.call('HGET', ARGV[1] .. s[1], 'unionid')\n"
                               "return {s[1], s[2], u or ''}\n";
 
+/* KEYS[1] code; ARGV hold ms. Answers nil when claimed now, "" when someone holds it, else the
+ * published outcome. */
+static const char claim_lua[] = "local v = redis.call('GET', KEYS[1])\n"
+                                "if v then return v end\n"
+                                "redis.call('SET', KEYS[1], '', 'PX', ARGV[1])\n"
+                                "return false\n";
+
 struct redis_store {
     struct session_store base;
     struct rconn *conn;
@@ -53,6 +61,7 @@ struct rop {
     session_get_fn *get;
     session_user_fn *user;
     void *arg;
+    session_claim_fn *claim;
     char appid[SESSION_ID_MAX + 1];
     char openid[SESSION_ID_MAX + 1];
 };
@@ -70,15 +79,20 @@ static void user_key(char out[KEY_MAX], const char *appid, const char *openid)
     snprintf(out, KEY_MAX, "wxlogin:%s:u:%s", appid, openid);
 }
 
-static void session_key(char out[KEY_MAX], const char *appid, const uint8_t *hash)
+static void hash_key(char out[KEY_MAX], const char *appid, char kind, const uint8_t *hash)
 {
     static const char hex[] = "0123456789abcdef";
-    int n = snprintf(out, KEY_MAX, "wxlogin:%s:s:", appid);
+    int n = snprintf(out, KEY_MAX, "wxlogin:%s:%c:", appid, kind);
     for (int i = 0; i < CRYPTO_HASH_LEN && n + 2 < KEY_MAX; i++) {
         out[n++] = hex[hash[i] >> 4];
         out[n++] = hex[hash[i] & 15];
     }
     out[n] = '\0';
+}
+
+static void session_key(char out[KEY_MAX], const char *appid, const uint8_t *hash)
+{
+    hash_key(out, appid, 's', hash);
 }
 
 static int status_of(const redisReply *r)
@@ -305,6 +319,80 @@ static void rd_purge_expired(struct session_store *st, int64_t now, long limit,
     done(SESSION_OK, 0, arg); /* Redis expires sessions by their TTL */
 }
 
+static void on_claim_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_claim_fn *claim = op->claim;
+    void *a = op->arg;
+    free(op);
+    int status = status_of(r);
+    if (status != SESSION_OK) {
+        claim(status, SESSION_CLAIM_BUSY, NULL, 0, a);
+        return;
+    }
+    if (r->type == REDIS_REPLY_NIL)
+        claim(SESSION_OK, SESSION_CLAIM_MINE, NULL, 0, a);
+    else if (r->type == REDIS_REPLY_STRING && r->len == 0)
+        claim(SESSION_OK, SESSION_CLAIM_BUSY, NULL, 0, a);
+    else if (r->type == REDIS_REPLY_STRING)
+        claim(SESSION_OK, SESSION_CLAIM_KNOWN, r->str, r->len, a);
+    else
+        claim(SESSION_ERROR, SESSION_CLAIM_BUSY, NULL, 0, a);
+}
+
+static void rd_code_claim(struct session_store *st, const char *appid,
+                          const uint8_t code_key[CRYPTO_HASH_LEN], long hold_ms,
+                          session_claim_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        done(SESSION_ERROR, SESSION_CLAIM_BUSY, NULL, 0, arg);
+        return;
+    }
+    op->claim = done;
+    char key[KEY_MAX], hold[24];
+    hash_key(key, appid, 'c', code_key);
+    snprintf(hold, sizeof(hold), "%ld", hold_ms);
+    const char *argv[] = {"EVAL", claim_lua, "1", key, hold};
+    rconn_command(s->conn, on_claim_reply, op, 5, argv, NULL);
+}
+
+static void on_publish_reply(const redisReply *r, void *arg)
+{
+    struct rop *op = arg;
+    session_done_fn *done = op->done;
+    void *a = op->arg;
+    free(op);
+    if (done != NULL)
+        done(status_of(r), a);
+}
+
+static void rd_code_publish(struct session_store *st, const char *appid,
+                            const uint8_t code_key[CRYPTO_HASH_LEN], const char *outcome,
+                            size_t len, long keep_ms, session_done_fn *done, void *arg)
+{
+    struct redis_store *s = (struct redis_store *)st;
+    struct rop *op = rop_new(arg);
+    if (op == NULL) {
+        if (done != NULL)
+            done(SESSION_ERROR, arg);
+        return;
+    }
+    op->done = done;
+    char key[KEY_MAX], keep[24];
+    hash_key(key, appid, 'c', code_key);
+    if (outcome == NULL) {
+        const char *argv[] = {"DEL", key};
+        rconn_command(s->conn, on_publish_reply, op, 2, argv, NULL);
+        return;
+    }
+    snprintf(keep, sizeof(keep), "%ld", keep_ms);
+    const char *argv[] = {"SET", key, outcome, "PX", keep};
+    size_t lens[] = {3, strlen(key), len, 2, strlen(keep)};
+    rconn_command(s->conn, on_publish_reply, op, 5, argv, lens);
+}
+
 static void rd_close(struct session_store *st)
 {
     struct redis_store *s = (struct redis_store *)st;
@@ -348,4 +436,6 @@ const struct session_ops session_redis_ops = {
     .delete_session = rd_delete_session,
     .get_user = rd_get_user,
     .purge_expired = rd_purge_expired,
+    .code_claim = rd_code_claim,
+    .code_publish = rd_code_publish,
 };

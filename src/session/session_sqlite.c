@@ -434,6 +434,32 @@ static void sq_purge_expired(struct session_store *st, int64_t now, long limit,
     done(SESSION_OK, changes, arg);
 }
 
+/* One process owns an SQLite store: its in-memory exchange table is the whole truth. */
+static void sq_code_claim(struct session_store *st, const char *appid,
+                          const uint8_t code_key[CRYPTO_HASH_LEN], long hold_ms,
+                          session_claim_fn *done, void *arg)
+{
+    (void)st;
+    (void)appid;
+    (void)code_key;
+    (void)hold_ms;
+    done(SESSION_OK, SESSION_CLAIM_MINE, NULL, 0, arg);
+}
+
+static void sq_code_publish(struct session_store *st, const char *appid,
+                            const uint8_t code_key[CRYPTO_HASH_LEN], const char *outcome,
+                            size_t len, long keep_ms, session_done_fn *done, void *arg)
+{
+    (void)st;
+    (void)appid;
+    (void)code_key;
+    (void)outcome;
+    (void)len;
+    (void)keep_ms;
+    if (done != NULL)
+        done(SESSION_OK, arg);
+}
+
 const struct session_ops session_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -445,4 +471,6 @@ const struct session_ops session_sqlite_ops = {
     .delete_session = sq_delete_session,
     .get_user = sq_get_user,
     .purge_expired = sq_purge_expired,
+    .code_claim = sq_code_claim,
+    .code_publish = sq_code_publish,
 };

@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "handlers/user_op.h"
+#include "session/session.h"
 #include "log/log.h"
 
 struct admin_op {
@@ -90,7 +91,8 @@ static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsign
     op->ctx = ctx;
     op->app = app;
     struct wechat_token_result res;
-    if (wechat_token_get(app->token, ctx->wx, http_request_loop(req), flags, on_token, op, &res,
+    if (wechat_token_get(app->token, ctx->wx, ctx->store->ops->token_share, ctx->store,
+                         http_request_loop(req), flags, on_token, op, &res,
                          &op->waiter) == WECHAT_TOKEN_READY) {
         reply_token(req, &res);
         free(op);

@@ -233,7 +233,8 @@ static void on_call_done(const struct wechat_result *res, void *arg)
     http_request_on_cancel(op->req, NULL, NULL);
     if (res->status == WECHAT_ERRCODE && wechat_token_rejected(res->errcode)) {
         /* Drop exactly the token that failed; a newer one fetched meanwhile stays. */
-        wechat_token_invalidate(op->app->token, op->access_token);
+        wechat_token_invalidate(op->app->token, op->access_token, op->ctx->store->ops->token_share,
+                                op->ctx->store);
         if (op->token_attempt == 0) {
             op->token_attempt = 1;
             user_op_call_token(op);
@@ -280,8 +281,9 @@ static void on_token(const struct wechat_token_result *res, void *arg)
 void user_op_call_token(struct user_op *op)
 {
     struct wechat_token_result res;
-    switch (wechat_token_get(op->app->token, op->ctx->wx, http_request_loop(op->req), 0, on_token,
-                             op, &res, &op->token_waiter)) {
+    switch (wechat_token_get(op->app->token, op->ctx->wx, op->ctx->store->ops->token_share,
+                             op->ctx->store, http_request_loop(op->req), 0, on_token, op, &res,
+                             &op->token_waiter)) {
     case WECHAT_TOKEN_READY: on_token(&res, op); break;
     case WECHAT_TOKEN_WAIT: http_request_on_cancel(op->req, on_cancel, op); break;
     }

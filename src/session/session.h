@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "crypto/crypto.h"
+#include "wechat/token.h"
 
 struct loop;
 struct session_store;
@@ -118,6 +119,9 @@ struct session_ops {
     void (*code_publish)(struct session_store *st, const char *appid,
                          const uint8_t code_key[CRYPTO_HASH_LEN], const char *outcome, size_t len,
                          long keep_ms, session_done_fn *done, void *arg);
+    /* How instances share the access token through this store; NULL when one process owns
+     * the store. Called with the store handle as ctx. */
+    const struct wechat_token_share *token_share;
     /* Deletes up to limit expired sessions; reports how many. */
     void (*purge_expired)(struct session_store *st, int64_t now, long limit, session_count_fn *done,
                           void *arg);

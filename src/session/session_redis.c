@@ -6,6 +6,8 @@
  *   wxlogin:<appid>:u:<openid>       hash: sk, prev_sk, prev_at, unionid, updated
  *   wxlogin:<appid>:s:<sha256 hex>   hash: openid, exp; expires by Redis TTL (EXPIREAT exp)
  *   wxlogin:<appid>:c:<sha256 hex>   a login code's exchange: "" while claimed, then its outcome
+ *   wxlogin:<appid>:at               hash: token, exp; the app's access token (PEXPIREAT exp)
+ *   wxlogin:<appid>:at:lease         who may fetch a new access token (SET NX PX, random owner)
  * Writes that go together (the user upsert and the new session) are one Lua script, so they are
  * atomic; a login is acknowledged only after Redis answered the script. Redis Cluster is not
  * supported (the scripts touch keys they compute).
@@ -50,6 +52,21 @@ static const char claim_lua[] = "local v = redis.call('GET', KEYS[1])\n"
                                 "if v then return v end\n"
                                 "redis.call('SET', KEYS[1], '', 'PX', ARGV[1])\n"
                                 "return false\n";
+
+/* KEYS[1] token, KEYS[2] lease; ARGV owner, token ("" = none), exp. The lease is released only
+ * by its owner. */
+static const char publish_token_lua[] =
+    "if ARGV[2] ~= '' then\n"
+    "  redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3])\n"
+    "  redis.call('EXPIREAT', KEYS[1], ARGV[3])\n"
+    "end\n"
+    "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end\n"
+    "return 1\n";
+
+/* KEYS[1] token; ARGV bad. Compare-and-swap: a newer token is never dropped. */
+static const char invalidate_token_lua[] =
+    "if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 1\n";
 
 struct redis_store {
     struct session_store base;
@@ -393,6 +410,113 @@ static void rd_code_publish(struct session_store *st, const char *appid,
     rconn_command(s->conn, on_publish_reply, op, 5, argv, lens);
 }
 
+/* ---- the shared access token ---- */
+
+struct share_op {
+    wechat_share_read_fn *read;
+    wechat_share_lease_fn *lease;
+    void *arg;
+};
+
+static void on_token_read(const redisReply *r, void *arg)
+{
+    struct share_op *op = arg;
+    wechat_share_read_fn *cb = op->read;
+    void *a = op->arg;
+    free(op);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        cb(-1, "", 0, a);
+        return;
+    }
+    const redisReply *tok = r->element[0], *exp = r->element[1];
+    if (tok->type != REDIS_REPLY_STRING || exp->type != REDIS_REPLY_STRING) {
+        cb(0, "", 0, a);
+        return;
+    }
+    cb(0, tok->str, strtoll(exp->str, NULL, 10), a);
+}
+
+static void share_read(void *ctx, const char *appid, wechat_share_read_fn *cb, void *arg)
+{
+    struct redis_store *s = ctx;
+    struct share_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        cb(-1, "", 0, arg);
+        return;
+    }
+    op->read = cb;
+    op->arg = arg;
+    char key[KEY_MAX];
+    snprintf(key, sizeof(key), "wxlogin:%s:at", appid);
+    const char *argv[] = {"HMGET", key, "token", "exp"};
+    rconn_command(s->conn, on_token_read, op, 4, argv, NULL);
+}
+
+static void on_lease_reply(const redisReply *r, void *arg)
+{
+    struct share_op *op = arg;
+    wechat_share_lease_fn *cb = op->lease;
+    void *a = op->arg;
+    free(op);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        cb(-1, false, a);
+        return;
+    }
+    cb(0, r->type == REDIS_REPLY_STATUS, a); /* "OK" when set, nil when someone holds it */
+}
+
+static void share_lease(void *ctx, const char *appid, const char *owner, long ms,
+                        wechat_share_lease_fn *cb, void *arg)
+{
+    struct redis_store *s = ctx;
+    struct share_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        cb(-1, false, arg);
+        return;
+    }
+    op->lease = cb;
+    op->arg = arg;
+    char key[KEY_MAX], msb[24];
+    snprintf(key, sizeof(key), "wxlogin:%s:at:lease", appid);
+    snprintf(msb, sizeof(msb), "%ld", ms);
+    const char *argv[] = {"SET", key, owner, "NX", "PX", msb};
+    rconn_command(s->conn, on_lease_reply, op, 6, argv, NULL);
+}
+
+static void ignore_reply(const redisReply *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+}
+
+static void share_publish(void *ctx, const char *appid, const char *owner, const char *token,
+                          int64_t expires_at)
+{
+    struct redis_store *s = ctx;
+    char tkey[KEY_MAX], lkey[KEY_MAX], exps[24];
+    snprintf(tkey, sizeof(tkey), "wxlogin:%s:at", appid);
+    snprintf(lkey, sizeof(lkey), "wxlogin:%s:at:lease", appid);
+    snprintf(exps, sizeof(exps), "%lld", (long long)expires_at);
+    const char *argv[] = {"EVAL", publish_token_lua, "2", tkey, lkey, owner, token, exps};
+    rconn_command(s->conn, ignore_reply, NULL, 8, argv, NULL);
+}
+
+static void share_invalidate(void *ctx, const char *appid, const char *bad)
+{
+    struct redis_store *s = ctx;
+    char tkey[KEY_MAX];
+    snprintf(tkey, sizeof(tkey), "wxlogin:%s:at", appid);
+    const char *argv[] = {"EVAL", invalidate_token_lua, "1", tkey, bad};
+    rconn_command(s->conn, ignore_reply, NULL, 5, argv, NULL);
+}
+
+static const struct wechat_token_share redis_token_share = {
+    .read = share_read,
+    .lease = share_lease,
+    .publish = share_publish,
+    .invalidate = share_invalidate,
+};
+
 static void rd_close(struct session_store *st)
 {
     struct redis_store *s = (struct redis_store *)st;
@@ -438,4 +562,5 @@ const struct session_ops session_redis_ops = {
     .purge_expired = rd_purge_expired,
     .code_claim = rd_code_claim,
     .code_publish = rd_code_publish,
+    .token_share = &redis_token_share,
 };

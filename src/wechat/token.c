@@ -36,11 +36,24 @@ struct wechat_token {
     bool same_token_backoff;       /* no_fetch_until_ms is from a rejected token handed back */
     struct wechat_client *fetch_wx;
     struct wechat_call *fetch_call;
+    /* A shared fetch's steps (read the share, take the lease, call WeChat) run on the fetching
+     * thread's loop, driven by step_timer; gen tells callbacks of an abandoned fetch apart. */
+    const struct wechat_token_share *share;
+    void *share_ctx;
+    struct loop *fetch_loop;
+    struct loop_timer step_timer;
+    unsigned gen;
+    bool force;
+    bool leased;
+    uint64_t lease_deadline_ms;
+    char owner[33];
     struct waitlist waiters;
     uint64_t no_fetch_until_ms;
     struct wechat_token_result last_failure; /* returned while no_fetch_until_ms holds */
     unsigned long fetches;
 };
+
+static void on_step(void *arg);
 
 bool wechat_token_rejected(long errcode)
 {
@@ -62,6 +75,7 @@ struct wechat_token *wechat_token_new(const char *appid, const char *secret,
         return NULL;
     }
     t->api = api;
+    loop_timer_init(&t->step_timer, on_step, t);
     pthread_mutex_init(&t->mu, NULL);
     return t;
 }
@@ -103,13 +117,57 @@ static bool accept_token(const json_t *body)
 }
 
 static bool start_fetch(struct wechat_token *t, struct wechat_client *wx, bool force);
+static bool begin_fetch(struct wechat_token *t, struct wechat_client *wx, bool force);
+
+/* Ends the running fetch with res: caches it, wakes the waiters, starts a pending forced fetch. */
+static void fetch_done(struct wechat_token *t, struct wechat_token_result *res)
+{
+    uint64_t now_ms = loop_clock_ms();
+    pthread_mutex_lock(&t->mu);
+    struct wechat_client *wx = t->fetch_wx;
+    t->fetching = false;
+    t->fetch_wx = NULL;
+    t->fetch_call = NULL;
+    t->gen++;
+    if (t->fetch_loop != NULL)
+        loop_timer_stop(t->fetch_loop, &t->step_timer);
+    if (res->status == WECHAT_TOKEN_OK) {
+        memcpy(t->token, res->token, sizeof(t->token));
+        t->expires_at = res->expires_at;
+        memset(&t->last_failure, 0, sizeof(t->last_failure)); /* only the latest fetch counts */
+        if (strcmp(res->token, t->rejected) == 0) {
+            t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
+            t->same_token_backoff = true;
+        }
+    } else if (res->status == WECHAT_TOKEN_FAILED) {
+        t->last_failure = *res;
+        t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
+        t->same_token_backoff = false;
+    }
+    struct waiter *ws = waitlist_take(&t->waiters, res);
+    if (t->force_pending) {
+        /* An operator asked for a brand-new token while this fetch ran: fetch it now, on
+         * this same client, for those who asked. */
+        t->force_pending = false;
+        waitlist_splice(&t->waiters, &t->force_waiters);
+        if (!begin_fetch(t, wx, true)) {
+            struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
+            struct waiter *more = waitlist_take(&t->waiters, &ab);
+            pthread_mutex_unlock(&t->mu);
+            waiters_post(more);
+            goto post;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+post:
+    waiters_post(ws);
+    crypto_wipe(res->token, sizeof(res->token));
+}
 
 static void on_fetched(const struct wechat_result *wr, void *arg)
 {
     struct wechat_token *t = arg;
     struct wechat_token_result res = {.status = WECHAT_TOKEN_OK};
-    uint64_t now_ms = loop_clock_ms();
-
     if (wr->status == WECHAT_OK) {
         snprintf(res.token, sizeof(res.token), "%s",
                  json_string_value(json_object_get(wr->body, "access_token")));
@@ -121,43 +179,158 @@ static void on_fetched(const struct wechat_result *wr, void *arg)
         res.errcode = wr->errcode;
         res.http_status = wr->http_status;
     }
-
     pthread_mutex_lock(&t->mu);
-    struct wechat_client *wx = t->fetch_wx;
-    t->fetching = false;
-    t->fetch_wx = NULL;
-    t->fetch_call = NULL;
-    if (res.status == WECHAT_TOKEN_OK) {
-        memcpy(t->token, res.token, sizeof(t->token));
-        t->expires_at = res.expires_at;
-        memset(&t->last_failure, 0, sizeof(t->last_failure)); /* only the latest fetch counts */
-        if (strcmp(res.token, t->rejected) == 0) {
-            t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
-            t->same_token_backoff = true;
-        }
-    } else {
-        t->last_failure = res;
-        t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
-        t->same_token_backoff = false;
-    }
-    struct waiter *ws = waitlist_take(&t->waiters, &res);
-    if (t->force_pending) {
-        /* An operator asked for a brand-new token while this fetch ran: fetch it now, on
-         * this same client, for those who asked. */
-        t->force_pending = false;
-        waitlist_splice(&t->waiters, &t->force_waiters);
-        if (!start_fetch(t, wx, true)) {
-            struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
-            struct waiter *more = waitlist_take(&t->waiters, &ab);
-            pthread_mutex_unlock(&t->mu);
-            waiters_post(more);
-            goto post;
-        }
-    }
+    bool publish = t->share != NULL && t->leased;
+    const struct wechat_token_share *share = t->share;
+    void *share_ctx = t->share_ctx;
+    char owner[sizeof(t->owner)];
+    memcpy(owner, t->owner, sizeof(owner));
+    t->leased = false;
     pthread_mutex_unlock(&t->mu);
-post:
-    waiters_post(ws);
-    crypto_wipe(res.token, sizeof(res.token));
+    /* Tell the other instances (and release the lease even when the fetch failed). */
+    if (publish)
+        share->publish(share_ctx, t->appid, owner, res.status == WECHAT_TOKEN_OK ? res.token : "",
+                       res.expires_at);
+    fetch_done(t, &res);
+}
+
+/* ---- the shared fetch: read the share, else take the lease and fetch ---- */
+
+struct share_call {
+    struct wechat_token *t;
+    unsigned gen;
+};
+
+static struct share_call *share_call_new(struct wechat_token *t)
+{
+    struct share_call *sc = malloc(sizeof(*sc));
+    if (sc != NULL) {
+        sc->t = t;
+        sc->gen = t->gen;
+    }
+    return sc;
+}
+
+/* With t->mu held: is the fetch sc belongs to still the running one? */
+static bool share_call_current(const struct share_call *sc)
+{
+    return sc->t->fetching && sc->t->gen == sc->gen;
+}
+
+static void share_read(struct wechat_token *t);
+
+static void on_lease(int status, bool got, void *arg)
+{
+    struct share_call *sc = arg;
+    struct wechat_token *t = sc->t;
+    pthread_mutex_lock(&t->mu);
+    bool current = share_call_current(sc);
+    free(sc);
+    if (!current) {
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    if (status == 0 && got) {
+        t->leased = true;
+        bool ok = start_fetch(t, t->fetch_wx, t->force);
+        pthread_mutex_unlock(&t->mu);
+        if (!ok) {
+            struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
+            fetch_done(t, &ab);
+        }
+        return;
+    }
+    /* Someone else is fetching: read again shortly, until the lease could have lapsed. */
+    bool give_up = status != 0 || loop_clock_ms() >= t->lease_deadline_ms;
+    if (!give_up)
+        loop_timer_start(t->fetch_loop, &t->step_timer, 100);
+    pthread_mutex_unlock(&t->mu);
+    if (give_up) {
+        struct wechat_token_result res = {.status = WECHAT_TOKEN_THROTTLED};
+        fetch_done(t, &res);
+    }
+}
+
+static void on_share_read(int status, const char *token, int64_t expires_at, void *arg)
+{
+    struct share_call *sc = arg;
+    struct wechat_token *t = sc->t;
+    int64_t now = (int64_t)time(NULL);
+    pthread_mutex_lock(&t->mu);
+    bool current = share_call_current(sc);
+    free(sc);
+    if (!current) {
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    bool usable = status == 0 && token != NULL && token[0] != '\0' && !t->force &&
+                  strlen(token) <= WECHAT_TOKEN_MAX && strcmp(token, t->rejected) != 0 &&
+                  expires_at - now >= REFRESH_MARGIN_S;
+    if (usable) {
+        struct wechat_token_result res = {.status = WECHAT_TOKEN_OK, .expires_at = expires_at};
+        memcpy(res.token, token, strlen(token) + 1);
+        pthread_mutex_unlock(&t->mu);
+        fetch_done(t, &res);
+        return;
+    }
+    struct share_call *next = share_call_new(t);
+    const struct wechat_token_share *share = t->share;
+    void *ctx = t->share_ctx;
+    long hold = (long)(t->lease_deadline_ms - loop_clock_ms());
+    pthread_mutex_unlock(&t->mu);
+    if (next == NULL) {
+        struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
+        fetch_done(t, &ab);
+        return;
+    }
+    share->lease(ctx, t->appid, t->owner, hold > 1000 ? hold : 1000, on_lease, next);
+}
+
+static void share_read(struct wechat_token *t)
+{
+    pthread_mutex_lock(&t->mu);
+    struct share_call *sc = t->fetching ? share_call_new(t) : NULL;
+    const struct wechat_token_share *share = t->share;
+    void *ctx = t->share_ctx;
+    bool fetching = t->fetching;
+    pthread_mutex_unlock(&t->mu);
+    if (!fetching)
+        return;
+    if (sc == NULL) {
+        struct wechat_token_result ab = {.status = WECHAT_TOKEN_ABORTED};
+        fetch_done(t, &ab);
+        return;
+    }
+    share->read(ctx, t->appid, on_share_read, sc);
+}
+
+static void on_step(void *arg)
+{
+    share_read(arg);
+}
+
+/*
+ * With t->mu held: starts a fetch for the calling thread. Shared: the first step runs from the
+ * thread's loop (never under the lock, as a store may answer at once). Returns false when it
+ * could not start.
+ */
+static bool begin_fetch(struct wechat_token *t, struct wechat_client *wx, bool force)
+{
+    if (t->share == NULL)
+        return start_fetch(t, wx, force);
+    t->fetching = true;
+    t->fetch_wx = wx;
+    t->fetch_call = NULL;
+    t->force = force;
+    t->leased = false;
+    t->lease_deadline_ms = loop_clock_ms() + 15000;
+    unsigned char r[16];
+    if (crypto_random(r, sizeof(r)) != 0)
+        memset(r, 0, sizeof(r));
+    for (size_t i = 0; i < sizeof(r); i++)
+        snprintf(t->owner + 2 * i, 3, "%02x", r[i]);
+    loop_timer_start(t->fetch_loop, &t->step_timer, 0);
+    return true;
 }
 
 /* With t->mu held: starts a fetch on wx. Returns false when it could not start. */
@@ -195,6 +368,7 @@ static bool start_fetch(struct wechat_token *t, struct wechat_client *wx, bool f
 }
 
 enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_client *wx,
+                                        const struct wechat_token_share *share, void *share_ctx,
                                         struct loop *loop, unsigned flags, wechat_token_fn *fn,
                                         void *arg, struct wechat_token_result *out,
                                         struct wechat_token_waiter **waiter)
@@ -217,8 +391,12 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
         memcpy(out->token, t->token, sizeof(out->token));
         out->expires_at = t->expires_at;
         if (t->expires_at - now < REFRESH_MARGIN_S && !t->fetching &&
-            now_ms >= t->no_fetch_until_ms)
-            start_fetch(t, wx, false);
+            now_ms >= t->no_fetch_until_ms) {
+            t->share = share;
+            t->share_ctx = share_ctx;
+            t->fetch_loop = loop;
+            begin_fetch(t, wx, false);
+        }
         goto out;
     }
     bool started_here = false;
@@ -230,7 +408,10 @@ enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_cl
                 out->status = WECHAT_TOKEN_THROTTLED;
             goto out;
         }
-        if (!start_fetch(t, wx, (flags & WECHAT_TOKEN_FORCE) != 0)) {
+        t->share = share;
+        t->share_ctx = share_ctx;
+        t->fetch_loop = loop;
+        if (!begin_fetch(t, wx, (flags & WECHAT_TOKEN_FORCE) != 0)) {
             out->status = WECHAT_TOKEN_ABORTED;
             goto out;
         }
@@ -261,8 +442,11 @@ void wechat_token_cancel(struct wechat_token *t, struct wechat_token_waiter *wai
     waitlist_cancel((struct waiter *)waiter);
 }
 
-void wechat_token_invalidate(struct wechat_token *t, const char *bad)
+void wechat_token_invalidate(struct wechat_token *t, const char *bad,
+                             const struct wechat_token_share *share, void *share_ctx)
 {
+    if (share != NULL)
+        share->invalidate(share_ctx, t->appid, bad);
     pthread_mutex_lock(&t->mu);
     if (t->token[0] != '\0' && strcmp(t->token, bad) == 0) {
         snprintf(t->rejected, sizeof(t->rejected), "%s", bad);
@@ -297,6 +481,9 @@ void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx)
     t->fetching = false;
     t->fetch_wx = NULL;
     t->fetch_call = NULL;
+    t->gen++; /* answers to the shared steps of this fetch are ignored from now on */
+    if (t->fetch_loop != NULL)
+        loop_timer_stop(t->fetch_loop, &t->step_timer);
     struct wechat_token_result res = {.status = WECHAT_TOKEN_ABORTED};
     t->force_pending = false;
     waitlist_splice(&t->waiters, &t->force_waiters);

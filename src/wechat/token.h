@@ -12,6 +12,11 @@
  *   - no quota burning: when WeChat hands back the very token that was just rejected, the next
  *     fetch waits 10 s, and a failed fetch is not repeated for 1 s; meanwhile requests fail fast.
  * The fetch runs on the WeChat client of the thread that first needed the token.
+ *
+ * With several instances (a wechat_token_share), a fetch first reads the shared token; only if
+ * it is missing, rejected or short does it take the store's lease and call WeChat, publishing
+ * the result for the others; an instance that finds the lease taken reads again every 100 ms
+ * until the holder has published. So N instances cause one fetch.
  */
 #ifndef WXLOGIN_WECHAT_TOKEN_H
 #define WXLOGIN_WECHAT_TOKEN_H
@@ -47,6 +52,26 @@ struct wechat_token_result {
 
 typedef void wechat_token_fn(const struct wechat_token_result *res, void *arg);
 
+/*
+ * How several instances share the token, through a store they all use (session_redis.c
+ * implements it; a store of one process has none). ctx is the calling thread's store handle.
+ * Callbacks run on that thread's loop, possibly before the call returns.
+ */
+typedef void wechat_share_read_fn(int status, const char *token, int64_t expires_at, void *arg);
+typedef void wechat_share_lease_fn(int status, bool got, void *arg);
+struct wechat_token_share {
+    /* The shared token ("" when none; status non-zero when the store failed). */
+    void (*read)(void *ctx, const char *appid, wechat_share_read_fn *cb, void *arg);
+    /* Takes the refresh lease for ms if nobody holds it (SET NX PX with owner). */
+    void (*lease)(void *ctx, const char *appid, const char *owner, long ms,
+                  wechat_share_lease_fn *cb, void *arg);
+    /* Publishes a fetched token (token "" publishes nothing) and releases owner's lease. */
+    void (*publish)(void *ctx, const char *appid, const char *owner, const char *token,
+                    int64_t expires_at);
+    /* Drops the shared token if it is still bad (compare-and-swap). */
+    void (*invalidate)(void *ctx, const char *appid, const char *bad);
+};
+
 /* Flags for wechat_token_get. */
 #define WECHAT_TOKEN_DROP 1u  /* forget the cached token first (admin refresh) */
 #define WECHAT_TOKEN_FORCE 2u /* ask WeChat for a brand-new token (stable: force_refresh) */
@@ -65,13 +90,15 @@ void wechat_token_free(struct wechat_token *t);
  * WeChat client, used if a fetch must start.
  */
 enum wechat_token_wait wechat_token_get(struct wechat_token *t, struct wechat_client *wx,
+                                        const struct wechat_token_share *share, void *share_ctx,
                                         struct loop *loop, unsigned flags, wechat_token_fn *fn,
                                         void *arg, struct wechat_token_result *out,
                                         struct wechat_token_waiter **waiter);
 /* From the waiter's own thread: abandons the wait; fn will not run. */
 void wechat_token_cancel(struct wechat_token *t, struct wechat_token_waiter *waiter);
-/* Drops the cached token if it is still `bad` (compare-and-swap). */
-void wechat_token_invalidate(struct wechat_token *t, const char *bad);
+/* Drops the cached token if it is still `bad` (compare-and-swap), here and in the share. */
+void wechat_token_invalidate(struct wechat_token *t, const char *bad,
+                             const struct wechat_token_share *share, void *share_ctx);
 /* A call with token was answered without a token rejection: a token once rejected proved good,
  * so it no longer counts as "the rejected token handed back". */
 void wechat_token_accepted(struct wechat_token *t, const char *token);

@@ -174,7 +174,8 @@ static int serve_init(struct worker *w, void *arg)
     }
     s->port = http_server_port(sw->http);
     if (w->id == s->nworkers - 1) {
-        char port[8], threads[8], apps[256];
+        char port[8], threads[8], apps[256], store[512];
+        session_url_redacted(cfg->store, store, sizeof(store));
         size_t n = 0;
         apps[0] = '\0';
         for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
@@ -184,7 +185,7 @@ static int serve_init(struct worker *w, void *arg)
         snprintf(threads, sizeof(threads), "%d", s->nworkers);
         log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen,
                "port", port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base,
-               "store", cfg->store, NULL);
+               "store", store, NULL);
     }
     return 0;
 }

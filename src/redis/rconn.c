@@ -91,17 +91,22 @@ int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_
         return -1;
     }
     CURLU *u = curl_url();
-    char *path = NULL, *query = NULL, *port = NULL;
+    char *path = NULL, *query = NULL, *port = NULL, *as_file = NULL;
     int rc = -1;
-    if (u == NULL || curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
-        snprintf(err, RCONN_ERR_MAX, "malformed Redis URL");
-        goto out;
-    }
-    out->password = dup_part(u, CURLUPART_PASSWORD);
-    path = dup_part(u, CURLUPART_PATH);
-    query = dup_part(u, CURLUPART_QUERY);
+    if (u == NULL)
+        goto oom;
     if (is_unix) {
-        if (path == NULL || path[0] != '/' || path[1] == '\0') {
+        /* libcurl reads an unknown scheme's "///a/b" as host "a": parse it as the file: URL it
+         * looks like instead (no host, an absolute path, a query). */
+        if (asprintf(&as_file, "file://%s", url + 13) < 0)
+            goto oom;
+        if (curl_url_set(u, CURLUPART_URL, as_file, 0) != CURLUE_OK) {
+            snprintf(err, RCONN_ERR_MAX, "malformed Redis URL");
+            goto out;
+        }
+        path = dup_part(u, CURLUPART_PATH);
+        query = dup_part(u, CURLUPART_QUERY);
+        if (path == NULL || path[0] != '/' || path[1] == '\0' || url[13] != '/') {
             snprintf(err, RCONN_ERR_MAX, "redis+unix:// wants an absolute socket path");
             goto out;
         }
@@ -111,27 +116,45 @@ int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_
             snprintf(err, RCONN_ERR_MAX, "db must be a number from 0 to 1000");
             goto out;
         }
-    } else {
-        out->host = dup_part(u, CURLUPART_HOST);
-        if (out->host == NULL || out->host[0] == '\0') {
-            snprintf(err, RCONN_ERR_MAX, "redis:// wants a host");
-            goto out;
-        }
-        port = dup_part(u, CURLUPART_PORT);
-        if (port != NULL && (out->port = atoi(port)) <= 0) {
-            snprintf(err, RCONN_ERR_MAX, "bad port");
-            goto out;
-        }
-        if (path != NULL && path[0] == '/' && path[1] != '\0' && !parse_db(path + 1, &out->db)) {
-            snprintf(err, RCONN_ERR_MAX, "the path must be a db number from 0 to 1000");
-            goto out;
-        }
+        rc = 0;
+        goto out;
+    }
+    /* An empty authority would be "fixed" by libcurl into some address: refuse it here. */
+    const char *auth = url + 8, *end = auth + strcspn(auth, "/?#");
+    const char *at = memchr(auth, '@', (size_t)(end - auth));
+    if ((at != NULL ? end - at - 1 : end - auth) <= 0) {
+        snprintf(err, RCONN_ERR_MAX, "redis:// wants a host");
+        goto out;
+    }
+    if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
+        snprintf(err, RCONN_ERR_MAX, "malformed Redis URL");
+        goto out;
+    }
+    out->password = dup_part(u, CURLUPART_PASSWORD);
+    path = dup_part(u, CURLUPART_PATH);
+    out->host = dup_part(u, CURLUPART_HOST);
+    if (out->host == NULL || out->host[0] == '\0') {
+        snprintf(err, RCONN_ERR_MAX, "redis:// wants a host");
+        goto out;
+    }
+    port = dup_part(u, CURLUPART_PORT);
+    if (port != NULL && ((out->port = atoi(port)) <= 0 || out->port > 65535)) {
+        snprintf(err, RCONN_ERR_MAX, "bad port");
+        goto out;
+    }
+    if (path != NULL && path[0] == '/' && path[1] != '\0' && !parse_db(path + 1, &out->db)) {
+        snprintf(err, RCONN_ERR_MAX, "the path must be a db number from 0 to 1000");
+        goto out;
     }
     rc = 0;
+    goto out;
+oom:
+    snprintf(err, RCONN_ERR_MAX, "out of memory");
 out:
     free(path);
     free(query);
     free(port);
+    free(as_file);
     curl_url_cleanup(u);
     if (rc != 0)
         rconn_opts_done(out);
@@ -284,9 +307,15 @@ static void on_reconnect(void *arg)
 
 static void schedule_reconnect(struct rconn *c)
 {
+    /* A connection that was working is replaced at once (Redis closed an idle connection, or
+     * CLIENT KILL); only repeated failures back off. */
+    bool was_ready = c->state == R_READY;
     c->state = R_DOWN;
-    loop_timer_start(c->loop, &c->reconnect, (uint64_t)c->backoff_ms);
-    c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
+    if (was_ready)
+        c->backoff_ms = RECONNECT_MIN_MS;
+    loop_timer_start(c->loop, &c->reconnect, was_ready ? 0 : (uint64_t)c->backoff_ms);
+    if (!was_ready)
+        c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
     arm_deadline(c);
 }
 

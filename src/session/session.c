@@ -67,3 +67,16 @@ void session_close(struct session_store *st)
     if (st != NULL)
         st->ops->close(st);
 }
+
+void session_url_redacted(const char *url, char *out, size_t cap)
+{
+    const char *scheme_end = strstr(url, "://");
+    const char *auth = scheme_end != NULL ? scheme_end + 3 : NULL;
+    const char *end = auth != NULL ? auth + strcspn(auth, "/?#") : NULL;
+    const char *at = auth != NULL ? memchr(auth, '@', (size_t)(end - auth)) : NULL;
+    if (at == NULL) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    snprintf(out, cap, "%.*s***%s", (int)(auth - url), url, at);
+}

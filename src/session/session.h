@@ -147,6 +147,8 @@ const char *session_sqlite_path(const char *url);
 
 /* Checks a store URL without opening it. Returns 0 or -1 with err. */
 int session_url_check(const char *url, char err[SESSION_ERR_MAX]);
+/* The URL fit for logs: a password is replaced by "***". */
+void session_url_redacted(const char *url, char *out, size_t cap);
 /* True for stores shared by several instances (they need a configured master key). */
 bool session_url_shared(const char *url);
 

@@ -47,6 +47,7 @@ struct serve_worker {
     struct http_server *http;
     struct loop_timer deadline;
     struct loop_timer purge;
+    struct loop_timer recheck; /* drained, but waiting for a token fetch to end */
     long shutdown_timeout_ms;
 };
 
@@ -85,12 +86,26 @@ static void on_purge_timer(void *arg)
                                       sw);
 }
 
+static void finish(struct serve_worker *sw)
+{
+    loop_timer_stop(sw->w->loop, &sw->deadline);
+    loop_timer_stop(sw->w->loop, &sw->recheck);
+    release(sw);
+    loop_stop(sw->w->loop);
+}
+
+/* This worker's requests are done; but a token fetch running on its client may have waiters on
+ * other workers, so it stays until the fetch ends (the deadline still bounds it). */
 static void drained(void *arg)
 {
     struct serve_worker *sw = arg;
-    loop_timer_stop(sw->w->loop, &sw->deadline);
-    release(sw);
-    loop_stop(sw->w->loop);
+    for (size_t i = 0; i < sw->ctx.napps; i++) {
+        if (wechat_token_fetching_on(sw->ctx.apps[i].token, sw->ctx.wx)) {
+            loop_timer_start(sw->w->loop, &sw->recheck, 50);
+            return;
+        }
+    }
+    finish(sw);
 }
 
 static void on_deadline(void *arg)
@@ -132,6 +147,7 @@ static int serve_init(struct worker *w, void *arg)
     sw->shutdown_timeout_ms = cfg->shutdown_timeout_ms;
     loop_timer_init(&sw->deadline, on_deadline, sw);
     loop_timer_init(&sw->purge, on_purge_timer, sw);
+    loop_timer_init(&sw->recheck, drained, sw);
 
     char serr[SESSION_ERR_MAX];
     if (session_open(cfg->store, w->loop, cfg->store_timeout_ms, &sw->ctx.store, serr) != 0) {

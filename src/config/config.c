@@ -524,7 +524,7 @@ void config_done(struct config *cfg)
     wipe_free(cfg->secret);
     free(cfg->secret_file);
     free(cfg->wechat_base);
-    free(cfg->store);
+    wipe_free(cfg->store); /* a Redis URL may carry a password */
     wipe_free(cfg->master_key);
     free(cfg->master_key_file);
     free(cfg->access_token_api);

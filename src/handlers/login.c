@@ -43,7 +43,9 @@ struct login_op {
 /* How long a claim on a code may last: the whole exchange with WeChat, retries included. */
 static long claim_hold_ms(const struct handlers_ctx *ctx)
 {
-    return ctx->cfg->upstream_timeout_ms * (ctx->cfg->upstream_retries + 1) + 5000;
+    /* attempts, plus each retry's backoff (at most 2 s), plus slack */
+    return ctx->cfg->upstream_timeout_ms * (ctx->cfg->upstream_retries + 1) +
+           2000 * ctx->cfg->upstream_retries + 5000;
 }
 
 #define CLAIM_POLL_MS 100
@@ -197,7 +199,9 @@ static void on_stored(int status, void *arg)
 
 static bool copy_id(const json_t *v, char out[SESSION_ID_MAX + 1])
 {
-    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > SESSION_ID_MAX)
+    /* Ids go into response headers (X-WX-OpenID): only WeChat's alphabet passes. */
+    if (!json_is_string(v) || json_string_length(v) > SESSION_ID_MAX ||
+        !login_id_valid(json_string_value(v), json_string_length(v)))
         return false;
     memcpy(out, json_string_value(v), json_string_length(v) + 1);
     return true;
@@ -212,8 +216,8 @@ static void store_login(struct login_op *op, const json_t *body)
 
     snprintf(u.appid, sizeof(u.appid), "%s", op->app->appid);
     const json_t *sk = json_object_get(body, "session_key");
-    if (!copy_id(json_object_get(body, "openid"), u.openid) ||
-        json_string_length(sk) > SESSION_SEALED_MAX - CRYPTO_SEAL_OVERHEAD) {
+    if (!copy_id(json_object_get(body, "openid"), u.openid) || !json_is_string(sk) ||
+        !login_session_key_valid(json_string_value(sk), json_string_length(sk))) {
         struct wechat_result bad = {.status = WECHAT_BAD_BODY,
                                     .detail = "openid or "
                                               "session_key malformed"};
@@ -287,6 +291,8 @@ static void on_claim(int status, enum session_claim claim_state, const char *out
     struct login_op *op = arg;
     struct exchange_outcome o;
     if (store_call_end(&op->sc) == NULL) {
+        /* Abandoned (shutdown): a claim just granted is released for the next request. */
+        op->claimed = status == SESSION_OK && claim_state == SESSION_CLAIM_MINE;
         struct exchange_outcome ab = {.kind = EXCHANGE_ABORTED};
         lead_finish(op, &ab, false);
         op_free(op);

@@ -27,6 +27,8 @@ static struct wechat_call *phone_start(struct user_op *op, const char *access_to
     char *body = b != NULL ? json_dumps(b, JSON_COMPACT) : NULL;
     json_decref(b);
     if (pq == NULL || body == NULL) {
+        if (pq != NULL) /* it holds the access token */
+            crypto_wipe(pq, strlen(pq));
         free(pq);
         free(body);
         return NULL;

@@ -23,7 +23,8 @@ static json_t *try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, cons
 {
     uint8_t key[24];
     json_t *obj = NULL;
-    if (crypto_b64_decode(sk, strlen(sk), key) != 16) {
+    /* 24 base64 characters decode to at most 18 bytes: key can hold them. */
+    if (strlen(sk) != 24 || crypto_b64_decode(sk, 24, key) != 16) {
         crypto_wipe(key, sizeof(key));
         return NULL;
     }

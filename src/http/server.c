@@ -472,8 +472,26 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     MHD_add_response_header(resp, "X-Request-Id", req->id);
+    bool headers_ok = true;
     for (size_t i = 0; i < req->nheaders; i++)
-        MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
+        headers_ok &=
+            MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value) == MHD_YES;
+    if (!headers_ok) {
+        /* A header MHD refused (CR/LF in a value) must not vanish silently: for an
+         * auth_request target, a 200 without its identity headers would be a pass. */
+        static const char err[] = "{\"error\":\"internal\",\"message\":\"invalid response "
+                                  "header\",\"action\":\"none\"}";
+        MHD_destroy_response(resp);
+        resp =
+            MHD_create_response_from_buffer(sizeof(err) - 1, (void *)err, MHD_RESPMEM_PERSISTENT);
+        if (resp == NULL) {
+            req->state = REQ_RESET;
+            finish(req);
+            return -ENOMEM;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        status = 500;
+    }
     if (req->srv->quiescing)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     free_headers(req);

@@ -160,22 +160,30 @@ void session_cache_del(struct session_cache *c, const uint8_t hash[CRYPTO_HASH_L
     pthread_mutex_t *lock;
     struct slot *set = set_of(c, hash, &lock);
     pthread_mutex_lock(lock);
+    uint64_t now_ms = loop_clock_ms();
     struct slot *s = find(set, hash);
-    if (s == NULL) { /* a free way, else the oldest: the tombstone must be there */
-        s = &set[0];
+    if (s == NULL) { /* a free way, else the oldest, sparing other fresh tombstones if it can */
+        struct slot *any = &set[0];
         for (int i = 0; i < WAYS; i++) {
-            if (!set[i].used) {
-                s = &set[i];
+            struct slot *w = &set[i];
+            if (!w->used) {
+                s = w;
                 break;
             }
-            if (set[i].stamp < s->stamp)
-                s = &set[i];
+            if (w->stamp < any->stamp)
+                any = w;
+            if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
+                continue;
+            if (s == NULL || w->stamp < s->stamp)
+                s = w;
         }
+        if (s == NULL)
+            s = any;
     }
     memcpy(s->hash, hash, CRYPTO_HASH_LEN);
     s->used = true;
     s->revoked = true;
-    s->revoked_ms = loop_clock_ms();
+    s->revoked_ms = now_ms;
     s->stamp = atomic_fetch_add(&c->clock, 1);
     pthread_mutex_unlock(lock);
 }

@@ -113,7 +113,7 @@ static bool accept_token(const json_t *body)
     const json_t *exp = json_object_get(body, "expires_in");
     return json_is_string(tok) && json_string_length(tok) > 0 &&
            json_string_length(tok) <= WECHAT_TOKEN_MAX && json_is_integer(exp) &&
-           json_integer_value(exp) > 0;
+           json_integer_value(exp) > 0 && json_integer_value(exp) <= 86400; /* WeChat: 7200 */
 }
 
 static bool start_fetch(struct wechat_token *t, struct wechat_client *wx, bool force);
@@ -246,7 +246,7 @@ static void on_lease(int status, bool got, void *arg)
         loop_timer_start(t->fetch_loop, &t->step_timer, 100);
     pthread_mutex_unlock(&t->mu);
     if (give_up) {
-        struct wechat_token_result res = {.status = WECHAT_TOKEN_THROTTLED};
+        struct wechat_token_result res = {.status = WECHAT_TOKEN_FAILED, .wstatus = WECHAT_CONNECT};
         fetch_done(t, &res);
     }
 }
@@ -263,7 +263,14 @@ static void on_share_read(int status, const char *token, int64_t expires_at, voi
         pthread_mutex_unlock(&t->mu);
         return;
     }
-    bool usable = status == 0 && token != NULL && token[0] != '\0' && !t->force &&
+    if (status != 0) {
+        /* The share could not be read: not a reason to fetch behind the others' backs. */
+        pthread_mutex_unlock(&t->mu);
+        struct wechat_token_result res = {.status = WECHAT_TOKEN_FAILED, .wstatus = WECHAT_CONNECT};
+        fetch_done(t, &res);
+        return;
+    }
+    bool usable = token != NULL && token[0] != '\0' && !t->force &&
                   strlen(token) <= WECHAT_TOKEN_MAX && strcmp(token, t->rejected) != 0 &&
                   expires_at - now >= REFRESH_MARGIN_S;
     if (usable) {
@@ -468,6 +475,14 @@ void wechat_token_accepted(struct wechat_token *t, const char *token)
         }
     }
     pthread_mutex_unlock(&t->mu);
+}
+
+bool wechat_token_fetching_on(struct wechat_token *t, struct wechat_client *wx)
+{
+    pthread_mutex_lock(&t->mu);
+    bool busy = t->fetching && t->fetch_wx == wx;
+    pthread_mutex_unlock(&t->mu);
+    return busy;
 }
 
 void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx)

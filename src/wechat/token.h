@@ -102,6 +102,8 @@ void wechat_token_invalidate(struct wechat_token *t, const char *bad,
 /* A call with token was answered without a token rejection: a token once rejected proved good,
  * so it no longer counts as "the rejected token handed back". */
 void wechat_token_accepted(struct wechat_token *t, const char *token);
+/* True while a fetch runs on wx (a stopping worker waits for it: others may be waiting). */
+bool wechat_token_fetching_on(struct wechat_token *t, struct wechat_client *wx);
 /* wx is going away: a fetch running on it is cancelled and its waiters get ABORTED. */
 void wechat_token_detach(struct wechat_token *t, struct wechat_client *wx);
 /* Number of fetches started (for tests and logs). */

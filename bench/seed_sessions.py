@@ -14,6 +14,7 @@ N sessions for --users distinct users of --appid, in one transaction, the way th
 Every user gets a unionid (so each answer carries X-WX-UnionID too) and a random stand-in for
 the sealed session_key (GET /v1/session never reads it). The tokens go to TOKENS_FILE, one per
 line, in random order (so walking the file walks the B-tree at random). Stdlib only.
+seed_redis.py does the same for the Redis store, with the generators defined here.
 """
 
 import argparse
@@ -27,6 +28,34 @@ import time
 
 def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+# The generators below are shared with seed_redis.py, so both stores get the same kind of data.
+
+def new_token() -> str:
+    """A session token exactly like the service's: "wxl_" + base64url(32 random bytes)."""
+    return "wxl_" + b64url(os.urandom(32))
+
+
+def token_hash(tok: str) -> bytes:
+    """What the service looks a token up by: SHA-256 of the whole token string."""
+    return hashlib.sha256(tok.encode("ascii")).digest()
+
+
+def new_openids(users: int) -> list:
+    """Distinct by construction: a counter in the name, random filler to WeChat's 28 characters."""
+    return ["oBn%06d%s" % (i, b64url(os.urandom(15))[:19]) for i in range(users)]
+
+
+def new_unionid(i: int) -> str:
+    return "uBn%06d%s" % (i, b64url(os.urandom(15))[:19])
+
+
+def write_tokens(path: str, tokens: list) -> None:
+    """One token per line, in the order given (random relative to their hashes)."""
+    with open(path, "w", encoding="ascii") as f:
+        f.write("\n".join(tokens))
+        f.write("\n")
 
 
 def main() -> int:
@@ -45,8 +74,7 @@ def main() -> int:
     t0 = time.monotonic()
     now = int(time.time())
     expires = now + a.ttl
-    # Distinct by construction: a counter in the name, random filler to WeChat's 28 characters.
-    openids = ["oBn%06d%s" % (i, b64url(os.urandom(15))[:19]) for i in range(users)]
+    openids = new_openids(users)
 
     db = sqlite3.connect(a.db, isolation_level=None)
     try:
@@ -59,7 +87,7 @@ def main() -> int:
             "INSERT INTO users (appid, openid, unionid, session_key, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (
-                (a.appid, o, "uBn%06d%s" % (i, b64url(os.urandom(15))[:19]), os.urandom(60), now, now)
+                (a.appid, o, new_unionid(i), os.urandom(60), now, now)
                 for i, o in enumerate(openids)
             ),
         )
@@ -67,9 +95,9 @@ def main() -> int:
 
         def rows():
             for i in range(a.sessions):
-                tok = "wxl_" + b64url(os.urandom(32))
+                tok = new_token()
                 tokens.append(tok)
-                yield (hashlib.sha256(tok.encode("ascii")).digest(), a.appid, openids[i % users], now, expires)
+                yield (token_hash(tok), a.appid, openids[i % users], now, expires)
 
         db.executemany(
             "INSERT INTO sessions (token_hash, appid, openid, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
@@ -83,9 +111,7 @@ def main() -> int:
     if n < a.sessions:
         print("seed: only %d live sessions in the store after inserting %d" % (n, a.sessions), file=sys.stderr)
         return 1
-    with open(a.tokens_file, "w", encoding="ascii") as f:
-        f.write("\n".join(tokens))
-        f.write("\n")
+    write_tokens(a.tokens_file, tokens)
     print("seed: %d sessions for %d users in %.1fs (%d live sessions in the store)"
           % (a.sessions, users, time.monotonic() - t0, n), file=sys.stderr)
     return 0

@@ -90,3 +90,17 @@ int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN]
     crypto_sha256(h, CRYPTO_TOKEN_LEN, hash);
     return 0;
 }
+
+bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
+                           const struct handlers_app **app, uint8_t hash[CRYPTO_HASH_LEN])
+{
+    const char *why;
+    *app = handlers_app(req, ctx);
+    if (*app == NULL)
+        return false;
+    if (handlers_bearer_hash(req, hash, &why) != 0) {
+        handlers_reply_invalid_token(req, why);
+        return false;
+    }
+    return true;
+}

@@ -8,6 +8,7 @@
 #ifndef WXLOGIN_HANDLERS_H
 #define WXLOGIN_HANDLERS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -84,6 +85,13 @@ void handlers_reply_store_error(struct http_request *req, const char *op);
 
 /* 401 invalid_token with WWW-Authenticate. */
 void handlers_reply_invalid_token(struct http_request *req, const char *why);
+
+/*
+ * The app of the request and the hash of its bearer token. False when either is missing or
+ * malformed, with the answer (400 unknown_app or 401 invalid_token) already given.
+ */
+bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
+                           const struct handlers_app **app, uint8_t hash[CRYPTO_HASH_LEN]);
 
 /*
  * Reads "Authorization: Bearer <token>" and hashes a well-formed token into hash. Returns 0, or

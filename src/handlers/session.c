@@ -54,15 +54,10 @@ static void on_session(int status, const struct session_record *rec, void *arg)
 void handle_session(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    const struct handlers_app *app = handlers_app(req, ctx);
-    if (app == NULL)
-        return;
+    const struct handlers_app *app;
     uint8_t hash[CRYPTO_HASH_LEN];
-    const char *why;
-    if (handlers_bearer_hash(req, hash, &why) != 0) {
-        handlers_reply_invalid_token(req, why);
+    if (!handlers_authenticate(req, ctx, &app, hash))
         return;
-    }
     int64_t now = (int64_t)time(NULL);
     struct session_record rec;
     if (session_cache_get(ctx->cache, hash, now, &rec)) {
@@ -105,15 +100,10 @@ static void on_deleted(int status, void *arg)
 void handle_logout(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    const struct handlers_app *app = handlers_app(req, ctx);
-    if (app == NULL)
-        return;
+    const struct handlers_app *app;
     uint8_t hash[CRYPTO_HASH_LEN];
-    const char *why;
-    if (handlers_bearer_hash(req, hash, &why) != 0) {
-        handlers_reply_invalid_token(req, why);
+    if (!handlers_authenticate(req, ctx, &app, hash))
         return;
-    }
     struct store_call *sc = malloc(sizeof(*sc));
     if (sc == NULL) {
         http_reply_error(req, 503, "internal", "out of memory", "retry");

@@ -136,15 +136,8 @@ static void on_session(int status, const struct session_record *rec, void *arg)
 
 void user_op_load(struct user_op *op, user_op_next_fn *next)
 {
-    op->app = handlers_app(op->req, op->ctx);
-    if (op->app == NULL) {
-        user_op_free(op);
-        return;
-    }
     uint8_t hash[CRYPTO_HASH_LEN];
-    const char *why;
-    if (handlers_bearer_hash(op->req, hash, &why) != 0) {
-        handlers_reply_invalid_token(op->req, why);
+    if (!handlers_authenticate(op->req, op->ctx, &op->app, hash)) {
         user_op_free(op);
         return;
     }

@@ -1,3 +1,9 @@
+/*
+ * serve: `wxlogin serve`. Makes what the workers share (the apps and their access tokens, the
+ * code-exchange table, the store's process-wide part), then gives each worker its own loop,
+ * store, WeChat client, login context, token fetchers and HTTP server, and drains them on
+ * shutdown.
+ */
 #include "serve.h"
 
 #include <stdio.h>
@@ -12,21 +18,25 @@
 #include "handlers/handlers.h"
 #include "http/server.h"
 #include "log/log.h"
+#include "login/login.h"
 #include "loop/loop.h"
+#include "runtime/async.h"
 #include "runtime/workers.h"
-#include "session/cache.h"
-#include "session/session.h"
+#include "store/store.h"
+#include "token/fetch.h"
+#include "token/token.h"
 #include "version.h"
 #include "wechat/client.h"
-#include "wechat/token.h"
 
 /* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long. */
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
 #define EXCHANGE_MAX_CODES 200000
-/* Expired sessions are deleted in batches, so a backlog never stalls a worker. */
+/* Expired sessions are deleted in batches, so a backlog never stalls the writer. */
 #define PURGE_INTERVAL_MS (60 * 1000)
 #define PURGE_BATCH 1000
 #define PURGE_AGAIN_MS 100
+/* While a token fetch on a stopping worker has waiters elsewhere, look again this often. */
+#define RECHECK_MS 50
 
 struct serve {
     const struct config *cfg;
@@ -36,7 +46,7 @@ struct serve {
     struct exchange *exchange;
     struct handlers_app apps[CONFIG_MAX_APPS];
     size_t napps;
-    struct session_cache *cache;
+    struct store_shared *store;
     struct http_route routes[32]; /* the routes this configuration serves */
     size_t nroutes;
 };
@@ -44,32 +54,39 @@ struct serve {
 struct serve_worker {
     struct worker *w;
     struct handlers_ctx ctx;
+    struct token_fetcher *fetchers[CONFIG_MAX_APPS];
     struct http_server *http;
     struct loop_timer deadline;
     struct loop_timer purge;
+    struct async_slot purging;
     struct loop_timer recheck; /* drained, but waiting for a token fetch to end */
     long shutdown_timeout_ms;
 };
 
 static void release(struct serve_worker *sw)
 {
-    /* The server first: it cancels pending requests, which cancel their WeChat calls. */
+    /* The server first: it answers pending requests and cancels what they wait for. */
     http_server_free(sw->http);
     sw->http = NULL;
-    /* A token fetch running on this worker's client would leave its waiters hanging. */
-    for (size_t i = 0; i < sw->ctx.napps; i++)
-        wechat_token_detach(sw->ctx.apps[i].token, sw->ctx.wx);
+    /* A token fetch running here ends now; its waiters (on any worker) are told. */
+    for (size_t i = 0; i < sw->ctx.napps; i++) {
+        token_fetcher_free(sw->fetchers[i]);
+        sw->fetchers[i] = NULL;
+    }
+    async_cancel(&sw->purging);
+    loop_timer_stop(sw->w->loop, &sw->purge);
+    login_ctx_free(sw->ctx.login);
+    sw->ctx.login = NULL;
     wechat_client_free(sw->ctx.wx);
     sw->ctx.wx = NULL;
-    loop_timer_stop(sw->w->loop, &sw->purge);
-    session_close(sw->ctx.store);
+    store_close(sw->ctx.store);
     sw->ctx.store = NULL;
 }
 
-static void on_purged(int status, long count, void *arg)
+static void on_purged(void *arg, int status, long count)
 {
     struct serve_worker *sw = arg;
-    if (status != SESSION_OK) {
+    if (status != STORE_OK) {
         log_msg(LOG_WARN, "purging expired sessions failed; will try again");
         count = 0;
     } else if (count > 0) {
@@ -82,8 +99,8 @@ static void on_purged(int status, long count, void *arg)
 static void on_purge_timer(void *arg)
 {
     struct serve_worker *sw = arg;
-    sw->ctx.store->ops->purge_expired(sw->ctx.store, (int64_t)time(NULL), PURGE_BATCH, on_purged,
-                                      sw);
+    store_purge_expired(sw->ctx.store, &sw->purging, (int64_t)time(NULL), PURGE_BATCH, on_purged,
+                        sw);
 }
 
 static void finish(struct serve_worker *sw)
@@ -94,14 +111,14 @@ static void finish(struct serve_worker *sw)
     loop_stop(sw->w->loop);
 }
 
-/* This worker's requests are done; but a token fetch running on its client may have waiters on
- * other workers, so it stays until the fetch ends (the deadline still bounds it). */
+/* This worker's requests are done; but a token fetch running on it may have waiters on other
+ * workers, so it stays until the fetch ends (the deadline still bounds it). */
 static void drained(void *arg)
 {
     struct serve_worker *sw = arg;
     for (size_t i = 0; i < sw->ctx.napps; i++) {
-        if (wechat_token_fetching_on(sw->ctx.apps[i].token, sw->ctx.wx)) {
-            loop_timer_start(sw->w->loop, &sw->recheck, 50);
+        if (token_fetching_on(sw->ctx.apps[i].token, sw->fetchers[i])) {
+            loop_timer_start(sw->w->loop, &sw->recheck, RECHECK_MS);
             return;
         }
     }
@@ -115,7 +132,7 @@ static void on_deadline(void *arg)
             "worker %d: requests still in flight after shutdown_timeout_ms, "
             "answering them 503",
             sw->w->id);
-    drained(sw);
+    finish(sw);
 }
 
 static void serve_stop(struct worker *w)
@@ -135,6 +152,23 @@ static void serve_done(struct worker *w)
     w->data = NULL;
 }
 
+static void log_serving(const struct serve *s)
+{
+    const struct config *cfg = s->cfg;
+    char port[8], threads[8], apps[256], store[512];
+    store_url_redacted(cfg->store, store, sizeof(store));
+    size_t n = 0;
+    apps[0] = '\0';
+    for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
+        n += (size_t)snprintf(apps + n, sizeof(apps) - n, "%s%s", i ? "," : "",
+                              s->apps[i].cred.appid);
+    snprintf(port, sizeof(port), "%u", s->port);
+    snprintf(threads, sizeof(threads), "%d", s->nworkers);
+    log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen, "port",
+           port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base, "store", store,
+           NULL);
+}
+
 static int serve_init(struct worker *w, void *arg)
 {
     struct serve *s = arg;
@@ -148,28 +182,36 @@ static int serve_init(struct worker *w, void *arg)
     loop_timer_init(&sw->deadline, on_deadline, sw);
     loop_timer_init(&sw->purge, on_purge_timer, sw);
     loop_timer_init(&sw->recheck, drained, sw);
+    sw->ctx.cfg = cfg;
+    sw->ctx.apps = s->apps;
+    sw->ctx.napps = s->napps;
+    sw->ctx.fetchers = sw->fetchers;
 
-    char serr[SESSION_ERR_MAX];
-    if (session_open(cfg->store, w->loop, cfg->store_timeout_ms, &sw->ctx.store, serr) != 0) {
+    char serr[STORE_ERR_MAX];
+    if (store_open(s->store, w->loop, &sw->ctx.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
         return -1;
     }
-    sw->ctx.exchange = s->exchange;
-    sw->ctx.apps = s->apps;
-    sw->ctx.napps = s->napps;
-    sw->ctx.cache = s->cache;
-    sw->ctx.master_key = s->master_key;
     if (w->id == 0) /* one purger is enough */
         loop_timer_start(w->loop, &sw->purge, PURGE_INTERVAL_MS);
 
     struct wechat_client_opts wo = {.base = cfg->wechat_base,
                                     .timeout_ms = cfg->upstream_timeout_ms,
                                     .retries = (int)cfg->upstream_retries};
-    sw->ctx.cfg = cfg;
     sw->ctx.wx = wechat_client_new(w->loop, &wo);
-    if (sw->ctx.wx == NULL) {
+    struct login_opts lo = {.session_ttl_s = cfg->session_ttl, .outcome_keep_ms = CODE_LIFETIME_MS};
+    if (sw->ctx.wx != NULL)
+        sw->ctx.login = login_ctx_new(&lo, s->exchange, sw->ctx.wx, sw->ctx.store, w->loop);
+    if (sw->ctx.wx == NULL || sw->ctx.login == NULL) {
         log_msg(LOG_ERROR, "cannot create the WeChat client");
         return -1;
+    }
+    for (size_t i = 0; i < s->napps; i++) {
+        const struct handlers_app *a = &s->apps[i];
+        sw->fetchers[i] =
+            token_fetcher_new(a->token, &a->cred, a->token_api, sw->ctx.wx, sw->ctx.store, w->loop);
+        if (sw->fetchers[i] == NULL)
+            return -1;
     }
 
     struct http_server_opts ho = {
@@ -178,6 +220,7 @@ static int serve_init(struct worker *w, void *arg)
         .max_body = (size_t)cfg->max_body_bytes,
         .max_connections = (unsigned)cfg->max_connections,
         .connection_timeout_s = (unsigned)cfg->connection_timeout,
+        .request_timeout_ms = cfg->request_timeout_ms,
         .routes = s->routes,
         .nroutes = s->nroutes,
         .handler_arg = &sw->ctx,
@@ -189,20 +232,8 @@ static int serve_init(struct worker *w, void *arg)
         return -1;
     }
     s->port = http_server_port(sw->http);
-    if (w->id == s->nworkers - 1) {
-        char port[8], threads[8], apps[256], store[512];
-        session_url_redacted(cfg->store, store, sizeof(store));
-        size_t n = 0;
-        apps[0] = '\0';
-        for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
-            n += (size_t)snprintf(apps + n, sizeof(apps) - n, "%s%s", i ? "," : "",
-                                  s->apps[i].appid);
-        snprintf(port, sizeof(port), "%u", s->port);
-        snprintf(threads, sizeof(threads), "%d", s->nworkers);
-        log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen,
-               "port", port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base,
-               "store", store, NULL);
-    }
+    if (w->id == s->nworkers - 1)
+        log_serving(s);
     return 0;
 }
 
@@ -217,6 +248,7 @@ int serve_run(const struct config *cfg)
     struct serve s = {.cfg = cfg, .nworkers = config_thread_count(cfg)};
     s.nroutes = handlers_select_routes(cfg, s.routes, sizeof(s.routes) / sizeof(s.routes[0]));
     char err[CONFIG_ERR_MAX];
+    char serr[STORE_ERR_MAX];
     int rc = 1;
     if (master_key_load(cfg, s.master_key, err) != 0) {
         log_kv(LOG_ERROR, "cannot load the master key", "detail", err, NULL);
@@ -228,32 +260,32 @@ int serve_run(const struct config *cfg)
     for (size_t i = 0; i < cfg->napps; i++) {
         const struct config_app *a = &cfg->apps[i];
         struct handlers_app *h = &s.apps[s.napps];
-        h->appid = a->appid;
-        h->secret = a->secret;
-        h->token =
-            wechat_token_new(a->appid, a->secret,
-                             strcmp(a->access_token_api, "classic") == 0 ? WECHAT_TOKEN_CLASSIC
-                                                                         : WECHAT_TOKEN_STABLE);
+        h->cred.appid = a->appid;
+        h->cred.secret = a->secret;
+        h->token_api = strcmp(a->access_token_api, "classic") == 0 ? WECHAT_TOKEN_CLASSIC
+                                                                   : WECHAT_TOKEN_STABLE;
+        h->token = token_new();
         if (h->token == NULL)
             goto out;
         s.napps++;
     }
-    /* Only this process sees the logouts of an SQLite store (one process per database file):
-     * that is what makes an in-memory copy of sessions safe. */
-    if (session_sqlite_path(cfg->store) != NULL && cfg->session_cache_size > 0) {
-        s.cache = session_cache_new((size_t)cfg->session_cache_size);
-        if (s.cache == NULL)
-            goto out;
+    struct store_config sc = {.url = cfg->store,
+                              .timeout_ms = cfg->store_timeout_ms,
+                              .master_key = s.master_key,
+                              .cache_entries = (size_t)cfg->session_cache_size};
+    if (store_shared_new(&sc, &s.store, serr) != 0) {
+        log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
+        goto out;
     }
     if (workers_run(s.nworkers, &serve_ops, &s) != 0)
         goto out;
     log_msg(LOG_INFO, "stopped");
     rc = 0;
 out:
+    store_shared_free(s.store);
     exchange_free(s.exchange);
     for (size_t i = 0; i < s.napps; i++)
-        wechat_token_free(s.apps[i].token);
-    session_cache_free(s.cache);
+        token_free(s.apps[i].token);
     crypto_wipe(s.master_key, sizeof(s.master_key));
     return rc;
 }

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "session/session.h"
+#include "store/store.h"
 #include "util/addr.h"
 
 #define SECRET_FILE_MAX 4096
@@ -57,6 +57,7 @@ static const struct cfg_key keys[] = {
     {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
     {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
+    {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -168,11 +169,11 @@ struct file_ctx {
 };
 
 /* The appid of a section header `app "wx..."`, or NULL. */
-static bool section_appid(const char *section, char out[SESSION_ID_MAX + 1])
+static bool section_appid(const char *section, char out[STORE_ID_MAX + 1])
 {
     size_t n = strlen(section);
     if (strncmp(section, "app \"", 5) != 0 || n < 7 || section[n - 1] != '"' ||
-        n - 6 > SESSION_ID_MAX)
+        n - 6 > STORE_ID_MAX)
         return false;
     memcpy(out, section + 5, n - 6);
     out[n - 6] = '\0';
@@ -196,7 +197,7 @@ static struct config_app *app_slot(struct config *cfg, const char *appid)
 
 static int on_app_key(struct file_ctx *fc, const char *section, const char *name, const char *value)
 {
-    char appid[SESSION_ID_MAX + 1];
+    char appid[STORE_ID_MAX + 1];
     if (!section_appid(section, appid)) {
         snprintf(fc->err, sizeof(fc->err), "unknown section [%.200s] (expected [app \"<appid>\"])",
                  section);
@@ -409,7 +410,7 @@ static int finish_apps(struct config *cfg, char err[CONFIG_ERR_MAX])
     }
     for (size_t i = 0; i < cfg->napps; i++) {
         struct config_app *a = &cfg->apps[i];
-        char key[SESSION_ID_MAX + 32];
+        char key[STORE_ID_MAX + 32];
         snprintf(key, sizeof(key), "[app \"%s\"] secret", a->appid);
         if (i > 0 || cfg->appid == NULL) {
             if (secret_pair(key, &a->secret, "secret_file", a->secret_file, err) != 0)
@@ -477,13 +478,13 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
                  "master_key_file: set either master_key or master_key_file, not both");
         goto fail;
     }
-    char serr[SESSION_ERR_MAX];
-    if (session_url_check(cfg->store, serr) != 0) {
+    char serr[STORE_ERR_MAX];
+    if (store_url_check(cfg->store, serr) != 0) {
         /* The URL may hold a password: name the problem, not the value. */
         snprintf(err, CONFIG_ERR_MAX, "store: %.400s", serr);
         goto fail;
     }
-    if (session_url_shared(cfg->store) && cfg->master_key == NULL && cfg->master_key_file == NULL) {
+    if (store_url_shared(cfg->store) && cfg->master_key == NULL && cfg->master_key_file == NULL) {
         snprintf(err, CONFIG_ERR_MAX,
                  "master_key: required with the Redis store (every instance must share it; "
                  "set master_key or master_key_file)");

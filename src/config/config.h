@@ -50,6 +50,7 @@ struct config {
     char *admin_token_file;
     long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
     long store_timeout_ms;   /* Redis: connect and command deadline */
+    long request_timeout_ms; /* a request still unanswered this long is answered 504 */
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */

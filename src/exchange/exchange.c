@@ -14,6 +14,8 @@
 
 #include "loop/loop.h"
 #include "runtime/waitlist.h"
+#include "util/jsonw.h"
+#include "util/list.h"
 
 struct entry {
     uint8_t key[CRYPTO_HASH_LEN];
@@ -22,7 +24,7 @@ struct entry {
     struct exchange_outcome outcome;
     struct waitlist waiters;
     struct entry *chain; /* bucket chain */
-    struct entry *fifo_prev, *fifo_next;
+    struct list fifo;
 };
 
 struct exchange {
@@ -31,16 +33,17 @@ struct exchange {
     size_t nbuckets; /* power of two */
     size_t count, max;
     uint64_t ttl_ms;
-    struct entry *fifo_head, *fifo_tail;
+    struct list fifo; /* creation order */
 };
 
 void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_LEN])
 {
-    char buf[SESSION_ID_MAX + 1 + 1024];
+    char buf[EXCHANGE_ID_MAX + 1 + 1024];
     int n = snprintf(buf, sizeof(buf), "%s\n%s", appid, code);
     if (n < 0 || (size_t)n >= sizeof(buf))
         n = (int)sizeof(buf) - 1;
     crypto_sha256(buf, (size_t)n, key);
+    crypto_wipe(buf, sizeof(buf)); /* it held a code */
 }
 
 struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms)
@@ -58,6 +61,7 @@ struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms)
     }
     x->max = max_entries;
     x->ttl_ms = ttl_ms;
+    list_init(&x->fifo);
     pthread_mutex_init(&x->mu, NULL);
     return x;
 }
@@ -83,28 +87,23 @@ static void unlink_entry(struct exchange *x, struct entry *e)
     while (*pp != e)
         pp = &(*pp)->chain;
     *pp = e->chain;
-    if (e->fifo_prev != NULL)
-        e->fifo_prev->fifo_next = e->fifo_next;
-    else
-        x->fifo_head = e->fifo_next;
-    if (e->fifo_next != NULL)
-        e->fifo_next->fifo_prev = e->fifo_prev;
-    else
-        x->fifo_tail = e->fifo_prev;
+    list_unlink(&e->fifo);
     x->count--;
     free(e);
 }
 
 /* Drops remembered outcomes whose time is up. In-flight entries are never dropped here: their
- * exchange is bounded by the WeChat client's deadlines and they end with exchange_finish(). */
+ * exchange is bounded by the request deadline and ends with exchange_finish(). */
 static void expire(struct exchange *x, uint64_t now)
 {
-    struct entry *e = x->fifo_head;
-    while (e != NULL && e->expires_ms <= now) {
-        struct entry *next = e->fifo_next;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &x->fifo)
+    {
+        struct entry *e = list_item(pos, struct entry, fifo);
+        if (e->expires_ms > now)
+            break;
         if (e->done)
             unlink_entry(x, e);
-        e = next;
     }
 }
 
@@ -112,21 +111,24 @@ void exchange_free(struct exchange *x)
 {
     if (x == NULL)
         return;
-    while (x->fifo_head != NULL)
-        unlink_entry(x, x->fifo_head);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &x->fifo) unlink_entry(x, list_item(pos, struct entry, fifo));
     free(x->buckets);
     pthread_mutex_destroy(&x->mu);
     free(x);
 }
 
-char *exchange_outcome_encode(const struct exchange_outcome *o)
+size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size_t cap)
 {
-    json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:I, s:I}", "kind", (int)o->kind, "openid",
-                          o->openid, "unionid", o->unionid, "status", (int)o->status, "errcode",
-                          (json_int_t)o->errcode, "http_status", (json_int_t)o->http_status);
-    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    return s;
+    struct jsonw w;
+    jsonw_begin(&w, out, cap);
+    jsonw_num(&w, "kind", o->kind);
+    jsonw_str(&w, "openid", o->openid);
+    jsonw_str(&w, "unionid", o->unionid);
+    jsonw_num(&w, "status", o->status);
+    jsonw_num(&w, "errcode", o->errcode);
+    jsonw_num(&w, "http_status", o->http_status);
+    return jsonw_end(&w);
 }
 
 int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out)
@@ -141,8 +143,8 @@ int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *
                                  &openid, "unionid", &unionid, "status", &status, "errcode",
                                  &errcode, "http_status", &http_status) != 0)
         goto out;
-    if (kind < EXCHANGE_OK || kind > EXCHANGE_ABORTED || strlen(openid) > SESSION_ID_MAX ||
-        strlen(unionid) > SESSION_ID_MAX || status < WECHAT_OK || status > WECHAT_TIMEOUT)
+    if (kind < EXCHANGE_OK || kind > EXCHANGE_ABORTED || strlen(openid) > EXCHANGE_ID_MAX ||
+        strlen(unionid) > EXCHANGE_ID_MAX || status < WECHAT_OK || status > WECHAT_TIMEOUT)
         goto out;
     memset(out, 0, sizeof(*out));
     out->kind = (enum exchange_kind)kind;
@@ -171,12 +173,11 @@ static void wake_trampoline(const void *result, void (*fn)(void), void *arg)
 }
 
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
-                                  struct loop *loop, exchange_wake_fn *wake, void *arg,
-                                  struct exchange_outcome *out, struct exchange_waiter **waiter)
+                                  struct loop *loop, struct async_slot *slot,
+                                  exchange_wake_fn *wake, void *arg, struct exchange_outcome *out)
 {
     uint64_t now = loop_clock_ms();
     enum exchange_role role = EXCHANGE_LEAD;
-    struct waiter *w = NULL;
 
     pthread_mutex_lock(&x->mu);
     expire(x, now);
@@ -187,12 +188,11 @@ enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_H
         goto out;
     }
     if (e != NULL) {
-        w = waiter_new(&x->mu, loop, wake_trampoline, (void (*)(void))wake, arg,
-                       sizeof(struct exchange_outcome));
+        struct waiter *w = waiter_new(&x->mu, loop, wake_trampoline, (void (*)(void))wake, arg,
+                                      sizeof(struct exchange_outcome));
         if (w == NULL)
             goto out; /* lead without de-duplication rather than fail */
-        waitlist_add(&e->waiters, w);
-        *waiter = (struct exchange_waiter *)w;
+        waitlist_add(&e->waiters, w, slot);
         role = EXCHANGE_WAIT;
         goto out;
     }
@@ -203,15 +203,11 @@ enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_H
         goto out;
     memcpy(e->key, key, CRYPTO_HASH_LEN);
     e->expires_ms = now + x->ttl_ms;
+    waitlist_init(&e->waiters);
     size_t b = bucket_of(x, key);
     e->chain = x->buckets[b];
     x->buckets[b] = e;
-    e->fifo_prev = x->fifo_tail;
-    if (x->fifo_tail != NULL)
-        x->fifo_tail->fifo_next = e;
-    else
-        x->fifo_head = e;
-    x->fifo_tail = e;
+    list_push_back(&x->fifo, &e->fifo);
     x->count++;
 out:
     pthread_mutex_unlock(&x->mu);
@@ -221,13 +217,14 @@ out:
 void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                      const struct exchange_outcome *outcome, bool remember)
 {
+    struct list taken;
     pthread_mutex_lock(&x->mu);
     struct entry *e = find(x, key);
     if (e == NULL || e->done) { /* led without an entry (table was full) */
         pthread_mutex_unlock(&x->mu);
         return;
     }
-    struct waiter *ws = waitlist_take(&e->waiters, outcome);
+    waitlist_take(&e->waiters, outcome, &taken);
     if (remember) {
         e->done = true;
         e->outcome = *outcome;
@@ -235,11 +232,5 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
         unlink_entry(x, e);
     }
     pthread_mutex_unlock(&x->mu);
-    waiters_post(ws);
-}
-
-void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter)
-{
-    (void)x;
-    waitlist_cancel((struct waiter *)waiter);
+    waiters_post(&taken);
 }

@@ -7,10 +7,11 @@
  * makes the first request the leader that calls WeChat; concurrent requests with the same code
  * wait for its outcome, and the outcome is remembered for the code's lifetime so a later repeat
  * is answered without calling WeChat. Transient failures are shared with the waiters of the
- * moment but not remembered.
+ * moment but not remembered. The protocol around it (claims across instances, the WeChat call,
+ * the store) is login/login.h's.
  *
- * Waiters may live on other threads than the leader: they are woken through loop_post() on
- * their own loop, never touched from the leader's thread.
+ * Waiters may live on other threads than the leader: each waits in its request's pending slot
+ * and is woken through loop_post on its own loop, never touched from the leader's thread.
  */
 #ifndef WXLOGIN_EXCHANGE_H
 #define WXLOGIN_EXCHANGE_H
@@ -20,25 +21,26 @@
 #include <stdint.h>
 
 #include "crypto/crypto.h"
-#include "session/session.h"
-#include "wechat/client.h"
+#include "wechat/errcode.h"
 
+struct async_slot;
 struct loop;
 struct exchange;
-struct exchange_waiter; /* opaque: a runtime/waitlist waiter */
+
+#define EXCHANGE_ID_MAX 128
 
 enum exchange_kind {
     EXCHANGE_OK,      /* WeChat exchanged the code and the user is stored */
     EXCHANGE_WECHAT,  /* WeChat failed: status/errcode/http_status say how */
     EXCHANGE_STORE,   /* WeChat succeeded but the store failed */
-    EXCHANGE_ABORTED, /* the leader was cancelled (shutdown) */
+    EXCHANGE_ABORTED, /* the leader was cancelled (shutdown, deadline) */
 };
 
 struct exchange_outcome {
     enum exchange_kind kind;
     /* EXCHANGE_OK */
-    char openid[SESSION_ID_MAX + 1];
-    char unionid[SESSION_ID_MAX + 1]; /* "" when none */
+    char openid[EXCHANGE_ID_MAX + 1];
+    char unionid[EXCHANGE_ID_MAX + 1]; /* "" when none */
     /* EXCHANGE_WECHAT */
     enum wechat_status status;
     long errcode;
@@ -62,14 +64,14 @@ void exchange_free(struct exchange *x);
 void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_LEN]);
 
 /*
- * Joins the exchange of key. On EXCHANGE_WAIT, *waiter identifies the wait (for
- * exchange_cancel) and wake(outcome, arg) will run exactly once on loop unless cancelled. On
- * EXCHANGE_KNOWN, *out holds the outcome. When the table is full, the caller leads without
+ * Joins the exchange of key. On EXCHANGE_WAIT the wait occupies slot and wake(outcome, arg)
+ * will run exactly once on loop unless the slot is cancelled first. On EXCHANGE_KNOWN, *out
+ * holds the outcome. When the table is full (or memory runs out), the caller leads without
  * de-duplication.
  */
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
-                                  struct loop *loop, exchange_wake_fn *wake, void *arg,
-                                  struct exchange_outcome *out, struct exchange_waiter **waiter);
+                                  struct loop *loop, struct async_slot *slot,
+                                  exchange_wake_fn *wake, void *arg, struct exchange_outcome *out);
 
 /*
  * The leader's outcome: wakes every waiter with it, and remembers it when remember is true
@@ -78,14 +80,12 @@ enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_H
 void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                      const struct exchange_outcome *outcome, bool remember);
 
-/* From the waiter's own thread: abandons the wait; wake will not run. */
-void exchange_cancel(struct exchange *x, struct exchange_waiter *waiter);
-
 /*
  * Outcomes as text, for sharing them between instances through the store (JSON; no secret in
- * it: ids and error codes only). encode returns a malloc'd string or NULL; decode returns 0 or -1.
+ * it: ids and error codes only). encode writes at most cap bytes and returns the length (0 when
+ * it does not fit); decode returns 0 or -1.
  */
-char *exchange_outcome_encode(const struct exchange_outcome *o);
+size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size_t cap);
 int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out);
 
 /* Number of codes in the table (in flight or remembered). */

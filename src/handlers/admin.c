@@ -6,22 +6,14 @@
  * Both require "Authorization: Bearer <admin_token>". Without admin_token configured they
  * answer 404, as if they did not exist. They belong on a private network (docs/operations.md).
  */
-#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
 #include "config/config.h"
 #include "handlers/user_op.h"
-#include "session/session.h"
 #include "log/log.h"
-
-struct admin_op {
-    struct http_request *req;
-    struct handlers_ctx *ctx;
-    const struct handlers_app *app;
-    struct wechat_token_waiter *waiter;
-};
+#include "util/jsonw.h"
 
 /* Compares hashes so neither the content nor the length of the admin token leaks through
  * timing. */
@@ -39,31 +31,21 @@ static bool admin_authorized(struct http_request *req, const char *admin_token)
     return crypto_equal(a, b, CRYPTO_HASH_LEN);
 }
 
-static void reply_token(struct http_request *req, const struct wechat_token_result *res)
+static void on_token(void *arg, const struct token_result *res)
 {
-    if (res->status != WECHAT_TOKEN_OK) {
+    struct http_request *req = arg;
+    if (res->status != TOKEN_OK) {
         handlers_reply_token_error(req, res);
         return;
     }
     int64_t left = res->expires_at - (int64_t)time(NULL);
-    http_reply_json(req, 200,
-                    json_pack("{s:s, s:I}", "access_token", res->token, "expires_in",
-                              (json_int_t)(left > 0 ? left : 0)));
-}
-
-static void on_token(const struct wechat_token_result *res, void *arg)
-{
-    struct admin_op *op = arg;
-    http_request_on_cancel(op->req, NULL, NULL);
-    reply_token(op->req, res);
-    free(op);
-}
-
-static void on_cancel(void *arg)
-{
-    struct admin_op *op = arg;
-    wechat_token_cancel(op->app->token, op->waiter);
-    free(op);
+    char buf[WECHAT_TOKEN_MAX * 2 + 64];
+    struct jsonw w;
+    jsonw_begin(&w, buf, sizeof(buf));
+    jsonw_str(&w, "access_token", res->token);
+    jsonw_num(&w, "expires_in", left > 0 ? left : 0);
+    http_reply(req, 200, "application/json", buf, jsonw_end(&w));
+    crypto_wipe(buf, sizeof(buf));
 }
 
 static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsigned flags)
@@ -82,23 +64,10 @@ static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsign
     const struct handlers_app *app = handlers_app(req, ctx);
     if (app == NULL)
         return;
-    struct admin_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        http_reply_error(req, 503, "internal", "out of memory", "retry");
-        return;
-    }
-    op->req = req;
-    op->ctx = ctx;
-    op->app = app;
-    struct wechat_token_result res;
-    if (wechat_token_get(app->token, ctx->wx, ctx->store->ops->token_share, ctx->store,
-                         http_request_loop(req), flags, on_token, op, &res,
-                         &op->waiter) == WECHAT_TOKEN_READY) {
-        reply_token(req, &res);
-        free(op);
-    } else {
-        http_request_on_cancel(req, on_cancel, op);
-    }
+    struct token_result res;
+    if (token_get(app->token, handlers_fetcher(ctx, app), http_request_slot(req), flags, on_token,
+                  req, &res) == TOKEN_READY)
+        on_token(req, &res);
     crypto_wipe(&res, sizeof(res));
 }
 
@@ -110,8 +79,8 @@ void handle_admin_token(struct http_request *req, void *arg)
 void handle_admin_token_refresh(struct http_request *req, void *arg)
 {
     const char *force = http_request_query(req, "force");
-    unsigned flags = WECHAT_TOKEN_DROP;
+    unsigned flags = TOKEN_DROP;
     if (force != NULL && strcmp(force, "true") == 0)
-        flags |= WECHAT_TOKEN_FORCE;
+        flags |= TOKEN_FORCE;
     get_token(req, arg, flags);
 }

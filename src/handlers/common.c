@@ -1,34 +1,18 @@
 /* Replies and request parsing shared by several handlers. */
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config/config.h"
 #include "handlers/handlers.h"
 #include "log/log.h"
-
-static void store_call_abandon(void *arg)
-{
-    struct store_call *sc = arg;
-    sc->req = NULL;
-}
-
-void store_call_begin(struct store_call *sc, struct http_request *req)
-{
-    sc->req = req;
-    http_request_on_cancel(req, store_call_abandon, sc);
-}
-
-struct http_request *store_call_end(struct store_call *sc)
-{
-    if (sc->req != NULL)
-        http_request_on_cancel(sc->req, NULL, NULL);
-    return sc->req;
-}
+#include "wechat/errcode.h"
 
 static const struct handlers_app *find_app(struct handlers_ctx *ctx, const char *appid, size_t len)
 {
     for (size_t i = 0; i < ctx->napps; i++)
-        if (strlen(ctx->apps[i].appid) == len && memcmp(ctx->apps[i].appid, appid, len) == 0)
+        if (strlen(ctx->apps[i].cred.appid) == len &&
+            memcmp(ctx->apps[i].cred.appid, appid, len) == 0)
             return &ctx->apps[i];
     return NULL;
 }
@@ -38,7 +22,7 @@ const struct handlers_app *handlers_app(struct http_request *req, struct handler
     static const char wechat_referer[] = "https://servicewechat.com/";
     const struct handlers_app *app = NULL;
     const char *h = http_request_header(req, "X-WX-AppID");
-    const char *ref = http_request_header(req, "Referer");
+    const char *ref = h == NULL ? http_request_header(req, "Referer") : NULL;
     if (h != NULL) {
         app = find_app(ctx, h, strlen(h));
     } else if (ref != NULL && strncmp(ref, wechat_referer, sizeof(wechat_referer) - 1) == 0) {
@@ -56,6 +40,11 @@ const struct handlers_app *handlers_app(struct http_request *req, struct handler
     return app;
 }
 
+struct token_fetcher *handlers_fetcher(struct handlers_ctx *ctx, const struct handlers_app *app)
+{
+    return ctx->fetchers[app - ctx->apps];
+}
+
 void handlers_reply_store_error(struct http_request *req, const char *op)
 {
     log_kv(LOG_ERROR, "store failed", "op", op, "request_id", http_request_id(req), NULL);
@@ -66,6 +55,43 @@ void handlers_reply_invalid_token(struct http_request *req, const char *why)
 {
     http_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
     http_reply_error(req, 401, "invalid_token", why, "relogin");
+}
+
+void handlers_reply_internal(struct http_request *req, const char *what)
+{
+    log_kv(LOG_ERROR, "cannot serve the request", "detail", what, "request_id",
+           http_request_id(req), NULL);
+    http_reply_error(req, 503, "internal", what, "retry");
+}
+
+void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
+                           const struct wechat_reply *r)
+{
+    struct wechat_http_error e;
+    wechat_error_map(api, r->status, r->errcode, &e);
+
+    char errcode[24] = "", http_status[16] = "", attempts[16], status[8];
+    if (e.has_errcode)
+        snprintf(errcode, sizeof(errcode), "%ld", r->errcode);
+    if (r->http_status != 0)
+        snprintf(http_status, sizeof(http_status), "%ld", r->http_status);
+    snprintf(attempts, sizeof(attempts), "%d", r->attempts);
+    snprintf(status, sizeof(status), "%u", e.status);
+    log_kv(e.config ? LOG_ERROR : LOG_WARN,
+           e.config ? "WeChat rejected the service's configuration: check appid, secret and the "
+                      "API IP whitelist"
+                    : "WeChat call failed",
+           "api", wechat_api_name(api), "error", e.error, "status", status, "wx_errcode",
+           e.has_errcode ? errcode : NULL, "wx_rid", r->rid[0] ? r->rid : NULL,
+           "upstream_http_status", r->http_status ? http_status : NULL, "attempts", attempts,
+           "detail", r->detail, "request_id", http_request_id(req), NULL);
+    if (e.retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", e.retry_after);
+        http_add_header(req, "Retry-After", ra);
+    }
+    http_reply_error_num(req, e.status, e.error, e.message, e.action,
+                         e.has_errcode ? "wx_errcode" : NULL, e.errcode);
 }
 
 int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)

@@ -1,9 +1,15 @@
 /*
  * handlers: one file per resource; the only layer that chooses HTTP status codes.
  *
- * Each worker thread has its own handlers_ctx (its WeChat client, its store connection) so a
- * request never leaves its thread; the code-exchange table is the one thing shared by all
- * workers (see exchange/exchange.h). The route table is shared and read-only.
+ * Each worker thread has its own handlers_ctx (its WeChat client, its store, its login context,
+ * its token fetchers) so a request never leaves its thread; the apps (with their shared access
+ * tokens), the code-exchange table and the session cache are shared by all workers, behind the
+ * modules that own them. The route table is shared and read-only.
+ *
+ * A handler answers at once or starts one asynchronous operation into the request's pending
+ * slot (http_request_slot()); its state lives in the request's memory (http_request_alloc()).
+ * The HTTP layer ends the request (answer, deadline, shutdown) and cancels what is pending, so
+ * no handler frees or cancels anything itself.
  */
 #ifndef WXLOGIN_HANDLERS_H
 #define WXLOGIN_HANDLERS_H
@@ -14,30 +20,30 @@
 
 #include "crypto/crypto.h"
 #include "http/server.h"
+#include "wechat/api.h"
 
 struct config;
-struct exchange;
-struct session_cache;
-struct session_store;
+struct login_ctx;
+struct store;
+struct token;
+struct token_fetcher;
 struct wechat_client;
-struct wechat_token;
 
 /* One Mini Program as the handlers see it. */
 struct handlers_app {
-    const char *appid;          /* borrowed from the config */
-    const char *secret;         /* borrowed from the config */
-    struct wechat_token *token; /* this app's access token, shared by all workers */
+    struct wechat_app cred; /* borrowed from the configuration */
+    enum wechat_token_api token_api;
+    struct token *token; /* this app's access token, shared by all workers */
 };
 
 struct handlers_ctx {
     const struct config *cfg;        /* borrowed, outlives the workers */
-    const uint8_t *master_key;       /* CRYPTO_KEY_LEN bytes, borrowed */
-    struct exchange *exchange;       /* shared by all workers */
     const struct handlers_app *apps; /* every configured app, shared */
     size_t napps;
-    struct wechat_client *wx;    /* this worker's */
-    struct session_store *store; /* this worker's */
-    struct session_cache *cache; /* shared; NULL when the store is shared by instances */
+    struct wechat_client *wx;        /* this worker's */
+    struct store *store;             /* this worker's */
+    struct login_ctx *login;         /* this worker's */
+    struct token_fetcher **fetchers; /* this worker's, one per app (same order as apps) */
 };
 
 extern const struct http_route handlers_routes[];
@@ -62,29 +68,28 @@ void handle_readyz(struct http_request *req, void *arg);
 /* ---- shared by the handlers ---- */
 
 /*
- * A store operation made for a request. A store may answer later (Redis), and the request may
- * be abandoned meanwhile (shutdown answers it and frees it): the answer must then not touch it.
- * store_call_begin() before calling the store; store_call_end() first thing in the callback,
- * which returns the request, or NULL when it was abandoned.
- */
-struct store_call {
-    struct http_request *req;
-};
-void store_call_begin(struct store_call *sc, struct http_request *req);
-struct http_request *store_call_end(struct store_call *sc);
-
-/*
  * The app a request is for: the X-WX-AppID header, else the Referer WeChat sets on wx.request
  * (https://servicewechat.com/<appid>/<version>/page-frame.html), else the only configured app.
  * NULL, with 400 unknown_app answered, when that names no configured app.
  */
 const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx);
 
+/* This worker's token fetcher for app. */
+struct token_fetcher *handlers_fetcher(struct handlers_ctx *ctx, const struct handlers_app *app);
+
 /* 503 store_unavailable, action retry (and a log line). */
 void handlers_reply_store_error(struct http_request *req, const char *op);
 
 /* 401 invalid_token with WWW-Authenticate. */
 void handlers_reply_invalid_token(struct http_request *req, const char *why);
+
+/* 503 internal, action retry: out of memory and the like. */
+void handlers_reply_internal(struct http_request *req, const char *what);
+
+/* Logs a failed WeChat call of api (never the code or the secret) and answers the client per
+ * the errcode table (wechat/errcode.h). */
+void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
+                           const struct wechat_reply *r);
 
 /*
  * The app of the request and the hash of its bearer token. False when either is missing or

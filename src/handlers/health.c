@@ -2,43 +2,28 @@
  * GET /healthz: liveness, 200 for as long as the process serves requests.
  * GET /readyz: readiness, 200 when the store answers, 503 store_unavailable otherwise.
  */
-#include <stdlib.h>
-
 #include "handlers/handlers.h"
-#include "session/session.h"
+#include "store/store.h"
 
 void handle_healthz(struct http_request *req, void *arg)
 {
     (void)arg;
-    http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+    static const char ok[] = "{\"status\":\"ok\"}";
+    http_reply(req, 200, "application/json", ok, sizeof(ok) - 1);
 }
 
-struct ping_op {
-    struct store_call sc;
-};
-
-static void on_ping(int status, void *arg)
+static void on_ping(void *arg, int status)
 {
-    struct ping_op *op = arg;
-    struct http_request *req = store_call_end(&op->sc);
-    free(op);
-    if (req == NULL)
-        return;
-    if (status != SESSION_OK) {
+    struct http_request *req = arg;
+    static const char ready[] = "{\"status\":\"ready\"}";
+    if (status != STORE_OK)
         handlers_reply_store_error(req, "ping");
-        return;
-    }
-    http_reply_json(req, 200, json_pack("{s:s}", "status", "ready"));
+    else
+        http_reply(req, 200, "application/json", ready, sizeof(ready) - 1);
 }
 
 void handle_readyz(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    struct ping_op *op = malloc(sizeof(*op));
-    if (op == NULL) {
-        http_reply_error(req, 503, "internal", "out of memory", "retry");
-        return;
-    }
-    store_call_begin(&op->sc, req);
-    ctx->store->ops->ping(ctx->store, on_ping, op);
+    store_ping(ctx->store, http_request_slot(req), on_ping, req);
 }

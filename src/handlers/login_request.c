@@ -3,8 +3,6 @@
 #include <jansson.h>
 #include <string.h>
 
-#include "crypto/crypto.h"
-
 static int code_char_ok(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -55,20 +53,4 @@ int login_request_parse(const char *body, size_t len, char code_out[LOGIN_CODE_M
 out:
     json_decref(root);
     return rc;
-}
-
-bool login_session_key_valid(const char *sk, size_t len)
-{
-    uint8_t raw[18];
-    return len == 24 && crypto_b64_decode(sk, len, raw) == 16;
-}
-
-bool login_id_valid(const char *id, size_t len)
-{
-    if (len == 0 || len > 128)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (!code_char_ok((unsigned char)id[i]))
-            return false;
-    return true;
 }

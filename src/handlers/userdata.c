@@ -12,9 +12,14 @@
 
 #include "config/config.h"
 #include "crypto/crypto.h"
-#include "handlers/upstream_error.h"
 #include "handlers/user_op.h"
-#include "log/log.h"
+
+static void reply_valid(struct http_request *req, bool valid)
+{
+    static const char yes[] = "{\"valid\":true}", no[] = "{\"valid\":false}";
+    http_reply(req, 200, "application/json", valid ? yes : no,
+               valid ? sizeof(yes) - 1 : sizeof(no) - 1);
+}
 
 /* ---- POST /v1/decrypt ---- */
 
@@ -55,8 +60,7 @@ struct decrypt_in {
 
 static void decrypt_ready(struct user_op *op)
 {
-    const char *ed = json_string_value(json_object_get(op->in, "encryptedData"));
-    const char *ivs = json_string_value(json_object_get(op->in, "iv"));
+    const char *ed = op->in[0], *ivs = op->in[1];
     uint8_t iv[24];
     size_t edlen = strlen(ed);
     uint8_t *ct = malloc(edlen / 4 * 3 + 3);
@@ -66,8 +70,7 @@ static void decrypt_ready(struct user_op *op)
         ctlen = crypto_b64_decode_lenient(ed, edlen, ct);
     if (ct == NULL || ctlen <= 0) { /* checked before; only out of memory gets here */
         free(ct);
-        http_reply_error(op->req, 503, "internal", "out of memory", "retry");
-        user_op_free(op);
+        handlers_reply_internal(op->req, "out of memory");
         return;
     }
     obj = try_decrypt(op->sk, ct, (size_t)ctlen, iv);
@@ -78,30 +81,26 @@ static void decrypt_ready(struct user_op *op)
         /* Almost always data encrypted with a session_key a later wx.login replaced. */
         http_reply_error(op->req, 422, "decrypt_failed",
                          "the data does not decrypt with this user's session key", "relogin");
-        user_op_free(op);
         return;
     }
     const char *wm = json_string_value(json_object_get(json_object_get(obj, "watermark"), "appid"));
-    if (wm == NULL || strcmp(wm, op->app->appid) != 0) {
+    if (wm == NULL || strcmp(wm, op->app->cred.appid) != 0) {
         json_decref(obj);
         http_reply_error(op->req, 422, "watermark_mismatch",
                          "the data was not produced for this app", "none");
-        user_op_free(op);
         return;
     }
     http_reply_json(op->req, 200, json_pack("{s:o}", "data", obj));
-    user_op_free(op);
 }
 
 void handle_decrypt(struct http_request *req, void *arg)
 {
     static const char *const fields[] = {"encryptedData", "iv", NULL};
-    json_t *in = handlers_parse_fields(req, fields);
-    if (in == NULL)
+    const char *in[2];
+    if (handlers_parse_fields(req, fields, in) != 0)
         return;
     /* Validate the input before touching the store: bad input changes nothing. */
-    const char *ed = json_string_value(json_object_get(in, "encryptedData"));
-    const char *ivs = json_string_value(json_object_get(in, "iv"));
+    const char *ed = in[0], *ivs = in[1];
     uint8_t iv[24];
     size_t edlen = strlen(ed);
     const char *why = NULL;
@@ -119,13 +118,15 @@ void handle_decrypt(struct http_request *req, void *arg)
             why = "encryptedData must be a non-empty multiple of 16 bytes";
     }
     if (why != NULL) {
-        json_decref(in);
         http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }
-    struct user_op *op = user_op_new(req, arg, in);
-    if (op != NULL)
-        user_op_load(op, decrypt_ready);
+    struct user_op *op = user_op_new(req, arg);
+    if (op == NULL)
+        return;
+    op->in[0] = ed;
+    op->in[1] = ivs;
+    user_op_load(op, decrypt_ready);
 }
 
 /* ---- POST /v1/check-signature ---- */
@@ -139,8 +140,7 @@ static bool signature_matches(const char *raw, const char *sk, const char *sig)
 
 static void check_signature_ready(struct user_op *op)
 {
-    const char *raw = json_string_value(json_object_get(op->in, "rawData"));
-    const char *given = json_string_value(json_object_get(op->in, "signature"));
+    const char *raw = op->in[0], *given = op->in[1];
     char sig[41];
     bool valid = false;
     size_t n = strlen(given);
@@ -151,59 +151,50 @@ static void check_signature_ready(struct user_op *op)
         valid = signature_matches(raw, op->sk, sig) ||
                 (op->prev_sk[0] != '\0' && signature_matches(raw, op->prev_sk, sig));
     }
-    http_reply_json(op->req, 200, json_pack("{s:b}", "valid", valid));
-    user_op_free(op);
+    reply_valid(op->req, valid);
 }
 
 void handle_check_signature(struct http_request *req, void *arg)
 {
     static const char *const fields[] = {"rawData", "signature", NULL};
-    json_t *in = handlers_parse_fields(req, fields);
-    if (in == NULL)
+    const char *in[2];
+    if (handlers_parse_fields(req, fields, in) != 0)
         return;
-    struct user_op *op = user_op_new(req, arg, in);
-    if (op != NULL)
-        user_op_load(op, check_signature_ready);
+    struct user_op *op = user_op_new(req, arg);
+    if (op == NULL)
+        return;
+    op->in[0] = in[0];
+    op->in[1] = in[1];
+    user_op_load(op, check_signature_ready);
 }
 
 /* ---- GET /v1/session/check ---- */
 
-static struct wechat_call *check_start(struct user_op *op, const char *access_token)
+static void on_checked(void *arg, const struct wechat_reply *r, bool valid)
 {
-    /* signature = HMAC-SHA256 keyed with the session_key string as received (not decoded),
-     * over the empty message (WeChat's checkSessionKey). */
-    char sig[65];
-    crypto_hmac_sha256_hex(op->sk, strlen(op->sk), "", 0, sig);
-    const char *kv[] = {"access_token", access_token, "signature",   sig, "openid",
-                        op->rec.openid, "sig_method", "hmac_sha256", NULL};
-    char *pq = wechat_path_query("/wxa/checksession", kv);
-    crypto_wipe(sig, sizeof(sig));
-    if (pq == NULL)
-        return NULL;
-    return wechat_get(op->ctx->wx, pq, NULL, user_op_on_call_done, op);
+    struct user_op *op = arg;
+    if (user_op_rejected(op, WECHAT_API_CHECKSESSION, r))
+        return;
+    if (r->status == WECHAT_OK)
+        reply_valid(op->req, valid);
+    else
+        handlers_reply_wechat(op->req, WECHAT_API_CHECKSESSION, r);
 }
 
-static void check_result(struct user_op *op, const struct wechat_result *res)
+static int check_call(struct user_op *op, const char *access_token)
 {
-    if (res->status == WECHAT_OK || (res->status == WECHAT_ERRCODE && res->errcode == 87009)) {
-        /* 87009: the signature does not match WeChat's current key for this user. */
-        http_reply_json(op->req, 200, json_pack("{s:b}", "valid", res->status == WECHAT_OK));
-    } else {
-        upstream_error_reply(op->req, res, "checksession");
-    }
-    user_op_free(op);
+    return wechat_check_session(op->ctx->wx, http_request_slot(op->req), access_token,
+                                op->session.openid, op->sk, on_checked, op);
 }
 
 static void session_check_ready(struct user_op *op)
 {
-    op->start = check_start;
-    op->result = check_result;
-    user_op_call_token(op);
+    user_op_with_token(op, check_call);
 }
 
 void handle_session_check(struct http_request *req, void *arg)
 {
-    struct user_op *op = user_op_new(req, arg, NULL);
+    struct user_op *op = user_op_new(req, arg);
     if (op != NULL)
         user_op_load(op, session_check_ready);
 }

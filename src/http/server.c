@@ -7,12 +7,19 @@
  * to zero.
  *
  * Request lifecycle, as MHD drives the access handler:
- *   1st call     headers are in: create the request, reject a too large Content-Length.
- *   body calls   append to the body buffer (bounded).
+ *   1st call     headers are in: take a request from the pool, reject a too large
+ *                Content-Length.
+ *   body calls   append to the body buffer (bounded, in the request's arena).
  *   final call   route and run the handler. If it answered, queue the response; otherwise
- *                suspend the connection until http_reply() resumes it, which brings a further
- *                final call that queues the stored response.
- *   completed    log the request and free it.
+ *                arm the deadline and suspend the connection until http_reply() resumes it,
+ *                which brings a further final call that queues the stored response.
+ *   completed    log the request, cancel what may still be pending, clear the arena and put
+ *                the request back in the pool.
+ *
+ * Requests are pooled per server and their first 2 KiB of scratch memory is inline, so a
+ * request that needs no more costs no allocation of ours: the reply body lives in the arena and
+ * is handed to MHD without a copy (MHD_RESPMEM_PERSISTENT: MHD is done with it before the
+ * completion callback).
  */
 #include "http/server.h"
 
@@ -31,7 +38,11 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "runtime/async.h"
 #include "util/addr.h"
+#include "util/arena.h"
+#include "util/jsonw.h"
+#include "util/list.h"
 
 #define MAX_REPLY_HEADERS 12
 /* Per-connection memory for headers and buffers. MHD clears the whole pool between keep-alive
@@ -42,6 +53,10 @@
 /* A chunked body over the limit is read and dropped up to this much more, so the client can be
  * told 413; past it the connection is simply closed. */
 #define DISCARD_SLACK (1024 * 1024)
+/* Requests kept for reuse per server; beyond that they are freed. */
+#define POOL_MAX 1024
+#define INLINE_ARENA 2048
+#define ERROR_BODY_MAX 512
 
 enum req_state {
     REQ_READING, /* headers or body still arriving */
@@ -52,7 +67,7 @@ enum req_state {
 };
 
 struct reply_header {
-    char *name, *value;
+    const char *name, *value; /* in the arena */
 };
 
 struct http_request {
@@ -64,8 +79,9 @@ struct http_request {
     enum req_state state;
     bool suspended;
     bool too_large;
+    bool dispatched; /* counted in srv->nactive */
 
-    char *body;
+    char *body; /* in the arena */
     size_t body_len, body_cap, discarded;
 
     unsigned status;
@@ -73,11 +89,11 @@ struct http_request {
     struct reply_header headers[MAX_REPLY_HEADERS];
     size_t nheaders;
 
-    http_cancel_fn *cancel_fn;
-    void *cancel_arg;
-
-    struct http_request *prev, *next; /* the server's live requests */
-    bool dispatched;                  /* counted in srv->nactive */
+    struct async_slot pending;
+    struct loop_timer deadline;
+    struct list node; /* the server's live list, or its pool */
+    struct arena arena;
+    _Alignas(16) char arena0[INLINE_ARENA];
 };
 
 struct http_server {
@@ -88,12 +104,14 @@ struct http_server {
     struct loop_timer drained_timer;
     uint16_t port;
     size_t max_body;
+    long request_timeout_ms;
     const struct http_route *routes;
     size_t nroutes;
     void *handler_arg;
 
-    struct http_request *live; /* every request between first call and completion */
-    size_t nlive;
+    struct list live; /* every request between first call and completion */
+    struct list pool; /* finished requests kept for reuse */
+    size_t npool;
     size_t nactive; /* live requests handed to a handler: what a drain waits for */
     uint32_t id_prefix;
     uint64_t id_counter;
@@ -165,57 +183,72 @@ static void set_request_id(struct http_request *req)
             return;
         }
     }
-    snprintf(req->id, sizeof(req->id), "%08x%08llx", req->srv->id_prefix,
-             (unsigned long long)++req->srv->id_counter);
+    static const char hex[] = "0123456789abcdef";
+    uint32_t p = req->srv->id_prefix;
+    uint64_t c = ++req->srv->id_counter;
+    for (int i = 0; i < 8; i++)
+        req->id[i] = hex[(p >> (28 - 4 * i)) & 15];
+    /* the counter in hex, at least 8 digits */
+    char tmp[16];
+    int n = 0;
+    do {
+        tmp[n++] = hex[c & 15];
+        c >>= 4;
+    } while (c != 0 || n < 8);
+    for (int i = 0; i < n; i++)
+        req->id[8 + i] = tmp[n - 1 - i];
+    req->id[8 + n] = '\0';
 }
+
+static void on_deadline(void *arg);
 
 static struct http_request *request_new(struct http_server *srv, struct MHD_Connection *conn,
                                         const char *method, const char *path)
 {
-    struct http_request *req = calloc(1, sizeof(*req));
-    if (req == NULL)
-        return NULL;
+    struct http_request *req;
+    struct list *n = list_first(&srv->pool);
+    if (n != NULL) {
+        list_unlink(n);
+        srv->npool--;
+        req = list_item(n, struct http_request, node);
+    } else {
+        req = malloc(sizeof(*req));
+        if (req == NULL)
+            return NULL;
+    }
+    /* Everything but the inline arena block, which arena_clear() left wiped. */
+    memset(req, 0, offsetof(struct http_request, arena0));
     req->srv = srv;
     req->conn = conn;
     req->method = method;
     req->path = path;
     req->state = REQ_READING;
+    arena_init(&req->arena, req->arena0, sizeof(req->arena0));
+    loop_timer_init(&req->deadline, on_deadline, req);
     clock_gettime(CLOCK_MONOTONIC, &req->start);
     set_request_id(req);
-    req->next = srv->live;
-    if (srv->live != NULL)
-        srv->live->prev = req;
-    srv->live = req;
-    srv->nlive++;
+    list_push_back(&srv->live, &req->node);
     return req;
-}
-
-static void free_headers(struct http_request *req)
-{
-    for (size_t i = 0; i < req->nheaders; i++) {
-        free(req->headers[i].name);
-        free(req->headers[i].value);
-    }
-    req->nheaders = 0;
 }
 
 static void request_free(struct http_request *req)
 {
     struct http_server *srv = req->srv;
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        srv->live = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    srv->nlive--;
+    /* Whatever ended the request, nothing it started may call back into it now. */
+    async_cancel(&req->pending);
+    loop_timer_stop(srv->loop, &req->deadline);
+    list_unlink(&req->node);
     if (req->dispatched)
         srv->nactive--;
-    free_headers(req);
     if (req->resp != NULL)
         MHD_destroy_response(req->resp);
-    free(req->body);
-    free(req);
+    arena_clear(&req->arena);
+    if (srv->npool < POOL_MAX) {
+        list_push_back(&srv->pool, &req->node);
+        srv->npool++;
+    } else {
+        free(req);
+    }
     if (srv->nactive == 0 && srv->drained_fn != NULL)
         loop_timer_start(srv->loop, &srv->drained_timer, 0);
 }
@@ -226,13 +259,14 @@ static void log_request(const struct http_request *req)
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    double ms = (double)(now.tv_sec - req->start.tv_sec) * 1e3 +
-                (double)(now.tv_nsec - req->start.tv_nsec) / 1e6;
-    char status[8], dur[32];
-    snprintf(status, sizeof(status), "%u", req->status);
-    snprintf(dur, sizeof(dur), "%.3f", ms);
-    log_kv(LOG_INFO, "request", "method", req->method, "path", req->path, "status", status,
-           "duration_ms", dur, "request_id", req->id, NULL);
+    long long us = (long long)(now.tv_sec - req->start.tv_sec) * 1000000 +
+                   (now.tv_nsec - req->start.tv_nsec) / 1000;
+    const struct log_field f[] = {
+        LOG_STR("method", req->method), LOG_STR("path", req->path),
+        LOG_INT("status", req->status), LOG_MS("duration_ms", us),
+        LOG_STR("request_id", req->id),
+    };
+    log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -285,17 +319,23 @@ static void route(struct http_request *req)
     http_reply_error(req, 405, "method_not_allowed", "method not allowed on this endpoint", "none");
 }
 
-static bool content_length_too_large(struct http_request *req)
+/* The declared Content-Length, -1 when there is none; *bad when it is over the limit. */
+static long long content_length(struct http_request *req, bool *too_large)
 {
     const char *cl =
         MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    *too_large = false;
     if (cl == NULL)
-        return false;
+        return -1;
     char *end;
     errno = 0;
     unsigned long long v = strtoull(cl, &end, 10);
     /* A malformed Content-Length never gets here: MHD answers it with 400 itself. */
-    return errno != 0 || end == cl || v > req->srv->max_body;
+    if (errno != 0 || end == cl || v > req->srv->max_body) {
+        *too_large = true;
+        return -1;
+    }
+    return (long long)v;
 }
 
 static void reply_too_large(struct http_request *req)
@@ -303,6 +343,26 @@ static void reply_too_large(struct http_request *req)
     char msg[96];
     snprintf(msg, sizeof(msg), "request body is larger than %zu bytes", req->srv->max_body);
     http_reply_error(req, 413, "payload_too_large", msg, "none");
+}
+
+/* Makes room for want body bytes (and a NUL) in the arena. False when out of memory. */
+static bool body_reserve(struct http_request *req, size_t want)
+{
+    if (want + 1 <= req->body_cap)
+        return true;
+    size_t cap = req->body_cap ? req->body_cap : 256;
+    while (cap < want + 1)
+        cap *= 2;
+    if (cap > req->srv->max_body + 1)
+        cap = req->srv->max_body + 1;
+    char *b = arena_alloc(&req->arena, cap);
+    if (b == NULL)
+        return false;
+    if (req->body_len > 0)
+        memcpy(b, req->body, req->body_len);
+    req->body = b;
+    req->body_cap = cap;
+    return true;
 }
 
 /* Returns false when the body must be dropped with the connection. */
@@ -314,22 +374,20 @@ static bool append_body(struct http_request *req, const char *data, size_t size)
         req->discarded += size;
         return req->discarded <= DISCARD_SLACK;
     }
-    if (req->body_len + size + 1 > req->body_cap) {
-        size_t cap = req->body_cap ? req->body_cap : 1024;
-        while (cap < req->body_len + size + 1)
-            cap *= 2;
-        if (cap > srv->max_body + 1)
-            cap = srv->max_body + 1;
-        char *b = realloc(req->body, cap);
-        if (b == NULL)
-            return false;
-        req->body = b;
-        req->body_cap = cap;
-    }
+    if (!body_reserve(req, req->body_len + size))
+        return false;
     memcpy(req->body + req->body_len, data, size);
     req->body_len += size;
     req->body[req->body_len] = '\0';
     return true;
+}
+
+static void dispatch(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    req->state = REQ_PENDING;
+    req->dispatched = true;
+    srv->nactive++;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -345,12 +403,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
-        if (!content_length_too_large(req))
+        bool too_large;
+        long long cl = content_length(req, &too_large);
+        if (!too_large) {
+            /* Size the body buffer once when the length is known. */
+            if (cl > 0 && !body_reserve(req, (size_t)cl))
+                return MHD_NO;
             return MHD_YES;
+        }
         /* Answer before reading the body; MHD then closes the connection. */
-        req->state = REQ_PENDING;
-        req->dispatched = true;
-        srv->nactive++;
+        dispatch(req);
         reply_too_large(req);
         return queue_reply(req);
     }
@@ -371,18 +433,33 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return ok ? MHD_YES : MHD_NO;
     }
 
-    req->state = REQ_PENDING;
-    req->dispatched = true;
-    srv->nactive++;
+    dispatch(req);
     if (req->too_large)
         reply_too_large(req);
     else
         route(req);
     if (req->state == REQ_REPLIED || req->state == REQ_RESET)
         return queue_reply(req);
+    /* The answer will come later: bound the wait. */
+    loop_timer_start(srv->loop, &req->deadline, (uint64_t)srv->request_timeout_ms);
     MHD_suspend_connection(conn);
     req->suspended = true;
     return MHD_YES;
+}
+
+/* The deadline: whatever the request waits for is abandoned and the client told. */
+static void on_deadline(void *arg)
+{
+    struct http_request *req = arg;
+    if (req->state != REQ_PENDING)
+        return;
+    async_cancel(&req->pending);
+    log_kv(LOG_WARN, "request deadline passed", "path", req->path, "request_id", req->id, NULL);
+    if (req->srv->quiescing)
+        http_reply_error(req, 503, "shutting_down", "the service is shutting down", "retry");
+    else
+        http_reply_error(req, 504, "timeout", "the request could not be completed in time",
+                         "retry");
 }
 
 /* ---- public request API ---- */
@@ -423,22 +500,28 @@ struct loop *http_request_loop(const struct http_request *req)
     return req->srv->loop;
 }
 
-void http_request_on_cancel(struct http_request *req, http_cancel_fn *fn, void *arg)
+struct async_slot *http_request_slot(struct http_request *req)
 {
-    req->cancel_fn = fn;
-    req->cancel_arg = arg;
+    return &req->pending;
+}
+
+void *http_request_alloc(struct http_request *req, size_t n)
+{
+    return arena_zalloc(&req->arena, n);
+}
+
+bool http_request_answered(const struct http_request *req)
+{
+    return req->state != REQ_READING && req->state != REQ_PENDING;
 }
 
 int http_add_header(struct http_request *req, const char *name, const char *value)
 {
     if (req->nheaders == MAX_REPLY_HEADERS)
         return -ENOSPC;
-    char *n = strdup(name), *v = strdup(value);
-    if (n == NULL || v == NULL) {
-        free(n);
-        free(v);
+    char *n = arena_strdup(&req->arena, name), *v = arena_strdup(&req->arena, value);
+    if (n == NULL || v == NULL)
         return -ENOMEM;
-    }
     req->headers[req->nheaders].name = n;
     req->headers[req->nheaders].value = v;
     req->nheaders++;
@@ -448,11 +531,23 @@ int http_add_header(struct http_request *req, const char *name, const char *valu
 /* Marks the request answered and, when its connection waits suspended, wakes it. */
 static void finish(struct http_request *req)
 {
-    req->cancel_fn = NULL;
+    loop_timer_stop(req->srv->loop, &req->deadline);
     if (req->suspended) {
         MHD_resume_connection(req->conn);
         kick(req->srv);
     }
+}
+
+/* The answer when the real one cannot be built: a header MHD refused, or no memory. */
+static struct MHD_Response *internal_error_response(void)
+{
+    static const char err[] = "{\"error\":\"internal\",\"message\":\"the answer could not be "
+                              "built\",\"action\":\"retry\"}";
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(sizeof(err) - 1, (void *)err, MHD_RESPMEM_PERSISTENT);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    return resp;
 }
 
 int http_reply(struct http_request *req, unsigned status, const char *content_type,
@@ -460,46 +555,51 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
 {
     if (req->state != REQ_PENDING)
         return -EALREADY;
+    /* Answering ends the request's wait for anything. */
+    async_cancel(&req->pending);
+    void *copy = len > 0 ? arena_memdup(&req->arena, body, len) : NULL;
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (resp == NULL) {
-        /* Out of memory: the best left is to drop the connection. */
-        req->state = REQ_RESET;
-        finish(req);
-        return -ENOMEM;
+        len == 0 || copy != NULL
+            ? MHD_create_response_from_buffer(len, copy, MHD_RESPMEM_PERSISTENT)
+            : NULL;
+    int rc = 0;
+    if (resp != NULL) {
+        bool ok = true;
+        if (content_type != NULL)
+            ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) ==
+                  MHD_YES;
+        ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") == MHD_YES;
+        ok &= MHD_add_response_header(resp, "X-Request-Id", req->id) == MHD_YES;
+        for (size_t i = 0; i < req->nheaders; i++)
+            ok &= MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value) ==
+                  MHD_YES;
+        if (!ok) {
+            /* A header MHD refused (CR/LF in a value) must not vanish silently: for an
+             * auth_request target, a 200 without its identity headers would be a pass. */
+            MHD_destroy_response(resp);
+            resp = NULL;
+            rc = -EINVAL;
+        }
+    } else {
+        rc = -ENOMEM;
     }
-    if (content_type != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    MHD_add_response_header(resp, "X-Request-Id", req->id);
-    bool headers_ok = true;
-    for (size_t i = 0; i < req->nheaders; i++)
-        headers_ok &=
-            MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value) == MHD_YES;
-    if (!headers_ok) {
-        /* A header MHD refused (CR/LF in a value) must not vanish silently: for an
-         * auth_request target, a 200 without its identity headers would be a pass. */
-        static const char err[] = "{\"error\":\"internal\",\"message\":\"invalid response "
-                                  "header\",\"action\":\"none\"}";
-        MHD_destroy_response(resp);
-        resp =
-            MHD_create_response_from_buffer(sizeof(err) - 1, (void *)err, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        resp = internal_error_response();
+        status = 500;
         if (resp == NULL) {
+            /* Out of memory: the best left is to drop the connection. */
             req->state = REQ_RESET;
             finish(req);
             return -ENOMEM;
         }
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-        status = 500;
     }
     if (req->srv->quiescing)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-    free_headers(req);
     req->resp = resp;
     req->status = status;
     req->state = REQ_REPLIED;
     finish(req);
-    return 0;
+    return rc;
 }
 
 int http_reply_json(struct http_request *req, unsigned status, json_t *body)
@@ -516,17 +616,38 @@ int http_reply_json(struct http_request *req, unsigned status, json_t *body)
     return rc;
 }
 
+int http_reply_error_num(struct http_request *req, unsigned status, const char *slug,
+                         const char *message, const char *action, const char *key, long long value)
+{
+    char buf[ERROR_BODY_MAX];
+    struct jsonw w;
+    jsonw_begin(&w, buf, sizeof(buf));
+    jsonw_str(&w, "error", slug);
+    jsonw_str(&w, "message", message);
+    jsonw_str(&w, "action", action);
+    if (key != NULL)
+        jsonw_num(&w, key, value);
+    size_t n = jsonw_end(&w);
+    if (n == 0) { /* a message too long for the buffer: keep the slug, drop the text */
+        jsonw_begin(&w, buf, sizeof(buf));
+        jsonw_str(&w, "error", slug);
+        jsonw_str(&w, "action", action);
+        n = jsonw_end(&w);
+    }
+    return http_reply(req, status, "application/json", buf, n);
+}
+
 int http_reply_error(struct http_request *req, unsigned status, const char *slug,
                      const char *message, const char *action)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s}", "error", slug, "message", message, "action", action);
-    return http_reply_json(req, status, o);
+    return http_reply_error_num(req, status, slug, message, action, NULL, 0);
 }
 
 void http_reply_reset(struct http_request *req)
 {
     if (req->state != REQ_PENDING)
         return;
+    async_cancel(&req->pending);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci != NULL) {
@@ -608,9 +729,12 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     }
     srv->loop = loop;
     srv->max_body = opts->max_body;
+    srv->request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 60000;
     srv->routes = opts->routes;
     srv->nroutes = opts->nroutes;
     srv->handler_arg = opts->handler_arg;
+    list_init(&srv->live);
+    list_init(&srv->pool);
     loop_timer_init(&srv->mhd_timer, on_mhd_timer, srv);
     loop_timer_init(&srv->drained_timer, on_drained_timer, srv);
     if (getrandom(&srv->id_prefix, sizeof(srv->id_prefix), 0) != sizeof(srv->id_prefix))
@@ -673,14 +797,15 @@ void http_server_free(struct http_server *srv)
         return;
     if (srv->mhd != NULL) {
         /* MHD must not be stopped with suspended connections: abandon every pending answer
-         * (its owner stops its timer or transfer) and answer it here. */
-        for (struct http_request *req = srv->live; req != NULL; req = req->next) {
-            if (req->state != REQ_PENDING)
-                continue;
-            if (req->cancel_fn != NULL)
-                req->cancel_fn(req->cancel_arg);
-            req->cancel_fn = NULL;
-            http_reply_error(req, 503, "shutting_down", "the service is shutting down", "retry");
+         * (cancelling what it waits for) and answer it here. */
+        srv->quiescing = true;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &srv->live)
+        {
+            struct http_request *req = list_item(pos, struct http_request, node);
+            if (req->state == REQ_PENDING)
+                http_reply_error(req, 503, "shutting_down", "the service is shutting down",
+                                 "retry");
         }
         MHD_run(srv->mhd);
         MHD_stop_daemon(srv->mhd);
@@ -688,5 +813,11 @@ void http_server_free(struct http_server *srv)
     loop_io_del(srv->mhd_io);
     loop_timer_stop(srv->loop, &srv->mhd_timer);
     loop_timer_stop(srv->loop, &srv->drained_timer);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &srv->pool)
+    {
+        list_unlink(pos);
+        free(list_item(pos, struct http_request, node));
+    }
     free(srv);
 }

@@ -7,9 +7,18 @@
  *
  * The server reads the whole request body (up to max_body), routes by exact path and method, and
  * calls the route's handler once. The handler answers with http_reply*() either before it returns
- * or later from the same thread (when WeChat has answered): in that case the connection is
- * suspended meanwhile and resumed by the reply. Unknown paths, wrong methods and oversized bodies
- * are answered here; everything else is the handlers' business.
+ * or later from the same thread: meanwhile the connection is suspended and the request's one
+ * pending slot (http_request_slot()) holds the asynchronous operation it waits for.
+ *
+ * This file owns the request's lifetime, so "every request is answered, and nothing it started
+ * outlives it" is a property of this module:
+ *   - a request still pending at its deadline (request_timeout_ms) has its pending operation
+ *     cancelled and is answered 504 (503 while the server shuts down);
+ *   - at shutdown every pending request has its operation cancelled and is answered 503;
+ *   - answering cancels whatever is still pending;
+ *   - the request's scratch memory (http_request_alloc()) is released when the request ends,
+ *     after its answer is sent or the client is gone. Handlers never free request state.
+ * Unknown paths, wrong methods and oversized bodies are answered here.
  */
 #ifndef WXLOGIN_HTTP_SERVER_H
 #define WXLOGIN_HTTP_SERVER_H
@@ -19,12 +28,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct async_slot;
 struct loop;
 struct http_server;
 struct http_request;
 
 typedef void http_handler_fn(struct http_request *req, void *arg);
-typedef void http_cancel_fn(void *arg);
 typedef void http_drained_fn(void *arg);
 
 struct http_route {
@@ -39,6 +48,7 @@ struct http_server_opts {
     size_t max_body;
     unsigned max_connections;
     unsigned connection_timeout_s;
+    long request_timeout_ms;         /* a request still pending this long is answered 504 */
     const struct http_route *routes; /* borrowed, must outlive the server */
     size_t nroutes;
     void *handler_arg; /* passed to every handler */
@@ -59,7 +69,7 @@ uint16_t http_server_port(const struct http_server *srv);
  */
 void http_server_quiesce(struct http_server *srv, http_drained_fn *drained, void *arg);
 /*
- * Stops the server: pending requests get their cancel hook called and are answered 503, then
+ * Stops the server: pending requests get their operation cancelled and are answered 503, then
  * every connection is closed. Accepts NULL.
  */
 void http_server_free(struct http_server *srv);
@@ -76,11 +86,11 @@ const char *http_request_header(const struct http_request *req, const char *name
 const char *http_request_query(const struct http_request *req, const char *name);
 struct loop *http_request_loop(const struct http_request *req);
 
-/*
- * While a handler's answer is pending, fn(arg) is how the server abandons it at shutdown: the
- * owner must stop whatever would call http_reply() later. Set to NULL when no longer needed.
- */
-void http_request_on_cancel(struct http_request *req, http_cancel_fn *fn, void *arg);
+/* The request's one pending slot: every asynchronous operation a handler starts goes here. */
+struct async_slot *http_request_slot(struct http_request *req);
+
+/* n zeroed bytes of request-lifetime memory (16-aligned), NULL when out of memory. */
+void *http_request_alloc(struct http_request *req, size_t n);
 
 /* ---- answering: exactly one http_reply*() per request ---- */
 /* Adds a response header (copied). Call before the reply. */
@@ -93,7 +103,12 @@ int http_reply_json(struct http_request *req, unsigned status, json_t *body);
 /* Answers {"error": slug, "message": message, "action": action}. */
 int http_reply_error(struct http_request *req, unsigned status, const char *slug,
                      const char *message, const char *action);
+/* The same with one more numeric member (e.g. "wx_errcode"); key NULL adds none. */
+int http_reply_error_num(struct http_request *req, unsigned status, const char *slug,
+                         const char *message, const char *action, const char *key, long long value);
 /* Closes the connection without an answer, with a TCP reset (the mock uses it). */
 void http_reply_reset(struct http_request *req);
+/* True once the request was answered (or reset). */
+bool http_request_answered(const struct http_request *req);
 
 #endif

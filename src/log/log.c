@@ -1,23 +1,35 @@
 /*
- * log: formatting is done into a stack buffer; JSON strings are escaped with jansson's encoder
- * (json_dumpb of a json string), so there is no hand-written escaper to get wrong.
+ * log: lines are formatted into a stack buffer with util/jsonw's escaper; the timestamp's
+ * seconds part is formatted once per second per thread.
  */
 #include "log/log.h"
 
-#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "util/jsonw.h"
+
 #define LOG_LINE_MAX 4096
+#define BATCH_MAX 4096 /* PIPE_BUF: one write of at most this much is atomic on a pipe */
 
 static enum log_level g_level = LOG_INFO;
 static enum log_format g_format = LOG_FORMAT_JSON;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static const char cut_mark[] = "...(cut)";
+
+struct batch {
+    bool on;
+    size_t len;
+    char buf[BATCH_MAX];
+};
+
+static _Thread_local struct batch t_batch;
+static _Thread_local time_t t_sec = -1;
+static _Thread_local char t_sec_text[24]; /* "2026-12-01T09:27:14" */
 
 void log_setup(enum log_level level, enum log_format format)
 {
@@ -52,22 +64,23 @@ int log_format_parse(const char *s, enum log_format *out)
     return 0;
 }
 
+/* ---- building a line ---- */
+
 struct line {
     char buf[LOG_LINE_MAX];
     size_t len;
 };
 
-/* Bytes kept back for the end of a JSON line ("}" and the newline). */
-#define LINE_RESERVE 2
-
+/* Bytes kept back for the end of a line: "}" and the newline (JSON), the newline (text). */
 static size_t room_left(const struct line *l)
 {
-    return sizeof(l->buf) - (g_format == LOG_FORMAT_JSON ? LINE_RESERVE : 1) - l->len;
+    size_t reserve = g_format == LOG_FORMAT_JSON ? 2 : 1;
+    return sizeof(l->buf) - reserve - l->len;
 }
 
+/* Appends raw bytes, cut to what fits. */
 static void put(struct line *l, const char *s, size_t n)
 {
-    /* A line that does not fit is cut, never overflowed. */
     size_t room = room_left(l);
     if (n > room)
         n = room;
@@ -80,56 +93,10 @@ static void puts_(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-static void puts_(struct line *l, const char *s);
-
-/* Writes s as a JSON string. A string too long for the line is cut (at a UTF-8 boundary) and
- * marked, so the line always stays valid JSON. */
+/* A JSON string, cut (at a character boundary, marked) when the line has no room for it. */
 static void put_json_string(struct line *l, const char *s)
 {
-    static const char cut_mark[] = "...(cut)";
-    size_t n = strlen(s);
-    for (;;) {
-        json_t *js = json_stringn(s, n);
-        if (js == NULL) { /* not UTF-8: say so rather than write bytes a JSON reader rejects */
-            puts_(l, "\"<invalid utf-8>\"");
-            return;
-        }
-        if (n < strlen(s)) {
-            char *t = NULL;
-            if (asprintf(&t, "%.*s%s", (int)n, s, cut_mark) < 0) {
-                json_decref(js);
-                put(l, "\"\"", 2);
-                return;
-            }
-            json_decref(js);
-            js = json_string(t);
-            free(t);
-            if (js == NULL) {
-                put(l, "\"\"", 2);
-                return;
-            }
-        }
-        size_t room = room_left(l);
-        size_t need = json_dumpb(js, NULL, 0, JSON_ENCODE_ANY);
-        if (need <= room) {
-            l->len += json_dumpb(js, l->buf + l->len, room, JSON_ENCODE_ANY);
-            json_decref(js);
-            return;
-        }
-        json_decref(js);
-        /* Escaping can grow a byte to six: shrink generously, then back off to a character
-         * boundary. */
-        size_t target = room > sizeof(cut_mark) + 8 ? (room - sizeof(cut_mark) - 8) / 6 : 0;
-        if (target >= n)
-            target = n > 0 ? n - 1 : 0;
-        while (target > 0 && ((unsigned char)s[target] & 0xC0) == 0x80)
-            target--;
-        if (target == 0) {
-            put(l, "\"\"", 2);
-            return;
-        }
-        n = target;
-    }
+    l->len += jsonw_string(l->buf + l->len, room_left(l), s, strlen(s), cut_mark);
 }
 
 /* Text values are quoted only when they would be ambiguous. */
@@ -145,58 +112,164 @@ static void put_text_value(struct line *l, const char *s)
 static void put_time(struct line *l)
 {
     struct timespec ts;
-    struct tm tm;
-    char tbuf[40];
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(tbuf + n, sizeof(tbuf) - n, ".%03ldZ", ts.tv_nsec / 1000000);
-    puts_(l, tbuf);
+    if (ts.tv_sec != t_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        strftime(t_sec_text, sizeof(t_sec_text), "%Y-%m-%dT%H:%M:%S", &tm);
+        t_sec = ts.tv_sec;
+    }
+    char ms[6];
+    long m = ts.tv_nsec / 1000000;
+    ms[0] = '.';
+    ms[1] = (char)('0' + m / 100);
+    ms[2] = (char)('0' + m / 10 % 10);
+    ms[3] = (char)('0' + m % 10);
+    ms[4] = 'Z';
+    puts_(l, t_sec_text);
+    put(l, ms, 5);
 }
 
-static void emit(enum log_level level, const char *msg, va_list ap)
+static void begin_line(struct line *l, enum log_level level, const char *msg)
 {
-    struct line l = {.len = 0};
+    l->len = 0;
     if (g_format == LOG_FORMAT_JSON) {
-        puts_(&l, "{\"ts\":\"");
-        put_time(&l);
-        puts_(&l, "\",\"level\":\"");
-        puts_(&l, level_names[level]);
-        puts_(&l, "\",\"msg\":");
-        put_json_string(&l, msg);
+        puts_(l, "{\"ts\":\"");
+        put_time(l);
+        puts_(l, "\",\"level\":\"");
+        puts_(l, level_names[level]);
+        puts_(l, "\",\"msg\":");
+        put_json_string(l, msg);
     } else {
-        put_time(&l);
-        puts_(&l, " ");
-        puts_(&l, level_names[level]);
-        puts_(&l, " ");
-        puts_(&l, msg);
+        put_time(l);
+        puts_(l, " ");
+        puts_(l, level_names[level]);
+        puts_(l, " ");
+        puts_(l, msg);
     }
+}
+
+/* Formats a number field's value into out; returns its length. */
+static size_t number_text(const struct log_field *f, char out[32])
+{
+    if (f->type == LOG_F_INT)
+        return jsonw_int(out, f->i);
+    /* microseconds as milliseconds with three decimals */
+    long long us = f->i < 0 ? 0 : f->i;
+    size_t n = jsonw_int(out, us / 1000);
+    long long frac = us % 1000;
+    out[n++] = '.';
+    out[n++] = (char)('0' + frac / 100);
+    out[n++] = (char)('0' + frac / 10 % 10);
+    out[n++] = (char)('0' + frac % 10);
+    return n;
+}
+
+static void add_field(struct line *l, const struct log_field *f)
+{
+    if (f->type == LOG_F_STR && f->s == NULL)
+        return;
+    char num[32];
+    size_t nlen = f->type == LOG_F_STR ? 0 : number_text(f, num);
+    if (g_format == LOG_FORMAT_JSON) {
+        /* A field whose key (and number) does not fit is left out whole, so the line stays
+         * JSON; a string value that does not fit is cut and marked. */
+        size_t need = strlen(f->key) + 4 + (f->type == LOG_F_STR ? 2 : nlen);
+        if (need > room_left(l))
+            return;
+        puts_(l, ",");
+        put_json_string(l, f->key);
+        puts_(l, ":");
+        if (f->type == LOG_F_STR)
+            put_json_string(l, f->s);
+        else
+            put(l, num, nlen);
+    } else {
+        puts_(l, " ");
+        puts_(l, f->key);
+        puts_(l, "=");
+        if (f->type == LOG_F_STR)
+            put_text_value(l, f->s);
+        else
+            put(l, num, nlen);
+    }
+}
+
+static void end_line(struct line *l)
+{
+    if (g_format == LOG_FORMAT_JSON)
+        l->buf[l->len++] = '}';
+    l->buf[l->len++] = '\n';
+}
+
+/* ---- writing ---- */
+
+static void write_all(const char *buf, size_t len)
+{
+    /* One write per line or batch: atomic on pipes under PIPE_BUF, never interleaved mid-line
+     * on files opened O_APPEND. A failed log write has nowhere to be reported. */
+    ssize_t w = write(STDERR_FILENO, buf, len);
+    (void)w;
+}
+
+void log_flush(void)
+{
+    struct batch *b = &t_batch;
+    if (b->len == 0)
+        return;
+    write_all(b->buf, b->len);
+    b->len = 0;
+}
+
+void log_batch(bool on)
+{
+    if (!on)
+        log_flush();
+    t_batch.on = on;
+}
+
+static void emit(enum log_level level, const struct line *l)
+{
+    struct batch *b = &t_batch;
+    if (!b->on) {
+        write_all(l->buf, l->len);
+        return;
+    }
+    if (b->len + l->len > sizeof(b->buf))
+        log_flush();
+    memcpy(b->buf + b->len, l->buf, l->len);
+    b->len += l->len;
+    /* Warnings and errors are not held back: an operator (or a crash) must not lose them. */
+    if (level >= LOG_WARN)
+        log_flush();
+}
+
+void log_fields(enum log_level level, const char *msg, const struct log_field *fields, size_t n)
+{
+    if (!log_enabled(level))
+        return;
+    struct line l;
+    begin_line(&l, level, msg);
+    for (size_t i = 0; i < n; i++)
+        add_field(&l, &fields[i]);
+    end_line(&l);
+    emit(level, &l);
+}
+
+static void emit_kv(enum log_level level, const char *msg, va_list ap)
+{
+    struct line l;
+    begin_line(&l, level, msg);
     for (;;) {
         const char *k = va_arg(ap, const char *);
         if (k == NULL)
             break;
         const char *v = va_arg(ap, const char *);
-        if (v == NULL)
-            continue;
-        if (g_format == LOG_FORMAT_JSON) {
-            puts_(&l, ",");
-            put_json_string(&l, k);
-            puts_(&l, ":");
-            put_json_string(&l, v);
-        } else {
-            puts_(&l, " ");
-            puts_(&l, k);
-            puts_(&l, "=");
-            put_text_value(&l, v);
-        }
+        struct log_field f = LOG_STR(k, v);
+        add_field(&l, &f);
     }
-    if (g_format == LOG_FORMAT_JSON)
-        l.buf[l.len++] = '}';
-    l.buf[l.len++] = '\n';
-    /* One write per line: atomic on pipes for lines under PIPE_BUF, never interleaved mid-line
-     * on files opened O_APPEND. A failed log write has nowhere to be reported. */
-    ssize_t w = write(STDERR_FILENO, l.buf, l.len);
-    (void)w;
+    end_line(&l);
+    emit(level, &l);
 }
 
 void log_kv(enum log_level level, const char *msg, ...)
@@ -205,15 +278,7 @@ void log_kv(enum log_level level, const char *msg, ...)
         return;
     va_list ap;
     va_start(ap, msg);
-    emit(level, msg, ap);
-    va_end(ap);
-}
-
-static void emit_msg(enum log_level level, const char *msg, ...)
-{
-    va_list ap;
-    va_start(ap, msg);
-    emit(level, msg, ap);
+    emit_kv(level, msg, ap);
     va_end(ap);
 }
 
@@ -226,5 +291,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    emit_msg(level, msg, NULL);
+    struct line l;
+    begin_line(&l, level, msg);
+    end_line(&l);
+    emit(level, &l);
 }

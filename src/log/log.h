@@ -1,14 +1,22 @@
 /*
  * log: one line per event on stderr, as JSON or as text, safe from any thread.
  *
- * A line is written with a single write(2), so lines from different threads never interleave.
- * Fields are key/value pairs of strings; callers format numbers themselves. Secrets must never
- * be passed here: that is the callers' rule, this module cannot tell a secret from a string.
+ * A line is built in a fixed buffer (no allocation) and written whole, so lines from different
+ * threads never interleave. Fields are key/value pairs; strings are escaped, numbers written as
+ * JSON numbers. Secrets must never be passed here: that is the callers' rule, this module cannot
+ * tell a secret from a string.
+ *
+ * Batching: a thread that calls log_batch(true) (the workers, whose loops call log_flush()
+ * before each wait for events) keeps its info and debug lines in a per-thread buffer and writes
+ * them with one write(2) per loop iteration, or sooner when the buffer is full; a warn or error
+ * line flushes at once, after the lines before it. A batch never exceeds PIPE_BUF (4096 bytes),
+ * so each write stays atomic on a pipe.
  */
 #ifndef WXLOGIN_LOG_H
 #define WXLOGIN_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 enum log_format { LOG_FORMAT_JSON, LOG_FORMAT_TEXT };
@@ -30,5 +38,30 @@ void log_kv(enum log_level level, const char *msg, ...) __attribute__((sentinel)
 
 /* printf-style message without fields. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Typed fields, for lines that carry numbers (the access line). */
+enum log_field_type {
+    LOG_F_STR, /* s; NULL skips the field */
+    LOG_F_INT, /* i */
+    LOG_F_MS,  /* i microseconds, written as milliseconds with three decimals */
+};
+
+struct log_field {
+    const char *key;
+    enum log_field_type type;
+    const char *s;
+    long long i;
+};
+
+#define LOG_STR(k, v) ((struct log_field){.key = (k), .type = LOG_F_STR, .s = (v)})
+#define LOG_INT(k, v) ((struct log_field){.key = (k), .type = LOG_F_INT, .i = (v)})
+#define LOG_MS(k, us) ((struct log_field){.key = (k), .type = LOG_F_MS, .i = (us)})
+
+void log_fields(enum log_level level, const char *msg, const struct log_field *fields, size_t n);
+
+/* Turns batching on or off for the calling thread (off: pending lines are written first). */
+void log_batch(bool on);
+/* Writes the calling thread's pending lines, if any. */
+void log_flush(void);
 
 #endif

@@ -1,5 +1,10 @@
 /*
- * loop: epoll + a binary min-heap of timers + an eventfd for cross-thread posts.
+ * loop: epoll + a pairing heap of intrusive timers + an eventfd for cross-thread posts.
+ *
+ * Timers form a pairing heap ordered by (due_ms, seq): insertion is O(1) and never allocates,
+ * removal of the earliest or of any timer is O(log n) amortised. A pass over due timers stops
+ * at the first timer armed during that pass, so a callback that re-arms itself at 0 cannot
+ * starve io.
  *
  * Io watchers removed while events are being dispatched are only marked dead and freed after
  * the batch, so a callback may delete any watcher (its own or another) without leaving a
@@ -16,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/list.h"
+
 #define LOOP_MAX_EVENTS 256
 
 struct loop_io {
@@ -24,31 +31,28 @@ struct loop_io {
     loop_io_fn *fn;
     void *arg;
     bool dead;
-    struct loop_io *next_dead;
-    struct loop_io *prev, *next; /* the loop's live watchers */
-};
-
-struct loop_post_item {
-    loop_post_fn *fn;
-    void *arg;
-    struct loop_post_item *next;
+    struct list node; /* on the loop's live or dead list */
 };
 
 struct loop {
     int epfd;
     int wakefd;
     bool stopping;
+    bool dispatching; /* inside loop_run's handling of one iteration */
     uint64_t now_ms;
 
-    struct loop_timer **heap;
-    size_t heap_len, heap_cap;
+    struct loop_timer *timers; /* the heap's root */
+    uint64_t timer_seq;
 
-    struct loop_io *live; /* registered watchers */
-    struct loop_io *dead; /* freed after each dispatch batch */
+    struct list live; /* registered watchers */
+    struct list dead; /* freed after each dispatch batch */
     struct loop_io *wake_io;
 
+    loop_hook_fn *idle_fn;
+    void *idle_arg;
+
     pthread_mutex_t post_mu;
-    struct loop_post_item *post_head, *post_tail;
+    struct loop_post *post_head, *post_tail;
 };
 
 uint64_t loop_clock_ms(void)
@@ -63,96 +67,116 @@ uint64_t loop_now_ms(const struct loop *loop)
     return loop->now_ms;
 }
 
-/* ---- timers: min-heap ordered by due_ms ---- */
-
-static void heap_swap(struct loop *loop, size_t a, size_t b)
+void loop_set_idle_hook(struct loop *loop, loop_hook_fn *fn, void *arg)
 {
-    struct loop_timer *t = loop->heap[a];
-    loop->heap[a] = loop->heap[b];
-    loop->heap[b] = t;
-    loop->heap[a]->heap_idx = a;
-    loop->heap[b]->heap_idx = b;
+    loop->idle_fn = fn;
+    loop->idle_arg = arg;
 }
 
-static void heap_up(struct loop *loop, size_t i)
+/* ---- timers: pairing heap ordered by (due_ms, seq) ---- */
+
+static bool timer_before(const struct loop_timer *a, const struct loop_timer *b)
 {
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (loop->heap[parent]->due_ms <= loop->heap[i]->due_ms)
-            break;
-        heap_swap(loop, i, parent);
-        i = parent;
-    }
+    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
 }
 
-static void heap_down(struct loop *loop, size_t i)
+/* Melds two heaps (roots with no siblings); returns the new root. */
+static struct loop_timer *meld(struct loop_timer *a, struct loop_timer *b)
 {
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < loop->heap_len && loop->heap[l]->due_ms < loop->heap[m]->due_ms)
-            m = l;
-        if (r < loop->heap_len && loop->heap[r]->due_ms < loop->heap[m]->due_ms)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(loop, i, m);
-        i = m;
+    if (a == NULL)
+        return b;
+    if (b == NULL)
+        return a;
+    if (timer_before(b, a)) {
+        struct loop_timer *t = a;
+        a = b;
+        b = t;
     }
+    /* b becomes a's first child; a first child's prev is its parent. */
+    b->prev = a;
+    b->next = a->child;
+    if (a->child != NULL)
+        a->child->prev = b;
+    a->child = b;
+    return a;
+}
+
+/* The standard two-pass merge of a sibling list into one heap. */
+static struct loop_timer *merge_pairs(struct loop_timer *first)
+{
+    struct loop_timer *stack = NULL;
+    while (first != NULL) {
+        struct loop_timer *a = first, *b = first->next;
+        first = b != NULL ? b->next : NULL;
+        a->next = a->prev = NULL;
+        if (b != NULL)
+            b->next = b->prev = NULL;
+        struct loop_timer *m = meld(a, b);
+        m->next = stack; /* the first pass's results, linked through next */
+        stack = m;
+    }
+    struct loop_timer *root = NULL;
+    while (stack != NULL) {
+        struct loop_timer *next = stack->next;
+        stack->next = NULL;
+        root = meld(root, stack);
+        stack = next;
+    }
+    return root;
 }
 
 void loop_timer_init(struct loop_timer *t, loop_timer_fn *fn, void *arg)
 {
+    memset(t, 0, sizeof(*t));
     t->fn = fn;
     t->arg = arg;
-    t->due_ms = 0;
-    t->heap_idx = SIZE_MAX;
 }
 
 bool loop_timer_armed(const struct loop_timer *t)
 {
-    return t->heap_idx != SIZE_MAX;
+    return t->armed;
 }
 
 void loop_timer_stop(struct loop *loop, struct loop_timer *t)
 {
-    size_t i = t->heap_idx;
-    if (i == SIZE_MAX)
+    if (!t->armed)
         return;
-    t->heap_idx = SIZE_MAX;
-    loop->heap_len--;
-    if (i == loop->heap_len)
-        return;
-    loop->heap[i] = loop->heap[loop->heap_len];
-    loop->heap[i]->heap_idx = i;
-    heap_down(loop, i);
-    heap_up(loop, i);
+    t->armed = false;
+    if (t == loop->timers) {
+        loop->timers = merge_pairs(t->child);
+    } else {
+        /* Cut t's subtree out of its parent's child list, then meld its children back. */
+        if (t->prev->child == t)
+            t->prev->child = t->next;
+        else
+            t->prev->next = t->next;
+        if (t->next != NULL)
+            t->next->prev = t->prev;
+        loop->timers = meld(loop->timers, merge_pairs(t->child));
+    }
+    t->child = t->next = t->prev = NULL;
 }
 
-int loop_timer_start(struct loop *loop, struct loop_timer *t, uint64_t delay_ms)
+void loop_timer_start(struct loop *loop, struct loop_timer *t, uint64_t delay_ms)
 {
     loop_timer_stop(loop, t);
-    if (loop->heap_len == loop->heap_cap) {
-        size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
-        struct loop_timer **h = realloc(loop->heap, cap * sizeof(*h));
-        if (h == NULL)
-            return -ENOMEM;
-        loop->heap = h;
-        loop->heap_cap = cap;
-    }
-    t->due_ms = loop_clock_ms() + delay_ms;
-    t->heap_idx = loop->heap_len;
-    loop->heap[loop->heap_len++] = t;
-    heap_up(loop, t->heap_idx);
-    return 0;
+    /* Outside an iteration (setup, tests) the cached clock may be old: count from now. */
+    if (!loop->dispatching)
+        loop->now_ms = loop_clock_ms();
+    t->due_ms = loop->now_ms + delay_ms;
+    t->seq = ++loop->timer_seq;
+    t->child = t->next = t->prev = NULL;
+    t->armed = true;
+    loop->timers = meld(loop->timers, t);
 }
 
-/* Runs every timer that is due. A timer re-armed by its own callback for "now" waits for the
- * next iteration, so a zero-delay timer cannot starve io. */
+/* Runs every timer that was due when the pass started. A timer armed during the pass sorts
+ * after every timer armed before it with the same due time, so the pass ends at it. */
 static void run_timers(struct loop *loop)
 {
-    uint64_t now = loop->now_ms;
-    while (loop->heap_len > 0 && loop->heap[0]->due_ms <= now) {
-        struct loop_timer *t = loop->heap[0];
+    uint64_t now = loop->now_ms, last_seq = loop->timer_seq;
+    while (loop->timers != NULL && loop->timers->due_ms <= now && loop->timers->seq <= last_seq) {
+        struct loop_timer *t = loop->timers;
         loop_timer_stop(loop, t);
         t->fn(t->arg);
     }
@@ -160,10 +184,10 @@ static void run_timers(struct loop *loop)
 
 static int next_timeout_ms(const struct loop *loop)
 {
-    if (loop->heap_len == 0)
+    if (loop->timers == NULL)
         return -1;
     uint64_t now = loop_clock_ms();
-    uint64_t due = loop->heap[0]->due_ms;
+    uint64_t due = loop->timers->due_ms;
     if (due <= now)
         return 0;
     uint64_t d = due - now;
@@ -186,10 +210,7 @@ struct loop_io *loop_io_add(struct loop *loop, int fd, uint32_t events, loop_io_
         free(io);
         return NULL;
     }
-    io->next = loop->live;
-    if (loop->live != NULL)
-        loop->live->prev = io;
-    loop->live = io;
+    list_push_back(&loop->live, &io->node);
     return io;
 }
 
@@ -205,25 +226,19 @@ void loop_io_del(struct loop_io *io)
         return;
     /* The fd may already be closed by its owner (curl closes before telling us); ENOENT/EBADF
      * are then expected and harmless. */
-    struct loop *loop = io->loop;
-    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
-    if (io->prev != NULL)
-        io->prev->next = io->next;
-    else
-        loop->live = io->next;
-    if (io->next != NULL)
-        io->next->prev = io->prev;
+    epoll_ctl(io->loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    list_unlink(&io->node);
     io->dead = true;
-    io->next_dead = io->loop->dead;
-    io->loop->dead = io;
+    list_push_back(&io->loop->dead, &io->node);
 }
 
 static void free_dead(struct loop *loop)
 {
-    while (loop->dead != NULL) {
-        struct loop_io *io = loop->dead;
-        loop->dead = io->next_dead;
-        free(io);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &loop->dead)
+    {
+        list_unlink(pos);
+        free(list_item(pos, struct loop_io, node));
     }
 }
 
@@ -232,16 +247,23 @@ static void free_dead(struct loop *loop)
 static void run_posts(struct loop *loop)
 {
     pthread_mutex_lock(&loop->post_mu);
-    struct loop_post_item *items = loop->post_head;
+    struct loop_post *items = loop->post_head;
     loop->post_head = loop->post_tail = NULL;
     pthread_mutex_unlock(&loop->post_mu);
 
     while (items != NULL) {
-        struct loop_post_item *it = items;
-        items = it->next;
-        it->fn(it->arg);
-        free(it);
+        struct loop_post *p = items;
+        items = p->next;
+        bool heap = p->heap;
+        p->fn(p->arg);
+        if (heap)
+            free(p);
     }
+}
+
+void loop_run_posts(struct loop *loop)
+{
+    run_posts(loop);
 }
 
 static void on_wake(struct loop_io *io, int fd, uint32_t events, void *arg)
@@ -254,26 +276,37 @@ static void on_wake(struct loop_io *io, int fd, uint32_t events, void *arg)
     run_posts(arg);
 }
 
-int loop_post(struct loop *loop, loop_post_fn *fn, void *arg)
+void loop_post_item(struct loop *loop, struct loop_post *p, loop_post_fn *fn, void *arg)
 {
-    struct loop_post_item *it = malloc(sizeof(*it));
-    if (it == NULL)
-        return -ENOMEM;
-    it->fn = fn;
-    it->arg = arg;
-    it->next = NULL;
+    p->fn = fn;
+    p->arg = arg;
+    p->next = NULL;
     pthread_mutex_lock(&loop->post_mu);
+    /* Only the post that makes the queue non-empty wakes the loop: the others find a wake on
+     * its way (the loop drains the eventfd before it takes the queue). */
+    bool wake = loop->post_head == NULL;
     if (loop->post_tail != NULL)
-        loop->post_tail->next = it;
+        loop->post_tail->next = p;
     else
-        loop->post_head = it;
-    loop->post_tail = it;
+        loop->post_head = p;
+    loop->post_tail = p;
     pthread_mutex_unlock(&loop->post_mu);
 
+    if (!wake)
+        return;
     uint64_t one = 1;
     /* EAGAIN means the counter is saturated: the loop is woken anyway. */
     while (write(loop->wakefd, &one, sizeof(one)) < 0 && errno == EINTR)
         ;
+}
+
+int loop_post(struct loop *loop, loop_post_fn *fn, void *arg)
+{
+    struct loop_post *p = malloc(sizeof(*p));
+    if (p == NULL)
+        return -ENOMEM;
+    p->heap = true;
+    loop_post_item(loop, p, fn, arg);
     return 0;
 }
 
@@ -286,7 +319,10 @@ struct loop *loop_new(void)
         return NULL;
     loop->epfd = -1;
     loop->wakefd = -1;
+    list_init(&loop->live);
+    list_init(&loop->dead);
     pthread_mutex_init(&loop->post_mu, NULL);
+    loop->now_ms = loop_clock_ms();
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (loop->epfd < 0)
         goto fail;
@@ -296,7 +332,6 @@ struct loop *loop_new(void)
     loop->wake_io = loop_io_add(loop, loop->wakefd, EPOLLIN, on_wake, loop);
     if (loop->wake_io == NULL)
         goto fail;
-    loop->now_ms = loop_clock_ms();
     return loop;
 fail:
     loop_free(loop);
@@ -308,15 +343,14 @@ void loop_free(struct loop *loop)
     if (loop == NULL)
         return;
     run_posts(loop);
-    while (loop->live != NULL)
-        loop_io_del(loop->live);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &loop->live) loop_io_del(list_item(pos, struct loop_io, node));
     free_dead(loop);
     if (loop->wakefd >= 0)
         close(loop->wakefd);
     if (loop->epfd >= 0)
         close(loop->epfd);
     pthread_mutex_destroy(&loop->post_mu);
-    free(loop->heap);
     free(loop);
 }
 
@@ -330,6 +364,8 @@ int loop_run(struct loop *loop)
     struct epoll_event evs[LOOP_MAX_EVENTS];
     loop->stopping = false;
     while (!loop->stopping) {
+        if (loop->idle_fn != NULL)
+            loop->idle_fn(loop->idle_arg);
         int n = epoll_wait(loop->epfd, evs, LOOP_MAX_EVENTS, next_timeout_ms(loop));
         if (n < 0) {
             if (errno == EINTR)
@@ -337,6 +373,7 @@ int loop_run(struct loop *loop)
             return -errno;
         }
         loop->now_ms = loop_clock_ms();
+        loop->dispatching = true;
         for (int i = 0; i < n; i++) {
             struct loop_io *io = evs[i].data.ptr;
             if (!io->dead)
@@ -345,6 +382,9 @@ int loop_run(struct loop *loop)
         free_dead(loop);
         run_timers(loop);
         free_dead(loop);
+        loop->dispatching = false;
     }
+    if (loop->idle_fn != NULL)
+        loop->idle_fn(loop->idle_arg);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include "http/server.h"
 #include "loop/loop.h"
 #include "mock/code.h"
+#include "runtime/delay.h"
 #include "mock/codeset.h"
 
 #define MOCK_MAX_APPS 16
@@ -74,7 +75,7 @@ typedef void mock_succeed_fn(struct mock_pending *p);
 struct mock_pending {
     struct http_request *req;
     struct mock *m;
-    struct loop_timer timer;
+    struct delay delay;
     struct mock_app *app;
     const struct mock_directive *fail; /* into code; NULL = answer normally */
     bool wrongapp;

@@ -175,16 +175,7 @@ static void answer(struct mock_pending *p)
 
 static void on_pending_timer(void *arg)
 {
-    struct mock_pending *p = arg;
-    answer(p);
-    free(p);
-}
-
-static void on_pending_cancel(void *arg)
-{
-    struct mock_pending *p = arg;
-    loop_timer_stop(http_request_loop(p->req), &p->timer);
-    free(p);
+    answer(arg);
 }
 
 static bool code_chars_ok(const char *s)
@@ -197,13 +188,12 @@ static bool code_chars_ok(const char *s)
 void mock_run_coded(struct mock *m, struct http_request *req, struct mock_app *app,
                     const char *code, mock_succeed_fn *succeed)
 {
-    struct mock_pending *p = calloc(1, sizeof(*p));
+    struct mock_pending *p = http_request_alloc(req, sizeof(*p));
     if (p == NULL) {
         http_reply_reset(req);
         return;
     }
     if (!code_chars_ok(code) || mock_code_parse(code, &p->code) != 0) {
-        free(p);
         mock_reply_errcode(req, 40029);
         return;
     }
@@ -237,12 +227,10 @@ void mock_run_coded(struct mock *m, struct http_request *req, struct mock_app *a
         delay += HANG_MS;
     if (delay == 0) {
         answer(p);
-        free(p);
         return;
     }
-    loop_timer_init(&p->timer, on_pending_timer, p);
-    loop_timer_start(http_request_loop(req), &p->timer, (uint64_t)delay);
-    http_request_on_cancel(req, on_pending_cancel, p);
+    delay_start(&p->delay, http_request_loop(req), http_request_slot(req), (uint64_t)delay,
+                on_pending_timer, p);
 }
 
 static void c2s_succeed(struct mock_pending *p)

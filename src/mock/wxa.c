@@ -54,7 +54,7 @@ static long check_credentials(struct mock *m, const char *grant, const char *app
 
 struct token_reply {
     struct http_request *req;
-    struct loop_timer timer;
+    struct delay delay;
     char token[MOCK_TOKEN_MAX + 1];
     int64_t expires_in;
 };
@@ -63,21 +63,13 @@ static void on_token_timer(void *arg)
 {
     struct token_reply *t = arg;
     reply_token(t->req, t->token, t->expires_in);
-    free(t);
-}
-
-static void on_token_cancel(void *arg)
-{
-    struct token_reply *t = arg;
-    loop_timer_stop(http_request_loop(t->req), &t->timer);
-    free(t);
 }
 
 /* Answers a token, after --token-delay-ms (so tests can see concurrent fetches overlap). */
 static void send_token(struct mock *m, struct http_request *req, const char *token,
                        int64_t expires_in)
 {
-    struct token_reply *t = m->token_delay_ms > 0 ? calloc(1, sizeof(*t)) : NULL;
+    struct token_reply *t = m->token_delay_ms > 0 ? http_request_alloc(req, sizeof(*t)) : NULL;
     if (t == NULL) {
         reply_token(req, token, expires_in);
         return;
@@ -85,9 +77,8 @@ static void send_token(struct mock *m, struct http_request *req, const char *tok
     t->req = req;
     snprintf(t->token, sizeof(t->token), "%s", token);
     t->expires_in = expires_in;
-    loop_timer_init(&t->timer, on_token_timer, t);
-    loop_timer_start(http_request_loop(req), &t->timer, (uint64_t)m->token_delay_ms);
-    http_request_on_cancel(req, on_token_cancel, t);
+    delay_start(&t->delay, http_request_loop(req), http_request_slot(req),
+                (uint64_t)m->token_delay_ms, on_token_timer, t);
 }
 
 void mock_handle_stable_token(struct http_request *req, void *arg)

@@ -15,7 +15,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "util/list.h"
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 2000
@@ -27,7 +29,7 @@ struct rcmd {
     rconn_reply_fn *fn; /* NULL once answered */
     void *arg;
     uint64_t deadline_ms;
-    struct rcmd *prev, *next;
+    struct list node; /* the connection's commands in flight */
 };
 
 struct rconn {
@@ -42,7 +44,9 @@ struct rconn {
     struct loop_timer kill;     /* drops the connection outside hiredis callbacks */
     uint64_t connect_deadline_ms;
     long backoff_ms;
-    struct rcmd *cmds; /* in flight, oldest last */
+    struct list cmds; /* in flight */
+    const struct rconn_script *const *scripts;
+    size_t nscripts;
     char last_error[RCONN_ERR_MAX];
 };
 
@@ -225,35 +229,28 @@ static void arm_deadline(struct rconn *c)
     uint64_t due = UINT64_MAX;
     if (c->state == R_CONNECTING)
         due = c->connect_deadline_ms;
-    for (struct rcmd *k = c->cmds; k != NULL; k = k->next)
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &c->cmds)
+    {
+        struct rcmd *k = list_item(pos, struct rcmd, node);
         if (k->fn != NULL && k->deadline_ms < due)
             due = k->deadline_ms;
+    }
     if (due == UINT64_MAX) {
         loop_timer_stop(c->loop, &c->deadline);
         return;
     }
-    uint64_t now = loop_clock_ms();
+    uint64_t now = loop_now_ms(c->loop);
     loop_timer_start(c->loop, &c->deadline, due > now ? due - now : 0);
-}
-
-static void unlink_cmd(struct rconn *c, struct rcmd *k)
-{
-    if (k->prev != NULL)
-        k->prev->next = k->next;
-    else
-        c->cmds = k->next;
-    if (k->next != NULL)
-        k->next->prev = k->prev;
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     (void)ac;
     struct rcmd *k = privdata;
-    struct rconn *c = k->c;
     rconn_reply_fn *fn = k->fn;
     void *arg = k->arg;
-    unlink_cmd(c, k);
+    list_unlink(&k->node);
     free(k);
     if (fn != NULL)
         fn(r, arg);
@@ -284,12 +281,15 @@ static void on_kill(void *arg)
 static void on_deadline(void *arg)
 {
     struct rconn *c = arg;
-    uint64_t now = loop_clock_ms();
+    uint64_t now = loop_now_ms(c->loop);
     if (c->state == R_CONNECTING && now >= c->connect_deadline_ms) {
         drop(c, "connect timed out");
         return;
     }
-    for (struct rcmd *k = c->cmds; k != NULL; k = k->next) {
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &c->cmds)
+    {
+        struct rcmd *k = list_item(pos, struct rcmd, node);
         if (k->fn != NULL && now >= k->deadline_ms) {
             drop(c, "command timed out");
             return;
@@ -378,13 +378,10 @@ static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, c
     k->c = c;
     k->fn = fn;
     k->arg = arg;
-    k->deadline_ms = loop_clock_ms() + (uint64_t)c->opts.timeout_ms;
-    k->next = c->cmds;
-    if (c->cmds != NULL)
-        c->cmds->prev = k;
-    c->cmds = k;
+    k->deadline_ms = loop_now_ms(c->loop) + (uint64_t)c->opts.timeout_ms;
+    list_push_back(&c->cmds, &k->node);
     if (redisAsyncCommandArgv(c->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
-        unlink_cmd(c, k);
+        list_unlink(&k->node);
         free(k);
         fn(NULL, arg);
         return;
@@ -416,7 +413,7 @@ static void start_connect(struct rconn *c)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->state = R_CONNECTING;
-    c->connect_deadline_ms = loop_clock_ms() + (uint64_t)c->opts.timeout_ms;
+    c->connect_deadline_ms = loop_now_ms(c->loop) + (uint64_t)c->opts.timeout_ms;
     /* Queued now, sent as soon as the connection is up; a reply to the last one means ready. */
     if (c->opts.password != NULL) {
         const char *argv[] = {"AUTH", c->opts.password};
@@ -428,6 +425,8 @@ static void start_connect(struct rconn *c)
         const char *argv[] = {"SELECT", db};
         send_cmd(c, on_setup, c, 2, argv, NULL);
     }
+    if (c->ac != NULL)
+        rconn_reload_scripts(c);
     if (c->ac != NULL) {
         const char *argv[] = {"PING"};
         send_cmd(c, on_ready_check, c, 1, argv, NULL);
@@ -438,12 +437,35 @@ static void start_connect(struct rconn *c)
 
 /* ---- public ---- */
 
-struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts)
+void rconn_script_init(struct rconn_script *s, const char *text)
+{
+    s->text = text;
+    crypto_sha1_hex2(text, strlen(text), "", 0, s->sha);
+}
+
+void rconn_reload_scripts(struct rconn *c)
+{
+    for (size_t i = 0; i < c->nscripts && c->ac != NULL; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", c->scripts[i]->text};
+        send_cmd(c, on_setup, c, 3, argv, NULL);
+    }
+}
+
+bool rconn_noscript(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts,
+                        const struct rconn_script *const *scripts, size_t nscripts)
 {
     struct rconn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
     c->loop = loop;
+    c->scripts = scripts;
+    c->nscripts = nscripts;
+    list_init(&c->cmds);
     c->opts = *opts;
     c->opts.host = opts->host != NULL ? strdup(opts->host) : NULL;
     c->opts.unix_path = opts->unix_path != NULL ? strdup(opts->unix_path) : NULL;

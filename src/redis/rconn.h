@@ -40,8 +40,21 @@ struct rconn_opts {
 int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_MAX]);
 void rconn_opts_done(struct rconn_opts *o);
 
-/* Starts connecting. The opts are copied. NULL when out of memory. */
-struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts);
+/*
+ * A Lua script run by its SHA-1 (EVALSHA), so its text crosses the network once per
+ * connection instead of with every call: rconn loads every registered script (SCRIPT LOAD)
+ * on each new connection, before any command of the caller's.
+ */
+struct rconn_script {
+    const char *text;
+    char sha[41]; /* hex SHA-1 of text */
+};
+void rconn_script_init(struct rconn_script *s, const char *text);
+
+/* Starts connecting. The opts are copied; scripts (n of them) are borrowed and must outlive
+ * the connection. NULL when out of memory. */
+struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts,
+                        const struct rconn_script *const *scripts, size_t nscripts);
 /* Closes; commands in flight get their callback with NULL. Accepts NULL. */
 void rconn_free(struct rconn *c);
 
@@ -50,6 +63,11 @@ typedef void rconn_reply_fn(const redisReply *reply, void *arg);
 /* Sends a command; fn(reply or NULL, arg) runs exactly once. */
 void rconn_command(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
                    const size_t *lens);
+/* Sends SCRIPT LOAD for every script again (after a NOSCRIPT answer: the server lost them,
+ * e.g. SCRIPT FLUSH); commands sent afterwards find them. */
+void rconn_reload_scripts(struct rconn *c);
+/* True for an error reply that says the script is not loaded. */
+bool rconn_noscript(const redisReply *r);
 /* True when connected and authenticated. */
 bool rconn_ready(const struct rconn *c);
 /* The last connection error, "" when none. */

@@ -6,21 +6,49 @@
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "runtime/async.h"
 
 enum waiter_state { W_QUEUED, W_POSTED, W_CANCELLED };
 
 struct waiter {
+    struct async async;
     pthread_mutex_t *mu;
     struct loop *loop;
     waiter_fn *trampoline;
     void (*fn)(void);
     void *arg;
     enum waiter_state state; /* guarded by *mu */
-    struct waitlist *list;   /* while W_QUEUED */
-    struct waiter *next;
+    struct list node;        /* on a waitlist, or taken */
+    struct loop_post post;
     size_t result_size;
     unsigned char result[]; /* the copy handed to fn */
 };
+
+void waitlist_init(struct waitlist *wl)
+{
+    list_init(&wl->waiters);
+}
+
+static void waiter_free(struct waiter *w)
+{
+    crypto_wipe(w->result, w->result_size); /* results may hold a token */
+    free(w);
+}
+
+/* From the waiter's thread (async_cancel). */
+static void waiter_cancel(struct async *a)
+{
+    struct waiter *w = (struct waiter *)(void *)a;
+    pthread_mutex_lock(w->mu);
+    if (w->state == W_POSTED) {
+        w->state = W_CANCELLED; /* deliver() is on its way to this thread and frees it */
+        pthread_mutex_unlock(w->mu);
+        return;
+    }
+    list_unlink(&w->node);
+    pthread_mutex_unlock(w->mu);
+    waiter_free(w);
+}
 
 struct waiter *waiter_new(pthread_mutex_t *mu, struct loop *loop, waiter_fn *trampoline,
                           void (*fn)(void), void *arg, size_t result_size)
@@ -38,39 +66,28 @@ struct waiter *waiter_new(pthread_mutex_t *mu, struct loop *loop, waiter_fn *tra
     return w;
 }
 
-static void waiter_free(struct waiter *w)
+void waitlist_add(struct waitlist *wl, struct waiter *w, struct async_slot *slot)
 {
-    crypto_wipe(w->result, w->result_size); /* results may hold a token */
-    free(w);
-}
-
-void waitlist_add(struct waitlist *wl, struct waiter *w)
-{
-    w->list = wl;
-    w->next = wl->head;
-    wl->head = w;
+    list_push_back(&wl->waiters, &w->node);
+    async_begin(&w->async, slot, waiter_cancel);
 }
 
 void waitlist_splice(struct waitlist *to, struct waitlist *from)
 {
-    struct waiter **tail = &to->head;
-    while (*tail != NULL)
-        tail = &(*tail)->next;
-    *tail = from->head;
-    for (struct waiter *w = from->head; w != NULL; w = w->next)
-        w->list = to;
-    from->head = NULL;
+    list_splice(&to->waiters, &from->waiters);
 }
 
-struct waiter *waitlist_take(struct waitlist *wl, const void *result)
+void waitlist_take(struct waitlist *wl, const void *result, struct list *taken)
 {
-    struct waiter *ws = wl->head;
-    wl->head = NULL;
-    for (struct waiter *w = ws; w != NULL; w = w->next) {
+    list_init(taken);
+    list_splice(taken, &wl->waiters);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, taken)
+    {
+        struct waiter *w = list_item(pos, struct waiter, node);
         w->state = W_POSTED;
         memcpy(w->result, result, w->result_size);
     }
-    return ws;
 }
 
 /* Runs on the waiter's loop. */
@@ -80,43 +97,20 @@ static void deliver(void *arg)
     pthread_mutex_lock(w->mu);
     bool cancelled = w->state == W_CANCELLED;
     pthread_mutex_unlock(w->mu);
-    if (!cancelled)
+    if (!cancelled) {
+        async_end(&w->async);
         w->trampoline(w->result, w->fn, w->arg);
+    }
     waiter_free(w);
 }
 
-void waiters_post(struct waiter *ws)
+void waiters_post(struct list *taken)
 {
-    while (ws != NULL) {
-        struct waiter *next = ws->next;
-        if (loop_post(ws->loop, deliver, ws) != 0) {
-            /* Out of memory: the waiter stays until its request is cancelled at shutdown,
-             * when waitlist_cancel() frees it. */
-            pthread_mutex_lock(ws->mu);
-            ws->state = W_CANCELLED;
-            ws->next = NULL;
-            pthread_mutex_unlock(ws->mu);
-        }
-        ws = next;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, taken)
+    {
+        struct waiter *w = list_item(pos, struct waiter, node);
+        list_unlink(pos);
+        loop_post_item(w->loop, &w->post, deliver, w);
     }
-}
-
-void waitlist_cancel(struct waiter *w)
-{
-    pthread_mutex_lock(w->mu);
-    if (w->state == W_POSTED) {
-        w->state = W_CANCELLED; /* deliver() is on its way to this thread and frees it */
-        pthread_mutex_unlock(w->mu);
-        return;
-    }
-    if (w->state == W_QUEUED) {
-        struct waiter **pp = &w->list->head;
-        while (*pp != NULL && *pp != w)
-            pp = &(*pp)->next;
-        if (*pp == w)
-            *pp = w->next;
-    }
-    /* Queued (now unlinked), or left behind by a failed post: nobody else holds it. */
-    pthread_mutex_unlock(w->mu);
-    waiter_free(w);
 }

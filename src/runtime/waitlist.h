@@ -3,9 +3,10 @@
  *
  * The owner of the work (the code-exchange table, the access token) keeps a waitlist under its
  * own mutex. When the work is done it takes the waiters (copying the result into each) and
- * posts them: each waiter's callback then runs on the waiter's own loop, through loop_post(),
- * never on the finishing thread. A waiter can be cancelled from its own thread at any time
- * until its callback has run; a cancelled waiter is freed without its callback.
+ * posts them: each waiter's callback then runs on the waiter's own loop, through loop_post,
+ * never on the finishing thread. A waiter is an asynchronous operation in its request's pending
+ * slot (runtime/async.h): cancelling the slot, at any time until its callback has run, means
+ * the callback never runs; a cancelled waiter is freed by whoever holds it last.
  *
  * Locking: every function taking `mu` is called with it NOT held; the others with it held.
  */
@@ -15,6 +16,9 @@
 #include <pthread.h>
 #include <stddef.h>
 
+#include "util/list.h"
+
+struct async_slot;
 struct loop;
 struct waiter;
 
@@ -25,24 +29,24 @@ struct waiter;
 typedef void waiter_fn(const void *result, void (*fn)(void), void *arg);
 
 struct waitlist {
-    struct waiter *head;
+    struct list waiters;
 };
+
+void waitlist_init(struct waitlist *wl);
 
 /* A waiter for a result of result_size bytes, to be woken on loop by trampoline(result, fn,
  * arg). mu is the owner's mutex. NULL when out of memory. */
 struct waiter *waiter_new(pthread_mutex_t *mu, struct loop *loop, waiter_fn *trampoline,
                           void (*fn)(void), void *arg, size_t result_size);
 
-/* Lock held: adds w. */
-void waitlist_add(struct waitlist *wl, struct waiter *w);
-/* Lock held: detaches every waiter, giving each a copy of result; returns them for
- * waiters_post(). */
-struct waiter *waitlist_take(struct waitlist *wl, const void *result);
+/* Lock held, from the waiter's own thread: adds w, which now occupies slot. */
+void waitlist_add(struct waitlist *wl, struct waiter *w, struct async_slot *slot);
+/* Lock held: detaches every waiter, giving each a copy of result; returns them (a list anchor
+ * filled here) for waiters_post(). */
+void waitlist_take(struct waitlist *wl, const void *result, struct list *taken);
 /* Lock held: moves every waiter of from to the end of to (both under the same lock). */
 void waitlist_splice(struct waitlist *to, struct waitlist *from);
-/* Lock not held: posts each detached waiter to its loop. */
-void waiters_post(struct waiter *ws);
-/* Lock not held, from w's own thread: w's callback will not run, and w is freed. */
-void waitlist_cancel(struct waiter *w);
+/* Lock not held: posts each taken waiter to its loop. Cannot fail. */
+void waiters_post(struct list *taken);
 
 #endif

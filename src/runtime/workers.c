@@ -8,12 +8,14 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "util/arena.h"
 
 struct thread {
     struct worker w;
     const struct worker_ops *ops;
     pthread_t tid;
     bool started;
+    struct loop_post stop;
 };
 
 void workers_block_signals(void)
@@ -27,10 +29,21 @@ void workers_block_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* The loop's idle hook: the access lines of an iteration go out in one write. */
+static void flush_log(void *arg)
+{
+    (void)arg;
+    log_flush();
+}
+
 static void *thread_main(void *arg)
 {
     struct thread *t = arg;
+    log_batch(true);
+    loop_set_idle_hook(t->w.loop, flush_log, NULL);
     int rc = loop_run(t->w.loop);
+    log_batch(false);
+    arena_thread_done();
     if (rc != 0) {
         log_msg(LOG_ERROR, "worker %d: event loop failed: %s", t->w.id, strerror(-rc));
         kill(getpid(), SIGTERM); /* take the whole process down in order */
@@ -82,7 +95,7 @@ int workers_run(int n, const struct worker_ops *ops, void *arg)
     log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
     for (int i = 0; i < n; i++)
         if (ts[i].started)
-            loop_post(ts[i].w.loop, post_stop, &ts[i]);
+            loop_post_item(ts[i].w.loop, &ts[i].stop, post_stop, &ts[i]);
     for (int i = 0; i < n; i++)
         if (ts[i].started)
             pthread_join(ts[i].tid, NULL);
@@ -92,6 +105,7 @@ out:
         ops->done(&ts[i].w);
         loop_free(ts[i].w.loop);
     }
+    arena_thread_done(); /* chunks of requests freed on this thread */
     free(ts);
     return rc;
 }

@@ -3,8 +3,10 @@
  *
  * curl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to wake it
  * (CURLMOPT_TIMERFUNCTION); we forward readiness with curl_multi_socket_action() and collect
- * finished transfers with curl_multi_info_read(). A call keeps its easy handle across retries;
- * finished handles go back to a small pool so their buffers and TLS session ids are reused.
+ * finished transfers with curl_multi_info_read(). A call keeps its easy handle across retries.
+ * Finished calls go back to the client's pool with their easy handle, whose options are set
+ * once when it is made (each curl_easy_reset + setopt round costs a dozen allocations), and
+ * their URL, body and response buffers, which are wiped, not freed.
  */
 #include "wechat/client.h"
 
@@ -15,11 +17,14 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 
+#include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "runtime/async.h"
+#include "util/list.h"
 #include "version.h"
 
 #define RESPONSE_MAX (64 * 1024)
-#define POOL_MAX 64
+#define POOL_MAX 256
 /* WeChat drops idle keep-alive connections after about 30 s; a pooled connection older than
  * that fails on reuse, so curl must not reuse one that old. */
 #define MAX_CONN_AGE_S 25L
@@ -34,76 +39,139 @@ struct wechat_client {
     CURLM *multi;
     struct loop_timer timer;
     char *base;
+    size_t base_len;
     struct curl_slist *json_headers;
     long timeout_ms;
     int retries;
-    CURL *pool[POOL_MAX];
+    struct list active; /* calls in progress */
+    struct list pool;   /* finished calls kept for reuse */
     size_t npool;
-    struct wechat_call *calls; /* outstanding, for cancellation at free */
+};
+
+/* A growable buffer that is wiped, never just freed: it may hold secrets. */
+struct buf {
+    char *p;
+    size_t len, cap;
 };
 
 struct wechat_call {
+    struct async async;
     struct wechat_client *c;
     CURL *easy;
-    char *url;
-    char *post; /* JSON body, NULL for GET */
-    char *resp;
-    size_t resp_len;
-    bool too_large;
+    enum wechat_api api;
+    struct buf url, post, resp;
+    bool is_post;
     bool in_multi;
     int attempts;
     struct loop_timer backoff;
     wechat_accept_fn *accept;
-    wechat_done_fn *done;
+    wechat_decode_fn *decode;
+    void (*done)(void);
     void *arg;
     char errbuf[CURL_ERROR_SIZE];
-    struct wechat_call *prev, *next;
+    struct list node; /* the client's active list or pool */
 };
+
+/* ---- buffers and URLs ---- */
+
+static int buf_set(struct buf *b, const char *a, size_t alen, const char *s, size_t n)
+{
+    size_t need = alen + n + 1;
+    if (need > b->cap) {
+        char *p = malloc(need);
+        if (p == NULL)
+            return -1;
+        if (b->p != NULL) {
+            crypto_wipe(b->p, b->len);
+            free(b->p);
+        }
+        b->p = p;
+        b->cap = need;
+    }
+    memcpy(b->p, a, alen);
+    memcpy(b->p + alen, s, n);
+    b->len = alen + n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static void buf_wipe(struct buf *b)
+{
+    if (b->p != NULL)
+        crypto_wipe(b->p, b->len);
+    b->len = 0;
+}
+
+static void buf_free(struct buf *b)
+{
+    buf_wipe(b);
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+void wechat_url_init(struct wechat_url *u, const char *path)
+{
+    size_t n = strlen(path);
+    u->overflow = n >= sizeof(u->buf);
+    u->len = u->overflow ? 0 : n;
+    memcpy(u->buf, path, u->len);
+    u->buf[u->len] = '\0';
+}
+
+/* RFC 3986 percent-encoding of everything but the unreserved characters: a few lines here
+ * spare an allocation per value (curl_easy_escape returns malloc'd strings). */
+void wechat_url_arg(struct wechat_url *u, const char *key, const char *value)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const char *parts[2] = {key, value};
+    if (u->overflow)
+        return;
+    char sep = memchr(u->buf, '?', u->len) != NULL ? '&' : '?';
+    for (int k = 0; k < 2 && !u->overflow; k++) {
+        if (u->len + 1 >= sizeof(u->buf)) {
+            u->overflow = true;
+            break;
+        }
+        u->buf[u->len++] = k == 0 ? sep : '=';
+        for (const unsigned char *s = (const unsigned char *)parts[k]; *s != '\0'; s++) {
+            bool plain = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+                         (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_' ||
+                         *s == '~';
+            if (u->len + (plain ? 1 : 3) >= sizeof(u->buf)) {
+                u->overflow = true;
+                break;
+            }
+            if (plain) {
+                u->buf[u->len++] = (char)*s;
+            } else {
+                u->buf[u->len++] = '%';
+                u->buf[u->len++] = hex[*s >> 4];
+                u->buf[u->len++] = hex[*s & 15];
+            }
+        }
+    }
+    u->buf[u->overflow ? 0 : u->len] = '\0';
+}
+
+void wechat_url_wipe(struct wechat_url *u)
+{
+    crypto_wipe(u->buf, u->len);
+    u->len = 0;
+}
+
+void wechat_decode_raw(void (*done)(void), void *arg, const struct wechat_reply *reply)
+{
+    ((wechat_reply_fn *)done)(arg, reply);
+}
 
 /* ---- pure helpers ---- */
 
-char *wechat_path_query(const char *path, const char *const *kv)
+bool wechat_retryable(enum wechat_api api, const struct wechat_reply *r)
 {
-    size_t cap = strlen(path) + 2, len = 0;
-    char *out = NULL;
-    char *enc[2] = {NULL, NULL};
-
-    out = malloc(cap);
-    if (out == NULL)
-        return NULL;
-    len = (size_t)snprintf(out, cap, "%s", path);
-    for (size_t i = 0; kv[i] != NULL && kv[i + 1] != NULL; i += 2) {
-        enc[0] = curl_easy_escape(NULL, kv[i], 0);
-        enc[1] = curl_easy_escape(NULL, kv[i + 1], 0);
-        if (enc[0] == NULL || enc[1] == NULL)
-            goto fail;
-        size_t need = len + 1 + strlen(enc[0]) + 1 + strlen(enc[1]) + 1;
-        if (need > cap) {
-            char *n = realloc(out, need);
-            if (n == NULL)
-                goto fail;
-            out = n;
-            cap = need;
-        }
-        len +=
-            (size_t)snprintf(out + len, cap - len, "%c%s=%s", i == 0 ? '?' : '&', enc[0], enc[1]);
-        curl_free(enc[0]);
-        curl_free(enc[1]);
-        enc[0] = enc[1] = NULL;
-    }
-    return out;
-fail:
-    curl_free(enc[0]);
-    curl_free(enc[1]);
-    free(out);
-    return NULL;
-}
-
-bool wechat_retryable(const struct wechat_result *res)
-{
-    switch (res->status) {
-    case WECHAT_ERRCODE: return res->errcode == -1;
-    case WECHAT_HTTP_ERROR: return res->http_status >= 500 && res->http_status <= 599;
+    switch (r->status) {
+    case WECHAT_ERRCODE: return (wechat_errcode_flags(api, r->errcode) & WECHAT_EC_RETRYABLE) != 0;
+    case WECHAT_HTTP_ERROR: return r->http_status >= 500 && r->http_status <= 599;
     case WECHAT_CONNECT: return true;
     case WECHAT_OK:
     case WECHAT_BAD_BODY:
@@ -146,31 +214,31 @@ void wechat_errmsg_rid(const char *errmsg, char out[WECHAT_RID_MAX])
     out[n] = '\0';
 }
 
-void wechat_classify(struct wechat_result *res, int curl_code, long http_status, const char *body,
+void wechat_classify(struct wechat_reply *r, int curl_code, long http_status, const char *body,
                      size_t len, wechat_accept_fn *accept)
 {
-    res->http_status = http_status;
-    res->errcode = 0;
-    res->rid[0] = '\0';
-    res->body = NULL;
+    r->http_status = http_status;
+    r->errcode = 0;
+    r->rid[0] = '\0';
+    r->body = NULL;
     if (curl_code == CURLE_OPERATION_TIMEDOUT) {
-        res->status = WECHAT_TIMEOUT;
-        res->detail = "no answer within the deadline";
+        r->status = WECHAT_TIMEOUT;
+        r->detail = "no answer within the deadline";
         return;
     }
     if (curl_code == CURLE_WRITE_ERROR) {
-        res->status = WECHAT_BAD_BODY;
-        res->detail = "response too large";
+        r->status = WECHAT_BAD_BODY;
+        r->detail = "response too large";
         return;
     }
     if (curl_code != CURLE_OK) {
-        res->status = WECHAT_CONNECT;
-        res->detail = curl_easy_strerror((CURLcode)curl_code);
+        r->status = WECHAT_CONNECT;
+        r->detail = curl_easy_strerror((CURLcode)curl_code);
         return;
     }
     if (http_status != 200) {
-        res->status = WECHAT_HTTP_ERROR;
-        res->detail = "unexpected HTTP status";
+        r->status = WECHAT_HTTP_ERROR;
+        r->detail = "unexpected HTTP status";
         return;
     }
     /* WeChat often labels JSON text/plain: the body is parsed whatever Content-Type says. */
@@ -178,37 +246,54 @@ void wechat_classify(struct wechat_result *res, int curl_code, long http_status,
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL || !json_is_object(root)) {
         json_decref(root);
-        res->status = WECHAT_BAD_BODY;
-        res->detail = "body is not a JSON object";
+        r->status = WECHAT_BAD_BODY;
+        r->detail = "body is not a JSON object";
         return;
     }
     json_t *ec = json_object_get(root, "errcode");
     json_t *em = json_object_get(root, "errmsg");
-    wechat_errmsg_rid(json_string_value(em), res->rid);
+    wechat_errmsg_rid(json_string_value(em), r->rid);
     if (ec != NULL && !json_is_integer(ec)) {
+        wechat_body_wipe(root);
         json_decref(root);
-        res->status = WECHAT_BAD_BODY;
-        res->detail = "errcode is not a number";
+        r->status = WECHAT_BAD_BODY;
+        r->detail = "errcode is not a number";
         return;
     }
     /* A missing errcode means success (code2Session sends none on success). */
     long code = ec != NULL ? (long)json_integer_value(ec) : 0;
     if (code != 0) {
-        res->status = WECHAT_ERRCODE;
-        res->errcode = code;
-        res->detail = "WeChat returned an error";
-        res->body = root;
+        r->status = WECHAT_ERRCODE;
+        r->errcode = code;
+        r->detail = "WeChat returned an error";
+        r->body = root;
         return;
     }
     if (accept != NULL && !accept(root)) {
+        wechat_body_wipe(root);
         json_decref(root);
-        res->status = WECHAT_BAD_BODY;
-        res->detail = "body lacks the expected fields";
+        r->status = WECHAT_BAD_BODY;
+        r->detail = "body lacks the expected fields";
         return;
     }
-    res->status = WECHAT_OK;
-    res->detail = "ok";
-    res->body = root;
+    r->status = WECHAT_OK;
+    r->detail = "ok";
+    r->body = root;
+}
+
+void wechat_body_wipe(json_t *body)
+{
+    const char *key;
+    json_t *v;
+    size_t i;
+    if (json_is_string(body)) {
+        /* jansson hands out its own buffer; zeroing it in place before the free is the point. */
+        crypto_wipe((char *)json_string_value(body), json_string_length(body));
+    } else if (json_is_object(body)) {
+        json_object_foreach(body, key, v) wechat_body_wipe(v);
+    } else if (json_is_array(body)) {
+        json_array_foreach(body, i, v) wechat_body_wipe(v);
+    }
 }
 
 /* ---- curl <-> loop glue ---- */
@@ -279,76 +364,47 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct wechat_call *call = userdata;
+    struct buf *b = &call->resp;
     size_t n = size * nmemb;
-    if (call->resp_len + n > RESPONSE_MAX)
+    if (b->len + n > RESPONSE_MAX)
         return 0; /* CURLE_WRITE_ERROR: WeChat's answers are small; this is not WeChat */
-    char *b = realloc(call->resp, call->resp_len + n + 1);
-    if (b == NULL)
-        return 0;
-    call->resp = b;
-    memcpy(call->resp + call->resp_len, ptr, n);
-    call->resp_len += n;
-    call->resp[call->resp_len] = '\0';
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = malloc(cap);
+        if (p == NULL)
+            return 0;
+        if (b->p != NULL) {
+            memcpy(p, b->p, b->len);
+            crypto_wipe(b->p, b->len);
+            free(b->p);
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, ptr, n);
+    b->len += n;
+    b->p[b->len] = '\0';
     return n;
 }
 
-static CURL *easy_get(struct wechat_client *c)
+static void on_backoff(void *arg);
+
+/* A new call with its easy handle, whose fixed options are set here once. */
+static struct wechat_call *call_make(struct wechat_client *c)
 {
-    if (c->npool > 0) {
-        CURL *e = c->pool[--c->npool];
-        curl_easy_reset(e);
-        return e;
+    struct wechat_call *call = calloc(1, sizeof(*call));
+    if (call == NULL)
+        return NULL;
+    call->c = c;
+    call->easy = curl_easy_init();
+    if (call->easy == NULL) {
+        free(call);
+        return NULL;
     }
-    return curl_easy_init();
-}
-
-static void easy_put(struct wechat_client *c, CURL *e)
-{
-    if (e == NULL)
-        return;
-    if (c->npool < POOL_MAX)
-        c->pool[c->npool++] = e;
-    else
-        curl_easy_cleanup(e);
-}
-
-static void wipe_free(char *s, size_t n)
-{
-    if (s == NULL)
-        return;
-    explicit_bzero(s, n);
-    free(s);
-}
-
-static void call_free(struct wechat_call *call)
-{
-    struct wechat_client *c = call->c;
-    if (call->in_multi)
-        curl_multi_remove_handle(c->multi, call->easy);
-    loop_timer_stop(c->loop, &call->backoff);
-    easy_put(c, call->easy);
-    if (call->prev != NULL)
-        call->prev->next = call->next;
-    else
-        c->calls = call->next;
-    if (call->next != NULL)
-        call->next->prev = call->prev;
-    /* The URL may hold the app secret and the body a session_key. */
-    wipe_free(call->url, call->url ? strlen(call->url) : 0);
-    wipe_free(call->post, call->post ? strlen(call->post) : 0);
-    wipe_free(call->resp, call->resp_len);
-    free(call);
-}
-
-static int attempt(struct wechat_call *call)
-{
-    struct wechat_client *c = call->c;
+    loop_timer_init(&call->backoff, on_backoff, call);
     CURL *e = call->easy;
-    wipe_free(call->resp, call->resp_len);
-    call->resp = NULL;
-    call->resp_len = 0;
-    call->errbuf[0] = '\0';
-    curl_easy_setopt(e, CURLOPT_URL, call->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, call);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
@@ -364,11 +420,61 @@ static int attempt(struct wechat_call *call)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "wxlogin/" WXLOGIN_VERSION);
-    if (call->post != NULL) {
+    return call;
+}
+
+static void call_destroy(struct wechat_call *call)
+{
+    curl_easy_cleanup(call->easy);
+    buf_free(&call->url);
+    buf_free(&call->post);
+    buf_free(&call->resp);
+    free(call);
+}
+
+/* The call is over (answered or cancelled): back to the pool, its secrets wiped. */
+static void call_release(struct wechat_call *call)
+{
+    struct wechat_client *c = call->c;
+    if (call->in_multi) {
+        curl_multi_remove_handle(c->multi, call->easy);
+        call->in_multi = false;
+    }
+    loop_timer_stop(c->loop, &call->backoff);
+    list_unlink(&call->node);
+    /* The URL may hold the app secret or the access token, the body a session_key. */
+    buf_wipe(&call->url);
+    buf_wipe(&call->post);
+    buf_wipe(&call->resp);
+    call->done = NULL;
+    if (c->npool < POOL_MAX) {
+        list_push_back(&c->pool, &call->node);
+        c->npool++;
+        return;
+    }
+    call_destroy(call);
+}
+
+static void call_cancel(struct async *a)
+{
+    call_release((struct wechat_call *)(void *)((char *)a - offsetof(struct wechat_call, async)));
+}
+
+static int attempt(struct wechat_call *call)
+{
+    struct wechat_client *c = call->c;
+    CURL *e = call->easy;
+    buf_wipe(&call->resp);
+    call->errbuf[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_URL, call->url.p);
+    if (call->is_post) {
         /* WeChat's POST APIs want a JSON body (form data gets 47001). */
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->post);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(call->post));
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->post.p);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)call->post.len);
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->json_headers);
+    } else {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
     }
     call->attempts++;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
@@ -377,29 +483,28 @@ static int attempt(struct wechat_call *call)
     return 0;
 }
 
-static void finish(struct wechat_call *call, struct wechat_result *res)
+static void finish(struct wechat_call *call, struct wechat_reply *r)
 {
-    res->attempts = call->attempts;
-    wechat_done_fn *done = call->done;
+    r->attempts = call->attempts;
+    wechat_decode_fn *decode = call->decode;
+    void (*done)(void) = call->done;
     void *arg = call->arg;
-    json_t *body = res->body;
-    done(res, arg);
+    json_t *body = r->body;
+    async_end(&call->async);
+    call_release(call); /* before the callback: it may start the next call */
+    decode(done, arg, r);
     if (body != NULL) {
-        /* Wipe the session_key before jansson frees its string. */
-        json_t *sk = json_object_get(body, "session_key");
-        if (json_is_string(sk))
-            explicit_bzero((char *)json_string_value(sk), json_string_length(sk));
+        wechat_body_wipe(body);
         json_decref(body);
     }
-    call_free(call);
 }
 
 static void on_backoff(void *arg)
 {
     struct wechat_call *call = arg;
     if (attempt(call) != 0) {
-        struct wechat_result res = {.status = WECHAT_CONNECT, .detail = "cannot start transfer"};
-        finish(call, &res);
+        struct wechat_reply r = {.status = WECHAT_CONNECT, .detail = "cannot start transfer"};
+        finish(call, &r);
     }
 }
 
@@ -411,19 +516,29 @@ static void transfer_done(struct wechat_call *call, CURLcode code)
     curl_multi_remove_handle(c->multi, call->easy);
     call->in_multi = false;
 
-    struct wechat_result res;
-    wechat_classify(&res, code, http_status, call->resp, call->resp_len, call->accept);
-    if (code != CURLE_OK && call->errbuf[0] != '\0')
-        res.detail = call->errbuf;
-    if (wechat_retryable(&res) && call->attempts <= c->retries) {
-        json_decref(res.body);
+    struct wechat_reply r;
+    char detail[CURL_ERROR_SIZE];
+    wechat_classify(&r, code, http_status, call->resp.p != NULL ? call->resp.p : "", call->resp.len,
+                    call->accept);
+    /* curl's own words are better than its code's; copied, as the call is released before
+     * the callback runs. */
+    if (code != CURLE_OK && code != CURLE_WRITE_ERROR && call->errbuf[0] != '\0') {
+        memcpy(detail, call->errbuf, sizeof(detail));
+        detail[sizeof(detail) - 1] = '\0';
+        r.detail = detail;
+    }
+    if (wechat_retryable(call->api, &r) && call->attempts <= c->retries) {
+        if (r.body != NULL) {
+            wechat_body_wipe(r.body);
+            json_decref(r.body);
+        }
         uint32_t rnd = 0;
         if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd))
             rnd = (uint32_t)loop_clock_ms();
         loop_timer_start(c->loop, &call->backoff, (uint64_t)wechat_backoff_ms(call->attempts, rnd));
         return;
     }
-    finish(call, &res);
+    finish(call, &r);
 }
 
 static void check_done(struct wechat_client *c)
@@ -435,89 +550,51 @@ static void check_done(struct wechat_client *c)
             continue;
         struct wechat_call *call = NULL;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&call);
-        if (call != NULL)
+        if (call != NULL && call->in_multi)
             transfer_done(call, msg->data.result);
     }
 }
 
-static struct wechat_call *start_call(struct wechat_client *c, char *path_query, char *post,
-                                      wechat_accept_fn *accept, wechat_done_fn *done, void *arg)
+int wechat_call(struct wechat_client *c, struct async_slot *slot, enum wechat_api api,
+                const struct wechat_url *url, const char *post, size_t post_len,
+                wechat_accept_fn *accept, wechat_decode_fn *decode, void (*done)(void), void *arg)
 {
-    struct wechat_call *call = NULL;
-    size_t blen = strlen(c->base), plen = strlen(path_query);
-    char *url = malloc(blen + plen + 1);
-    if (url == NULL)
-        goto fail;
-    memcpy(url, c->base, blen);
-    memcpy(url + blen, path_query, plen + 1);
-    call = calloc(1, sizeof(*call));
-    if (call == NULL)
-        goto fail;
-    call->c = c;
-    call->url = url;
-    url = NULL;
-    call->post = post;
-    post = NULL;
+    if (url->overflow)
+        return -EINVAL;
+    struct wechat_call *call;
+    struct list *n = list_first(&c->pool);
+    if (n != NULL) {
+        list_unlink(n);
+        c->npool--;
+        call = list_item(n, struct wechat_call, node);
+    } else {
+        call = call_make(c);
+        if (call == NULL)
+            return -ENOMEM;
+    }
+    call->api = api;
+    call->attempts = 0;
     call->accept = accept;
+    call->decode = decode;
     call->done = done;
     call->arg = arg;
-    loop_timer_init(&call->backoff, on_backoff, call);
-    call->next = c->calls;
-    if (c->calls != NULL)
-        c->calls->prev = call;
-    c->calls = call;
-    call->easy = easy_get(c);
-    if (call->easy == NULL || attempt(call) != 0)
-        goto fail;
-    wipe_free(path_query, plen);
-    return call;
-fail:
-    if (call != NULL)
-        call_free(call);
-    wipe_free(url, blen + plen);
-    wipe_free(path_query, plen);
-    wipe_free(post, post ? strlen(post) : 0);
-    return NULL;
-}
-
-struct wechat_call *wechat_get(struct wechat_client *c, char *path_query, wechat_accept_fn *accept,
-                               wechat_done_fn *done, void *arg)
-{
-    return start_call(c, path_query, NULL, accept, done, arg);
-}
-
-struct wechat_call *wechat_post_json(struct wechat_client *c, char *path_query, char *body,
-                                     wechat_accept_fn *accept, wechat_done_fn *done, void *arg)
-{
-    return start_call(c, path_query, body, accept, done, arg);
-}
-
-void wechat_call_cancel(struct wechat_call *call)
-{
-    if (call != NULL)
-        call_free(call);
-}
-
-static bool accept_session(const json_t *body)
-{
-    return json_is_string(json_object_get(body, "openid")) &&
-           json_is_string(json_object_get(body, "session_key"));
-}
-
-struct wechat_call *wechat_code2session(struct wechat_client *c, const char *appid,
-                                        const char *secret, const char *code, wechat_done_fn *done,
-                                        void *arg)
-{
-    const char *kv[] = {"appid",   appid, "secret",     secret,
-                        "js_code", code,  "grant_type", "authorization_code",
-                        NULL};
-    char *pq = wechat_path_query("/sns/jscode2session", kv);
-    if (pq == NULL)
-        return NULL;
-    return wechat_get(c, pq, accept_session, done, arg);
+    call->is_post = post != NULL;
+    list_push_back(&c->active, &call->node);
+    if (buf_set(&call->url, c->base, c->base_len, url->buf, url->len) != 0 ||
+        (post != NULL && buf_set(&call->post, "", 0, post, post_len) != 0) || attempt(call) != 0) {
+        call_release(call);
+        return -ENOMEM;
+    }
+    async_begin(&call->async, slot, call_cancel);
+    return 0;
 }
 
 /* ---- client ---- */
+
+long wechat_client_budget_ms(const struct wechat_client *c)
+{
+    return c->timeout_ms * (c->retries + 1) + BACKOFF_CAP_MS * c->retries;
+}
 
 struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_client_opts *opts)
 {
@@ -527,8 +604,11 @@ struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_c
     c->loop = loop;
     c->timeout_ms = opts->timeout_ms;
     c->retries = opts->retries;
+    list_init(&c->active);
+    list_init(&c->pool);
     loop_timer_init(&c->timer, on_timer, c);
     c->base = strdup(opts->base);
+    c->base_len = c->base != NULL ? strlen(c->base) : 0;
     c->multi = curl_multi_init();
     c->json_headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (c->base == NULL || c->multi == NULL || c->json_headers == NULL) {
@@ -547,10 +627,19 @@ void wechat_client_free(struct wechat_client *c)
 {
     if (c == NULL)
         return;
-    while (c->calls != NULL)
-        call_free(c->calls);
-    for (size_t i = 0; i < c->npool; i++)
-        curl_easy_cleanup(c->pool[i]);
+    struct list *pos, *tmp;
+    /* Outstanding calls: their owners are gone or going; no callback. */
+    list_for_each_safe(pos, tmp, &c->active)
+    {
+        struct wechat_call *call = list_item(pos, struct wechat_call, node);
+        async_end(&call->async);
+        call_release(call);
+    }
+    list_for_each_safe(pos, tmp, &c->pool)
+    {
+        list_unlink(pos);
+        call_destroy(list_item(pos, struct wechat_call, node));
+    }
     if (c->multi != NULL)
         curl_multi_cleanup(c->multi);
     loop_timer_stop(c->loop, &c->timer);

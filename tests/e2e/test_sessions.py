@@ -136,6 +136,8 @@ def test_expired_token_is_401(procs, mock, tmp_path):
 def test_openid_records_user_without_token(srv, tmp_path):
     r = post_json(srv.port, "/openid", {"code": new_code("ugrace")})
     assert r.status == 200 and set(r.json()) == {"openid", "unionid"}, r
+    # The running service holds its database exclusively (one process per SQLite store).
+    assert srv.stop() == 0
     db = sqlite3.connect(f"{tmp_path}/wx.db")
     try:
         rows = db.execute("SELECT openid, unionid, length(session_key) FROM users").fetchall()
@@ -162,6 +164,7 @@ def test_two_devices_first_login_at_once_make_one_user(srv, tmp_path):
         t.join()
     assert all(r.status == 200 for r in results), results
     assert len({r.json()["openid"] for r in results}) == 1
+    assert srv.stop() == 0  # the service holds its database exclusively while it runs
     db = sqlite3.connect(f"{tmp_path}/wx.db")
     try:
         n = db.execute("SELECT count(*) FROM users").fetchone()[0]

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,10 +25,15 @@
 #include "crypto/crypto.h"
 #include "exchange/exchange.h"
 #include "loop/loop.h"
+#include "runtime/async.h"
 
 #define WATCHDOG_S 10
 #define APPID "wx0123456789abcdef"
 #define TTL_MS 100 /* short remembered-outcome lifetime for the expiry tests */
+
+/* Each wait occupies a pending slot of its own (a request's, in the service). */
+static struct async_slot g_slots[64];
+static size_t g_nslots;
 
 struct fixture {
     struct exchange *x;
@@ -41,6 +47,8 @@ static int setup(void **state)
         return -1;
     f->x = exchange_new(16, 60000);
     f->loop = loop_new();
+    memset(g_slots, 0, sizeof(g_slots));
+    g_nslots = 0;
     *state = f;
     if (f->x == NULL || f->loop == NULL)
         return -1;
@@ -112,9 +120,18 @@ static void key_of(const char *code, uint8_t key[CRYPTO_HASH_LEN])
 }
 
 static enum exchange_role begin(struct fixture *f, const uint8_t *key, struct wake_rec *rec,
-                                struct exchange_outcome *out, struct exchange_waiter **w)
+                                struct exchange_outcome *out, struct async_slot **w)
 {
-    return exchange_begin(f->x, key, f->loop, on_wake, rec, out, w);
+    assert_true(g_nslots < sizeof(g_slots) / sizeof(g_slots[0]));
+    struct async_slot *slot = &g_slots[g_nslots++];
+    enum exchange_role role = exchange_begin(f->x, key, f->loop, slot, on_wake, rec, out);
+    if (role == EXCHANGE_WAIT) {
+        assert_true(async_pending(slot));
+        *w = slot;
+    } else {
+        assert_false(async_pending(slot));
+    }
+    return role;
 }
 
 static struct exchange_outcome ok_outcome(const char *openid, const char *unionid)
@@ -139,11 +156,10 @@ static struct exchange_outcome wechat_outcome(long errcode)
 }
 
 /* Leads key (asserting LEAD) and queues one waiter on it (asserting WAIT). */
-static struct exchange_waiter *lead_and_wait(struct fixture *f, const uint8_t *key,
-                                             struct wake_rec *rec)
+static struct async_slot *lead_and_wait(struct fixture *f, const uint8_t *key, struct wake_rec *rec)
 {
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
     assert_int_equal(begin(f, key, rec, &out, &w), EXCHANGE_WAIT);
     assert_non_null(w);
@@ -189,7 +205,7 @@ static void test_first_begin_leads(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", key);
     assert_int_equal(exchange_size(f->x), 0);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
@@ -204,9 +220,9 @@ static void test_second_begin_same_key_waits(void **state)
     uint8_t key[CRYPTO_HASH_LEN];
     struct wake_rec rec = {0};
     key_of("code-1", key);
-    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct async_slot *w = lead_and_wait(f, key, &rec);
     assert_int_equal(exchange_size(f->x), 1);
-    exchange_cancel(f->x, w);
+    async_cancel(w);
     exchange_finish(f->x, key, &(struct exchange_outcome){.kind = EXCHANGE_ABORTED}, false);
 }
 
@@ -215,7 +231,7 @@ static void test_other_key_leads_while_one_is_in_flight(void **state)
     struct fixture *f = *state;
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", k1);
     key_of("code-2", k2);
     assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
@@ -253,7 +269,7 @@ static void test_begin_after_remembered_finish_is_known(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec rec = {0};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
@@ -276,7 +292,7 @@ static void test_remembered_final_failure_is_known(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
     struct exchange_outcome o = wechat_outcome(40029);
@@ -294,7 +310,7 @@ static void test_finish_forget_shares_outcome_then_next_begin_leads(void **state
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec rec = {0};
     key_of("code-1", key);
     lead_and_wait(f, key, &rec);
@@ -317,7 +333,7 @@ static void test_several_waiters_each_woken_once(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec rec[4] = {{0}};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
@@ -338,7 +354,7 @@ static void test_second_finish_keeps_first_outcome(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
     struct exchange_outcome o1 = ok_outcome("openid-1", ""), o2 = ok_outcome("openid-2", "");
@@ -366,7 +382,7 @@ static void test_remembered_outcome_expires_after_ttl(void **state)
     reset_table(f, 16, TTL_MS);
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
     struct exchange_outcome o = ok_outcome("openid-1", "");
@@ -383,7 +399,7 @@ static void test_expired_entries_leave_the_table(void **state)
     reset_table(f, 16, TTL_MS);
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], k3[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", k1);
     key_of("code-2", k2);
     key_of("code-3", k3);
@@ -404,7 +420,7 @@ static void test_in_flight_entry_survives_ttl(void **state)
     reset_table(f, 16, TTL_MS);
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec rec = {0};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
@@ -423,7 +439,7 @@ static void test_full_table_leads_without_entry(void **state)
     reset_table(f, 2, 60000);
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], k3[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     key_of("code-1", k1);
     key_of("code-2", k2);
     key_of("code-3", k3);
@@ -446,7 +462,7 @@ static void test_full_table_leads_without_entry(void **state)
     assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
     assert_int_equal(exchange_size(f->x), 2);
     assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_WAIT);
-    exchange_cancel(f->x, w);
+    async_cancel(w);
 }
 
 static void test_size_counts_in_flight_and_remembered(void **state)
@@ -454,7 +470,7 @@ static void test_size_counts_in_flight_and_remembered(void **state)
     struct fixture *f = *state;
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec rec = {0};
     key_of("code-1", k1);
     key_of("code-2", k2);
@@ -480,15 +496,15 @@ static void test_cancel_queued_waiter_is_never_woken(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w[4] = {NULL};
+    struct async_slot *w[4] = {NULL};
     struct wake_rec rec[4] = {{0}};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w[0]), EXCHANGE_LEAD);
     for (int i = 0; i < 4; i++)
         assert_int_equal(begin(f, key, &rec[i], &out, &w[i]), EXCHANGE_WAIT);
     /* One in the middle of the queue and the newest: the others must still be woken. */
-    exchange_cancel(f->x, w[1]);
-    exchange_cancel(f->x, w[3]);
+    async_cancel(w[1]);
+    async_cancel(w[3]);
     struct exchange_outcome o = ok_outcome("openid-1", "");
     exchange_finish(f->x, key, &o, true);
     drain(f->loop);
@@ -503,14 +519,14 @@ static void test_cancel_every_waiter_then_finish(void **state)
     struct fixture *f = *state;
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w[2] = {NULL};
+    struct async_slot *w[2] = {NULL};
     struct wake_rec rec[2] = {{0}};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w[0]), EXCHANGE_LEAD);
     for (int i = 0; i < 2; i++)
         assert_int_equal(begin(f, key, &rec[i], &out, &w[i]), EXCHANGE_WAIT);
-    exchange_cancel(f->x, w[0]);
-    exchange_cancel(f->x, w[1]);
+    async_cancel(w[0]);
+    async_cancel(w[1]);
     struct exchange_outcome o = ok_outcome("openid-1", "");
     exchange_finish(f->x, key, &o, true);
     drain(f->loop);
@@ -524,10 +540,10 @@ static void test_cancel_after_finish_before_loop_ran_is_never_woken(void **state
     uint8_t key[CRYPTO_HASH_LEN];
     struct wake_rec rec = {0};
     key_of("code-1", key);
-    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct async_slot *w = lead_and_wait(f, key, &rec);
     struct exchange_outcome o = ok_outcome("openid-1", "");
     exchange_finish(f->x, key, &o, true);
-    exchange_cancel(f->x, w);
+    async_cancel(w);
     drain(f->loop);
     assert_int_equal(rec.calls, 0);
 }
@@ -538,11 +554,11 @@ static void test_cancel_after_forgetting_finish_is_never_woken(void **state)
     uint8_t key[CRYPTO_HASH_LEN];
     struct wake_rec rec = {0};
     key_of("code-1", key);
-    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct async_slot *w = lead_and_wait(f, key, &rec);
     struct exchange_outcome o = wechat_outcome(-1);
     /* The entry is freed by the finish; the posted waiter must not need it. */
     exchange_finish(f->x, key, &o, false);
-    exchange_cancel(f->x, w);
+    async_cancel(w);
     drain(f->loop);
     assert_int_equal(rec.calls, 0);
 }
@@ -553,10 +569,10 @@ static void test_loop_free_frees_posted_cancelled_waiter(void **state)
     uint8_t key[CRYPTO_HASH_LEN];
     struct wake_rec rec = {0};
     key_of("code-1", key);
-    struct exchange_waiter *w = lead_and_wait(f, key, &rec);
+    struct async_slot *w = lead_and_wait(f, key, &rec);
     struct exchange_outcome o = ok_outcome("openid-1", "");
     exchange_finish(f->x, key, &o, true);
-    exchange_cancel(f->x, w);
+    async_cancel(w);
     /* The loop never runs again: loop_free runs the queued delivery, which frees the waiter
      * (ASan reports a leak otherwise) without waking it. */
     loop_free(f->loop);
@@ -597,12 +613,13 @@ static void test_waiters_on_two_loops_woken_on_their_own_threads(void **state)
     assert_non_null(lb);
     uint8_t key[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
-    struct exchange_waiter *w = NULL;
+    struct async_slot *w = NULL;
     struct wake_rec ra = {.stop = la}, rb = {.stop = lb};
     key_of("code-1", key);
     assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_LEAD);
-    assert_int_equal(exchange_begin(f->x, key, la, on_wake, &ra, &out, &w), EXCHANGE_WAIT);
-    assert_int_equal(exchange_begin(f->x, key, lb, on_wake, &rb, &out, &w), EXCHANGE_WAIT);
+    struct async_slot sa = {NULL}, sb = {NULL};
+    assert_int_equal(exchange_begin(f->x, key, la, &sa, on_wake, &ra, &out), EXCHANGE_WAIT);
+    assert_int_equal(exchange_begin(f->x, key, lb, &sb, on_wake, &rb, &out), EXCHANGE_WAIT);
 
     pthread_t ta, tb;
     assert_int_equal(pthread_create(&ta, NULL, run_loop_thread, la), 0);
@@ -621,6 +638,31 @@ static void test_waiters_on_two_loops_woken_on_their_own_threads(void **state)
     assert_string_equal(rb.out.unionid, "unionid-1");
     loop_free(la);
     loop_free(lb);
+}
+
+/* Outcomes shared between instances through the store: text that decodes to itself. */
+static void test_outcome_encode_decode_round_trip(void **state)
+{
+    (void)state;
+    struct exchange_outcome in[2] = {ok_outcome("o\"quoted\"", "u1"), wechat_outcome(40163)};
+    for (int i = 0; i < 2; i++) {
+        char text[512];
+        size_t n = exchange_outcome_encode(&in[i], text, sizeof(text));
+        assert_true(n > 0);
+        struct exchange_outcome out;
+        assert_int_equal(exchange_outcome_decode(text, n, &out), 0);
+        assert_int_equal(out.kind, in[i].kind);
+        assert_string_equal(out.openid, in[i].openid);
+        assert_string_equal(out.unionid, in[i].unionid);
+        assert_int_equal(out.status, in[i].status);
+        assert_int_equal(out.errcode, in[i].errcode);
+        assert_int_equal(out.http_status, in[i].http_status);
+    }
+    char small[16];
+    assert_int_equal(exchange_outcome_encode(&in[0], small, sizeof(small)), 0);
+    struct exchange_outcome out;
+    assert_int_equal(exchange_outcome_decode("{\"kind\":9}", 10, &out), -1);
+    assert_int_equal(exchange_outcome_decode("nope", 4, &out), -1);
 }
 
 static void test_free_accepts_null(void **state)
@@ -658,6 +700,7 @@ int main(void)
         T(test_loop_free_frees_posted_cancelled_waiter),
         T(test_loop_free_delivers_posted_wake),
         T(test_waiters_on_two_loops_woken_on_their_own_threads),
+        T(test_outcome_encode_decode_round_trip),
         T(test_free_accepts_null),
     };
 #undef T

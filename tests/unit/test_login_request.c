@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "handlers/login_request.h"
+#include "wechat/api.h"
 
 /* Parses a NUL-terminated body. */
 static int parse(const char *body, char code[LOGIN_CODE_MAX + 1], const char **why)
@@ -278,32 +279,32 @@ static void test_why_never_echoes_the_code(void **state)
 static void test_session_key_shape(void **state)
 {
     (void)state;
-    assert_true(login_session_key_valid("tiihtNczf5v6AKRyjwEUhQ==", 24));
-    assert_false(login_session_key_valid("tiihtNczf5v6AKRyjwEUhQ=", 23));
-    assert_false(login_session_key_valid("tiihtNczf5v6AKRyjwEUhQ==AAAA", 28));
-    assert_false(login_session_key_valid("tiihtNczf5v6AKRyjwEUh!==", 24));
+    assert_true(wechat_session_key_valid("tiihtNczf5v6AKRyjwEUhQ==", 24));
+    assert_false(wechat_session_key_valid("tiihtNczf5v6AKRyjwEUhQ=", 23));
+    assert_false(wechat_session_key_valid("tiihtNczf5v6AKRyjwEUhQ==AAAA", 28));
+    assert_false(wechat_session_key_valid("tiihtNczf5v6AKRyjwEUh!==", 24));
     /* 24 characters but 18 bytes: not a 16-byte key */
-    assert_false(login_session_key_valid("AAAAAAAAAAAAAAAAAAAAAAAA", 24));
+    assert_false(wechat_session_key_valid("AAAAAAAAAAAAAAAAAAAAAAAA", 24));
     char long_key[65];
     memset(long_key, 'A', 64);
     long_key[64] = '\0';
-    assert_false(login_session_key_valid(long_key, 64));
-    assert_false(login_session_key_valid("", 0));
+    assert_false(wechat_session_key_valid(long_key, 64));
+    assert_false(wechat_session_key_valid("", 0));
 }
 
 static void test_id_shape(void **state)
 {
     (void)state;
-    assert_true(login_id_valid("oGZUI0egBJY1zhBYw2KhdUfwVJJE", 28));
-    assert_true(login_id_valid("o-_9", 4));
-    assert_false(login_id_valid("", 0));
-    assert_false(login_id_valid("oAAA\r\nX-Injected: 1", 20));
-    assert_false(login_id_valid("o AAA", 5));
+    assert_true(wechat_id_valid("oGZUI0egBJY1zhBYw2KhdUfwVJJE", 28));
+    assert_true(wechat_id_valid("o-_9", 4));
+    assert_false(wechat_id_valid("", 0));
+    assert_false(wechat_id_valid("oAAA\r\nX-Injected: 1", 20));
+    assert_false(wechat_id_valid("o AAA", 5));
     char long_id[130];
     memset(long_id, 'a', 129);
     long_id[129] = '\0';
-    assert_false(login_id_valid(long_id, 129));
-    assert_true(login_id_valid(long_id, 128));
+    assert_false(wechat_id_valid(long_id, 129));
+    assert_true(wechat_id_valid(long_id, 128));
 }
 
 int main(void)

@@ -99,10 +99,10 @@ static void test_timers_fire_in_due_order(void **state)
     rec_timer_init(&b, &rec, 10);
     rec_timer_init(&c, &rec, 20);
     loop_timer_init(&stop, on_stop, f->loop);
-    assert_int_equal(loop_timer_start(f->loop, &a.t, 30), 0);
-    assert_int_equal(loop_timer_start(f->loop, &b.t, 10), 0);
-    assert_int_equal(loop_timer_start(f->loop, &c.t, 20), 0);
-    assert_int_equal(loop_timer_start(f->loop, &stop, 50), 0);
+    loop_timer_start(f->loop, &a.t, 30);
+    loop_timer_start(f->loop, &b.t, 10);
+    loop_timer_start(f->loop, &c.t, 20);
+    loop_timer_start(f->loop, &stop, 50);
     uint64_t start = loop_clock_ms();
     run(f->loop);
     assert_true(loop_clock_ms() - start >= 50);
@@ -243,6 +243,119 @@ static void test_timer_rearmed_from_its_callback(void **state)
     loop_timer_start(f->loop, &r.t, 0);
     run(f->loop);
     assert_int_equal(r.left, 0);
+}
+
+/*
+ * A timer re-armed at 0 from its own callback must run once per loop iteration, after the
+ * iteration's io, not again and again inside one pass (which starves io). An always-readable
+ * eventfd counts iterations; every run of the timer must see a new one.
+ */
+struct spin {
+    struct loop_timer t;
+    struct loop *loop;
+    int runs;
+    long iteration; /* bumped by the io watcher */
+    long seen[64];  /* the iteration each run happened in */
+};
+
+static void on_spin_io(struct loop_io *io, int fd, uint32_t events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    struct spin *s = arg;
+    s->iteration++;
+}
+
+static void on_spin_timer(void *arg)
+{
+    struct spin *s = arg;
+    s->seen[s->runs++] = s->iteration;
+    if (s->runs == 64)
+        loop_stop(s->loop);
+    else
+        loop_timer_start(s->loop, &s->t, 0);
+}
+
+static void test_timer_rearmed_at_zero_waits_for_next_iteration(void **state)
+{
+    struct fixture *f = *state;
+    struct spin s = {.loop = f->loop};
+    int efd = eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC); /* readable for ever: never drained */
+    assert_true(efd >= 0);
+    struct loop_io *io = loop_io_add(f->loop, efd, EPOLLIN, on_spin_io, &s);
+    assert_non_null(io);
+    loop_timer_init(&s.t, on_spin_timer, &s);
+    loop_timer_start(f->loop, &s.t, 0);
+    run(f->loop);
+    assert_int_equal(s.runs, 64);
+    for (int i = 1; i < 64; i++)
+        assert_true(s.seen[i] > s.seen[i - 1]); /* each run in an iteration of its own */
+    loop_io_del(io);
+    close(efd);
+}
+
+/* Timers armed from inside a pass with the same due time fire in arming order, and the pass
+ * leaves them to the next iteration. */
+static void test_timers_due_together_fire_in_arming_order(void **state)
+{
+    struct fixture *f = *state;
+    struct recorder rec = {.n = 0};
+    struct rec_timer t[16];
+    struct loop_timer stop;
+    loop_timer_init(&stop, on_stop, f->loop);
+    for (int i = 0; i < 16; i++) {
+        rec_timer_init(&t[i], &rec, i);
+        loop_timer_start(f->loop, &t[i].t, 5);
+    }
+    loop_timer_start(f->loop, &stop, 30);
+    run(f->loop);
+    assert_int_equal(rec.n, 16);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(rec.order[i], i);
+}
+
+/* A random mix of arming, re-arming and stopping, checked against what must fire: the heap is
+ * intrusive (a pairing heap), so this exercises its cuts and melds. */
+static void test_random_arm_stop_rearm_fire_in_order(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 64 };
+    struct recorder rec = {.n = 0};
+    struct rec_timer t[N];
+    bool live[N];
+    struct loop_timer stop;
+    unsigned seed = 12345;
+    loop_timer_init(&stop, on_stop, f->loop);
+    for (int i = 0; i < N; i++) {
+        rec_timer_init(&t[i], &rec, i);
+        live[i] = false;
+    }
+    for (int step = 0; step < 2000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % N);
+        if ((seed >> 20) % 3 == 0) {
+            loop_timer_stop(f->loop, &t[i].t);
+            live[i] = false;
+        } else {
+            loop_timer_start(f->loop, &t[i].t, (seed >> 4) % 40);
+            live[i] = true;
+        }
+        assert_int_equal(loop_timer_armed(&t[i].t), live[i]);
+    }
+    size_t want = 0;
+    for (int i = 0; i < N; i++)
+        want += live[i];
+    loop_timer_start(f->loop, &stop, 60);
+    run(f->loop);
+    assert_int_equal(rec.n, want);
+    uint64_t prev = 0;
+    for (size_t k = 0; k < rec.n; k++) {
+        int id = rec.order[k];
+        assert_true(live[id]);
+        assert_true(t[id].due_ms >= prev);
+        prev = t[id].due_ms;
+    }
 }
 
 static void test_loop_free_with_armed_timer(void **state)
@@ -521,6 +634,9 @@ int main(void)
         T(test_timer_rearm_earlier),
         T(test_many_timers_with_stops_fire_in_order),
         T(test_timer_rearmed_from_its_callback),
+        T(test_timer_rearmed_at_zero_waits_for_next_iteration),
+        T(test_timers_due_together_fire_in_arming_order),
+        T(test_random_arm_stop_rearm_fire_in_order),
         T(test_loop_free_with_armed_timer),
         T(test_post_from_thread_runs_on_loop_thread),
         T(test_posts_run_in_order_before_stop),

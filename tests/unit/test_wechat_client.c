@@ -14,18 +14,27 @@
 
 #include "wechat/client.h"
 
-/* ---- wechat_path_query ---- */
+/* ---- wechat_url ---- */
+
+static struct wechat_url g_url;
+
+static const char *build_url(const char *path, const char *const *kv)
+{
+    wechat_url_init(&g_url, path);
+    for (size_t i = 0; kv[i] != NULL && kv[i + 1] != NULL; i += 2)
+        wechat_url_arg(&g_url, kv[i], kv[i + 1]);
+    return g_url.overflow ? NULL : g_url.buf;
+}
 
 static void expect_query(const char *path, const char *const *kv, const char *want)
 {
-    char *got = wechat_path_query(path, kv);
+    const char *got = build_url(path, kv);
     assert_non_null(got);
     if (strcmp(got, want) != 0) {
         print_error("got  %s\nwant %s\n", got, want);
-        free(got);
         fail();
     }
-    free(got);
+    assert_int_equal(g_url.len, strlen(want));
 }
 
 static void test_query_plain_pairs_joined(void **state)
@@ -75,24 +84,47 @@ static void test_query_empty_value(void **state)
 static void test_query_long_values(void **state)
 {
     (void)state;
+    char big[1001];
+    memset(big, '/', 1000);
+    big[1000] = '\0';
+    const char *kv[] = {"a", big, "b", "x", NULL};
+    const char *got = build_url("/p", kv);
+    assert_non_null(got);
+    assert_int_equal(strlen(got), strlen("/p?a=") + 3 * 1000 + strlen("&b=x"));
+    assert_int_equal(strncmp(got, "/p?a=%2F%2F", 11), 0);
+    assert_string_equal(got + strlen(got) - 4, "&b=x");
+}
+
+/* The URL buffer is bounded (WECHAT_URL_MAX): what does not fit is reported, never cut. */
+static void test_query_too_long_is_overflow_not_cut(void **state)
+{
+    (void)state;
     char big[3001];
     memset(big, '/', 3000);
     big[3000] = '\0';
     const char *kv[] = {"a", big, "b", "x", NULL};
-    char *got = wechat_path_query("/p", kv);
-    assert_non_null(got);
-    assert_int_equal(strlen(got), strlen("/p?a=") + 3 * 3000 + strlen("&b=x"));
-    assert_int_equal(strncmp(got, "/p?a=%2F%2F", 11), 0);
-    assert_string_equal(got + strlen(got) - 4, "&b=x");
-    free(got);
+    assert_null(build_url("/p", kv));
+    assert_true(g_url.overflow);
+    assert_string_equal(g_url.buf, "");
+}
+
+/* The URL holds the secret: wiping it leaves nothing behind. */
+static void test_url_wipe(void **state)
+{
+    (void)state;
+    const char *kv[] = {"secret", "S3cr3t", NULL};
+    assert_non_null(build_url("/p", kv));
+    wechat_url_wipe(&g_url);
+    assert_int_equal(g_url.len, 0);
+    assert_null(memmem(g_url.buf, sizeof(g_url.buf), "S3cr3t", 6));
 }
 
 /* ---- wechat_retryable ---- */
 
 static bool retryable(enum wechat_status status, long errcode, long http_status)
 {
-    struct wechat_result res = {.status = status, .errcode = errcode, .http_status = http_status};
-    return wechat_retryable(&res);
+    struct wechat_reply res = {.status = status, .errcode = errcode, .http_status = http_status};
+    return wechat_retryable(WECHAT_API_CODE2SESSION, &res);
 }
 
 static void test_retry_errcode_minus1_only(void **state)
@@ -282,10 +314,10 @@ static bool accept_needs_openid(const json_t *body)
     return json_is_string(json_object_get(body, "openid"));
 }
 
-static struct wechat_result classify(int curl_code, long http_status, const char *body,
-                                     wechat_accept_fn *accept)
+static struct wechat_reply classify(int curl_code, long http_status, const char *body,
+                                    wechat_accept_fn *accept)
 {
-    struct wechat_result res;
+    struct wechat_reply res;
     memset(&res, 0, sizeof(res));
     res.attempts = 3;
     wechat_classify(&res, curl_code, http_status, body, body ? strlen(body) : 0, accept);
@@ -297,7 +329,7 @@ static struct wechat_result classify(int curl_code, long http_status, const char
 static void test_classify_success_without_errcode_is_ok(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "{\"openid\":\"o1\",\"session_key\":\"k\"}", NULL);
+    struct wechat_reply res = classify(0, 200, "{\"openid\":\"o1\",\"session_key\":\"k\"}", NULL);
     assert_int_equal(res.status, WECHAT_OK);
     assert_int_equal(res.http_status, 200);
     assert_non_null(res.body);
@@ -309,7 +341,7 @@ static void test_classify_success_without_errcode_is_ok(void **state)
 static void test_classify_errcode_zero_is_ok(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "{\"errcode\":0,\"errmsg\":\"ok\"}", NULL);
+    struct wechat_reply res = classify(0, 200, "{\"errcode\":0,\"errmsg\":\"ok\"}", NULL);
     assert_int_equal(res.status, WECHAT_OK);
     assert_int_equal(res.errcode, 0);
     assert_non_null(res.body);
@@ -319,7 +351,7 @@ static void test_classify_errcode_zero_is_ok(void **state)
 static void test_classify_accept_true_is_ok(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "{\"openid\":\"o1\"}", accept_needs_openid);
+    struct wechat_reply res = classify(0, 200, "{\"openid\":\"o1\"}", accept_needs_openid);
     assert_int_equal(res.status, WECHAT_OK);
     json_decref(res.body);
 }
@@ -327,7 +359,7 @@ static void test_classify_accept_true_is_ok(void **state)
 static void test_classify_errcode_40029_with_rid(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(
+    struct wechat_reply res = classify(
         0, 200, "{\"errcode\":40029,\"errmsg\":\"invalid code, rid: 652d44d0-1a2b3c4d-5e6f7a8b\"}",
         NULL);
     assert_int_equal(res.status, WECHAT_ERRCODE);
@@ -340,7 +372,7 @@ static void test_classify_errcode_40029_with_rid(void **state)
 static void test_classify_errcode_minus1(void **state)
 {
     (void)state;
-    struct wechat_result res =
+    struct wechat_reply res =
         classify(0, 200, "{\"errcode\":-1,\"errmsg\":\"system error\"}", NULL);
     assert_int_equal(res.status, WECHAT_ERRCODE);
     assert_int_equal(res.errcode, -1);
@@ -350,7 +382,7 @@ static void test_classify_errcode_minus1(void **state)
 static void test_classify_errcode_as_string_is_bad_body(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "{\"errcode\":\"40029\"}", NULL);
+    struct wechat_reply res = classify(0, 200, "{\"errcode\":\"40029\"}", NULL);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
 }
@@ -358,7 +390,7 @@ static void test_classify_errcode_as_string_is_bad_body(void **state)
 static void test_classify_html_is_bad_body(void **state)
 {
     (void)state;
-    struct wechat_result res =
+    struct wechat_reply res =
         classify(0, 200, "<!DOCTYPE html><html><body>Please log in</body></html>", NULL);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
@@ -367,7 +399,7 @@ static void test_classify_html_is_bad_body(void **state)
 static void test_classify_json_array_is_bad_body(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "[{\"openid\":\"o1\"}]", NULL);
+    struct wechat_reply res = classify(0, 200, "[{\"openid\":\"o1\"}]", NULL);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
 }
@@ -375,7 +407,7 @@ static void test_classify_json_array_is_bad_body(void **state)
 static void test_classify_empty_body_is_bad_body(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "", NULL);
+    struct wechat_reply res = classify(0, 200, "", NULL);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
 }
@@ -383,7 +415,7 @@ static void test_classify_empty_body_is_bad_body(void **state)
 static void test_classify_http_502_is_http_error(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 502, "<html>Bad Gateway</html>", NULL);
+    struct wechat_reply res = classify(0, 502, "<html>Bad Gateway</html>", NULL);
     assert_int_equal(res.status, WECHAT_HTTP_ERROR);
     assert_int_equal(res.http_status, 502);
     assert_null(res.body);
@@ -392,7 +424,7 @@ static void test_classify_http_502_is_http_error(void **state)
 static void test_classify_http_error_even_with_json_body(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 404, "{\"errcode\":0}", NULL);
+    struct wechat_reply res = classify(0, 404, "{\"errcode\":0}", NULL);
     assert_int_equal(res.status, WECHAT_HTTP_ERROR);
     assert_int_equal(res.http_status, 404);
     assert_null(res.body);
@@ -402,7 +434,7 @@ static void test_classify_timeout(void **state)
 {
     (void)state;
     assert_int_equal(CURLE_OPERATION_TIMEDOUT, 28);
-    struct wechat_result res = classify(CURLE_OPERATION_TIMEDOUT, 0, NULL, NULL);
+    struct wechat_reply res = classify(CURLE_OPERATION_TIMEDOUT, 0, NULL, NULL);
     assert_int_equal(res.status, WECHAT_TIMEOUT);
     assert_int_equal(res.errcode, 0);
     assert_null(res.body);
@@ -412,7 +444,7 @@ static void test_classify_couldnt_connect_is_connect(void **state)
 {
     (void)state;
     assert_int_equal(CURLE_COULDNT_CONNECT, 7);
-    struct wechat_result res = classify(CURLE_COULDNT_CONNECT, 0, NULL, NULL);
+    struct wechat_reply res = classify(CURLE_COULDNT_CONNECT, 0, NULL, NULL);
     assert_int_equal(res.status, WECHAT_CONNECT);
     assert_null(res.body);
 }
@@ -421,7 +453,7 @@ static void test_classify_recv_error_is_connect(void **state)
 {
     (void)state;
     assert_int_equal(CURLE_RECV_ERROR, 56);
-    struct wechat_result res = classify(CURLE_RECV_ERROR, 0, NULL, NULL);
+    struct wechat_reply res = classify(CURLE_RECV_ERROR, 0, NULL, NULL);
     assert_int_equal(res.status, WECHAT_CONNECT);
 }
 
@@ -429,7 +461,7 @@ static void test_classify_write_error_is_bad_body(void **state)
 {
     (void)state;
     assert_int_equal(CURLE_WRITE_ERROR, 23);
-    struct wechat_result res = classify(CURLE_WRITE_ERROR, 200, NULL, NULL);
+    struct wechat_reply res = classify(CURLE_WRITE_ERROR, 200, NULL, NULL);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
 }
@@ -437,7 +469,7 @@ static void test_classify_write_error_is_bad_body(void **state)
 static void test_classify_curl_error_wins_over_http_200(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(CURLE_RECV_ERROR, 200, "{\"openid\":\"o1\"}", NULL);
+    struct wechat_reply res = classify(CURLE_RECV_ERROR, 200, "{\"openid\":\"o1\"}", NULL);
     assert_int_equal(res.status, WECHAT_CONNECT);
     assert_null(res.body);
 }
@@ -445,7 +477,7 @@ static void test_classify_curl_error_wins_over_http_200(void **state)
 static void test_classify_accept_false_is_bad_body(void **state)
 {
     (void)state;
-    struct wechat_result res = classify(0, 200, "{\"openid\":\"o1\"}", accept_none);
+    struct wechat_reply res = classify(0, 200, "{\"openid\":\"o1\"}", accept_none);
     assert_int_equal(res.status, WECHAT_BAD_BODY);
     assert_null(res.body);
 }
@@ -453,8 +485,7 @@ static void test_classify_accept_false_is_bad_body(void **state)
 static void test_classify_accept_not_consulted_for_errcode(void **state)
 {
     (void)state;
-    struct wechat_result res =
-        classify(0, 200, "{\"errcode\":40163,\"errmsg\":\"x\"}", accept_none);
+    struct wechat_reply res = classify(0, 200, "{\"errcode\":40163,\"errmsg\":\"x\"}", accept_none);
     assert_int_equal(res.status, WECHAT_ERRCODE);
     assert_int_equal(res.errcode, 40163);
     json_decref(res.body);
@@ -463,7 +494,7 @@ static void test_classify_accept_not_consulted_for_errcode(void **state)
 static void test_classify_resets_previous_attempt(void **state)
 {
     (void)state;
-    struct wechat_result res;
+    struct wechat_reply res;
     memset(&res, 0, sizeof(res));
     static const char busy[] = "{\"errcode\":-1,\"errmsg\":\"busy, rid: abc\"}";
     wechat_classify(&res, 0, 200, busy, sizeof(busy) - 1, NULL);
@@ -488,6 +519,8 @@ int main(void)
         cmocka_unit_test(test_query_utf8_encoded),
         cmocka_unit_test(test_query_empty_value),
         cmocka_unit_test(test_query_long_values),
+        cmocka_unit_test(test_query_too_long_is_overflow_not_cut),
+        cmocka_unit_test(test_url_wipe),
         cmocka_unit_test(test_retry_errcode_minus1_only),
         cmocka_unit_test(test_retry_http_5xx_not_4xx),
         cmocka_unit_test(test_retry_connect_yes_timeout_no),

@@ -1,0 +1,371 @@
+/*
+ * login: the operation is a small state machine whose every step runs in op->inner (its own
+ * pending slot), so cancelling the operation is one async_cancel of that slot plus the undo
+ * this module owes the others: waking the waiters and releasing the claim.
+ */
+#include "login/login.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "loop/loop.h"
+#include "runtime/async.h"
+#include "store/store.h"
+
+#define CLAIM_POLL_MS 100
+/* A claim lasts the whole exchange with WeChat (retries included) and the write after it. */
+#define CLAIM_SLACK_MS 5000
+#define POOL_MAX 64
+
+struct login_ctx {
+    struct login_opts opts;
+    struct exchange *x;
+    struct wechat_client *wx;
+    struct store *store;
+    struct loop *loop;
+    struct login_op *pool;
+    size_t npool;
+};
+
+struct login_op {
+    struct async async;
+    struct async_slot inner; /* the step in progress */
+    struct login_ctx *lc;
+    const struct wechat_app *app;
+    bool want_session;
+    bool leading;  /* the exchange entry is ours to finish */
+    bool claiming; /* a claim was asked for (granted or not): ours to release */
+    uint8_t key[CRYPTO_HASH_LEN];
+    char code[WECHAT_CODE_MAX + 1];
+    char owner[STORE_OWNER_LEN + 1];
+    struct loop_timer poll; /* another instance holds the claim: ask again */
+    uint64_t give_up_ms;
+    struct exchange_outcome out; /* the identity to answer with */
+    char token[CRYPTO_TOKEN_LEN + 1];
+    uint8_t token_hash[CRYPTO_HASH_LEN];
+    int64_t expires_at;
+    login_done_fn *done;
+    void *arg;
+    struct login_op *next;
+};
+
+struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
+                                struct wechat_client *wx, struct store *store, struct loop *loop)
+{
+    struct login_ctx *lc = calloc(1, sizeof(*lc));
+    if (lc == NULL)
+        return NULL;
+    lc->opts = *opts;
+    lc->x = x;
+    lc->wx = wx;
+    lc->store = store;
+    lc->loop = loop;
+    return lc;
+}
+
+void login_ctx_free(struct login_ctx *lc)
+{
+    if (lc == NULL)
+        return;
+    while (lc->pool != NULL) {
+        struct login_op *op = lc->pool;
+        lc->pool = op->next;
+        free(op);
+    }
+    free(lc);
+}
+
+static long claim_hold_ms(const struct login_ctx *lc)
+{
+    return wechat_client_budget_ms(lc->wx) + CLAIM_SLACK_MS;
+}
+
+static void op_free(struct login_op *op)
+{
+    struct login_ctx *lc = op->lc;
+    loop_timer_stop(lc->loop, &op->poll);
+    crypto_wipe(op, sizeof(*op)); /* the code and the token */
+    if (lc->npool < POOL_MAX) {
+        op->next = lc->pool;
+        lc->pool = op;
+        lc->npool++;
+        return;
+    }
+    free(op);
+}
+
+/* Tells the operation's owner and ends it. */
+static void reply(struct login_op *op, const struct login_result *r)
+{
+    login_done_fn *done = op->done;
+    void *arg = op->arg;
+    async_end(&op->async);
+    done(arg, r);
+    op_free(op);
+}
+
+static void reply_status(struct login_op *op, enum login_status status)
+{
+    struct login_result r = {.status = status};
+    reply(op, &r);
+}
+
+static void reply_ok(struct login_op *op)
+{
+    struct login_result r = {.status = LOGIN_OK,
+                             .openid = op->out.openid,
+                             .unionid = op->out.unionid,
+                             .token = op->want_session ? op->token : NULL,
+                             .expires_at = op->expires_at};
+    reply(op, &r);
+}
+
+static void reply_wechat(struct login_op *op, const struct wechat_reply *wr)
+{
+    struct login_result r = {.status = LOGIN_WECHAT, .reply = wr};
+    reply(op, &r);
+}
+
+/*
+ * The leader's outcome: wakes this process's waiters and, through the store, tells the other
+ * instances (a remembered outcome is published; otherwise the claim is released so the next
+ * request tries again).
+ */
+static void lead_finish(struct login_op *op, const struct exchange_outcome *o, bool remember)
+{
+    struct login_ctx *lc = op->lc;
+    if (!op->leading)
+        return;
+    op->leading = false;
+    exchange_finish(lc->x, op->key, o, remember);
+    if (!op->claiming)
+        return;
+    op->claiming = false;
+    char text[STORE_OUTCOME_MAX];
+    size_t n = remember ? exchange_outcome_encode(o, text, sizeof(text)) : 0;
+    if (n > 0)
+        store_claim_publish(lc->store, op->app->appid, op->key, text, n, lc->opts.outcome_keep_ms);
+    else
+        store_claim_release(lc->store, op->app->appid, op->key, op->owner);
+}
+
+static void lead_abort(struct login_op *op, enum exchange_kind kind)
+{
+    struct exchange_outcome o = {.kind = kind};
+    lead_finish(op, &o, false);
+}
+
+/* Prepares a fresh token and its hash for a new session. */
+static int new_token(struct login_op *op)
+{
+    if (crypto_token_new(op->token) != 0)
+        return -1;
+    crypto_sha256(op->token, CRYPTO_TOKEN_LEN, op->token_hash);
+    op->expires_at = (int64_t)time(NULL) + op->lc->opts.session_ttl_s;
+    return 0;
+}
+
+static void op_cancel(struct async *a)
+{
+    struct login_op *op = (struct login_op *)(void *)a;
+    async_cancel(&op->inner);
+    lead_abort(op, EXCHANGE_ABORTED);
+    op_free(op);
+}
+
+/* ---- followers: the outcome of someone else's exchange ---- */
+
+static void on_session_put(void *arg, int status)
+{
+    struct login_op *op = arg;
+    if (status != STORE_OK)
+        reply_status(op, LOGIN_STORE);
+    else
+        reply_ok(op);
+}
+
+static void follow(struct login_op *op, const struct exchange_outcome *o)
+{
+    switch (o->kind) {
+    case EXCHANGE_OK:
+        op->out = *o;
+        if (!op->want_session) {
+            reply_ok(op);
+            return;
+        }
+        if (new_token(op) != 0) {
+            reply_status(op, LOGIN_INTERNAL);
+            return;
+        }
+        store_put_session(op->lc->store, &op->inner, op->token_hash, op->app->appid, o->openid,
+                          op->expires_at, (int64_t)time(NULL), on_session_put, op);
+        return;
+    case EXCHANGE_WECHAT: {
+        struct wechat_reply wr = {.status = o->status,
+                                  .errcode = o->errcode,
+                                  .http_status = o->http_status,
+                                  .detail = "outcome shared with an earlier request"};
+        reply_wechat(op, &wr);
+        return;
+    }
+    case EXCHANGE_STORE: reply_status(op, LOGIN_STORE); return;
+    case EXCHANGE_ABORTED: reply_status(op, LOGIN_ABORTED); return;
+    }
+}
+
+static void on_wake(const struct exchange_outcome *o, void *arg)
+{
+    follow(arg, o);
+}
+
+/* ---- the leader ---- */
+
+static void on_stored(void *arg, int status)
+{
+    struct login_op *op = arg;
+    if (status != STORE_OK) {
+        /* Not remembered: the store may be back for a retry (though WeChat will then say the
+         * code was used, and the client gets a clear relogin). */
+        lead_abort(op, EXCHANGE_STORE);
+        reply_status(op, LOGIN_STORE);
+        return;
+    }
+    lead_finish(op, &op->out, true);
+    reply_ok(op);
+}
+
+static void on_code2session(void *arg, const struct wechat_reply *wr,
+                            const struct wechat_session *s)
+{
+    struct login_op *op = arg;
+    if (s == NULL) {
+        struct exchange_outcome o = {.kind = EXCHANGE_WECHAT,
+                                     .status = wr->status,
+                                     .errcode = wr->errcode,
+                                     .http_status = wr->http_status};
+        bool final =
+            wr->status == WECHAT_ERRCODE &&
+            (wechat_errcode_flags(WECHAT_API_CODE2SESSION, wr->errcode) & WECHAT_EC_FINAL) != 0;
+        lead_finish(op, &o, final);
+        reply_wechat(op, wr);
+        return;
+    }
+    if (op->want_session && new_token(op) != 0) {
+        lead_abort(op, EXCHANGE_STORE);
+        reply_status(op, LOGIN_INTERNAL);
+        return;
+    }
+    op->out.kind = EXCHANGE_OK;
+    snprintf(op->out.openid, sizeof(op->out.openid), "%s", s->openid);
+    snprintf(op->out.unionid, sizeof(op->out.unionid), "%s", s->unionid);
+    struct store_login in = {.appid = op->app->appid,
+                             .openid = s->openid,
+                             .unionid = s->unionid,
+                             .session_key = s->session_key,
+                             .token_hash = op->want_session ? op->token_hash : NULL,
+                             .expires_at = op->expires_at,
+                             .now = (int64_t)time(NULL)};
+    store_login(op->lc->store, &op->inner, &in, on_stored, op);
+}
+
+static void call_wechat(struct login_op *op)
+{
+    if (wechat_code2session(op->lc->wx, &op->inner, op->app, op->code, on_code2session, op) != 0) {
+        lead_abort(op, EXCHANGE_ABORTED);
+        reply_status(op, LOGIN_INTERNAL);
+    }
+}
+
+static void claim(struct login_op *op);
+
+static void on_claim(void *arg, int status, enum store_claim state, const char *outcome, size_t len)
+{
+    struct login_op *op = arg;
+    struct exchange_outcome o;
+    if (status != STORE_OK) {
+        lead_abort(op, EXCHANGE_STORE);
+        reply_status(op, LOGIN_STORE);
+        return;
+    }
+    switch (state) {
+    case STORE_CLAIM_MINE: call_wechat(op); return;
+    case STORE_CLAIM_KNOWN:
+        /* Another instance exchanged it: its outcome, for us and our local waiters. */
+        op->claiming = false; /* nothing of ours to release */
+        if (exchange_outcome_decode(outcome, len, &o) != 0)
+            o = (struct exchange_outcome){.kind = EXCHANGE_STORE};
+        lead_finish(op, &o, o.kind != EXCHANGE_STORE);
+        follow(op, &o);
+        return;
+    case STORE_CLAIM_BUSY: break;
+    }
+    if (loop_now_ms(op->lc->loop) >= op->give_up_ms) {
+        lead_abort(op, EXCHANGE_ABORTED);
+        reply_status(op, LOGIN_BUSY);
+        return;
+    }
+    loop_timer_start(op->lc->loop, &op->poll, CLAIM_POLL_MS);
+}
+
+static void claim(struct login_op *op)
+{
+    struct login_ctx *lc = op->lc;
+    op->claiming = true;
+    store_claim(lc->store, &op->inner, op->app->appid, op->key, op->owner, claim_hold_ms(lc),
+                on_claim, op);
+}
+
+static void on_poll(void *arg)
+{
+    claim(arg);
+}
+
+int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
+               const char *code, bool want_session, login_done_fn *done, void *arg)
+{
+    size_t n = strlen(code);
+    if (n > WECHAT_CODE_MAX)
+        return -1;
+    struct login_op *op = lc->pool;
+    if (op != NULL) {
+        lc->pool = op->next;
+        lc->npool--;
+    } else {
+        op = malloc(sizeof(*op));
+        if (op == NULL)
+            return -1;
+    }
+    memset(op, 0, sizeof(*op));
+    op->lc = lc;
+    op->app = app;
+    op->want_session = want_session;
+    op->done = done;
+    op->arg = arg;
+    loop_timer_init(&op->poll, on_poll, op);
+    exchange_key(app->appid, code, op->key);
+    async_begin(&op->async, slot, op_cancel);
+
+    struct exchange_outcome known;
+    switch (exchange_begin(lc->x, op->key, lc->loop, &op->inner, on_wake, op, &known)) {
+    case EXCHANGE_KNOWN: follow(op, &known); return 0;
+    case EXCHANGE_WAIT: return 0;
+    case EXCHANGE_LEAD: break;
+    }
+    op->leading = true;
+    memcpy(op->code, code, n + 1);
+    if (!store_is_shared(lc->store)) {
+        /* One process owns the store: the exchange table is the whole truth. */
+        call_wechat(op);
+        return 0;
+    }
+    if (store_owner_new(op->owner) != 0) {
+        lead_abort(op, EXCHANGE_ABORTED);
+        reply_status(op, LOGIN_INTERNAL);
+        return 0;
+    }
+    op->give_up_ms = loop_now_ms(lc->loop) + (uint64_t)claim_hold_ms(lc);
+    claim(op);
+    return 0;
+}

@@ -1,0 +1,73 @@
+/*
+ * login: a wx.login code in, a stored user (and, when asked, a new session) out.
+ *
+ * The whole protocol of POST /openid and POST /v1/login, as one asynchronous operation:
+ *   1. the in-process exchange table (exchange/exchange.h): the first request with a code
+ *      leads, concurrent ones wait for its outcome, later repeats reuse a remembered outcome;
+ *   2. with a store shared by several instances, a claim on the code in the store, so the
+ *      instances exchange it once between them too (another's published outcome is reused; a
+ *      claim still held is polled until it lapses);
+ *   3. WeChat's code2Session (wechat/api.h);
+ *   4. one durable write of the user, their session_key and the new session (store/store.h);
+ *   5. the outcome told to the waiters and, when shared, published for the other instances.
+ * One code costs one WeChat call whatever the clients do; session_key never leaves the server.
+ *
+ * Cancelling the operation (the request's deadline, shutdown) stops whatever step runs, tells
+ * the waiters the exchange was aborted and releases the claim; its callback never runs.
+ */
+#ifndef WXLOGIN_LOGIN_H
+#define WXLOGIN_LOGIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "crypto/crypto.h"
+#include "exchange/exchange.h"
+#include "wechat/api.h"
+
+struct async_slot;
+struct loop;
+struct store;
+struct login_ctx;
+
+struct login_opts {
+    long session_ttl_s;   /* lifetime of a new session */
+    long outcome_keep_ms; /* how long other instances may reuse a published outcome */
+};
+
+enum login_status {
+    LOGIN_OK,
+    LOGIN_WECHAT,  /* WeChat refused or failed: reply says how */
+    LOGIN_STORE,   /* the store failed */
+    LOGIN_BUSY,    /* another instance still holds the code's claim */
+    LOGIN_ABORTED, /* the request that exchanged the code was cancelled */
+    LOGIN_INTERNAL /* out of memory, no randomness */
+};
+
+struct login_result {
+    enum login_status status;
+    /* LOGIN_OK */
+    const char *openid;
+    const char *unionid; /* "" when none */
+    const char *token;   /* with a session: the new token (wiped after the callback) */
+    int64_t expires_at;
+    /* LOGIN_WECHAT */
+    const struct wechat_reply *reply;
+};
+
+typedef void login_done_fn(void *arg, const struct login_result *r);
+
+/* One per worker: its WeChat client and store, the process's exchange table. NULL on failure. */
+struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
+                                struct wechat_client *wx, struct store *store, struct loop *loop);
+void login_ctx_free(struct login_ctx *lc);
+
+/*
+ * Exchanges code (already validated by the caller) for app; with want_session also creates a
+ * session. done runs once on the worker's loop unless slot is cancelled first. Returns 0, or
+ * -1 when it could not start (done is not called).
+ */
+int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
+               const char *code, bool want_session, login_done_fn *done, void *arg);
+
+#endif

@@ -1,0 +1,423 @@
+/*
+ * store/cache: the set-associative table, and the decorator that puts it in front of a store.
+ */
+#include "store/cache.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop/loop.h"
+#include "runtime/async.h"
+#include "store/backend.h"
+
+#define WAYS 4
+#define SETS_PER_LOCK 64
+#define ID_MAX 63 /* real appids are 18 characters, openids and unionids 28 */
+/* A logout leaves a tombstone this long, so a lookup that read the store just before the
+ * logout cannot put the session back. Far longer than any store read takes. */
+#define TOMBSTONE_MS 2000
+
+struct slot {
+    uint8_t hash[CRYPTO_HASH_LEN];
+    bool used;
+    bool revoked;        /* a tombstone left by a logout */
+    uint64_t revoked_ms; /* monotonic */
+    uint64_t stamp;      /* insertion order, for replacement */
+    int64_t expires_at;
+    char appid[ID_MAX + 1];
+    char openid[ID_MAX + 1];
+    char unionid[ID_MAX + 1];
+};
+
+struct store_cache {
+    struct slot *slots; /* nsets * WAYS */
+    size_t nsets;       /* power of two */
+    pthread_mutex_t *locks;
+    size_t nlocks;
+    atomic_uint_fast64_t clock; /* insertion stamps */
+};
+
+struct store_cache *store_cache_new(size_t entries)
+{
+    if (entries == 0)
+        return NULL;
+    struct store_cache *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->nsets = SETS_PER_LOCK;
+    while (c->nsets * WAYS < entries)
+        c->nsets *= 2;
+    c->nlocks = c->nsets / SETS_PER_LOCK;
+    c->slots = calloc(c->nsets * WAYS, sizeof(*c->slots));
+    c->locks = calloc(c->nlocks, sizeof(*c->locks));
+    if (c->slots == NULL || c->locks == NULL) {
+        free(c->slots);
+        free(c->locks);
+        free(c);
+        return NULL;
+    }
+    for (size_t i = 0; i < c->nlocks; i++)
+        pthread_mutex_init(&c->locks[i], NULL);
+    return c;
+}
+
+void store_cache_free(struct store_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->nlocks; i++)
+        pthread_mutex_destroy(&c->locks[i]);
+    free(c->locks);
+    free(c->slots);
+    free(c);
+}
+
+/* The set of a hash and its lock. A SHA-256 is uniform: its first bytes index well. */
+static struct slot *set_of(struct store_cache *c, const uint8_t *hash, pthread_mutex_t **lock)
+{
+    uint64_t h;
+    memcpy(&h, hash, sizeof(h));
+    size_t set = (size_t)h & (c->nsets - 1);
+    *lock = &c->locks[set / SETS_PER_LOCK];
+    return &c->slots[set * WAYS];
+}
+
+static struct slot *find(struct slot *set, const uint8_t *hash)
+{
+    for (int i = 0; i < WAYS; i++)
+        if (set[i].used && crypto_equal(set[i].hash, hash, CRYPTO_HASH_LEN))
+            return &set[i];
+    return NULL;
+}
+
+bool store_cache_get(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN], int64_t now,
+                     struct store_session *out)
+{
+    if (c == NULL)
+        return false;
+    pthread_mutex_t *lock;
+    struct slot *set = set_of(c, hash, &lock);
+    bool hit = false;
+    pthread_mutex_lock(lock);
+    struct slot *s = find(set, hash);
+    if (s != NULL && !s->revoked && s->expires_at > now) {
+        memcpy(out->appid, s->appid, sizeof(s->appid));
+        memcpy(out->openid, s->openid, sizeof(s->openid));
+        memcpy(out->unionid, s->unionid, sizeof(s->unionid));
+        out->expires_at = s->expires_at;
+        hit = true;
+    } else if (s != NULL && !s->revoked) {
+        s->used = false; /* expired: make room */
+    }
+    pthread_mutex_unlock(lock);
+    return hit;
+}
+
+void store_cache_put(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
+                     const struct store_session *rec)
+{
+    if (c == NULL || strlen(rec->appid) > ID_MAX || strlen(rec->openid) > ID_MAX ||
+        strlen(rec->unionid) > ID_MAX)
+        return;
+    pthread_mutex_t *lock;
+    struct slot *set = set_of(c, hash, &lock);
+    pthread_mutex_lock(lock);
+    uint64_t now_ms = loop_clock_ms();
+    struct slot *s = find(set, hash);
+    if (s != NULL && s->revoked) { /* logged out meanwhile: this record is stale */
+        pthread_mutex_unlock(lock);
+        return;
+    }
+    if (s == NULL) { /* a free way, else the oldest that is not a fresh tombstone */
+        for (int i = 0; i < WAYS; i++) {
+            struct slot *w = &set[i];
+            if (!w->used) {
+                s = w;
+                break;
+            }
+            if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
+                continue;
+            if (s == NULL || w->stamp < s->stamp)
+                s = w;
+        }
+        if (s == NULL) { /* every way holds a fresh tombstone: do not cache */
+            pthread_mutex_unlock(lock);
+            return;
+        }
+    }
+    memcpy(s->hash, hash, CRYPTO_HASH_LEN);
+    s->used = true;
+    s->revoked = false;
+    s->stamp = atomic_fetch_add(&c->clock, 1);
+    s->expires_at = rec->expires_at;
+    memcpy(s->appid, rec->appid, strlen(rec->appid) + 1);
+    memcpy(s->openid, rec->openid, strlen(rec->openid) + 1);
+    memcpy(s->unionid, rec->unionid, strlen(rec->unionid) + 1);
+    pthread_mutex_unlock(lock);
+}
+
+void store_cache_del(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN])
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_t *lock;
+    struct slot *set = set_of(c, hash, &lock);
+    pthread_mutex_lock(lock);
+    uint64_t now_ms = loop_clock_ms();
+    struct slot *s = find(set, hash);
+    if (s == NULL) { /* a free way, else the oldest, sparing other fresh tombstones if it can */
+        struct slot *any = &set[0];
+        for (int i = 0; i < WAYS; i++) {
+            struct slot *w = &set[i];
+            if (!w->used) {
+                s = w;
+                break;
+            }
+            if (w->stamp < any->stamp)
+                any = w;
+            if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
+                continue;
+            if (s == NULL || w->stamp < s->stamp)
+                s = w;
+        }
+        if (s == NULL)
+            s = any;
+    }
+    memcpy(s->hash, hash, CRYPTO_HASH_LEN);
+    s->used = true;
+    s->revoked = true;
+    s->revoked_ms = now_ms;
+    s->stamp = atomic_fetch_add(&c->clock, 1);
+    pthread_mutex_unlock(lock);
+}
+
+/* ---- the decorator ---- */
+
+#define OP_POOL_MAX 256
+
+struct cache_store {
+    struct store base;
+    struct store *inner;
+    struct store_cache *cache;
+    struct cache_op *pool;
+    size_t npool;
+};
+
+/* An operation of the inner store whose answer the cache must see first. */
+struct cache_op {
+    struct async async;
+    struct async_slot inner; /* the inner store's operation */
+    struct cache_store *cs;
+    uint8_t hash[CRYPTO_HASH_LEN];
+    struct store_session rec; /* login: the session to remember once written */
+    union {
+        store_session_fn *session;
+        store_done_fn *done;
+    } fn;
+    void *arg;
+    struct cache_op *next;
+};
+
+static struct cache_op *op_get(struct cache_store *cs, void *arg)
+{
+    struct cache_op *op = cs->pool;
+    if (op != NULL) {
+        cs->pool = op->next;
+        cs->npool--;
+    } else {
+        op = malloc(sizeof(*op));
+        if (op == NULL)
+            return NULL;
+    }
+    memset(op, 0, sizeof(*op));
+    op->cs = cs;
+    op->arg = arg;
+    return op;
+}
+
+static void op_put(struct cache_op *op)
+{
+    struct cache_store *cs = op->cs;
+    if (cs->npool < OP_POOL_MAX) {
+        op->next = cs->pool;
+        cs->pool = op;
+        cs->npool++;
+        return;
+    }
+    free(op);
+}
+
+static void op_cancel(struct async *a)
+{
+    struct cache_op *op = (struct cache_op *)(void *)a;
+    async_cancel(&op->inner);
+    op_put(op);
+}
+
+static void on_inner_session(void *arg, int status, const struct store_session *s)
+{
+    struct cache_op *op = arg;
+    if (status == STORE_OK)
+        store_cache_put(op->cs->cache, op->hash, s);
+    async_end(&op->async);
+    store_session_fn *fn = op->fn.session;
+    void *a = op->arg;
+    op_put(op);
+    fn(a, status, s);
+}
+
+static void c_get_session(struct store *st, struct async_slot *slot, const char *appid,
+                          const uint8_t hash[CRYPTO_HASH_LEN], int64_t now, store_session_fn *done,
+                          void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    struct store_session s;
+    if (cs->inner->ops->broken != NULL && cs->inner->ops->broken(cs->inner)) {
+        done(arg, STORE_ERROR, NULL);
+        return;
+    }
+    if (store_cache_get(cs->cache, hash, now, &s)) {
+        /* Tokens are bound to their app, in memory as in the store. */
+        if (strcmp(s.appid, appid) != 0)
+            done(arg, STORE_NOT_FOUND, NULL);
+        else
+            done(arg, STORE_OK, &s);
+        return;
+    }
+    struct cache_op *op = op_get(cs, arg);
+    if (op == NULL) {
+        done(arg, STORE_ERROR, NULL);
+        return;
+    }
+    memcpy(op->hash, hash, CRYPTO_HASH_LEN);
+    op->fn.session = done;
+    async_begin(&op->async, slot, op_cancel);
+    store_get_session(cs->inner, &op->inner, appid, hash, now, on_inner_session, op);
+}
+
+static void c_delete_session(struct store *st, struct async_slot *slot, const char *appid,
+                             const uint8_t hash[CRYPTO_HASH_LEN], store_done_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    /* Forget it here first: from now on no lookup may be answered from memory. */
+    store_cache_del(cs->cache, hash);
+    store_delete_session(cs->inner, slot, appid, hash, done, arg);
+}
+
+static void on_inner_login(void *arg, int status)
+{
+    struct cache_op *op = arg;
+    /* Written and durable: the first check of the new token is answered from memory. */
+    if (status == STORE_OK)
+        store_cache_put(op->cs->cache, op->hash, &op->rec);
+    async_end(&op->async);
+    store_done_fn *fn = op->fn.done;
+    void *a = op->arg;
+    op_put(op);
+    fn(a, status);
+}
+
+static bool fits(const char *s)
+{
+    return strlen(s) <= STORE_ID_MAX;
+}
+
+static void c_login(struct store *st, struct async_slot *slot, const struct store_login *in,
+                    store_done_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    /* Only a session whose whole record is known is remembered: without a unionid from WeChat
+     * the stored one (kept from an earlier login) is not known here. */
+    struct cache_op *op = NULL;
+    if (in->token_hash != NULL && in->unionid[0] != '\0' && fits(in->appid) && fits(in->openid) &&
+        fits(in->unionid))
+        op = op_get(cs, arg);
+    if (op == NULL) {
+        store_login(cs->inner, slot, in, done, arg);
+        return;
+    }
+    memcpy(op->hash, in->token_hash, CRYPTO_HASH_LEN);
+    strcpy(op->rec.appid, in->appid);
+    strcpy(op->rec.openid, in->openid);
+    strcpy(op->rec.unionid, in->unionid);
+    op->rec.expires_at = in->expires_at;
+    op->fn.done = done;
+    async_begin(&op->async, slot, op_cancel);
+    store_login(cs->inner, &op->inner, in, on_inner_login, op);
+}
+
+static void c_ping(struct store *st, struct async_slot *slot, store_done_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_ping(cs->inner, slot, done, arg);
+}
+
+static void c_put_session(struct store *st, struct async_slot *slot,
+                          const uint8_t hash[CRYPTO_HASH_LEN], const char *appid,
+                          const char *openid, int64_t expires_at, int64_t now, store_done_fn *done,
+                          void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_put_session(cs->inner, slot, hash, appid, openid, expires_at, now, done, arg);
+}
+
+static void c_get_user(struct store *st, struct async_slot *slot, const char *appid,
+                       const char *openid, store_user_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_get_user(cs->inner, slot, appid, openid, done, arg);
+}
+
+static void c_purge_expired(struct store *st, struct async_slot *slot, int64_t now, long limit,
+                            store_count_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_purge_expired(cs->inner, slot, now, limit, done, arg);
+}
+
+static bool c_broken(const struct store *st)
+{
+    const struct cache_store *cs = (const struct cache_store *)st;
+    return cs->inner->ops->broken != NULL && cs->inner->ops->broken(cs->inner);
+}
+
+static void c_close(struct store *st)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_close(cs->inner);
+    while (cs->pool != NULL) {
+        struct cache_op *op = cs->pool;
+        cs->pool = op->next;
+        free(op);
+    }
+    free(cs);
+}
+
+static const struct store_ops cache_ops = {
+    .name = "cache",
+    .close = c_close,
+    .ping = c_ping,
+    .login = c_login,
+    .put_session = c_put_session,
+    .get_session = c_get_session,
+    .delete_session = c_delete_session,
+    .get_user = c_get_user,
+    .purge_expired = c_purge_expired,
+    .broken = c_broken,
+};
+
+int store_cache_wrap(struct store_cache *c, struct store *inner, struct store **out)
+{
+    struct cache_store *cs = calloc(1, sizeof(*cs));
+    if (cs == NULL)
+        return -1;
+    cs->base.ops = &cache_ops;
+    cs->base.claims = inner->claims;
+    cs->base.lease = inner->lease;
+    cs->inner = inner;
+    cs->cache = c;
+    *out = &cs->base;
+    return 0;
+}

@@ -1,0 +1,41 @@
+#include "store/seal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* The associated data: the user the blob belongs to. */
+static int aad_of(const char *appid, const char *openid, char out[2 * STORE_ID_MAX + 2])
+{
+    int n = snprintf(out, 2 * STORE_ID_MAX + 2, "%s\n%s", appid, openid);
+    return n < 0 || n >= 2 * STORE_ID_MAX + 2 ? -1 : n;
+}
+
+int store_seal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const char *openid,
+               const char *session_key, uint8_t out[STORE_SEALED_MAX])
+{
+    char aad[2 * STORE_ID_MAX + 2];
+    int aadlen = aad_of(appid, openid, aad);
+    size_t n = strlen(session_key);
+    if (aadlen < 0 || n == 0 || n > STORE_KEY_MAX)
+        return -1;
+    return crypto_seal(master, aad, (size_t)aadlen, session_key, n, out);
+}
+
+bool store_unseal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const char *openid,
+                  const uint8_t *blob, size_t len, char out[STORE_KEY_MAX + 1])
+{
+    char aad[2 * STORE_ID_MAX + 2];
+    uint8_t pt[STORE_SEALED_MAX];
+    int aadlen = aad_of(appid, openid, aad);
+    out[0] = '\0';
+    if (aadlen < 0 || len > sizeof(pt) || len <= CRYPTO_SEAL_OVERHEAD)
+        return false;
+    int n = crypto_open(master, aad, (size_t)aadlen, blob, len, pt);
+    bool ok = n > 0 && n <= STORE_KEY_MAX && memchr(pt, '\0', (size_t)n) == NULL;
+    if (ok) {
+        memcpy(out, pt, (size_t)n);
+        out[n] = '\0';
+    }
+    crypto_wipe(pt, sizeof(pt));
+    return ok;
+}

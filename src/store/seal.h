@@ -1,0 +1,30 @@
+/*
+ * store/seal: session keys at rest, the one place that knows how they are sealed.
+ *
+ * A session_key is sealed with AES-256-GCM under the master key (crypto_seal: random nonce per
+ * write) with "appid\nopenid" as associated data, which binds the blob to its user: a blob
+ * copied onto another user's row does not open. Every backend stores only what this makes.
+ * Pure code, no I/O.
+ */
+#ifndef WXLOGIN_STORE_SEAL_H
+#define WXLOGIN_STORE_SEAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/crypto.h"
+#include "store/store.h"
+
+#define STORE_SEALED_MAX (STORE_KEY_MAX + CRYPTO_SEAL_OVERHEAD)
+
+/* Seals session_key for (appid, openid) into out. Returns the sealed length, or -1. */
+int store_seal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const char *openid,
+               const char *session_key, uint8_t out[STORE_SEALED_MAX]);
+
+/* Opens a sealed key into out (NUL-terminated). False when it does not open: another master
+ * key, another user's blob, tampering, or a malformed blob; out is then "". */
+bool store_unseal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const char *openid,
+                  const uint8_t *blob, size_t len, char out[STORE_KEY_MAX + 1]);
+
+#endif

@@ -1,0 +1,131 @@
+/* store: picks the backend from the store URL's scheme and puts the session cache in front. */
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "redis/rconn.h"
+#include "store/backend.h"
+#include "store/cache.h"
+
+const char *store_sqlite_path(const char *url)
+{
+    return strncmp(url, "sqlite:", 7) == 0 ? url + 7 : NULL;
+}
+
+bool store_url_shared(const char *url)
+{
+    return strncmp(url, "redis://", 8) == 0 || strncmp(url, "redis+unix://", 13) == 0;
+}
+
+int store_url_check(const char *url, char err[STORE_ERR_MAX])
+{
+    const char *path = store_sqlite_path(url);
+    if (path != NULL) {
+        if (*path != '\0')
+            return 0;
+        snprintf(err, STORE_ERR_MAX, "sqlite: wants a path");
+        return -1;
+    }
+    if (store_url_shared(url)) {
+        struct rconn_opts o;
+        char rerr[RCONN_ERR_MAX];
+        if (rconn_parse_url(url, &o, rerr) != 0) {
+            snprintf(err, STORE_ERR_MAX, "%s", rerr);
+            return -1;
+        }
+        rconn_opts_done(&o);
+        return 0;
+    }
+    snprintf(err, STORE_ERR_MAX, "expected sqlite:PATH, redis:// or redis+unix://");
+    return -1;
+}
+
+void store_url_redacted(const char *url, char *out, size_t cap)
+{
+    const char *scheme_end = strstr(url, "://");
+    const char *auth = scheme_end != NULL ? scheme_end + 3 : NULL;
+    const char *end = auth != NULL ? auth + strcspn(auth, "/?#") : NULL;
+    const char *at = auth != NULL ? memchr(auth, '@', (size_t)(end - auth)) : NULL;
+    if (at == NULL) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    snprintf(out, cap, "%.*s***%s", (int)(auth - url), url, at);
+}
+
+int store_shared_new(const struct store_config *cfg, struct store_shared **out,
+                     char err[STORE_ERR_MAX])
+{
+    const char *path = store_sqlite_path(cfg->url);
+    int rc;
+    if (path != NULL)
+        rc = store_sqlite_shared_new(path, cfg, out, err);
+    else if (store_url_shared(cfg->url))
+        rc = store_redis_shared_new(cfg->url, cfg, out, err);
+    else {
+        snprintf(err, STORE_ERR_MAX,
+                 "store: unsupported store URL (expected sqlite:PATH, redis:// or redis+unix://)");
+        return -1;
+    }
+    if (rc != 0)
+        return rc;
+    /* Only this process sees the logouts of an SQLite store (the backend refuses a second
+     * process): that is what makes an in-memory copy of sessions safe. */
+    if (path != NULL && cfg->cache_entries > 0) {
+        (*out)->cache = store_cache_new(cfg->cache_entries);
+        if ((*out)->cache == NULL) {
+            store_shared_free(*out);
+            *out = NULL;
+            snprintf(err, STORE_ERR_MAX, "store: out of memory for the session cache");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void store_shared_free(struct store_shared *sh)
+{
+    if (sh == NULL)
+        return;
+    struct store_cache *cache = sh->cache;
+    sh->ops->free(sh);
+    store_cache_free(cache);
+}
+
+int store_open(struct store_shared *sh, struct loop *loop, struct store **out,
+               char err[STORE_ERR_MAX])
+{
+    struct store *st = NULL;
+    if (sh->ops->open(sh, loop, &st, err) != 0)
+        return -1;
+    if (sh->cache != NULL && store_cache_wrap(sh->cache, st, out) != 0) {
+        store_close(st);
+        snprintf(err, STORE_ERR_MAX, "store: out of memory");
+        return -1;
+    }
+    if (sh->cache == NULL)
+        *out = st;
+    return 0;
+}
+
+void store_close(struct store *st)
+{
+    if (st != NULL)
+        st->ops->close(st);
+}
+
+int store_owner_new(char out[STORE_OWNER_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t r[STORE_OWNER_LEN / 2];
+    if (crypto_random(r, sizeof(r)) != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(r); i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[STORE_OWNER_LEN] = '\0';
+    return 0;
+}

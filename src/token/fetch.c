@@ -1,0 +1,188 @@
+/*
+ * token/fetch: one struct for both strategies; `leased` picks the steps. The WeChat call and
+ * each store step occupy the fetcher's slot; the lease poll is a timer.
+ */
+#include "token/fetch.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "loop/loop.h"
+#include "runtime/async.h"
+#include "store/store.h"
+
+#define LEASE_POLL_MS 100
+/* How long one instance waits for another's fetch before giving up (a lease lapses sooner). */
+#define LEASE_WAIT_MS 15000
+
+struct fetcher {
+    struct token_fetcher base;
+    const struct wechat_app *app;
+    enum wechat_token_api api;
+    struct wechat_client *wx;
+    struct store *store; /* leased only */
+    bool leased;
+    struct async_slot slot;
+    struct loop_timer poll;
+    bool force;
+    bool holds_lease;
+    uint64_t deadline_ms;
+    char owner[STORE_OWNER_LEN + 1];
+};
+
+static struct fetcher *of(struct token_fetcher *f)
+{
+    return (struct fetcher *)(void *)f;
+}
+
+static void failed(struct fetcher *fe, enum wechat_status why)
+{
+    struct token_result res = {.status = TOKEN_FAILED, .wstatus = why};
+    token_fetched(&fe->base, &res);
+}
+
+static void on_grant(void *arg, const struct wechat_reply *r, const struct wechat_token_grant *g)
+{
+    struct fetcher *fe = arg;
+    struct token_result res = {.status = TOKEN_OK};
+    if (g != NULL) {
+        memcpy(res.token, g->token, sizeof(res.token));
+        res.expires_at = (int64_t)time(NULL) + g->expires_in;
+    } else {
+        res.status = TOKEN_FAILED;
+        res.wstatus = r->status;
+        res.errcode = r->errcode;
+        res.http_status = r->http_status;
+    }
+    /* Tell the other instances (and release the lease even when the fetch failed). */
+    if (fe->holds_lease) {
+        fe->holds_lease = false;
+        store_lease_publish(fe->store, fe->app->appid, fe->owner,
+                            res.status == TOKEN_OK ? res.token : "", res.expires_at);
+    }
+    token_fetched(&fe->base, &res);
+    crypto_wipe(&res, sizeof(res));
+}
+
+static int ask_wechat(struct fetcher *fe)
+{
+    return wechat_fetch_token(fe->wx, &fe->slot, fe->app, fe->api, fe->force, on_grant, fe);
+}
+
+static void read_share(struct fetcher *fe);
+
+static void on_lease(void *arg, int status, bool got)
+{
+    struct fetcher *fe = arg;
+    if (status == STORE_OK && got) {
+        fe->holds_lease = true;
+        if (ask_wechat(fe) != 0) {
+            fe->holds_lease = false;
+            store_lease_publish(fe->store, fe->app->appid, fe->owner, "", 0);
+            struct token_result ab = {.status = TOKEN_ABORTED};
+            token_fetched(&fe->base, &ab);
+        }
+        return;
+    }
+    /* Someone else is fetching: read again shortly, until the lease could have lapsed. */
+    if (status != STORE_OK || loop_now_ms(fe->base.loop) >= fe->deadline_ms) {
+        failed(fe, WECHAT_CONNECT);
+        return;
+    }
+    loop_timer_start(fe->base.loop, &fe->poll, LEASE_POLL_MS);
+}
+
+static void on_share(void *arg, int status, const char *token, int64_t expires_at)
+{
+    struct fetcher *fe = arg;
+    if (status != STORE_OK) {
+        /* The share could not be read: not a reason to fetch behind the others' backs. */
+        failed(fe, WECHAT_CONNECT);
+        return;
+    }
+    if (!fe->force && token_usable(fe->base.t, token, expires_at, (int64_t)time(NULL))) {
+        struct token_result res = {.status = TOKEN_OK, .expires_at = expires_at};
+        memcpy(res.token, token, strlen(token) + 1);
+        token_fetched(&fe->base, &res);
+        crypto_wipe(&res, sizeof(res));
+        return;
+    }
+    long hold = (long)(fe->deadline_ms - loop_now_ms(fe->base.loop));
+    store_lease_take(fe->store, &fe->slot, fe->app->appid, fe->owner, hold > 1000 ? hold : 1000,
+                     on_lease, fe);
+}
+
+static void read_share(struct fetcher *fe)
+{
+    store_lease_read(fe->store, &fe->slot, fe->app->appid, on_share, fe);
+}
+
+static void on_poll(void *arg)
+{
+    read_share(arg);
+}
+
+static int f_start(struct token_fetcher *f, bool force)
+{
+    struct fetcher *fe = of(f);
+    fe->force = force;
+    fe->holds_lease = false;
+    if (!fe->leased)
+        return ask_wechat(fe);
+    if (store_owner_new(fe->owner) != 0)
+        return -1;
+    fe->deadline_ms = loop_now_ms(f->loop) + LEASE_WAIT_MS;
+    read_share(fe);
+    return 0;
+}
+
+static void f_cancel(struct token_fetcher *f)
+{
+    struct fetcher *fe = of(f);
+    async_cancel(&fe->slot);
+    loop_timer_stop(f->loop, &fe->poll);
+    if (fe->holds_lease) { /* let the others fetch without waiting for the lease to lapse */
+        fe->holds_lease = false;
+        store_lease_publish(fe->store, fe->app->appid, fe->owner, "", 0);
+    }
+}
+
+static void f_invalidate(struct token_fetcher *f, const char *bad)
+{
+    struct fetcher *fe = of(f);
+    store_lease_invalidate(fe->store, fe->app->appid, bad);
+}
+
+static const struct token_fetch_ops direct_ops = {.start = f_start, .cancel = f_cancel};
+static const struct token_fetch_ops leased_ops = {
+    .start = f_start, .cancel = f_cancel, .invalidate = f_invalidate};
+
+struct token_fetcher *token_fetcher_new(struct token *t, const struct wechat_app *app,
+                                        enum wechat_token_api api, struct wechat_client *wx,
+                                        struct store *store, struct loop *loop)
+{
+    struct fetcher *fe = calloc(1, sizeof(*fe));
+    if (fe == NULL)
+        return NULL;
+    fe->leased = store != NULL && store->lease != NULL;
+    fe->base.ops = fe->leased ? &leased_ops : &direct_ops;
+    fe->app = app;
+    fe->api = api;
+    fe->wx = wx;
+    fe->store = store;
+    loop_timer_init(&fe->poll, on_poll, fe);
+    token_fetcher_register(t, &fe->base, loop);
+    return &fe->base;
+}
+
+void token_fetcher_free(struct token_fetcher *f)
+{
+    if (f == NULL)
+        return;
+    token_fetcher_unregister(f);
+    struct fetcher *fe = of(f);
+    async_cancel(&fe->slot);
+    loop_timer_stop(f->loop, &fe->poll);
+    free(fe);
+}

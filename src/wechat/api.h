@@ -1,0 +1,83 @@
+/*
+ * wechat/api: the WeChat APIs wxlogin calls, with typed results.
+ *
+ * Each function builds its request (URL, query, JSON body), checks that a successful answer has
+ * what the API promises in the shape wxlogin relies on (ids in WeChat's alphabet, a 16-byte
+ * session_key, a token of sane length), and hands its caller a plain struct: nobody outside
+ * wechat/ touches WeChat's JSON. A failed call comes back as the reply's status/errcode, which
+ * wechat/errcode.h maps. Operations take the caller's pending slot (runtime/async.h); results
+ * are valid during the callback only, and secrets in them are wiped after it.
+ */
+#ifndef WXLOGIN_WECHAT_API_H
+#define WXLOGIN_WECHAT_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wechat/client.h"
+
+#define WECHAT_ID_MAX 128         /* appid, openid, unionid */
+#define WECHAT_SESSION_KEY_LEN 24 /* base64 of 16 bytes */
+#define WECHAT_TOKEN_MAX 512      /* WeChat: reserve at least 512 characters for a token */
+#define WECHAT_CODE_MAX 512       /* a wx.login or phone code */
+
+/* An app's credentials (borrowed from the configuration). */
+struct wechat_app {
+    const char *appid;
+    const char *secret;
+};
+
+/* auth.code2Session */
+struct wechat_session {
+    char openid[WECHAT_ID_MAX + 1];
+    char unionid[WECHAT_ID_MAX + 1]; /* "" when WeChat sent none */
+    char session_key[WECHAT_SESSION_KEY_LEN + 1];
+};
+/* s is non-NULL exactly when reply->status is WECHAT_OK. */
+typedef void wechat_session_fn(void *arg, const struct wechat_reply *reply,
+                               const struct wechat_session *s);
+int wechat_code2session(struct wechat_client *c, struct async_slot *slot,
+                        const struct wechat_app *app, const char *code, wechat_session_fn *done,
+                        void *arg);
+
+/* getuserphonenumber */
+struct wechat_phone {
+    char phone_number[64];
+    char pure_phone_number[64];
+    char country_code[16]; /* always text (WeChat has sent it as a number too) */
+    char watermark_appid[WECHAT_ID_MAX + 1];
+};
+typedef void wechat_phone_fn(void *arg, const struct wechat_reply *reply,
+                             const struct wechat_phone *p);
+int wechat_get_phone(struct wechat_client *c, struct async_slot *slot, const char *access_token,
+                     const char *code, wechat_phone_fn *done, void *arg);
+
+/* checksession: is session_key the user's current one? valid is meaningful when reply->status
+ * is WECHAT_OK (87009 is an answer, "no", not a failure). */
+typedef void wechat_check_fn(void *arg, const struct wechat_reply *reply, bool valid);
+int wechat_check_session(struct wechat_client *c, struct async_slot *slot, const char *access_token,
+                         const char *openid, const char *session_key, wechat_check_fn *done,
+                         void *arg);
+
+/* The access token: /cgi-bin/stable_token (force_refresh as given) or the classic
+ * /cgi-bin/token. */
+enum wechat_token_api { WECHAT_TOKEN_STABLE, WECHAT_TOKEN_CLASSIC };
+struct wechat_token_grant {
+    char token[WECHAT_TOKEN_MAX + 1];
+    long expires_in; /* seconds */
+};
+typedef void wechat_grant_fn(void *arg, const struct wechat_reply *reply,
+                             const struct wechat_token_grant *g);
+int wechat_fetch_token(struct wechat_client *c, struct async_slot *slot,
+                       const struct wechat_app *app, enum wechat_token_api api, bool force,
+                       wechat_grant_fn *done, void *arg);
+
+/* ---- shapes, exported for the tests ---- */
+
+/* A session_key of WeChat's shape: strict base64 of exactly 16 bytes (24 characters). */
+bool wechat_session_key_valid(const char *sk, size_t len);
+/* An openid/unionid we accept: 1 to 128 of [A-Za-z0-9_-] (they end up in response headers). */
+bool wechat_id_valid(const char *id, size_t len);
+
+#endif

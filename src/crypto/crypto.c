@@ -44,47 +44,90 @@ bool crypto_token_well_formed(const char *s)
            CRYPTO_TOKEN_LEN - 4;
 }
 
-/* EVP_sha256() makes OpenSSL 3 look the algorithm up on every use; fetch it once. */
+/*
+ * The hot operations (SHA-256 of every bearer token, AES-256-GCM of every login's session_key)
+ * use algorithms fetched once (EVP_sha256()/EVP_aes_256_gcm() make OpenSSL 3 look them up on
+ * every use) and a context per thread, reinitialised rather than allocated per call. A thread's
+ * contexts are freed when it exits (the key's destructor).
+ */
 static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_CIPHER *gcm_cipher;
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
-static void fetch_sha256(void)
+struct crypto_tls {
+    EVP_MD_CTX *sha256;
+    EVP_CIPHER_CTX *gcm;
+};
+
+static void tls_free(void *p)
+{
+    struct crypto_tls *t = p;
+    EVP_MD_CTX_free(t->sha256);
+    EVP_CIPHER_CTX_free(t->gcm);
+    free(t);
+}
+
+static void tls_setup(void)
 {
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+    pthread_key_create(&tls_key, tls_free);
+}
+
+/* The calling thread's contexts, NULL when out of memory. */
+static struct crypto_tls *tls(void)
+{
+    pthread_once(&tls_once, tls_setup);
+    struct crypto_tls *t = pthread_getspecific(tls_key);
+    if (t != NULL)
+        return t;
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->sha256 = EVP_MD_CTX_new();
+    t->gcm = EVP_CIPHER_CTX_new();
+    if (t->sha256 == NULL || t->gcm == NULL || pthread_setspecific(tls_key, t) != 0) {
+        tls_free(t);
+        return NULL;
+    }
+    return t;
 }
 
 void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_HASH_LEN])
 {
     unsigned int n = CRYPTO_HASH_LEN;
-    pthread_once(&sha256_once, fetch_sha256);
-    EVP_Digest(data, len, out, &n, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL);
+    struct crypto_tls *t = tls();
+    if (t != NULL && sha256_md != NULL && EVP_DigestInit_ex2(t->sha256, sha256_md, NULL) == 1 &&
+        EVP_DigestUpdate(t->sha256, data, len) == 1 && EVP_DigestFinal_ex(t->sha256, out, &n) == 1)
+        return;
+    /* Out of memory for a context: the one-shot path still gets it right. */
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
 int crypto_seal(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen, const void *pt,
                 size_t ptlen, uint8_t *out)
 {
-    int rc = -1, n = 0, total;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, total;
+    struct crypto_tls *t = tls();
     uint8_t *nonce = out + 1, *ct = out + 1 + NONCE_LEN;
-    if (ctx == NULL || ptlen > (size_t)INT32_MAX - CRYPTO_SEAL_OVERHEAD)
-        goto out;
+    if (t == NULL || gcm_cipher == NULL || ptlen > (size_t)INT32_MAX - CRYPTO_SEAL_OVERHEAD)
+        return -1;
+    EVP_CIPHER_CTX *ctx = t->gcm;
     out[0] = SEAL_VERSION;
     if (crypto_random(nonce, NONCE_LEN) != 0)
-        goto out;
-    if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        return -1;
+    if (EVP_EncryptInit_ex2(ctx, gcm_cipher, key, nonce, NULL) != 1 ||
         (aadlen > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aadlen) != 1) ||
         EVP_EncryptUpdate(ctx, ct, &n, pt, (int)ptlen) != 1)
-        goto out;
+        return -1;
     total = n;
     if (EVP_EncryptFinal_ex(ctx, ct + total, &n) != 1)
-        goto out;
+        return -1;
     total += n;
     if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, ct + total) != 1)
-        goto out;
-    rc = 1 + NONCE_LEN + total + TAG_LEN;
-out:
-    EVP_CIPHER_CTX_free(ctx);
-    return rc;
+        return -1;
+    return 1 + NONCE_LEN + total + TAG_LEN;
 }
 
 int crypto_open(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadlen,
@@ -98,10 +141,11 @@ int crypto_open(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadle
     if (in[0] != SEAL_VERSION)
         goto out;
     const uint8_t *nonce = in + 1, *ct = in + 1 + NONCE_LEN, *tag = ct + ctlen;
-    ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL)
+    struct crypto_tls *t = tls();
+    if (t == NULL || gcm_cipher == NULL)
         goto out;
-    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+    ctx = t->gcm;
+    if (EVP_DecryptInit_ex2(ctx, gcm_cipher, key, nonce, NULL) != 1 ||
         (aadlen > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aadlen) != 1) ||
         EVP_DecryptUpdate(ctx, out, &n, ct, (int)ctlen) != 1)
         goto out;
@@ -113,7 +157,6 @@ int crypto_open(const uint8_t key[CRYPTO_KEY_LEN], const void *aad, size_t aadle
 out:
     if (rc < 0)
         crypto_wipe(out, ctlen);
-    EVP_CIPHER_CTX_free(ctx);
     return rc;
 }
 

@@ -271,16 +271,18 @@ static void on_wake(struct loop_io *io, int fd, uint32_t events, void *arg)
     (void)io;
     (void)events;
     uint64_t n;
-    while (read(fd, &n, sizeof(n)) == (ssize_t)sizeof(n))
-        ;
+    /* One read takes the whole counter: the eventfd is not readable again until a post. */
+    ssize_t r = read(fd, &n, sizeof(n));
+    (void)r;
     run_posts(arg);
 }
 
-void loop_post_item(struct loop *loop, struct loop_post *p, loop_post_fn *fn, void *arg)
+static void enqueue(struct loop *loop, struct loop_post *p, loop_post_fn *fn, void *arg, bool heap)
 {
     p->fn = fn;
     p->arg = arg;
     p->next = NULL;
+    p->heap = heap;
     pthread_mutex_lock(&loop->post_mu);
     /* Only the post that makes the queue non-empty wakes the loop: the others find a wake on
      * its way (the loop drains the eventfd before it takes the queue). */
@@ -300,13 +302,17 @@ void loop_post_item(struct loop *loop, struct loop_post *p, loop_post_fn *fn, vo
         ;
 }
 
+void loop_post_item(struct loop *loop, struct loop_post *p, loop_post_fn *fn, void *arg)
+{
+    enqueue(loop, p, fn, arg, false);
+}
+
 int loop_post(struct loop *loop, loop_post_fn *fn, void *arg)
 {
     struct loop_post *p = malloc(sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
-    p->heap = true;
-    loop_post_item(loop, p, fn, arg);
+    enqueue(loop, p, fn, arg, true);
     return 0;
 }
 

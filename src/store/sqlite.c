@@ -439,9 +439,9 @@ static void wait_work(struct sq_shared *sh)
                             {.fd = sh->inotify_fd, .events = POLLIN}};
     int n = poll(fds, sh->inotify_fd >= 0 ? 2 : 1, FILE_CHECK_MS);
     if (n > 0 && (fds[0].revents & POLLIN)) {
-        uint64_t v;
-        while (read(sh->wakefd, &v, sizeof(v)) == (ssize_t)sizeof(v))
-            ;
+        uint64_t v; /* one read takes the whole counter */
+        ssize_t r = read(sh->wakefd, &v, sizeof(v));
+        (void)r;
     }
     if (n > 0 && sh->inotify_fd >= 0 && (fds[1].revents & POLLIN))
         drain_inotify(sh);

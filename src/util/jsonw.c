@@ -87,6 +87,17 @@ size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *
         return 0;
     if (cap < mlen + 2)
         mlen = 0; /* no room for the mark: cut without it */
+    /* The common case, ids and paths: plain ASCII that fits whole. */
+    size_t plain = 0;
+    while (plain < n && in[plain] >= 0x20 && in[plain] < 0x80 && in[plain] != '"' &&
+           in[plain] != '\\')
+        plain++;
+    if (plain == n && n + 2 <= cap) {
+        out[0] = '"';
+        memcpy(out + 1, s, n);
+        out[n + 1] = '"';
+        return n + 2;
+    }
     /* cut_at: where the text would end if it had to be cut here (mark and quote still fit). */
     size_t o = 1, i = 0, cut_at = 1;
     out[0] = '"';

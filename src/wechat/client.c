@@ -43,6 +43,7 @@ struct wechat_client {
     struct curl_slist *json_headers;
     long timeout_ms;
     int retries;
+    bool no_proxy;      /* no proxy in the environment: tell curl, so it stops looking */
     struct list active; /* calls in progress */
     struct list pool;   /* finished calls kept for reuse */
     size_t npool;
@@ -420,6 +421,10 @@ static struct wechat_call *call_make(struct wechat_client *c)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "wxlogin/" WXLOGIN_VERSION);
+    /* curl reads the proxy variables of the environment on every transfer; when there are
+     * none at start-up, say so once ("" = no proxy). With one set, curl keeps honouring it. */
+    if (c->no_proxy)
+        curl_easy_setopt(e, CURLOPT_PROXY, "");
     return call;
 }
 
@@ -609,6 +614,12 @@ struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_c
     loop_timer_init(&c->timer, on_timer, c);
     c->base = strdup(opts->base);
     c->base_len = c->base != NULL ? strlen(c->base) : 0;
+    static const char *const proxy_vars[] = {"http_proxy", "https_proxy", "HTTPS_PROXY",
+                                             "all_proxy",  "ALL_PROXY",   NULL};
+    c->no_proxy = true;
+    for (size_t i = 0; proxy_vars[i] != NULL; i++)
+        if (getenv(proxy_vars[i]) != NULL)
+            c->no_proxy = false;
     c->multi = curl_multi_init();
     c->json_headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (c->base == NULL || c->multi == NULL || c->json_headers == NULL) {

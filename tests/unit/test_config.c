@@ -135,6 +135,7 @@ static void test_defaults_without_file_or_env(void **state)
     assert_int_equal(f->cfg.session_ttl, 604800);
     assert_null(f->cfg.master_key);
     assert_null(f->cfg.master_key_file);
+    assert_int_equal(f->cfg.request_timeout_ms, 60000);
 }
 
 static void test_null_envp_is_no_environment(void **state)
@@ -645,6 +646,16 @@ static void test_store_sqlite_without_path_rejected(void **state)
     assert_contains(err, "store");
 }
 
+static void test_request_timeout_bounds(void **state)
+{
+    struct fixture *f = *state;
+    char *const low[] = {"WXLOGIN_REQUEST_TIMEOUT_MS=99", NULL};
+    assert_contains(load_fails(f, NULL, low), "WXLOGIN_REQUEST_TIMEOUT_MS");
+    char *const ok[] = {"WXLOGIN_REQUEST_TIMEOUT_MS=100", NULL};
+    load_ok(f, NULL, ok);
+    assert_int_equal(f->cfg.request_timeout_ms, 100);
+}
+
 static void test_session_ttl_out_of_range_rejected(void **state)
 {
     struct fixture *f = *state;
@@ -785,6 +796,7 @@ int main(void)
         T(test_store_other_than_sqlite_rejected),
         T(test_store_sqlite_without_path_rejected),
         T(test_session_ttl_out_of_range_rejected),
+        T(test_request_timeout_bounds),
         T(test_check_serve_without_appid),
         T(test_check_serve_without_secret),
         T(test_check_serve_with_appid_and_secret),

@@ -435,6 +435,26 @@ static void test_posts_run_in_order_before_stop(void **state)
 }
 
 /* "Calls still queued when the loop is freed run inside loop_free()" */
+/* A post embedded in its owner (loop_post_item) belongs to the owner: whatever bytes its
+ * storage held before, the loop runs it and never frees it (ASan checks). */
+static void test_embedded_post_runs_and_is_not_freed(void **state)
+{
+    struct fixture *f = *state;
+    struct post_ctx p = {.loop = f->loop, .loop_thread = pthread_self()};
+    struct {
+        struct loop_post item;
+        int canary;
+    } *owner = malloc(sizeof(*owner));
+    assert_non_null(owner);
+    memset(owner, 0xa5, sizeof(*owner)); /* storage that was never zeroed */
+    owner->canary = 7;
+    loop_post_item(f->loop, &owner->item, on_post_stop, &p);
+    run(f->loop);
+    assert_int_equal(p.runs, 1);
+    assert_int_equal(owner->canary, 7);
+    free(owner);
+}
+
 static void test_posts_still_queued_at_free_run_in_free(void **state)
 {
     struct fixture *f = *state;
@@ -640,6 +660,7 @@ int main(void)
         T(test_loop_free_with_armed_timer),
         T(test_post_from_thread_runs_on_loop_thread),
         T(test_posts_run_in_order_before_stop),
+        T(test_embedded_post_runs_and_is_not_freed),
         T(test_posts_still_queued_at_free_run_in_free),
         T(test_io_fires_and_del_inside_callback),
         T(test_io_eventfd),

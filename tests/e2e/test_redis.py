@@ -1044,3 +1044,25 @@ def test_unix_socket_missing_is_503(procs, mock, redis_dir):
     assert_store_unavailable(readyz(s.port, timeout=10))
     assert_store_unavailable(login(s.port, new_code("nosock"), timeout=10))
     assert s.alive()
+
+
+def test_scripts_run_by_sha_and_survive_a_script_flush(srv, mock, redis, db):
+    """The Lua scripts cross the network once per connection (EVALSHA, loaded by SCRIPT LOAD),
+    and when Redis forgets them (SCRIPT FLUSH) the next request still succeeds: the NOSCRIPT
+    answer reloads them and the command is sent once more."""
+    with redis.client(db) as c:
+        c.cmd("CONFIG", "RESETSTAT")
+    tok = token_of(login(srv.port, new_code("ufaith")))
+    assert session(srv.port, tok).status == 200
+    with redis.client(db) as c:
+        stats = c.cmd("INFO", "commandstats").decode()
+        assert "cmdstat_evalsha:" in stats, stats
+        assert "cmdstat_eval:" not in stats, stats
+        c.cmd("SCRIPT", "FLUSH")
+    for _ in range(3):  # every worker's connection meets the flush
+        assert session(srv.port, tok).status == 200
+    tok2 = token_of(login(srv.port, new_code("ufaith2")))
+    assert session(srv.port, tok2).status == 200
+    with redis.client(db) as c:
+        stats = c.cmd("INFO", "commandstats").decode()
+        assert "cmdstat_eval:" not in stats, stats

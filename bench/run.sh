@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# bench/run.sh: load-test wxlogin against the local mock WeChat with wrk. See bench/README.md.
+# bench/run.sh: load-test wxlogin against the local mock WeChat with wrk, beside a Go net/http
+# peer and nginx; then count its allocations and syscalls per request. See bench/README.md.
 #
 #   bash bench/run.sh            (or `make bench`, which builds build/wxlogin first)
 #
 # Environment:
 #   BENCH_SECONDS=10          duration of each measured wrk run, in seconds
-#   BENCH_WARMUP_SECONDS=2    duration of the warm-up run (0 skips it)
+#   BENCH_ROUNDS=3            rounds; each runs every scenario once, and the summary gives medians
+#   BENCH_CONNS=64            connection counts of each round (e.g. "64 512")
+#   BENCH_WARMUP_SECONDS=2    duration of each warm-up run (0 skips them)
 #   BENCH_WRK_THREADS=2       wrk -t
 #   BENCH_WRK_TIMEOUT=2s      wrk --timeout (a slower response counts as a timeout error)
-#   BENCH_SERVER_THREADS=     WXLOGIN_THREADS for the service (unset: the service's default)
+#   BENCH_SERVER_THREADS=     WXLOGIN_THREADS for the service, nginx's workers, the Go peer's
+#                             GOMAXPROCS (unset: the service's default, one per core)
 #   BENCH_MOCK_THREADS=       --threads for the mock (unset: the mock's default)
 #   BENCH_SESSIONS=100000     sessions seeded into the store for GET /v1/session
 #   BENCH_USERS=5000          distinct users those sessions belong to
 #   BENCH_NGINX=/usr/sbin/nginx  the nginx for the baseline (Debian's nginx-light)
+#   BENCH_GO=go               the Go toolchain that builds the peer (Debian's golang-go)
 #   BENCH_REDIS=1             0 skips the Redis store scenario (two instances on one Redis)
 #   BENCH_REDIS_SERVER=/usr/bin/redis-server  the private Redis for it (redis-cli beside it)
 #   BENCH_REDIS_THREADS=1     WXLOGIN_THREADS of each of the two Redis-backed instances
+#   BENCH_ALLOC_N=2000        requests per allocation count (0 skips the counts)
+#   BENCH_STRACE_N=1000       requests per syscall count (0 skips the counts)
 #   BENCH_KEEP_LOGS=1         keep the temp dir with the logs and raw wrk output
 #   WXLOGIN_BIN=path          the binary (default <repo>/build/wxlogin); not passed to the service
 #
-# Everything listens on 127.0.0.1 only. Every process it starts (mock, services, nginx, Redis,
-# wrk) is stopped on exit, whatever happens.
+# Everything listens on 127.0.0.1 only. Every process it starts (mock, services, Go peer, nginx,
+# Redis, wrk, strace, the request loops) is stopped on exit, whatever happens. Nothing is written
+# outside its temp dir but the peer and the allocation counter it builds into build/bench/.
 set -Eeuo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$ROOT/bench
 BIN=${WXLOGIN_BIN:-$ROOT/build/wxlogin}
+OUT_DIR=$ROOT/build/bench # the Go peer and the allocation counter, built here
 DURATION=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS_LIST=${BENCH_CONNS:-64}
 WARMUP=${BENCH_WARMUP_SECONDS:-2}
 WRK_THREADS=${BENCH_WRK_THREADS:-2}
 WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-2s}
@@ -39,6 +50,9 @@ REDIS=${BENCH_REDIS:-1}
 REDIS_SERVER=${BENCH_REDIS_SERVER:-/usr/bin/redis-server}
 REDIS_CLI=$(dirname -- "$REDIS_SERVER")/redis-cli
 REDIS_THREADS=${BENCH_REDIS_THREADS:-1}
+GO=${BENCH_GO:-go}
+ALLOC_N=${BENCH_ALLOC_N:-2000}
+STRACE_N=${BENCH_STRACE_N:-1000}
 PY=/usr/bin/python3
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
@@ -61,14 +75,31 @@ RB_PID=
 RA_PORT=
 RB_PORT=
 WRK_PIDS=() # the two wrk processes of a Redis run
+PEER_BIN=
+PEER_PID= # the Go peer (bench/peers/go-openid)
+PEER_PORT=
+ALLOC_SO=
+AC_PID= # the instance with the allocation counter preloaded
+AC_PORT=
+STRACE_PID=
+REQ_PID= # a bench/reqloop.py run
 RUN_ID=
 RUN_SEQ=0
+ROUND=0
 ROWS=()
 NOTES=()
 CPU_LINES=()
-CPU_WATCH=() # "label=pid[,pid...]" whose CPU time run_wrk/run_wrk_pair account per request
+ALLOC_LINES=()
+SYSCALL_LINES=()
+SUMMARY_LINES=() # goal lines of the allocation and syscall counts, repeated in the summary
+declare -A ALLOC_PER=() # "session", "login", "openid" -> allocations per request
+CPU_WATCH=()   # "label=pid[,pid...]" whose CPU time run_wrk/run_wrk_pair account per request
+SERVER_PIDS=   # "pid[,pid...]": the server of the next run, for the table's CPU per request
 declare -A CPU0=() CPU1=()
-declare -A RPS=() # "NAME@CONNS" -> req/s, for the ratio lines
+# Per round and row ("ROUND|NAME@CONNS"): good req/s, p99 ms, server CPU us per request.
+declare -A GOOD=() P99=() SRV_US=()
+declare -A SEEN_ROW=()
+ROW_KEYS=() # "NAME@CONNS" in the order they first ran
 
 die() {
     echo "bench: $*" >&2
@@ -101,13 +132,17 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
     local p
-    for p in "$WRK_PID" "${WRK_PIDS[@]}"; do
+    # strace first: it detaches from the service on SIGTERM.
+    stop_proc "$STRACE_PID" strace
+    STRACE_PID=
+    for p in "$WRK_PID" "${WRK_PIDS[@]}" "$REQ_PID"; do
         [[ -n $p ]] || continue
         kill -TERM "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
     WRK_PID=
     WRK_PIDS=()
+    REQ_PID=
     # The services first, so they do not log upstream errors for a mock (or a Redis) that went away.
     stop_proc "$SERVE_PID" serve
     SERVE_PID=
@@ -115,6 +150,10 @@ cleanup() {
     RA_PID=
     stop_proc "$RB_PID" "serve (redis B)"
     RB_PID=
+    stop_proc "$AC_PID" "serve (allocation count)"
+    AC_PID=
+    stop_proc "$PEER_PID" "Go peer"
+    PEER_PID=
     stop_proc "$REDIS_PID" redis-server
     REDIS_PID=
     stop_proc "$MOCK_PID" mock
@@ -214,10 +253,11 @@ start_mock() {
 }
 
 # launch_serve PIDVAR PORTVAR NAME LOG THREADS [VAR=VALUE...]: starts `wxlogin serve` with the
-# common configuration (mock upstream, warn logging, 127.0.0.1 port 0) plus the given WXLOGIN_*
-# settings (the store); THREADS empty keeps the service's default. Sets the globals named
-# PIDVAR (at once, so the cleanup stops it whatever happens next) and PORTVAR, and returns once
-# it answers /healthz.
+# common configuration (mock upstream, 127.0.0.1 port 0, everything else at its default: log
+# level info, one access line per request) plus the given settings (the store; LD_PRELOAD for the
+# allocation count); THREADS empty keeps the service's default. Its log (stderr) goes to LOG,
+# opened O_APPEND. Sets the globals named PIDVAR (at once, so the cleanup stops it whatever
+# happens next) and PORTVAR, and returns once it answers /healthz.
 launch_serve() {
     local -n pid_ref=$1 port_ref=$2
     local name=$3 log=$4 threads=$5
@@ -231,12 +271,12 @@ launch_serve() {
         export WXLOGIN_LISTEN="$listen"
         export WXLOGIN_APPID="$APPID" WXLOGIN_SECRET="$SECRET"
         export WXLOGIN_WECHAT_BASE="http://127.0.0.1:$MOCK_PORT"
-        export WXLOGIN_LOG_LEVEL=warn WXLOGIN_SHUTDOWN_TIMEOUT_MS=2000
+        export WXLOGIN_SHUTDOWN_TIMEOUT_MS=2000
         [[ -n $threads ]] && export WXLOGIN_THREADS="$threads"
         local kv
         for kv in "$@"; do export "${kv?}"; done
         exec "$BIN" serve
-    ) >"$log" 2>&1 &
+    ) >>"$log" 2>&1 &
     pid_ref=$!
     if [[ ${listen##*:} == 0 ]]; then
         port_ref=$(wait_for "$name" "$pid_ref" "$log" listen_port "$pid_ref")
@@ -256,6 +296,96 @@ start_serve() {
         "WXLOGIN_STORE=sqlite:$TMP/wxlogin.db"
 }
 
+# ---------------------------------------------------------------- the Go peer and the counter
+
+# go_env CMD...: CMD with the Go toolchain confined to build/bench and offline: its build cache and
+# GOPATH there, no module proxy (the peer has no dependencies), no go.work, no user go/env file.
+go_env() {
+    env -u GOTOOLCHAIN GOENV=off GOWORK=off GO111MODULE=on GOFLAGS=-mod=mod GOPROXY=off \
+        GOCACHE="$OUT_DIR/go-cache" GOPATH="$OUT_DIR/go-path" CGO_ENABLED=0 "$@"
+}
+
+# build_peer: build/bench/openidpeer from bench/peers/go-openid, when its source is newer.
+build_peer() {
+    local src=$BENCH_DIR/peers/go-openid
+    PEER_BIN=$OUT_DIR/openidpeer
+    if [[ -x $PEER_BIN && ! $src/main.go -nt $PEER_BIN && ! $src/go.mod -nt $PEER_BIN ]]; then
+        return 0
+    fi
+    command -v "$GO" >/dev/null || die "$GO not found: the Go peer needs Debian's golang-go" \
+        "(apt-get install golang-go, or 'make deps')"
+    echo "bench: building the Go peer with $("$GO" version 2>/dev/null || echo "$GO") ..." >&2
+    mkdir -p "$OUT_DIR"
+    if ! (cd "$src" && go_env "$GO" build -o "$PEER_BIN.tmp" .) >"$TMP/go-build.log" 2>&1; then
+        sed 's/^/    /' "$TMP/go-build.log" >&2
+        rm -f -- "$PEER_BIN.tmp"
+        die "building the Go peer failed"
+    fi
+    mv -f -- "$PEER_BIN.tmp" "$PEER_BIN"
+}
+
+# build_alloccount: build/bench/alloccount.so from bench/alloccount.c, when the source is newer.
+build_alloccount() {
+    ALLOC_SO=$OUT_DIR/alloccount.so
+    [[ -f $ALLOC_SO && ! $BENCH_DIR/alloccount.c -nt $ALLOC_SO ]] && return 0
+    mkdir -p "$OUT_DIR"
+    if ! "${CC:-cc}" -O2 -Wall -shared -fPIC -o "$ALLOC_SO.tmp" "$BENCH_DIR/alloccount.c" -ldl \
+        >"$TMP/alloccount-build.log" 2>&1; then
+        sed 's/^/    /' "$TMP/alloccount-build.log" >&2
+        rm -f -- "$ALLOC_SO.tmp"
+        die "building the allocation counter failed"
+    fi
+    mv -f -- "$ALLOC_SO.tmp" "$ALLOC_SO"
+}
+
+peer_port_from_log() {
+    head -n 1 "$TMP/peer.log" | sed -n 's/^127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p'
+}
+
+# start_peer: the Go peer on 127.0.0.1 port 0 (it prints the address it got first), the mock as
+# its WeChat. GOMAXPROCS is BENCH_SERVER_THREADS when set (as many threads as the service's
+# workers), else Go's default (one per core, like the service); no other GO* tuning from the
+# caller's environment reaches it.
+start_peer() {
+    (
+        cd "$TMP"
+        unset GOGC GODEBUG GOMEMLIMIT GOMAXPROCS
+        [[ -n ${BENCH_SERVER_THREADS:-} ]] && export GOMAXPROCS="$BENCH_SERVER_THREADS"
+        exec "$PEER_BIN" -listen 127.0.0.1:0 -wechat-base "http://127.0.0.1:$MOCK_PORT" \
+            -appid "$APPID" -secret "$SECRET"
+    ) >"$TMP/peer.log" 2>&1 &
+    PEER_PID=$!
+    PEER_PORT=$(wait_for "Go peer" "$PEER_PID" "$TMP/peer.log" peer_port_from_log)
+    if command -v ss >/dev/null; then
+        [[ $(wait_for "Go peer" "$PEER_PID" "$TMP/peer.log" listen_port "$PEER_PID") == "$PEER_PORT" ]] ||
+            die "the Go peer's listener is not on the port it printed ($PEER_PORT)"
+    fi
+}
+
+# openid_of PORT CODE: POST /openid; prints "STATUS OPENID" (OPENID empty if none).
+openid_of() {
+    local body code
+    body=$(curl -sS --max-time 5 -w '\n%{http_code}' -H 'Content-Type: application/json' \
+        -d "{\"code\":\"$2\"}" "http://127.0.0.1:$1/openid" || true)
+    code=${body##*$'\n'}
+    echo "$code $(grep -o '"openid": *"[A-Za-z0-9_-]*"' <<<"$body" | grep -o '[A-Za-z0-9_-]*"$' | tr -d '"' || true)"
+}
+
+# check_peer: the peer and the service answer the same openid for two codes of one mock user, and
+# the peer refuses a bad body with 400.
+check_peer() {
+    local a b code
+    a=$(openid_of "$SERVE_PORT" "pcheck-${RUN_ID}w")
+    b=$(openid_of "$PEER_PORT" "pcheck-${RUN_ID}p")
+    [[ $a == "200 "?* && $a == "$b" ]] ||
+        die "sanity check: POST /openid for the same user answered '$a' on wxlogin, '$b' on the Go peer"
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -d '{"code":' \
+        "http://127.0.0.1:$PEER_PORT/openid" || true)
+    [[ $code == 400 ]] || die "sanity check: the Go peer answered $code to a bad body, not 400"
+    echo "bench: Go peer on 127.0.0.1:$PEER_PORT; sanity check passed (same openid as wxlogin," \
+        "400 on a bad body)" >&2
+}
+
 # ---------------------------------------------------------------- sessions for GET /v1/session
 
 # seed_store: the service creates its schema when it starts, so start it once on the empty store
@@ -267,9 +397,9 @@ seed_store() {
     stop_proc "$SERVE_PID" serve
     SERVE_PID=
     mv -- "$TMP/serve.log" "$TMP/serve-schema.log"
-    if [[ -s $TMP/serve-schema.log ]]; then
+    if [[ -n $(warn_lines "$TMP/serve-schema.log" | head -n 1) ]]; then
         NOTES+=("the schema-creating start of the service logged warnings; first ones:")
-        while IFS= read -r l; do NOTES+=("    $l"); done < <(head -n 3 "$TMP/serve-schema.log" | cut -c1-300)
+        while IFS= read -r l; do NOTES+=("    $l"); done < <(warn_lines "$TMP/serve-schema.log" | head -n 3 | cut -c1-300)
     fi
     TOKENS=$TMP/tokens.txt
     "$PY" "$BENCH_DIR/seed_sessions.py" "$TMP/wxlogin.db" "$TOKENS" \
@@ -551,7 +681,7 @@ raise_fd_limit() {
     local soft
     soft=$(ulimit -Sn)
     if [[ $soft != unlimited && $soft -lt 2048 ]]; then
-        NOTES+=("open-file limit is only $soft: the 512-connection run may fail to connect")
+        NOTES+=("open-file limit is only $soft: runs with many connections may fail to connect")
     fi
 }
 
@@ -600,23 +730,63 @@ parse_plain() {
         }
         $1 == "50%" { p50 = ms($2) }
         $1 == "99%" { p99 = ms($2) }
+        $2 == "requests" && $3 == "in" { req = $1; d = $4; sub(/,$/, "", d); dur = ms(d) / 1000 }
         $1 == "Requests/sec:" { rps = $2 }
         /Non-2xx or 3xx responses:/ { non = $NF }
         /Socket errors:/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
-        END { printf "RESULT rps=%s p50_ms=%.2f p99_ms=%.2f non2xx=%d errors=%d\n",
-                     rps, p50, p99, non, err }
+        END { printf "RESULT requests=%d duration_s=%.2f rps=%s p50_ms=%.2f p99_ms=%.2f non2xx=%d errors=%d\n",
+                     req, dur, rps, p50, p99, non, err }
     ' "$1"
 }
 
-ROW_FMT='%-31s %-6s %-9s %-8s %-8s %-8s %s'
+# good_rps RESULT: answers with a 2xx status per second, (requests - non2xx - errors) / duration,
+# i.e. req/s scaled by the share of good answers (or the RESULT's own good_rps, for the Redis
+# pair). Socket errors are taken off too: a request that timed out may still have completed and
+# been counted, so this is a lower bound.
+good_rps() {
+    local g
+    g=$(field "$1" good_rps)
+    if [[ -n $g ]]; then
+        echo "$g"
+        return
+    fi
+    awk -v r="$(field "$1" requests)" -v n="$(field "$1" non2xx)" -v e="$(field "$1" errors)" \
+        -v rps="$(field "$1" rps)" \
+        'BEGIN { g = r - n - e; if (g < 0) g = 0; printf("%.1f", r > 0 ? rps * g / r : 0) }'
+}
+
+ROW_FMT='%-5s %-31s %-5s %-8s %-8s %-7s %-8s %-9s %-7s %s'
 
 add_row() {
     ROWS+=("$(printf "$ROW_FMT" "$@")")
 }
 
+# record_row NAME CONNS RESULT: the round's figures of one run, for its row in the table and the
+# summary's medians.
+record_row() {
+    local name=$1 conns=$2 res=$3 key="$1@$2" srv good
+    if [[ -z ${SEEN_ROW[$key]:-} ]]; then
+        SEEN_ROW[$key]=1
+        ROW_KEYS+=("$key")
+    fi
+    [[ -n $res ]] || {
+        add_row "$ROUND" "$name" "$conns" FAILED - - - - - -
+        return 0
+    }
+    srv=$(server_us "$(field "$res" requests)")
+    good=$(good_rps "$res")
+    GOOD["$ROUND|$key"]=$good
+    P99["$ROUND|$key"]=$(field "$res" p99_ms)
+    [[ -z $srv ]] || SRV_US["$ROUND|$key"]=$srv
+    add_row "$ROUND" "$name" "$conns" "$(printf '%.0f' "$(field "$res" rps)")" \
+        "$(printf '%.0f' "$good")" "$(field "$res" p50_ms)" "$(field "$res" p99_ms)" \
+        "${srv:--}" "$(field "$res" non2xx)" "$(field "$res" errors)"
+}
+
 # ---- CPU accounting: where the time goes, per run. CPU_WATCH (set by the scenario) names the
-# long-running processes to account ("label=pid[,pid...]"); wrk's CPU is this shell's reaped
-# children's, per `times` (so it includes wrk's start-up: loading the token file).
+# long-running processes to account ("label=pid[,pid...]"), SERVER_PIDS the server's (for the
+# table); wrk's CPU is this shell's reaped children's, per `times` (so it includes wrk's start-up:
+# loading the token file).
 
 # cpu_ticks PID...: CPU time (user + system, all threads) of the PIDs, in clock ticks.
 cpu_ticks() {
@@ -645,6 +815,7 @@ cpu_start() {
         pids=${w#*=}
         CPU0["${w%%=*}"]=$(cpu_ticks ${pids//,/ })
     done
+    CPU0[.srv]=$(cpu_ticks ${SERVER_PIDS//,/ })
     times >"$TMP/times.txt"
     CPU0[.wrk]=$(children_ms)
     CPU0[.t]=$(date +%s%N)
@@ -657,9 +828,19 @@ cpu_stop() {
         pids=${w#*=}
         CPU1["${w%%=*}"]=$(cpu_ticks ${pids//,/ })
     done
+    CPU1[.srv]=$(cpu_ticks ${SERVER_PIDS//,/ })
     times >"$TMP/times.txt"
     CPU1[.wrk]=$(children_ms)
     CPU1[.t]=$(date +%s%N)
+}
+
+# server_us REQUESTS: the server's CPU (SERVER_PIDS, user + system, all threads) over the run, in
+# microseconds per request wrk counted; empty without a server or requests.
+server_us() {
+    local req=$1
+    [[ -n $SERVER_PIDS && $req =~ ^[0-9]+$ && $req -gt 0 ]] || return 0
+    awk -v t="$((${CPU1[.srv]} - ${CPU0[.srv]}))" -v hz="$CLK_TCK" -v r="$req" \
+        'BEGIN { printf("%.1f", t * 1e6 / hz / r) }'
 }
 
 # cpu_line NAME CONNS REQUESTS: one line of the CPU block: per watched process and wrk, CPU
@@ -669,7 +850,7 @@ cpu_line() {
     [[ $req =~ ^[0-9]+$ && $req -gt 0 ]] || return 0
     wall_ms=$(((${CPU1[.t]} - ${CPU0[.t]}) / 1000000))
     ((wall_ms > 0)) || return 0
-    line=$(printf '%-31s %-4s' "$name" "$conns")
+    line=$(printf 'r%-2s %-31s %-4s' "$ROUND" "$name" "$conns")
     for w in "${CPU_WATCH[@]}" .wrk; do
         label=${w%%=*}
         if [[ $label == .wrk ]]; then
@@ -689,6 +870,8 @@ check_alive() {
     local name=$1 conns=$2
     kill -0 "$SERVE_PID" 2>/dev/null || die "the service died during $name @$conns (log: $TMP/serve.log)"
     kill -0 "$MOCK_PID" 2>/dev/null || die "the mock died during $name @$conns (log: $TMP/mock.log)"
+    [[ -z $PEER_PID ]] || kill -0 "$PEER_PID" 2>/dev/null ||
+        die "the Go peer died during $name @$conns (log: $TMP/peer.log)"
     [[ -z $NGINX_PID ]] || kill -0 "$NGINX_PID" 2>/dev/null ||
         die "nginx died during $name @$conns (log: $TMP/nginx/error.log)"
     [[ -z $REDIS_PID ]] || kill -0 "$REDIS_PID" 2>/dev/null ||
@@ -699,45 +882,42 @@ check_alive() {
         die "Redis-backed instance B died during $name @$conns (log: $TMP/serve-redis-b.log)"
 }
 
-# run_wrk NAME CONNS URL [SCRIPT]: one measured wrk run; appends a row to the table.
+# run_wrk NAME CONNS URL [SCRIPT]: one measured wrk run; appends a row to the round's table.
 # SCRIPT is a path relative to the repo root (or absolute); empty means plain GET.
 run_wrk() {
     local name=$1 conns=$2 url=$3 script=${4:-}
-    local out="$TMP/wrk-$RUN_SEQ-$conns.txt"
+    next_run_id
+    local out="$TMP/wrk-$RUN_SEQ-$conns.txt" tag="r$ROUND $name @$conns"
     local args=(-t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --timeout "$WRK_TIMEOUT" --latency)
     if [[ -n $script ]]; then
         [[ $script == /* ]] || script=$ROOT/$script
         args+=(-s "$script")
     fi
-    next_run_id
-    echo "bench: $name, $conns connections, ${DURATION}s ..." >&2
+    echo "bench: round $ROUND: $name, $conns connections, ${DURATION}s ..." >&2
     cpu_start
     if ! wrk_to "$out" "${args[@]}" "$url"; then
         echo "bench: wrk failed for $name at $conns connections:" >&2
         sed 's/^/    /' "$out" >&2
-        add_row "$name" "$conns" FAILED - - - -
+        record_row "$name" "$conns" ""
+        check_alive "$name" "$conns"
         return 0
     fi
     cpu_stop
     local res
     res=$(grep '^RESULT ' "$out" | tail -n 1 || true)
     [[ -n $res ]] || res=$(parse_plain "$out")
-    RPS["$name@$conns"]=$(field "$res" rps)
-    add_row "$name" "$conns" \
-        "$(printf '%.0f' "$(field "$res" rps)")" \
-        "$(field "$res" p50_ms)" "$(field "$res" p99_ms)" \
-        "$(field "$res" non2xx)" "$(field "$res" errors)"
+    record_row "$name" "$conns" "$res"
     local max non errs
     max=$(field "$res" max_ms)
     non=$(field "$res" non2xx)
     errs=$(field "$res" errors)
-    [[ -n $max ]] && NOTES+=("$name @$conns: p90 $(field "$res" p90_ms) ms, max $max ms, $(field "$res" requests) requests")
+    [[ -n $max ]] && NOTES+=("$tag: p90 $(field "$res" p90_ms) ms, max $max ms, $(field "$res" requests) requests")
     if [[ ${non:-0} != 0 ]]; then
-        NOTES+=("$name @$conns: $non non-2xx responses")
+        NOTES+=("$tag: $non non-2xx responses")
         while IFS= read -r l; do NOTES+=("    $l"); done < <(grep '^NON2XX ' "$out" || true)
     fi
     if [[ ${errs:-0} != 0 ]]; then
-        NOTES+=("$name @$conns: socket errors: $(grep -o 'connect=[0-9]* read=[0-9]* write=[0-9]* timeout=[0-9]*' <<<"$res" || grep 'Socket errors' "$out")")
+        NOTES+=("$tag: socket errors: $(grep -o 'connect=[0-9]* read=[0-9]* write=[0-9]* timeout=[0-9]*' <<<"$res" || grep 'Socket errors' "$out")")
     fi
     cpu_line "$name" "$conns" "$(field "$res" requests)"
     check_alive "$name" "$conns"
@@ -762,20 +942,22 @@ wrk_pair() {
 }
 
 # run_wrk_pair NAME CONNS: one measured run of GET /v1/session against both Redis-backed
-# instances, CONNS in total (half each); appends one row: req/s summed, p50 and p99 the worse of
-# the two, non-2xx and errors summed. Each side's figures, and what Redis did, go to the notes.
+# instances, CONNS in total (half each); appends one row: req/s and good req/s summed, p50 and p99
+# the worse of the two, non-2xx and errors summed. Each side's figures, and what Redis did, go to
+# the notes.
 run_wrk_pair() {
     local name=$1 conns=$2 half=$(($2 / 2))
     next_run_id
     local outa="$TMP/wrk-$RUN_SEQ-$conns-a.txt" outb="$TMP/wrk-$RUN_SEQ-$conns-b.txt"
-    echo "bench: $name, $conns connections (2 x wrk -t1 -c$half), ${DURATION}s ..." >&2
+    local tag="r$ROUND $name @$conns"
+    echo "bench: round $ROUND: $name, $conns connections (2 x wrk -t1 -c$half), ${DURATION}s ..." >&2
     redis_cli config resetstat >/dev/null
     cpu_start
     if ! wrk_pair "$outa" "$outb" "$half" "$DURATION"; then
         echo "bench: wrk failed for $name at $conns connections:" >&2
         sed 's/^/    A: /' "$outa" >&2
         sed 's/^/    B: /' "$outb" >&2
-        add_row "$name" "$conns" FAILED - - - -
+        record_row "$name" "$conns" ""
         check_alive "$name" "$conns"
         return 0
     fi
@@ -785,36 +967,33 @@ run_wrk_pair() {
     rb=$(grep '^RESULT ' "$outb" | tail -n 1 || true)
     if [[ -z $ra || -z $rb ]]; then
         echo "bench: no RESULT line from wrk for $name at $conns connections" >&2
-        add_row "$name" "$conns" FAILED - - - -
+        record_row "$name" "$conns" ""
         return 0
     fi
-    res=$(awk -v a="$ra" -v b="$rb" 'BEGIN {
+    res=$(awk -v a="$ra" -v b="$rb" -v ga="$(good_rps "$ra")" -v gb="$(good_rps "$rb")" 'BEGIN {
         split(a, x, " "); split(b, y, " ")
         for (i in x) { split(x[i], kv, "="); A[kv[1]] = kv[2] }
         for (i in y) { split(y[i], kv, "="); B[kv[1]] = kv[2] }
         max50 = A["p50_ms"] > B["p50_ms"] ? A["p50_ms"] : B["p50_ms"]
         max99 = A["p99_ms"] > B["p99_ms"] ? A["p99_ms"] : B["p99_ms"]
-        printf "RESULT requests=%d rps=%.1f p50_ms=%.2f p99_ms=%.2f non2xx=%d errors=%d\n",
-            A["requests"] + B["requests"], A["rps"] + B["rps"], max50, max99,
+        dur = A["duration_s"] > B["duration_s"] ? A["duration_s"] : B["duration_s"]
+        printf "RESULT requests=%d duration_s=%.2f rps=%.1f good_rps=%.1f p50_ms=%.2f p99_ms=%.2f non2xx=%d errors=%d\n",
+            A["requests"] + B["requests"], dur, A["rps"] + B["rps"], ga + gb, max50, max99,
             A["non2xx"] + B["non2xx"], A["errors"] + B["errors"]
     }')
-    RPS["$name@$conns"]=$(field "$res" rps)
-    add_row "$name" "$conns" \
-        "$(printf '%.0f' "$(field "$res" rps)")" \
-        "$(field "$res" p50_ms)" "$(field "$res" p99_ms)" \
-        "$(field "$res" non2xx)" "$(field "$res" errors)"
+    record_row "$name" "$conns" "$res"
     local side r out
     for side in A B; do
         if [[ $side == A ]]; then r=$ra out=$outa; else r=$rb out=$outb; fi
-        NOTES+=("$name @$conns, instance $side (wrk -t1 -c$half): $(printf '%.0f' "$(field "$r" rps)") req/s,\
+        NOTES+=("$tag, instance $side (wrk -t1 -c$half): $(printf '%.0f' "$(field "$r" rps)") req/s,\
  p50 $(field "$r" p50_ms) ms, p90 $(field "$r" p90_ms) ms, p99 $(field "$r" p99_ms) ms,\
  max $(field "$r" max_ms) ms, $(field "$r" requests) requests")
         if [[ $(field "$r" non2xx) != 0 ]]; then
-            NOTES+=("$name @$conns, instance $side: $(field "$r" non2xx) non-2xx responses")
+            NOTES+=("$tag, instance $side: $(field "$r" non2xx) non-2xx responses")
             while IFS= read -r l; do NOTES+=("    $l"); done < <(grep '^NON2XX ' "$out" || true)
         fi
         if [[ $(field "$r" errors) != 0 ]]; then
-            NOTES+=("$name @$conns, instance $side: socket errors: $(grep -o \
+            NOTES+=("$tag, instance $side: socket errors: $(grep -o \
                 'connect=[0-9]* read=[0-9]* write=[0-9]* timeout=[0-9]*' <<<"$r" || true)")
         fi
     done
@@ -824,7 +1003,7 @@ run_wrk_pair() {
     # Redis's own view: EVAL calls (one per GET /v1/session) and the time each took inside Redis.
     evals=$(redis_cli info commandstats 2>/dev/null | tr -d '\r' | grep '^cmdstat_eval:' || true)
     if [[ -n $evals ]]; then
-        NOTES+=("$name @$conns: Redis $(awk -v s="$evals" -v r="$req" 'BEGIN {
+        NOTES+=("$tag: Redis $(awk -v s="$evals" -v r="$req" 'BEGIN {
             n = split(s, kv, /[:,=]/)
             for (i = 2; i < n; i += 2) v[kv[i]] = kv[i + 1]
             printf("ran %d EVAL (%.2f per counted request), %.1f us each inside Redis", v["calls"],
@@ -834,13 +1013,18 @@ run_wrk_pair() {
     check_alive "$name" "$conns"
 }
 
+# warm_up: every server once at 16 connections before the first round (connection pools to the
+# mock and to Redis, the page cache, Redis's script cache, the Go runtime's heap).
 warm_up() {
     [[ $WARMUP == 0 ]] && return 0
-    next_run_id
-    echo "bench: warming up (${WARMUP}s) ..." >&2
-    wrk_to "$TMP/wrk-warmup.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" -s "$BENCH_DIR/openid.lua" \
-        "http://127.0.0.1:$SERVE_PORT/openid" ||
-        die "warm-up failed: $(cat "$TMP/wrk-warmup.txt")"
+    echo "bench: warming up (${WARMUP}s per server) ..." >&2
+    local port
+    for port in "$SERVE_PORT" "$PEER_PORT"; do
+        next_run_id
+        wrk_to "$TMP/wrk-warmup-$port.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" \
+            -s "$BENCH_DIR/openid.lua" "http://127.0.0.1:$port/openid" ||
+            die "warm-up failed: $(cat "$TMP/wrk-warmup-$port.txt")"
+    done
     # The session lookups too, so the first measured run does not pay for a cold page cache.
     wrk_to "$TMP/wrk-warmup-session.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" \
         -s "$BENCH_DIR/session.lua" "http://127.0.0.1:$SERVE_PORT/v1/session" ||
@@ -853,64 +1037,280 @@ warm_up() {
 }
 
 # ---------------------------------------------------------------- scenarios
-# One function per scenario; add new ones here and call them from main.
+# One function per row; run_round calls them. Add new ones here.
 
-scenario_openid() {
-    local url="http://127.0.0.1:$SERVE_PORT/openid"
+ROW_OPENID="POST /openid (wxlogin)"
+ROW_OPENID_GO="POST /openid (go)"
+ROW_SESSION="GET /v1/session (wxlogin)"
+ROW_NGINX="nginx return 200"
+ROW_REDIS="GET /v1/session (redis, 2 inst)"
+
+# POST /openid: wxlogin and the Go peer, the same script, the same mock upstream.
+run_openid() {
     CPU_WATCH=("wxlogin=$SERVE_PID" "mock=$MOCK_PID")
-    run_wrk "POST /openid" 64 "$url" bench/openid.lua
-    run_wrk "POST /openid" 512 "$url" bench/openid.lua
+    SERVER_PIDS=$SERVE_PID
+    run_wrk "$ROW_OPENID" "$1" "http://127.0.0.1:$SERVE_PORT/openid" bench/openid.lua
 }
 
-REDIS_ROW="GET /v1/session (redis, 2 inst)"
+run_openid_go() {
+    CPU_WATCH=("go peer=$PEER_PID" "mock=$MOCK_PID")
+    SERVER_PIDS=$PEER_PID
+    run_wrk "$ROW_OPENID_GO" "$1" "http://127.0.0.1:$PEER_PORT/openid" bench/openid.lua
+}
 
-# GET /v1/session with valid tokens over the seeded stores. Per connection count: the Redis-backed
-# pair (both instances at once), then the SQLite-backed service, then nginx's `return 200` driven
-# by the same script (same requests, same cost to wrk). Each ratio's two runs are back to back,
-# so a change in the machine's load hits both sides of a ratio alike.
-scenario_session() {
-    local conns nginx_pids
-    nginx_pids=$(IFS=,; echo "${NGINX_WORKERS[*]}")
-    for conns in 64 512; do
-        if [[ $REDIS == 1 ]]; then
-            CPU_WATCH=("wxlogin A=$RA_PID" "wxlogin B=$RB_PID" "redis-server=$REDIS_PID")
-            run_wrk_pair "$REDIS_ROW" "$conns"
+# GET /v1/session with valid tokens over the seeded store, and nginx's `return 200` driven by the
+# same script (same requests, same cost to wrk).
+run_session() {
+    CPU_WATCH=("wxlogin=$SERVE_PID")
+    SERVER_PIDS=$SERVE_PID
+    run_wrk "$ROW_SESSION" "$1" "http://127.0.0.1:$SERVE_PORT/v1/session" bench/session.lua
+}
+
+run_nginx() {
+    SERVER_PIDS=$(IFS=,; echo "${NGINX_WORKERS[*]}")
+    CPU_WATCH=()
+    [[ -n $SERVER_PIDS ]] && CPU_WATCH=("nginx=$SERVER_PIDS")
+    run_wrk "$ROW_NGINX" "$1" "http://127.0.0.1:$NGINX_PORT/v1/session" bench/session.lua
+}
+
+# The same GET /v1/session on the Redis-backed pair (both instances at once).
+run_redis_pair() {
+    CPU_WATCH=("wxlogin A=$RA_PID" "wxlogin B=$RB_PID" "redis-server=$REDIS_PID")
+    SERVER_PIDS=$RA_PID,$RB_PID
+    run_wrk_pair "$ROW_REDIS" "$1"
+}
+
+# run_round N: every row once per connection count. The two runs of each ratio go back to back;
+# even rounds swap their order, so a drift in the machine (or in the mock, which remembers every
+# code it has spent) does not always favour the same side.
+run_round() {
+    local conns
+    ROUND=$1
+    echo "bench: round $ROUND of $ROUNDS" >&2
+    for conns in $CONNS_LIST; do
+        if ((ROUND % 2)); then
+            run_openid "$conns"
+            run_openid_go "$conns"
+            run_session "$conns"
+            run_nginx "$conns"
+        else
+            run_openid_go "$conns"
+            run_openid "$conns"
+            run_nginx "$conns"
+            run_session "$conns"
         fi
-        CPU_WATCH=("wxlogin=$SERVE_PID")
-        run_wrk "GET /v1/session" "$conns" "http://127.0.0.1:$SERVE_PORT/v1/session" bench/session.lua
-        CPU_WATCH=()
-        [[ -n $nginx_pids ]] && CPU_WATCH=("nginx=$nginx_pids")
-        run_wrk "nginx return 200" "$conns" "http://127.0.0.1:$NGINX_PORT/v1/session" bench/session.lua
+        [[ $REDIS == 1 ]] && run_redis_pair "$conns"
     done
+    return 0
 }
 
-# ratio A B CONNS: RPS[A@CONNS] / RPS[B@CONNS], or "" when either run failed.
-ratio() {
-    local a=${RPS["$1@$3"]:-} b=${RPS["$2@$3"]:-}
-    if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN { exit !(b > 0) }'; then
-        awk -v a="$a" -v b="$b" 'BEGIN { printf("%.2f", a / b) }'
+# median V...: the median of the numbers given (nothing for none).
+median() {
+    (($# > 0)) || return 0
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ratio_line LABEL ROW_A ROW_B CONNS [GOAL]: good req/s of A over B in each round, and the median
+# of those per-round ratios (checked against GOAL, a minimum, when given).
+ratio_line() {
+    local label=$1 a="$2@$4" b="$3@$4" conns=$4 goal=${5:-} r x y m line list=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        x=${GOOD["$r|$a"]:-}
+        y=${GOOD["$r|$b"]:-}
+        [[ -n $x && -n $y ]] || continue
+        awk -v y="$y" 'BEGIN { exit !(y > 0) }' || continue
+        list+=("$(awk -v x="$x" -v y="$y" 'BEGIN { printf("%.2f", x / y) }')")
+    done
+    if ((${#list[@]} == 0)); then
+        echo "ratio $label @$conns: n/a (a run failed)"
+        return 0
+    fi
+    m=$(awk -v m="$(median "${list[@]}")" 'BEGIN { printf("%.2f", m) }')
+    line="ratio $label @$conns: $m"
+    [[ -z $goal ]] || line+=" (goal >= $goal: $(awk -v m="$m" -v g="$goal" 'BEGIN { print (m + 0 >= g + 0) ? "met" : "below" }'))"
+    echo "$line  per round: ${list[*]}"
+}
+
+# ratio_lines: wxlogin's POST /openid over the Go peer's, its GET /v1/session over nginx's (the
+# issue's goals, at 64 connections), and the Redis pair over SQLite.
+ratio_lines() {
+    local conns g1 g2
+    for conns in $CONNS_LIST; do
+        g1='' g2=''
+        [[ $conns == 64 ]] && g1=1.5 g2=0.8
+        ratio_line "wxlogin/go POST /openid" "$ROW_OPENID" "$ROW_OPENID_GO" "$conns" "$g1"
+        ratio_line "wxlogin/nginx GET /v1/session" "$ROW_SESSION" "$ROW_NGINX" "$conns" "$g2"
+        [[ $REDIS == 1 ]] && ratio_line "redis/sqlite GET /v1/session" "$ROW_REDIS" "$ROW_SESSION" "$conns"
+    done
+    return 0
+}
+
+# ---------------------------------------------------------------- allocations and syscalls per request
+
+# reqloop PORT MODE N [ARGS...]: bench/reqloop.py, N sequential requests on one keep-alive
+# connection (every answer must be 200). In the background and waited for, so a signal to this
+# script runs the cleanup at once.
+reqloop() {
+    local rc=0
+    "$PY" "$BENCH_DIR/reqloop.py" "$@" 2>>"$TMP/reqloop.log" &
+    REQ_PID=$!
+    wait "$REQ_PID" || rc=$?
+    REQ_PID=
+    if ((rc != 0)); then
+        tail -n 3 "$TMP/reqloop.log" | sed 's/^/    /' >&2
+        die "request loop failed: $2 on port $1"
     fi
 }
 
-# ratio_lines: GET /v1/session's throughput over nginx's, and the Redis pair's over SQLite's,
-# per connection count.
-ratio_lines() {
-    local conns r
-    for conns in 64 512; do
-        r=$(ratio "GET /v1/session" "nginx return 200" "$conns")
-        if [[ -n $r ]]; then
-            awk -v r="$r" -v c="$conns" 'BEGIN {
-                printf("ratio wxlogin/nginx @%s: %.2f   (goal >= 0.70%s)\n", c, r, (r >= 0.7) ? "" : ": below")
-            }'
-        else
-            echo "ratio wxlogin/nginx @$conns: n/a (a run failed)"
+# warm_one PORT TOKEN CODE_PREFIX: a few hundred requests of each kind before counting: the token
+# into the session cache, the connections to the mock, SQLite's page and statement caches.
+warm_one() {
+    reqloop "$1" session 200 --token "$2"
+    reqloop "$1" login 100 --code-prefix "$3-wl-"
+    reqloop "$1" openid 100 --code-prefix "$3-wo-"
+}
+
+# alloc_count: the counting instance's allocation count so far: SIGUSR2 makes alloccount.so write
+# "ALLOCCOUNT <n>" to its stderr, i.e. its log.
+alloc_count() {
+    local log=$TMP/serve-alloc.log before i n
+    before=$(grep -c '^ALLOCCOUNT ' "$log" || true)
+    kill -USR2 "$AC_PID"
+    for ((i = 0; i < 50; i++)); do
+        n=$(awk -v k="$((before + 1))" '/^ALLOCCOUNT [0-9]+$/ && ++c == k { print $2; exit }' "$log")
+        if [[ -n $n ]]; then
+            echo "$n"
+            return 0
         fi
+        sleep 0.1
     done
-    [[ $REDIS == 1 ]] || return 0
-    for conns in 64 512; do
-        r=$(ratio "$REDIS_ROW" "GET /v1/session" "$conns")
-        echo "ratio redis/sqlite @$conns: ${r:-n/a (a run failed)}"
+    die "the allocation counter did not answer SIGUSR2 (log: $log)"
+}
+
+# alloc_per LABEL MODE ARGS...: allocations per request over ALLOC_N requests of MODE.
+alloc_per() {
+    local label=$1 mode=$2 c0 c1 per
+    shift 2
+    c0=$(alloc_count)
+    reqloop "$AC_PORT" "$mode" "$ALLOC_N" "$@"
+    c1=$(alloc_count)
+    per=$(awk -v a="$c0" -v b="$c1" -v n="$ALLOC_N" 'BEGIN { printf("%.1f", (b - a) / n) }')
+    ALLOC_LINES+=("$(printf '%-24s %7s per request  (%d over %d requests)' "$label" "$per" \
+        "$((c1 - c0))" "$ALLOC_N")")
+    ALLOC_PER[$mode]=$per
+}
+
+# measure_allocs: a separate instance at the default configuration with the counter preloaded,
+# on the same mock, with its own store; ALLOC_N requests of each kind, counted before and after.
+measure_allocs() {
+    ((ALLOC_N > 0)) || return 0
+    echo "bench: allocations: a wxlogin instance with alloccount.so preloaded," \
+        "$ALLOC_N requests per count ..." >&2
+    mkdir -p "$TMP/alloc"
+    launch_serve AC_PID AC_PORT "serve (allocation count)" "$TMP/serve-alloc.log" \
+        "${BENCH_SERVER_THREADS:-}" "WXLOGIN_STORE=sqlite:$TMP/alloc/wxlogin.db" "LD_PRELOAD=$ALLOC_SO"
+    # Without the counter loaded, SIGUSR2 would kill it.
+    grep -q 'alloccount\.so' "/proc/$AC_PID/maps" ||
+        die "alloccount.so is not loaded in the counting instance (log: $TMP/serve-alloc.log)"
+    local token c0 c1
+    token=$(login_token "$AC_PORT" "alloc-${RUN_ID}-t")
+    warm_one "$AC_PORT" "$token" "alloc-$RUN_ID"
+    alloc_per "cached GET /v1/session" session --token "$token"
+    alloc_per "POST /v1/login" login --code-prefix "alloc-$RUN_ID-l-"
+    alloc_per "POST /openid" openid --code-prefix "alloc-$RUN_ID-o-"
+    c0=$(alloc_count)
+    sleep 1
+    c1=$(alloc_count)
+    ALLOC_LINES+=("$(printf '%-24s %7s in 1 s without requests' idle "$((c1 - c0))")")
+    local m=${ALLOC_PER[session]}
+    SUMMARY_LINES+=("allocations per cached GET /v1/session: $m (goal <= 8: $(awk -v m="$m" \
+        'BEGIN { print (m + 0 <= 8) ? "met" : "below" }'))")
+    SUMMARY_LINES+=("allocations per POST /v1/login: ${ALLOC_PER[login]}, per POST /openid: ${ALLOC_PER[openid]}")
+    stop_proc "$AC_PID" "serve (allocation count)"
+    AC_PID=
+}
+
+# strace_start OUT: strace -f -c on the SQLite-backed service (-p with -f: every thread); returns
+# once it has attached to all of them ("Process N attached with T threads", or one line per
+# thread), non-zero if it could not.
+strace_start() {
+    local out=$1 ntask i
+    ntask=$(find "/proc/$SERVE_PID/task" -mindepth 1 -maxdepth 1 | wc -l)
+    strace -f -c -U calls,name -S calls -o "$out" -p "$SERVE_PID" 2>"$out.err" &
+    STRACE_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$STRACE_PID" 2>/dev/null || break
+        grep -Eq " attached with [0-9]+ threads$" "$out.err" && return 0
+        (($(grep -c ' attached$' "$out.err" || true) >= ntask)) && return 0
+        sleep 0.1
     done
+    strace_stop
+    return 1
+}
+
+# strace_stop: SIGINT, as at a terminal: strace detaches and writes its summary.
+strace_stop() {
+    local i
+    [[ -n $STRACE_PID ]] || return 0
+    kill -INT "$STRACE_PID" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$STRACE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_proc "$STRACE_PID" strace # reaps it; SIGTERM/SIGKILL only if it is still running
+    STRACE_PID=
+}
+
+STAT_CALLS='^(fcntl|fcntl64|fstat|fstat64|stat|stat64|lstat|lstat64|newfstatat|fstatat64|statx)$'
+
+# syscalls_per LABEL MODE ARGS...: the service's syscalls over STRACE_N requests of MODE, per
+# request: the total, each syscall made at least 0.05 times per request, and whether a fcntl or
+# stat family call is made per request (at least 0.5 times).
+syscalls_per() {
+    local label=$1 mode=$2 out=$TMP/strace-$2.txt
+    shift 2
+    if ! strace_start "$out"; then
+        SYSCALL_LINES+=("skipped: strace could not attach to the service: $(head -n 1 "$out.err" | cut -c1-200)")
+        return 1
+    fi
+    reqloop "$SERVE_PORT" "$mode" "$STRACE_N" "$@"
+    strace_stop
+    kill -0 "$SERVE_PID" 2>/dev/null || die "the service died under strace (log: $TMP/serve.log)"
+    local res
+    res=$(awk -v n="$STRACE_N" -v label="$label" -v stat="$STAT_CALLS" '
+        NF == 2 && $1 ~ /^[0-9]+$/ && $2 != "total" { calls[++k] = $1; name[k] = $2; total += $1 }
+        END {
+            printf("%-24s %6.1f syscalls per request:", label, total / n)
+            for (i = 1; i <= k; i++)
+                if (calls[i] / n >= 0.05) printf(" %s %.2f", name[i], calls[i] / n)
+            printf("\n")
+            fs = ""
+            for (i = 1; i <= k; i++)
+                if (name[i] ~ stat && calls[i] / n >= 0.5) fs = fs sprintf(" %s %.2f", name[i], calls[i] / n)
+            if (fs == "") printf("fcntl/stat per request, %s: none (goal: none: met)\n", label)
+            else printf("fcntl/stat per request, %s:%s (goal: none: not met)\n", label, fs)
+        }' "$out")
+    SYSCALL_LINES+=("$(head -n 1 <<<"$res")")
+    SUMMARY_LINES+=("$(tail -n 1 <<<"$res")")
+}
+
+# measure_syscalls: strace on the SQLite-backed service (default configuration, no preload), over
+# STRACE_N requests of each kind on one connection. strace slows every syscall down; only the
+# counts are reported.
+measure_syscalls() {
+    ((STRACE_N > 0)) || return 0
+    if ! command -v strace >/dev/null; then
+        SYSCALL_LINES+=("skipped: strace is not installed (Debian: apt-get install strace)")
+        return 0
+    fi
+    echo "bench: syscalls: strace -f -c on the service, $STRACE_N requests per count ..." >&2
+    local token
+    token=$(login_token "$SERVE_PORT" "strace-${RUN_ID}-t")
+    warm_one "$SERVE_PORT" "$token" "strace-$RUN_ID"
+    syscalls_per "cached GET /v1/session" session --token "$token" || return 0
+    syscalls_per "POST /v1/login" login --code-prefix "strace-$RUN_ID-l-" || return 0
+    syscalls_per "POST /openid" openid --code-prefix "strace-$RUN_ID-o-" || return 0
 }
 
 # ---------------------------------------------------------------- report
@@ -919,28 +1319,73 @@ mock_stats() {
     curl -fsS --max-time 2 "http://127.0.0.1:$MOCK_PORT/mock/stats" 2>/dev/null || echo "(unavailable)"
 }
 
-# log_summary NAME FILE: one line (and the first lines) on a service's log, run at warn.
+# warn_lines FILE: a service log's lines at warn or error (JSON "level"), and any line that is not
+# a JSON log line (a library or the loader writing to stderr), except the counter's.
+warn_lines() {
+    awk '/^ALLOCCOUNT [0-9]+$/ { next }
+         /^\{/ { if ($0 ~ /"level": *"(warn|error)"/) print; next }
+         NF { print }' "$1" 2>/dev/null || true
+}
+
+# log_summary NAME FILE: one line (and the first warnings) on a service's log. At the default
+# level (info) it has a line per request, so only its warn and error lines are shown.
 log_summary() {
-    local n
+    local n w
     n=$(wc -l <"$2")
-    if [[ $n -gt 0 ]]; then
-        echo "$1 log: $n line(s) at warn or above; first ones:"
-        head -n 5 "$2" | cut -c1-300 | sed 's/^/    /'
+    w=$(warn_lines "$2" | wc -l)
+    if ((w > 0)); then
+        echo "$1 log: $n lines, $w at warn or error; first ones:"
+        warn_lines "$2" | head -n 5 | cut -c1-300 | sed 's/^/    /'
     else
-        echo "$1 log: empty (no warnings)"
+        echo "$1 log: $n lines, none at warn or error"
     fi
+}
+
+SUM_FMT='%-31s %-5s %-10s %-8s %s'
+
+# summary: per row, the median over the rounds of good req/s, p99 and server CPU per request; the
+# ratios; the allocation and syscall goals.
+summary() {
+    local key r vg vp vs
+    local -a g p s
+    echo "summary: median of $ROUNDS round(s), ${DURATION}s per run; good req/s = 2xx answers per" \
+        "second, server CPU = the server process(es)' user + system time per request"
+    printf "$SUM_FMT\n" scenario conns "good req/s" "p99 ms" "server CPU us/req"
+    for key in "${ROW_KEYS[@]}"; do
+        g=() p=() s=()
+        for ((r = 1; r <= ROUNDS; r++)); do
+            [[ -n ${GOOD["$r|$key"]:-} ]] && g+=("${GOOD["$r|$key"]}")
+            [[ -n ${P99["$r|$key"]:-} ]] && p+=("${P99["$r|$key"]}")
+            [[ -n ${SRV_US["$r|$key"]:-} ]] && s+=("${SRV_US["$r|$key"]}")
+        done
+        vg=$(median "${g[@]}")
+        vp=$(median "${p[@]}")
+        vs=$(median "${s[@]}")
+        printf "$SUM_FMT\n" "${key%@*}" "${key##*@}" "$([[ -n $vg ]] && printf '%.0f' "$vg" || echo n/a)" \
+            "$([[ -n $vp ]] && printf '%.2f' "$vp" || echo n/a)" \
+            "$([[ -n $vs ]] && printf '%.1f' "$vs" || echo n/a)"
+    done
+    echo
+    ratio_lines
+    if ((${#SUMMARY_LINES[@]} > 0)); then
+        echo
+        for r in "${SUMMARY_LINES[@]}"; do echo "$r"; done
+    fi
+    return 0
 }
 
 report() {
     echo
-    printf "$ROW_FMT\n" scenario conns "req/s" "p50 ms" "p99 ms" non-2xx errors
+    echo "every run (good/s: 2xx answers per second; srv us: the server's CPU per request, in us):"
+    printf "$ROW_FMT\n" round scenario conns "req/s" "good/s" "p50 ms" "p99 ms" "srv us" non-2xx errors
     local r
     for r in "${ROWS[@]}"; do echo "$r"; done
     echo
-    ratio_lines
-    echo
     echo "store: $SESSIONS seeded sessions of $USERS users in SQLite ($(du -k "$TMP/wxlogin.db" | cut -f1) KiB);" \
-        "nginx: $(nginx_workers) worker processes"
+        "nginx: $(nginx_workers) worker processes; Go peer built with" \
+        "$(go_env "$GO" version "$PEER_BIN" 2>/dev/null | awk '{ print $2 }' | grep . || echo '?')," \
+        "GOMAXPROCS" \
+        "${BENCH_SERVER_THREADS:-default (cores)}"
     if [[ $REDIS == 1 ]]; then
         echo "redis: $SESSIONS seeded sessions of $USERS users in a private redis-server" \
             "($(redis_cli info memory 2>/dev/null | tr -d '\r' | sed -n 's/^used_memory_human://p') used," \
@@ -953,11 +1398,32 @@ report() {
         log_summary "serve (redis A)" "$TMP/serve-redis-a.log"
         log_summary "serve (redis B)" "$TMP/serve-redis-b.log"
     fi
+    [[ -f $TMP/serve-alloc.log ]] && log_summary "serve (allocation count)" "$TMP/serve-alloc.log"
+    if [[ $(wc -l <"$TMP/peer.log") -gt 1 ]]; then
+        echo "Go peer log: $(($(wc -l <"$TMP/peer.log") - 1)) line(s) after its address; first ones:"
+        tail -n +2 "$TMP/peer.log" | head -n 5 | cut -c1-300 | sed 's/^/    /'
+    else
+        echo "Go peer log: empty but for its address"
+    fi
     if [[ ${#CPU_LINES[@]} -gt 0 ]]; then
         echo "CPU per completed request (and cores busy over the run; wrk's includes loading its tokens):"
         for r in "${CPU_LINES[@]}"; do echo "    $r"; done
     fi
     for r in "${NOTES[@]}"; do echo "note: $r"; done
+    if ((ALLOC_N > 0)); then
+        echo
+        echo "heap allocations per request (malloc, calloc, realloc, *memalign, *valloc calls; LD_PRELOAD" \
+            "counter; one keep-alive connection; default configuration):"
+        for r in "${ALLOC_LINES[@]}"; do echo "    $r"; done
+    fi
+    if ((STRACE_N > 0)); then
+        echo
+        echo "syscalls per request (strace -f -c on the service, all threads, $STRACE_N sequential" \
+            "requests on one keep-alive connection):"
+        for r in "${SYSCALL_LINES[@]}"; do echo "    $r"; done
+    fi
+    echo
+    summary
 }
 
 main() {
@@ -965,9 +1431,14 @@ main() {
     command -v wrk >/dev/null || die "wrk is not installed (Debian/Ubuntu: apt-get install wrk)"
     command -v curl >/dev/null || die "curl is not installed"
     [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive whole number"
+    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive whole number"
+    [[ $CONNS_LIST =~ ^[[:space:]]*[1-9][0-9]*([[:space:]]+[1-9][0-9]*)*[[:space:]]*$ ]] ||
+        die "BENCH_CONNS must be connection counts separated by spaces, e.g. \"64 512\""
     [[ $WARMUP =~ ^[0-9]+$ ]] || die "BENCH_WARMUP_SECONDS must be a whole number"
     [[ $SESSIONS =~ ^[1-9][0-9]*$ ]] || die "BENCH_SESSIONS must be a positive whole number"
     [[ $USERS =~ ^[1-9][0-9]*$ ]] || die "BENCH_USERS must be a positive whole number"
+    [[ $ALLOC_N =~ ^[0-9]+$ ]] || die "BENCH_ALLOC_N must be a whole number"
+    [[ $STRACE_N =~ ^[0-9]+$ ]] || die "BENCH_STRACE_N must be a whole number"
     [[ -x $PY ]] || die "$PY not found (it seeds the session store)"
     [[ -x $NGINX ]] || die "$NGINX not found (Debian: apt-get install nginx-light, or 'make deps')"
     [[ $REDIS =~ ^[01]$ ]] || die "BENCH_REDIS must be 0 or 1"
@@ -975,19 +1446,31 @@ main() {
         [[ -x $REDIS_SERVER && -x $REDIS_CLI ]] || die "$REDIS_SERVER or $REDIS_CLI not found" \
             "(Debian: apt-get install redis-server; BENCH_REDIS=0 skips the Redis scenario)"
         [[ $REDIS_THREADS =~ ^[1-9][0-9]*$ ]] || die "BENCH_REDIS_THREADS must be a positive whole number"
+        local c
+        for c in $CONNS_LIST; do
+            ((c >= 2)) || die "BENCH_CONNS: the Redis pair needs at least 2 connections (1 per instance)"
+        done
     fi
+    # LD_PRELOAD splits its list at spaces and colons.
+    [[ $ALLOC_N == 0 || $OUT_DIR != *[[:space:]:]* ]] ||
+        die "the allocation counter cannot be preloaded from $OUT_DIR (a space or ':' in the path);" \
+            "BENCH_ALLOC_N=0 skips it"
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/wxlogin-bench.XXXXXX")
     RUN_ID=$(printf '%x%04x%04x' "$(date +%s)" "$$" "$RANDOM")
     raise_fd_limit
+    build_peer
+    ((ALLOC_N == 0)) || build_alloccount
 
     start_mock
     seed_store
     start_serve
     echo "bench: wxlogin on 127.0.0.1:$SERVE_PORT, mock on 127.0.0.1:$MOCK_PORT," \
         "$(nproc 2>/dev/null || echo '?') cores, wrk -t$WRK_THREADS, ${DURATION}s per run," \
-        "fd limit $(ulimit -Sn)" >&2
+        "$ROUNDS round(s) at $CONNS_LIST connections, fd limit $(ulimit -Sn)" >&2
     check_sessions
+    start_peer
+    check_peer
     start_nginx
     if [[ $REDIS == 1 ]]; then
         start_redis
@@ -997,8 +1480,12 @@ main() {
     fi
 
     warm_up
-    scenario_openid
-    scenario_session
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        run_round "$r"
+    done
+    measure_allocs
+    measure_syscalls
 
     report
 }

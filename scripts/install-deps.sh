@@ -10,7 +10,7 @@ PKGS=(
     libsqlite3-dev libhiredis-dev libinih-dev libcmocka-dev
     clang-format
     python3 python3-pytest redis-server
-    curl wrk nginx-light iproute2 openssl
+    curl wrk nginx-light iproute2 openssl golang-go strace
 )
 
 missing=()

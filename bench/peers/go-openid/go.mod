@@ -1,0 +1,3 @@
+module wxlogin/bench/peers/go-openid
+
+go 1.19

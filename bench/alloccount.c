@@ -10,8 +10,14 @@
  *
  *   ALLOCCOUNT <calls so far>
  *
- * with write(2) only (async-signal-safe). run.sh reads the line from the service's log before and
- * after N requests: (after - before) / N is allocations per request.
+ * with write(2) only (async-signal-safe), followed by
+ *
+ *   ALLOCMHD <calls made on behalf of libmicrohttpd>
+ *
+ * run.sh reads the lines from the service's log before and after N requests: (after - before) / N
+ * is allocations per request. An allocation is libmicrohttpd's when the first frame of its
+ * stack outside libc and this file is in libmicrohttpd (so its strdup()s count as its own):
+ * what the service's own code allocates is the difference.
  *
  * dlsym() may itself allocate (calloc) while we look up the real functions: those few early calls
  * are served from a static buffer, which free() and realloc() recognise.
@@ -19,6 +25,8 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <execinfo.h>
+#include <link.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,11 +43,66 @@ static void *(*real_memalign)(size_t, size_t);
 static void *(*real_valloc)(size_t);
 static void *(*real_pvalloc)(size_t);
 
-static unsigned long long count;
+static unsigned long long count, count_mhd;
+
+/* Address ranges of the libraries the attribution needs (their PT_LOAD segments). */
+struct range {
+    uintptr_t lo, hi;
+};
+static struct range r_mhd, r_libc, r_self;
+static _Thread_local int in_backtrace;
+
+static int find_ranges(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    (void)arg;
+    const char *name = info->dlpi_name != NULL ? info->dlpi_name : "";
+    struct range *r = strstr(name, "libmicrohttpd") != NULL  ? &r_mhd
+                      : strstr(name, "/libc.so") != NULL     ? &r_libc
+                      : strstr(name, "alloccount.so") != NULL ? &r_self
+                                                              : NULL;
+    if (r == NULL)
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+        if (r->lo == 0 || lo < r->lo)
+            r->lo = lo;
+        if (hi > r->hi)
+            r->hi = hi;
+    }
+    return 0;
+}
+
+static int in_range(const struct range *r, void *p)
+{
+    return (uintptr_t)p >= r->lo && (uintptr_t)p < r->hi;
+}
+
+/* Is the allocation being made for libmicrohttpd? The first frame outside this file and libc. */
+static int for_mhd(void)
+{
+    void *frames[8];
+    if (r_mhd.lo == 0 || in_backtrace)
+        return 0;
+    in_backtrace = 1; /* backtrace() may allocate the first time it runs */
+    int n = backtrace(frames, 8);
+    in_backtrace = 0;
+    for (int i = 0; i < n; i++) {
+        if (in_range(&r_self, frames[i]) || in_range(&r_libc, frames[i]))
+            continue;
+        return in_range(&r_mhd, frames[i]);
+    }
+    return 0;
+}
 
 static void counted(void)
 {
     __atomic_fetch_add(&count, 1, __ATOMIC_RELAXED);
+    if (for_mhd())
+        __atomic_fetch_add(&count_mhd, 1, __ATOMIC_RELAXED);
 }
 
 /* ---- the bootstrap buffer: allocations made while dlsym() runs, never freed */
@@ -176,23 +239,30 @@ void *pvalloc(size_t n)
 
 /* ---- SIGUSR2: report the count */
 
-static void on_usr2(int sig)
+static size_t put_line(char *buf, const char *label, unsigned long long v)
 {
-    (void)sig;
-    int saved = errno;
-    char buf[48], digits[24];
-    unsigned long long v = __atomic_load_n(&count, __ATOMIC_RELAXED);
-    size_t nd = 0, len = 0;
+    char digits[24];
+    size_t nd = 0, len = strlen(label);
+    memcpy(buf, label, len);
     do {
         digits[nd++] = (char)('0' + v % 10);
         v /= 10;
     } while (v != 0);
-    memcpy(buf, "ALLOCCOUNT ", 11);
-    len = 11;
     while (nd > 0)
         buf[len++] = digits[--nd];
     buf[len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, buf, len); /* one write: one whole line in the log */
+    return len;
+}
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    char buf[96];
+    /* The MHD count first: the total's line is what run.sh waits for. */
+    size_t len = put_line(buf, "ALLOCMHD ", __atomic_load_n(&count_mhd, __ATOMIC_RELAXED));
+    len += put_line(buf + len, "ALLOCCOUNT ", __atomic_load_n(&count, __ATOMIC_RELAXED));
+    ssize_t w = write(STDERR_FILENO, buf, len); /* one write: whole lines in the log */
     (void)w;
     errno = saved;
 }
@@ -200,6 +270,7 @@ static void on_usr2(int sig)
 __attribute__((constructor)) static void alloccount_start(void)
 {
     init();
+    dl_iterate_phdr(find_ranges, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_usr2;

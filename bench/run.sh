@@ -93,6 +93,7 @@ ALLOC_LINES=()
 SYSCALL_LINES=()
 SUMMARY_LINES=() # goal lines of the allocation and syscall counts, repeated in the summary
 declare -A ALLOC_PER=() # "session", "login", "openid" -> allocations per request
+declare -A ALLOC_MHD=() # the same, of which libmicrohttpd's own
 CPU_WATCH=()   # "label=pid[,pid...]" whose CPU time run_wrk/run_wrk_pair account per request
 SERVER_PIDS=   # "pid[,pid...]": the server of the next run, for the table's CPU per request
 declare -A CPU0=() CPU1=()
@@ -1171,16 +1172,17 @@ warm_one() {
     reqloop "$1" openid 100 --code-prefix "$3-wo-"
 }
 
-# alloc_count: the counting instance's allocation count so far: SIGUSR2 makes alloccount.so write
-# "ALLOCCOUNT <n>" to its stderr, i.e. its log.
+# alloc_count: the counting instance's allocation counts so far, "<all> <libmicrohttpd's>":
+# SIGUSR2 makes alloccount.so write "ALLOCMHD <n>" and "ALLOCCOUNT <n>" to its stderr, i.e. its log.
 alloc_count() {
-    local log=$TMP/serve-alloc.log before i n
+    local log=$TMP/serve-alloc.log before i n m
     before=$(grep -c '^ALLOCCOUNT ' "$log" || true)
     kill -USR2 "$AC_PID"
     for ((i = 0; i < 50; i++)); do
         n=$(awk -v k="$((before + 1))" '/^ALLOCCOUNT [0-9]+$/ && ++c == k { print $2; exit }' "$log")
         if [[ -n $n ]]; then
-            echo "$n"
+            m=$(awk -v k="$((before + 1))" '/^ALLOCMHD [0-9]+$/ && ++c == k { print $2; exit }' "$log")
+            echo "$n ${m:-0}"
             return 0
         fi
         sleep 0.1
@@ -1190,15 +1192,18 @@ alloc_count() {
 
 # alloc_per LABEL MODE ARGS...: allocations per request over ALLOC_N requests of MODE.
 alloc_per() {
-    local label=$1 mode=$2 c0 c1 per
+    local label=$1 mode=$2 c0 c1 m0 m1 per mhd
     shift 2
-    c0=$(alloc_count)
+    read -r c0 m0 <<<"$(alloc_count)"
     reqloop "$AC_PORT" "$mode" "$ALLOC_N" "$@"
-    c1=$(alloc_count)
+    read -r c1 m1 <<<"$(alloc_count)"
     per=$(awk -v a="$c0" -v b="$c1" -v n="$ALLOC_N" 'BEGIN { printf("%.1f", (b - a) / n) }')
-    ALLOC_LINES+=("$(printf '%-24s %7s per request  (%d over %d requests)' "$label" "$per" \
-        "$((c1 - c0))" "$ALLOC_N")")
+    mhd=$(awk -v a="$m0" -v b="$m1" -v n="$ALLOC_N" 'BEGIN { printf("%.1f", (b - a) / n) }')
+    ALLOC_LINES+=("$(printf '%-24s %7s per request  (%d over %d requests; libmicrohttpd %s per request, the rest %s)' \
+        "$label" "$per" "$((c1 - c0))" "$ALLOC_N" "$mhd" \
+        "$(awk -v a="$per" -v b="$mhd" 'BEGIN { printf("%.1f", a - b) }')")")
     ALLOC_PER[$mode]=$per
+    ALLOC_MHD[$mode]=$mhd
 }
 
 # measure_allocs: a separate instance at the default configuration with the counter preloaded,
@@ -1213,19 +1218,19 @@ measure_allocs() {
     # Without the counter loaded, SIGUSR2 would kill it.
     grep -q 'alloccount\.so' "/proc/$AC_PID/maps" ||
         die "alloccount.so is not loaded in the counting instance (log: $TMP/serve-alloc.log)"
-    local token c0 c1
+    local token c0 c1 m0 m1
     token=$(login_token "$AC_PORT" "alloc-${RUN_ID}-t")
     warm_one "$AC_PORT" "$token" "alloc-$RUN_ID"
     alloc_per "cached GET /v1/session" session --token "$token"
     alloc_per "POST /v1/login" login --code-prefix "alloc-$RUN_ID-l-"
     alloc_per "POST /openid" openid --code-prefix "alloc-$RUN_ID-o-"
-    c0=$(alloc_count)
+    read -r c0 m0 <<<"$(alloc_count)"
     sleep 1
-    c1=$(alloc_count)
+    read -r c1 m1 <<<"$(alloc_count)"
     ALLOC_LINES+=("$(printf '%-24s %7s in 1 s without requests' idle "$((c1 - c0))")")
     local m=${ALLOC_PER[session]}
     SUMMARY_LINES+=("allocations per cached GET /v1/session: $m (goal <= 8: $(awk -v m="$m" \
-        'BEGIN { print (m + 0 <= 8) ? "met" : "below" }'))")
+        'BEGIN { print (m + 0 <= 8) ? "met" : "below" }'); libmicrohttpd's own: ${ALLOC_MHD[session]}, wxlogin's: $(awk -v a="$m" -v b="${ALLOC_MHD[session]}" 'BEGIN { printf("%.1f", a - b) }'))")
     SUMMARY_LINES+=("allocations per POST /v1/login: ${ALLOC_PER[login]}, per POST /openid: ${ALLOC_PER[openid]}")
     stop_proc "$AC_PID" "serve (allocation count)"
     AC_PID=
@@ -1322,7 +1327,7 @@ mock_stats() {
 # warn_lines FILE: a service log's lines at warn or error (JSON "level"), and any line that is not
 # a JSON log line (a library or the loader writing to stderr), except the counter's.
 warn_lines() {
-    awk '/^ALLOCCOUNT [0-9]+$/ { next }
+    awk '/^ALLOC(COUNT|MHD) [0-9]+$/ { next }
          /^\{/ { if ($0 ~ /"level": *"(warn|error)"/) print; next }
          NF { print }' "$1" 2>/dev/null || true
 }

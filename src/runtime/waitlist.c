@@ -29,6 +29,11 @@ void waitlist_init(struct waitlist *wl)
     list_init(&wl->waiters);
 }
 
+bool waitlist_empty(const struct waitlist *wl)
+{
+    return list_empty(&wl->waiters);
+}
+
 static void waiter_free(struct waiter *w)
 {
     crypto_wipe(w->result, w->result_size); /* results may hold a token */

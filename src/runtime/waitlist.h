@@ -14,6 +14,7 @@
 #define WXLOGIN_RUNTIME_WAITLIST_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util/list.h"
@@ -33,6 +34,8 @@ struct waitlist {
 };
 
 void waitlist_init(struct waitlist *wl);
+/* Lock held: true when nobody waits (cancelled waiters are gone from the list). */
+bool waitlist_empty(const struct waitlist *wl);
 
 /* A waiter for a result of result_size bytes, to be woken on loop by trampoline(result, fn,
  * arg). mu is the owner's mutex. NULL when out of memory. */

@@ -11,6 +11,7 @@
 #include "loop/loop.h"
 #include "runtime/async.h"
 #include "store/backend.h"
+#include "util/list.h"
 
 #define WAYS 4
 #define SETS_PER_LOCK 64
@@ -25,6 +26,7 @@ struct slot {
     bool revoked;        /* a tombstone left by a logout */
     uint64_t revoked_ms; /* monotonic */
     uint64_t stamp;      /* insertion order, for replacement */
+    uint64_t epoch;      /* without a unionid: the unionid epoch it was read at */
     int64_t expires_at;
     char appid[ID_MAX + 1];
     char openid[ID_MAX + 1];
@@ -37,6 +39,9 @@ struct store_cache {
     pthread_mutex_t *locks;
     size_t nlocks;
     atomic_uint_fast64_t clock; /* insertion stamps */
+    /* Bumped by every login that stores a unionid: a session cached without one may belong to
+     * a user who has one now, and is then read from the store again. */
+    atomic_uint_fast64_t unionid_epoch;
 };
 
 struct store_cache *store_cache_new(size_t entries)
@@ -102,6 +107,11 @@ bool store_cache_get(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
     bool hit = false;
     pthread_mutex_lock(lock);
     struct slot *s = find(set, hash);
+    if (s != NULL && !s->revoked && s->unionid[0] == '\0' &&
+        s->epoch != atomic_load(&c->unionid_epoch)) {
+        s->used = false; /* its user may have a unionid now: ask the store */
+        s = NULL;
+    }
     if (s != NULL && !s->revoked && s->expires_at > now) {
         memcpy(out->appid, s->appid, sizeof(s->appid));
         memcpy(out->openid, s->openid, sizeof(s->openid));
@@ -115,8 +125,25 @@ bool store_cache_get(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
     return hit;
 }
 
+uint64_t store_cache_epoch(struct store_cache *c)
+{
+    return c != NULL ? atomic_load(&c->unionid_epoch) : 0;
+}
+
+void store_cache_unionid_stored(struct store_cache *c)
+{
+    if (c != NULL)
+        atomic_fetch_add(&c->unionid_epoch, 1);
+}
+
 void store_cache_put(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
                      const struct store_session *rec)
+{
+    store_cache_put_read_at(c, hash, rec, store_cache_epoch(c));
+}
+
+void store_cache_put_read_at(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
+                             const struct store_session *rec, uint64_t epoch)
 {
     if (c == NULL || strlen(rec->appid) > ID_MAX || strlen(rec->openid) > ID_MAX ||
         strlen(rec->unionid) > ID_MAX)
@@ -151,6 +178,7 @@ void store_cache_put(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
     s->used = true;
     s->revoked = false;
     s->stamp = atomic_fetch_add(&c->clock, 1);
+    s->epoch = epoch;
     s->expires_at = rec->expires_at;
     memcpy(s->appid, rec->appid, strlen(rec->appid) + 1);
     memcpy(s->openid, rec->openid, strlen(rec->openid) + 1);
@@ -203,6 +231,7 @@ struct cache_store {
     struct store_cache *cache;
     struct cache_op *pool;
     size_t npool;
+    struct list started; /* operations waiting for the inner store */
 };
 
 /* An operation of the inner store whose answer the cache must see first. */
@@ -217,7 +246,9 @@ struct cache_op {
         store_done_fn *done;
     } fn;
     void *arg;
+    uint64_t epoch; /* the cache's unionid epoch when a miss asked the store */
     struct cache_op *next;
+    struct list node; /* its store's started operations */
 };
 
 static struct cache_op *op_get(struct cache_store *cs, void *arg)
@@ -234,12 +265,14 @@ static struct cache_op *op_get(struct cache_store *cs, void *arg)
     memset(op, 0, sizeof(*op));
     op->cs = cs;
     op->arg = arg;
+    list_push_back(&cs->started, &op->node);
     return op;
 }
 
 static void op_put(struct cache_op *op)
 {
     struct cache_store *cs = op->cs;
+    list_unlink(&op->node);
     if (cs->npool < OP_POOL_MAX) {
         op->next = cs->pool;
         cs->pool = op;
@@ -259,8 +292,9 @@ static void op_cancel(struct async *a)
 static void on_inner_session(void *arg, int status, const struct store_session *s)
 {
     struct cache_op *op = arg;
+    /* Remembered as of when the store was asked: a unionid stored since makes it stale. */
     if (status == STORE_OK)
-        store_cache_put(op->cs->cache, op->hash, s);
+        store_cache_put_read_at(op->cs->cache, op->hash, s, op->epoch);
     async_end(&op->async);
     store_session_fn *fn = op->fn.session;
     void *a = op->arg;
@@ -293,6 +327,7 @@ static void c_get_session(struct store *st, struct async_slot *slot, const char 
     }
     memcpy(op->hash, hash, CRYPTO_HASH_LEN);
     op->fn.session = done;
+    op->epoch = store_cache_epoch(cs->cache);
     async_begin(&op->async, slot, op_cancel);
     store_get_session(cs->inner, &op->inner, appid, hash, now, on_inner_session, op);
 }
@@ -309,9 +344,13 @@ static void c_delete_session(struct store *st, struct async_slot *slot, const ch
 static void on_inner_login(void *arg, int status)
 {
     struct cache_op *op = arg;
-    /* Written and durable: the first check of the new token is answered from memory. */
-    if (status == STORE_OK)
-        store_cache_put(op->cs->cache, op->hash, &op->rec);
+    if (status == STORE_OK) {
+        /* Sessions of this user cached without a unionid are stale now. */
+        store_cache_unionid_stored(op->cs->cache);
+        /* Written and durable: the first check of the new token is answered from memory. */
+        if (op->rec.appid[0] != '\0')
+            store_cache_put(op->cs->cache, op->hash, &op->rec);
+    }
     async_end(&op->async);
     store_done_fn *fn = op->fn.done;
     void *a = op->arg;
@@ -386,7 +425,16 @@ static bool c_broken(const struct store *st)
 static void c_close(struct store *st)
 {
     struct cache_store *cs = (struct cache_store *)st;
+    /* The inner store ends its operations without callbacks; so do ours. */
     store_close(cs->inner);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &cs->started)
+    {
+        struct cache_op *op = list_item(pos, struct cache_op, node);
+        async_end(&op->async);
+        list_unlink(pos);
+        free(op);
+    }
     while (cs->pool != NULL) {
         struct cache_op *op = cs->pool;
         cs->pool = op->next;
@@ -418,6 +466,7 @@ int store_cache_wrap(struct store_cache *c, struct store *inner, struct store **
     cs->base.lease = inner->lease;
     cs->inner = inner;
     cs->cache = c;
+    list_init(&cs->started);
     *out = &cs->base;
     return 0;
 }

@@ -38,6 +38,16 @@ bool store_cache_get(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
 /* Remembers s for hash (ignored when an id is too long to keep). Accepts NULL c. */
 void store_cache_put(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
                      const struct store_session *s);
+/*
+ * The same, for a record read from the store when the unionid epoch was epoch
+ * (store_cache_epoch() before the read): a unionid stored meanwhile makes it stale at once.
+ */
+void store_cache_put_read_at(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
+                             const struct store_session *s, uint64_t epoch);
+/* The unionid epoch: it moves whenever a login stores a unionid, after which a session cached
+ * without one is read from the store again (its user may have one now). */
+uint64_t store_cache_epoch(struct store_cache *c);
+void store_cache_unionid_stored(struct store_cache *c);
 /* Forgets hash for good (a tombstone). Accepts NULL c. */
 void store_cache_del(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN]);
 

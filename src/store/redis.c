@@ -26,6 +26,7 @@
 #include "runtime/async.h"
 #include "store/backend.h"
 #include "store/seal.h"
+#include "util/list.h"
 
 #define KEY_MAX (32 + 2 * STORE_ID_MAX + 2 * CRYPTO_HASH_LEN)
 #define POOL_MAX 256
@@ -108,6 +109,7 @@ struct rd_store {
     struct rconn *conn;
     struct rop *pool;
     size_t npool;
+    struct list started; /* operations sent and not yet answered */
 };
 
 /* How a reply is turned into the owner's answer. */
@@ -138,6 +140,7 @@ struct rop {
     } fn;
     void *arg;
     struct rop *next;
+    struct list node; /* its store's started operations */
 };
 
 /* ---- operations ---- */
@@ -161,12 +164,15 @@ static struct rop *rop_get(struct rd_store *st, enum rop_kind kind, void *arg)
     op->used = 0;
     op->appid[0] = op->openid[0] = '\0';
     op->arg = arg;
+    op->node.next = op->node.prev = NULL;
+    list_push_back(&st->started, &op->node);
     return op;
 }
 
 static void rop_put(struct rop *op)
 {
     struct rd_store *st = op->st;
+    list_unlink(&op->node);
     crypto_wipe(op->buf, op->used); /* it held a sealed key or a token */
     if (st->npool < POOL_MAX) {
         op->next = st->pool;
@@ -477,7 +483,15 @@ static void rd_purge_expired(struct store *s, struct async_slot *slot, int64_t n
 static void rd_close(struct store *s)
 {
     struct rd_store *st = (struct rd_store *)s;
-    /* Every command in flight is answered NULL here; their ops return to the pool. */
+    /* Operations in flight end without their callbacks: rconn_free() answers every command
+     * NULL, and their ops return to the pool. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &st->started)
+    {
+        struct rop *op = list_item(pos, struct rop, node);
+        async_end(&op->async);
+        op->cancelled = true;
+    }
     rconn_free(st->conn);
     while (st->pool != NULL) {
         struct rop *op = st->pool;
@@ -613,6 +627,7 @@ static int rd_open(struct store_shared *base, struct loop *loop, struct store **
         st->base.claims = &rd_claim_ops;
         st->base.lease = &rd_lease_ops;
         st->sh = sh;
+        list_init(&st->started);
         st->conn = rconn_new(loop, &sh->opts, sh->script_ptrs, S_COUNT);
     }
     if (st == NULL || st->conn == NULL) {

@@ -43,6 +43,7 @@
 #include "runtime/async.h"
 #include "store/backend.h"
 #include "store/seal.h"
+#include "util/list.h"
 
 #define BATCH_MAX 256
 #define FILE_CHECK_MS 1000
@@ -128,7 +129,8 @@ struct sq_store {
     struct loop *loop;
     struct sq_job *pool;
     size_t npool;
-    size_t inflight; /* guarded by sh->mu: queued or running, not yet posted back */
+    size_t inflight;     /* guarded by sh->mu: queued or running, not yet posted back */
+    struct list started; /* worker only: jobs started and not yet back */
 };
 
 struct sq_user_out {
@@ -171,6 +173,7 @@ struct sq_job {
     } fn;
     void *arg;
     struct sq_job *next; /* the writer's queue */
+    struct list node;    /* its store's started jobs (worker side) */
     struct loop_post post;
 };
 
@@ -546,6 +549,7 @@ static struct sq_job *job_get(struct sq_store *st, enum sq_op op, void *arg)
     j->st = st;
     j->op = op;
     j->cancelled = false;
+    j->node.next = j->node.prev = NULL;
     j->has_hash = false;
     j->sealed_len = 0;
     j->appid[0] = j->openid[0] = j->unionid[0] = '\0';
@@ -579,6 +583,7 @@ static void deliver_user(struct sq_job *j)
 static void job_done(void *arg)
 {
     struct sq_job *j = arg;
+    list_unlink(&j->node);
     if (!j->cancelled) {
         async_end(&j->async);
         switch (j->op) {
@@ -604,6 +609,7 @@ static void job_done(void *arg)
 static void start(struct sq_store *st, struct sq_job *j, struct async_slot *slot)
 {
     async_begin(&j->async, slot, job_cancel);
+    list_push_back(&st->started, &j->node);
     submit(st->sh, j);
 }
 
@@ -758,8 +764,15 @@ static void sq_close(struct store *s)
 {
     struct sq_store *st = (struct sq_store *)s;
     struct sq_shared *sh = st->sh;
-    /* The writer may still hold jobs of ours: wait for them to be posted back, then run the
-     * posts (their requests are gone; they return to the pool without callbacks). */
+    /* Operations still in flight end without their callbacks. The writer may still hold them:
+     * wait for them to be posted back, then run the posts, which return them to the pool. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &st->started)
+    {
+        struct sq_job *j = list_item(pos, struct sq_job, node);
+        async_end(&j->async);
+        j->cancelled = true;
+    }
     pthread_mutex_lock(&sh->mu);
     while (st->inflight > 0)
         pthread_cond_wait(&sh->idle, &sh->mu);
@@ -884,6 +897,7 @@ static int sq_open(struct store_shared *base, struct loop *loop, struct store **
     st->base.ops = &sq_ops;
     st->sh = sh;
     st->loop = loop;
+    list_init(&st->started);
     *out = &st->base;
     return 0;
 }

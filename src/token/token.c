@@ -29,6 +29,7 @@ struct token {
     char rejected[WECHAT_TOKEN_MAX + 1]; /* last token invalidated after WeChat rejected it */
 
     bool fetching;
+    bool fetch_forced; /* the running fetch asks WeChat for a brand-new token */
     struct token_fetcher *fetch_on;
     bool force_pending;            /* a forced fetch was asked while another fetch ran */
     struct waitlist force_waiters; /* who waits for that forced fetch */
@@ -85,23 +86,32 @@ void token_fetcher_register(struct token *t, struct token_fetcher *f, struct loo
 }
 
 /* With t->mu held: the fetch becomes f's. */
-static void mark_fetching(struct token *t, struct token_fetcher *f)
+static void mark_fetching(struct token *t, struct token_fetcher *f, bool force)
 {
     t->fetching = true;
+    t->fetch_forced = force;
     t->fetch_on = f;
     t->fetches++;
 }
 
-/* Lock not held: starts the fetch marked as f's; a fetch that cannot start ends at once. */
+static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start);
+
+/* Lock not held: starts the fetch marked as f's; a fetch that cannot start ends at once (and,
+ * like a failed one, is not tried again for a while: it would fail the same way). */
 static void start_fetch(struct token_fetcher *f, bool force)
 {
     if (f->ops->start(f, force) != 0) {
         struct token_result ab = {.status = TOKEN_ABORTED};
-        token_fetched(f, &ab);
+        fetch_ended(f, &ab, true);
     }
 }
 
 void token_fetched(struct token_fetcher *f, const struct token_result *res)
+{
+    fetch_ended(f, res, false);
+}
+
+static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start)
 {
     struct token *t = f->t;
     uint64_t now_ms = loop_clock_ms();
@@ -113,7 +123,10 @@ void token_fetched(struct token_fetcher *f, const struct token_result *res)
         return;
     }
     t->fetching = false;
+    t->fetch_forced = false;
     t->fetch_on = NULL;
+    if (no_start && t->no_fetch_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
+        t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
         memcpy(t->token, res->token, sizeof(t->token));
         t->expires_at = res->expires_at;
@@ -128,14 +141,15 @@ void token_fetched(struct token_fetcher *f, const struct token_result *res)
         t->same_token_backoff = false;
     }
     waitlist_take(&t->waiters, res, &taken);
-    if (t->force_pending) {
-        /* An operator asked for a brand-new token while this fetch ran: fetch it now, on this
-         * same fetcher, for those who asked. */
-        t->force_pending = false;
+    /* An operator asked for a brand-new token while this fetch ran: fetch it now, on this same
+     * fetcher, for those who asked and still wait (a forced fetch spends one of WeChat's 20 a
+     * day: none for nobody). */
+    if (t->force_pending && !waitlist_empty(&t->force_waiters)) {
         waitlist_splice(&t->waiters, &t->force_waiters);
-        mark_fetching(t, f);
+        mark_fetching(t, f, true);
         refetch = true;
     }
+    t->force_pending = false;
     pthread_mutex_unlock(&t->mu);
     waiters_post(&taken);
     if (refetch)
@@ -152,6 +166,7 @@ void token_fetcher_unregister(struct token_fetcher *f)
     bool mine = t->fetching && t->fetch_on == f;
     if (mine) {
         t->fetching = false;
+        t->fetch_forced = false;
         t->fetch_on = NULL;
         t->force_pending = false;
         waitlist_splice(&t->waiters, &t->force_waiters);
@@ -174,7 +189,8 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
     memset(out, 0, sizeof(*out));
 
     pthread_mutex_lock(&t->mu);
-    if (flags & TOKEN_DROP) {
+    /* A brand-new token is by definition not the cached one. */
+    if (flags & (TOKEN_DROP | TOKEN_FORCE)) {
         t->token[0] = '\0';
         t->no_fetch_until_ms = 0; /* an operator asked: let it through */
         t->same_token_backoff = false;
@@ -186,7 +202,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
         out->expires_at = t->expires_at;
         if (t->expires_at - now < REFRESH_MARGIN_S && !t->fetching &&
             now_ms >= t->no_fetch_until_ms) {
-            mark_fetching(t, f);
+            mark_fetching(t, f, false);
             start = true;
         }
         goto out;
@@ -200,9 +216,9 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
                 out->status = TOKEN_THROTTLED;
             goto out;
         }
-        mark_fetching(t, f);
-        start = started_here = true;
         force = (flags & TOKEN_FORCE) != 0;
+        mark_fetching(t, f, force);
+        start = started_here = true;
     }
     struct waiter *w = waiter_new(&t->mu, f->loop, token_trampoline, (void (*)(void))fn, arg,
                                   sizeof(struct token_result));
@@ -211,8 +227,9 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
         goto out;
     }
     /* A forced fetch asked while an ordinary one runs must not be answered by that one: it
-     * waits for a forced fetch of its own, started when the running one ends. */
-    bool later = (flags & TOKEN_FORCE) && !started_here;
+     * waits for a forced fetch of its own, started when the running one ends. A running forced
+     * fetch answers it as well. */
+    bool later = (flags & TOKEN_FORCE) && !started_here && !t->fetch_forced;
     if (later)
         t->force_pending = true;
     waitlist_add(later ? &t->force_waiters : &t->waiters, w, slot);

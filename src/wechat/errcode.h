@@ -58,8 +58,8 @@ struct wechat_errcode {
 extern const struct wechat_errcode wechat_errcodes[];
 extern const size_t wechat_nerrcodes;
 
-/* The row for errcode answered by api: the API's own row, else its "other" row, else the
- * row for any API, else the "other" row for any API. Never NULL. */
+/* The row for errcode answered by api: the API's own row, else the row for any API, else the
+ * API's "other" row, else the "other" row for any API. Never NULL. */
 const struct wechat_errcode *wechat_errcode_find(enum wechat_api api, long errcode);
 /* The row's flags, 0 for an errcode the table does not list for api or any API. */
 unsigned wechat_errcode_flags(enum wechat_api api, long errcode);

@@ -64,6 +64,17 @@ void handlers_reply_internal(struct http_request *req, const char *what)
     http_reply_error(req, 503, "internal", what, "retry");
 }
 
+void handlers_reply_mapped(struct http_request *req, const struct wechat_http_error *e)
+{
+    if (e->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", e->retry_after);
+        http_add_header(req, "Retry-After", ra);
+    }
+    http_reply_error_num(req, e->status, e->error, e->message, e->action,
+                         e->has_errcode ? "wx_errcode" : NULL, e->errcode);
+}
+
 void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
                            const struct wechat_reply *r)
 {
@@ -85,13 +96,7 @@ void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
            e.has_errcode ? errcode : NULL, "wx_rid", r->rid[0] ? r->rid : NULL,
            "upstream_http_status", r->http_status ? http_status : NULL, "attempts", attempts,
            "detail", r->detail, "request_id", http_request_id(req), NULL);
-    if (e.retry_after > 0) {
-        char ra[16];
-        snprintf(ra, sizeof(ra), "%u", e.retry_after);
-        http_add_header(req, "Retry-After", ra);
-    }
-    http_reply_error_num(req, e.status, e.error, e.message, e.action,
-                         e.has_errcode ? "wx_errcode" : NULL, e.errcode);
+    handlers_reply_mapped(req, &e);
 }
 
 int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)

@@ -86,6 +86,11 @@ void handlers_reply_invalid_token(struct http_request *req, const char *why);
 /* 503 internal, action retry: out of memory and the like. */
 void handlers_reply_internal(struct http_request *req, const char *what);
 
+/* Answers what the errcode table says (wechat_error_map()): the error body with wx_errcode
+ * when there is one, and Retry-After. */
+struct wechat_http_error;
+void handlers_reply_mapped(struct http_request *req, const struct wechat_http_error *e);
+
 /* Logs a failed WeChat call of api (never the code or the secret) and answers the client per
  * the errcode table (wechat/errcode.h). */
 void handlers_reply_wechat(struct http_request *req, enum wechat_api api,

@@ -132,13 +132,7 @@ void handlers_reply_token_error(struct http_request *req, const struct token_res
            res->status == TOKEN_THROTTLED ? "throttled: WeChat keeps returning a rejected token"
                                           : "fetch failed",
            "request_id", http_request_id(req), NULL);
-    if (e.retry_after > 0) {
-        char ra[16];
-        snprintf(ra, sizeof(ra), "%u", e.retry_after);
-        http_add_header(req, "Retry-After", ra);
-    }
-    http_reply_error_num(req, e.status, e.error, e.message, e.action,
-                         e.has_errcode ? "wx_errcode" : NULL, e.errcode);
+    handlers_reply_mapped(req, &e);
 }
 
 static void on_token(void *arg, const struct token_result *res)

@@ -125,6 +125,26 @@ bool store_cache_get(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN],
     return hit;
 }
 
+/* The way a new entry takes in set: a free one, else the oldest that is not a fresh tombstone
+ * (NULL when every way is one); *oldest is the oldest way whatever it holds. */
+static struct slot *victim(struct slot *set, uint64_t now_ms, struct slot **oldest)
+{
+    struct slot *s = NULL;
+    *oldest = &set[0];
+    for (int i = 0; i < WAYS; i++) {
+        struct slot *w = &set[i];
+        if (!w->used)
+            return w;
+        if (w->stamp < (*oldest)->stamp)
+            *oldest = w;
+        if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
+            continue;
+        if (s == NULL || w->stamp < s->stamp)
+            s = w;
+    }
+    return s;
+}
+
 uint64_t store_cache_epoch(struct store_cache *c)
 {
     return c != NULL ? atomic_load(&c->unionid_epoch) : 0;
@@ -157,18 +177,9 @@ void store_cache_put_read_at(struct store_cache *c, const uint8_t hash[CRYPTO_HA
         pthread_mutex_unlock(lock);
         return;
     }
-    if (s == NULL) { /* a free way, else the oldest that is not a fresh tombstone */
-        for (int i = 0; i < WAYS; i++) {
-            struct slot *w = &set[i];
-            if (!w->used) {
-                s = w;
-                break;
-            }
-            if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
-                continue;
-            if (s == NULL || w->stamp < s->stamp)
-                s = w;
-        }
+    if (s == NULL) {
+        struct slot *oldest;
+        s = victim(set, now_ms, &oldest);
         if (s == NULL) { /* every way holds a fresh tombstone: do not cache */
             pthread_mutex_unlock(lock);
             return;
@@ -195,23 +206,11 @@ void store_cache_del(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN])
     pthread_mutex_lock(lock);
     uint64_t now_ms = loop_clock_ms();
     struct slot *s = find(set, hash);
-    if (s == NULL) { /* a free way, else the oldest, sparing other fresh tombstones if it can */
-        struct slot *any = &set[0];
-        for (int i = 0; i < WAYS; i++) {
-            struct slot *w = &set[i];
-            if (!w->used) {
-                s = w;
-                break;
-            }
-            if (w->stamp < any->stamp)
-                any = w;
-            if (w->revoked && now_ms - w->revoked_ms < TOMBSTONE_MS)
-                continue;
-            if (s == NULL || w->stamp < s->stamp)
-                s = w;
-        }
+    if (s == NULL) { /* sparing other fresh tombstones if it can */
+        struct slot *oldest;
+        s = victim(set, now_ms, &oldest);
         if (s == NULL)
-            s = any;
+            s = oldest;
     }
     memcpy(s->hash, hash, CRYPTO_HASH_LEN);
     s->used = true;

@@ -42,6 +42,7 @@
 #include "runtime/async.h"
 #include "store/seal.h"
 #include "store/store.h"
+#include "store_capture.h"
 
 #define WATCHDOG_S 10
 #define WAIT_MS 3000
@@ -75,142 +76,6 @@ struct fixture {
     struct store *st;
 };
 
-/* ---- callbacks ---- */
-
-/* What one operation answered. Each has its own pending slot. */
-struct cap {
-    struct loop *loop; /* stopped by the callback */
-    struct async_slot slot;
-    int calls, status;
-    bool pending_in_callback; /* the slot still held the operation when it called back */
-    bool has;                 /* a record was passed */
-    struct store_session s;
-    struct store_user u;
-    long count;
-    enum store_claim claim;
-    char outcome[STORE_OUTCOME_MAX + 1];
-    size_t outcome_len;
-    char token[STORE_TOKEN_MAX + 1];
-    int64_t expires_at;
-    bool got;
-};
-
-static void called(struct cap *c, int status)
-{
-    c->calls++;
-    c->status = status;
-    c->pending_in_callback = async_pending(&c->slot);
-    if (c->loop != NULL)
-        loop_stop(c->loop);
-}
-
-static void on_done(void *arg, int status)
-{
-    called(arg, status);
-}
-
-static void on_session(void *arg, int status, const struct store_session *s)
-{
-    struct cap *c = arg;
-    c->has = s != NULL;
-    if (s != NULL)
-        c->s = *s;
-    called(c, status);
-}
-
-static void on_user(void *arg, int status, const struct store_user *u)
-{
-    struct cap *c = arg;
-    c->has = u != NULL;
-    if (u != NULL)
-        c->u = *u;
-    called(c, status);
-}
-
-static void on_count(void *arg, int status, long count)
-{
-    struct cap *c = arg;
-    c->count = count;
-    called(c, status);
-}
-
-static void on_claim(void *arg, int status, enum store_claim claim, const char *outcome, size_t len)
-{
-    struct cap *c = arg;
-    c->claim = claim;
-    c->outcome_len = len;
-    snprintf(c->outcome, sizeof(c->outcome), "%.*s", (int)len, outcome != NULL ? outcome : "");
-    called(c, status);
-}
-
-static void on_token(void *arg, int status, const char *token, int64_t expires_at)
-{
-    struct cap *c = arg;
-    snprintf(c->token, sizeof(c->token), "%s", token != NULL ? token : "(null)");
-    c->expires_at = expires_at;
-    called(c, status);
-}
-
-static void on_lease(void *arg, int status, bool got)
-{
-    struct cap *c = arg;
-    c->got = got;
-    called(c, status);
-}
-
-/* ---- running the loop ---- */
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-/* Runs loop until everything posted to it so far has run. */
-static void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
-}
-
-struct deadline {
-    struct loop *loop;
-    bool passed;
-};
-
-static void on_deadline(void *arg)
-{
-    struct deadline *d = arg;
-    d->passed = true;
-    loop_stop(d->loop);
-}
-
-static bool all_called(const struct cap *c, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (c[i].calls == 0)
-            return false;
-    return true;
-}
-
-/* Runs loop until every one of c[0..n) has answered, then checks each answered exactly once
- * and found its slot empty. */
-static void await_all(struct loop *loop, struct cap *c, size_t n)
-{
-    struct deadline d = {loop, false};
-    struct loop_timer t;
-    loop_timer_init(&t, on_deadline, &d);
-    loop_timer_start(loop, &t, WAIT_MS);
-    while (!all_called(c, n) && !d.passed)
-        assert_int_equal(loop_run(loop), 0);
-    loop_timer_stop(loop, &t);
-    drain(loop); /* a second answer would show now */
-    for (size_t i = 0; i < n; i++) {
-        assert_int_equal(c[i].calls, 1);
-        assert_false(c[i].pending_in_callback);
-        assert_false(async_pending(&c[i].slot));
-    }
-}
-
 /* Right after a start: either it answered at once, or it holds its slot until it does. */
 static void started(const struct cap *c)
 {
@@ -236,11 +101,6 @@ static void run_for(struct loop *loop, long ms)
 }
 
 /* ---- synchronous wrappers ---- */
-
-static void hash_of(const char *token, uint8_t out[CRYPTO_HASH_LEN])
-{
-    crypto_sha256(token, strlen(token), out);
-}
 
 static int ping(struct fixture *f)
 {
@@ -460,7 +320,7 @@ static void test_login_then_session(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_a", h);
+    token_hash("wxl_a", h);
     assert_int_equal(login(f, APPID, "o-1", "u-1", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
     struct store_session s;
     memset(&s, 0xa5, sizeof(s));
@@ -475,9 +335,9 @@ static void test_unknown_other_app_and_expired_not_found(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN], unknown[CRYPTO_HASH_LEN], old[CRYPTO_HASH_LEN];
-    hash_of("wxl_b", h);
-    hash_of("wxl_unknown", unknown);
-    hash_of("wxl_old", old);
+    token_hash("wxl_b", h);
+    token_hash("wxl_unknown", unknown);
+    token_hash("wxl_old", old);
     assert_int_equal(login(f, APPID, "o-2", "u-2", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
     assert_int_equal(get_session(f, APPID, unknown, NULL), STORE_NOT_FOUND);
     /* Tokens are bound to their app, and asking from another app changes nothing. */
@@ -492,7 +352,7 @@ static void test_live_means_expires_at_after_now(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_edge", h);
+    token_hash("wxl_edge", h);
     assert_int_equal(login(f, APPID, "o-3", "u-3", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
     assert_int_equal(get_session_at(f, APPID, h, f->now + HOUR - 1, NULL), STORE_OK);
     assert_int_equal(get_session_at(f, APPID, h, f->now + HOUR, NULL), STORE_NOT_FOUND);
@@ -503,8 +363,8 @@ static void test_delete(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN], h2[CRYPTO_HASH_LEN];
-    hash_of("wxl_c", h);
-    hash_of("wxl_c2", h2);
+    token_hash("wxl_c", h);
+    token_hash("wxl_c2", h2);
     assert_int_equal(login(f, APPID, "o-3", "u-3", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
     assert_int_equal(login(f, APPID, "o-3", "u-3", KEY_A, h2, f->now + HOUR, f->now), STORE_OK);
     assert_int_equal(get_session(f, APPID, h, NULL), STORE_OK);
@@ -559,7 +419,7 @@ static void test_put_session_for_existing_user(void **state)
     struct fixture *f = *state;
     assert_int_equal(login(f, APPID, "o-5", "u-5", KEY_A, NULL, 0, f->now), STORE_OK);
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_d", h);
+    token_hash("wxl_d", h);
     assert_int_equal(get_session(f, APPID, h, NULL), STORE_NOT_FOUND);
     assert_int_equal(put_session(f, h, "o-5", f->now + HOUR), STORE_OK);
     struct store_session s;
@@ -576,8 +436,8 @@ static void test_session_reports_users_current_unionid(void **state)
 {
     struct fixture *f = *state;
     uint8_t h1[CRYPTO_HASH_LEN], h2[CRYPTO_HASH_LEN];
-    hash_of("wxl_before", h1);
-    hash_of("wxl_after", h2);
+    token_hash("wxl_before", h1);
+    token_hash("wxl_after", h2);
     assert_int_equal(login(f, APPID, "o-6", "", KEY_A, h1, f->now + HOUR, f->now), STORE_OK);
     struct store_session s;
     assert_int_equal(get_session(f, APPID, h1, &s), STORE_OK);
@@ -596,7 +456,7 @@ static void test_keys_need_their_master_key(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_mk", h);
+    token_hash("wxl_mk", h);
     assert_int_equal(login(f, APPID, "o-7", "u-7", KEY_A, NULL, 0, f->now - 1), STORE_OK);
     assert_int_equal(login(f, APPID, "o-7", "u-7", KEY_B, h, f->now + HOUR, f->now), STORE_OK);
     reopen(f, other_master);
@@ -622,7 +482,7 @@ static void test_session_key_bounds(void **state)
     memset(too_long, 'k', STORE_KEY_MAX + 1);
     too_long[STORE_KEY_MAX + 1] = '\0';
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_bounds", h);
+    token_hash("wxl_bounds", h);
     assert_int_equal(login(f, APPID, "o-8", "", longest, NULL, 0, f->now), STORE_OK);
     struct store_user u;
     assert_int_equal(get_user(f, APPID, "o-8", &u), STORE_OK);
@@ -637,7 +497,7 @@ static void test_purge_spares_live_sessions(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_live", h);
+    token_hash("wxl_live", h);
     assert_int_equal(login(f, APPID, "o-10", "u-10", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
     long n = -1;
     assert_int_equal(purge(f, f->now, 100, &n), STORE_OK);
@@ -661,7 +521,7 @@ static void test_many_logins_in_flight_all_complete(void **state)
         snprintf(openid, sizeof(openid), "o-many-%d", i);
         snprintf(unionid, sizeof(unionid), "u-many-%d", i);
         snprintf(token, sizeof(token), "wxl_many-%d", i);
-        hash_of(token, h);
+        token_hash(token, h);
         start_login(f, &c[i], APPID, openid, unionid, i % 2 ? KEY_A : KEY_B, h, f->now + HOUR,
                     f->now);
         started(&c[i]);
@@ -676,7 +536,7 @@ static void test_many_logins_in_flight_all_complete(void **state)
     memset(c, 0, MANY * sizeof(*c));
     for (int i = 0; i < MANY; i++) {
         snprintf(token, sizeof(token), "wxl_many-%d", i);
-        hash_of(token, h);
+        token_hash(token, h);
         c[i].loop = f->loop;
         store_get_session(f->st, &c[i].slot, APPID, h, f->now, on_session, &c[i]);
         started(&c[i]);
@@ -756,9 +616,9 @@ static const char *const op_names[NOPS] = {
 static void start_every_operation(struct fixture *f, struct cap c[NOPS])
 {
     uint8_t h[CRYPTO_HASH_LEN], h2[CRYPTO_HASH_LEN], h3[CRYPTO_HASH_LEN];
-    hash_of("wxl_cancel-login", h);
-    hash_of("wxl_cancel-put", h2);
-    hash_of("wxl_cancel-get", h3);
+    token_hash("wxl_cancel-login", h);
+    token_hash("wxl_cancel-put", h2);
+    token_hash("wxl_cancel-get", h3);
     memset(c, 0, NOPS * sizeof(*c));
     for (int i = 0; i < NOPS; i++)
         c[i].loop = f->loop;
@@ -886,7 +746,7 @@ static void test_code_claims(void **state)
     char a[STORE_OWNER_LEN + 1], b[STORE_OWNER_LEN + 1];
     owners(a, b);
     uint8_t k[CRYPTO_HASH_LEN];
-    hash_of("code-1", k);
+    token_hash("code-1", k);
     assert_int_equal(claim(f, APPID, k, a, 5000).claim, STORE_CLAIM_MINE);
     assert_int_equal(claim(f, APPID, k, b, 5000).claim, STORE_CLAIM_BUSY);
     const char outcome[] = "{\"openid\":\"o-1\",\"x\":1}";
@@ -907,7 +767,7 @@ static void test_claim_release_only_by_its_owner(void **state)
     char a[STORE_OWNER_LEN + 1], b[STORE_OWNER_LEN + 1];
     owners(a, b);
     uint8_t k[CRYPTO_HASH_LEN];
-    hash_of("code-2", k);
+    token_hash("code-2", k);
     assert_int_equal(claim(f, APPID, k, a, 5000).claim, STORE_CLAIM_MINE);
     store_claim_release(f->st, APPID, k, b); /* not b's to release */
     assert_int_equal(claim(f, APPID, k, b, 5000).claim, STORE_CLAIM_BUSY);
@@ -922,8 +782,8 @@ static void test_claims_lapse_and_outcomes_expire(void **state)
     char a[STORE_OWNER_LEN + 1], b[STORE_OWNER_LEN + 1];
     owners(a, b);
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN];
-    hash_of("code-3", k1);
-    hash_of("code-4", k2);
+    token_hash("code-3", k1);
+    token_hash("code-4", k2);
     /* A claim whose holder died lapses after hold_ms; a published outcome after keep_ms. */
     assert_int_equal(claim(f, APPID, k1, a, 100).claim, STORE_CLAIM_MINE);
     assert_int_equal(claim(f, APPID, k2, a, 5000).claim, STORE_CLAIM_MINE);
@@ -940,7 +800,7 @@ static void test_claims_bound_to_their_app(void **state)
     char a[STORE_OWNER_LEN + 1], b[STORE_OWNER_LEN + 1];
     owners(a, b);
     uint8_t k[CRYPTO_HASH_LEN];
-    hash_of("code-5", k);
+    token_hash("code-5", k);
     assert_int_equal(claim(f, APPID, k, a, 5000).claim, STORE_CLAIM_MINE);
     assert_int_equal(claim(f, OTHER, k, b, 5000).claim, STORE_CLAIM_MINE);
 }
@@ -1011,7 +871,7 @@ static void test_cancelled_claim_and_lease_never_call_back(void **state)
     char a[STORE_OWNER_LEN + 1], b[STORE_OWNER_LEN + 1];
     owners(a, b);
     uint8_t k[CRYPTO_HASH_LEN];
-    hash_of("code-6", k);
+    token_hash("code-6", k);
     struct cap c[3] = {{.loop = f->loop}, {.loop = f->loop}, {.loop = f->loop}};
     store_claim(f->st, &c[0].slot, APPID, k, a, 5000, on_claim, &c[0]);
     store_lease_read(f->st, &c[1].slot, APPID, on_token, &c[1]);
@@ -1143,7 +1003,7 @@ static void test_redis_survives_script_flush(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_flush", h);
+    token_hash("wxl_flush", h);
     assert_int_equal(login(f, APPID, "o-15", "u-15", KEY_A, NULL, 0, f->now), STORE_OK);
     char buf[64];
     assert_true(redis_raw("SCRIPT FLUSH\r\n", buf, sizeof(buf), 0) > 0);
@@ -1168,7 +1028,7 @@ static void test_unreachable_redis_answers_error(void **state)
     assert_non_null(f.loop);
     assert_int_equal(open_store(&f, master), 0);
     uint8_t h[CRYPTO_HASH_LEN];
-    hash_of("wxl_nowhere", h);
+    token_hash("wxl_nowhere", h);
     assert_int_equal(ping(&f), STORE_ERROR);
     assert_int_equal(get_session(&f, APPID, h, NULL), STORE_ERROR);
     assert_int_equal(login(&f, APPID, "o-1", "", KEY_A, h, f.now + HOUR, f.now), STORE_ERROR);

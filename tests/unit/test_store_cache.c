@@ -32,6 +32,7 @@
 #include "runtime/async.h"
 #include "store/cache.h"
 #include "store/store.h"
+#include "store_capture.h"
 
 #define WATCHDOG_S 10
 #define WAIT_MS 3000
@@ -325,81 +326,6 @@ struct fixture {
     struct worker w;
 };
 
-struct cap {
-    struct loop *loop;
-    struct async_slot slot;
-    int calls, status;
-    bool pending_in_callback;
-    bool has;
-    struct store_session s;
-};
-
-static void called(struct cap *c, int status)
-{
-    c->calls++;
-    c->status = status;
-    c->pending_in_callback = async_pending(&c->slot);
-    if (c->loop != NULL)
-        loop_stop(c->loop);
-}
-
-static void on_done(void *arg, int status)
-{
-    called(arg, status);
-}
-
-static void on_session(void *arg, int status, const struct store_session *s)
-{
-    struct cap *c = arg;
-    c->has = s != NULL;
-    if (s != NULL)
-        c->s = *s;
-    called(c, status);
-}
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-static void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
-}
-
-struct deadline {
-    struct loop *loop;
-    bool passed;
-};
-
-static void on_deadline(void *arg)
-{
-    struct deadline *d = arg;
-    d->passed = true;
-    loop_stop(d->loop);
-}
-
-static void await(struct loop *loop, struct cap *c)
-{
-    struct deadline d = {loop, false};
-    struct loop_timer t;
-    loop_timer_init(&t, on_deadline, &d);
-    loop_timer_start(loop, &t, WAIT_MS);
-    while (c->calls == 0 && !d.passed)
-        assert_int_equal(loop_run(loop), 0);
-    loop_timer_stop(loop, &t);
-    drain(loop);
-    assert_int_equal(c->calls, 1);
-    assert_false(c->pending_in_callback);
-    assert_false(async_pending(&c->slot));
-}
-
-static void token_hash(const char *token, uint8_t out[CRYPTO_HASH_LEN])
-{
-    crypto_sha256(token, strlen(token), out);
-}
-
 static int login(struct worker *w, const char *openid, const char *unionid, const uint8_t *hash,
                  int64_t expires_at)
 {
@@ -412,7 +338,7 @@ static int login(struct worker *w, const char *openid, const char *unionid, cons
                              .now = NOW};
     struct cap c = {.loop = w->loop};
     store_login(w->st, &c.slot, &in, on_done, &c);
-    await(w->loop, &c);
+    await_all(w->loop, &c, 1);
     return c.status;
 }
 
@@ -420,7 +346,7 @@ static int delete_session(struct worker *w, const uint8_t *hash)
 {
     struct cap c = {.loop = w->loop};
     store_delete_session(w->st, &c.slot, APPID, hash, on_done, &c);
-    await(w->loop, &c);
+    await_all(w->loop, &c, 1);
     return c.status;
 }
 
@@ -436,7 +362,7 @@ static int lookup(struct worker *w, const char *appid, const uint8_t *hash, int6
     *how = c.calls > 0 ? AT_ONCE : LATER;
     /* Answered at once: the slot was never taken; else the store holds it. */
     assert_int_equal(async_pending(&c.slot), *how == LATER);
-    await(w->loop, &c);
+    await_all(w->loop, &c, 1);
     assert_int_equal(c.has, c.status == STORE_OK);
     if (c.status == STORE_OK && s != NULL)
         *s = c.s;
@@ -643,8 +569,8 @@ static void test_lookup_racing_a_logout_does_not_bring_it_back(void **state)
     store_get_session(f->w.st, &get.slot, APPID, h, NOW, on_session, &get);
     assert_int_equal(get.calls, 0);
     store_delete_session(f->w.st, &del.slot, APPID, h, on_done, &del);
-    await(f->w.loop, &get);
-    await(f->w.loop, &del);
+    await_all(f->w.loop, &get, 1);
+    await_all(f->w.loop, &del, 1);
     assert_int_equal(get.status, STORE_OK); /* read before the delete ran */
     assert_int_equal(del.status, STORE_OK);
     enum answered how;
@@ -787,7 +713,7 @@ static void test_cancelled_miss_never_calls_back(void **state)
     async_cancel(&l.slot);
     struct cap p = {.loop = f->w.loop};
     store_ping(f->w.st, &p.slot, on_done, &p);
-    await(f->w.loop, &p);
+    await_all(f->w.loop, &p, 1);
     assert_int_equal(c.calls, 0);
     assert_int_equal(l.calls, 0);
     /* Again, then closing at once. */

@@ -39,6 +39,7 @@
 #include "runtime/async.h"
 #include "store/seal.h"
 #include "store/store.h"
+#include "store_capture.h"
 
 #define WATCHDOG_S 10
 #define WAIT_MS 3000
@@ -72,106 +73,6 @@ struct fixture {
 
 /* ---- callbacks and the loop ---- */
 
-struct cap {
-    struct loop *loop;
-    struct async_slot slot;
-    int calls, status;
-    bool pending_in_callback;
-    bool has;
-    struct store_session s;
-    struct store_user u;
-    long count;
-};
-
-static void called(struct cap *c, int status)
-{
-    c->calls++;
-    c->status = status;
-    c->pending_in_callback = async_pending(&c->slot);
-    if (c->loop != NULL)
-        loop_stop(c->loop);
-}
-
-static void on_done(void *arg, int status)
-{
-    called(arg, status);
-}
-
-static void on_session(void *arg, int status, const struct store_session *s)
-{
-    struct cap *c = arg;
-    c->has = s != NULL;
-    if (s != NULL)
-        c->s = *s;
-    called(c, status);
-}
-
-static void on_user(void *arg, int status, const struct store_user *u)
-{
-    struct cap *c = arg;
-    c->has = u != NULL;
-    if (u != NULL)
-        c->u = *u;
-    called(c, status);
-}
-
-static void on_count(void *arg, int status, long count)
-{
-    struct cap *c = arg;
-    c->count = count;
-    called(c, status);
-}
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-struct deadline {
-    struct loop *loop;
-    bool passed;
-};
-
-static void on_deadline(void *arg)
-{
-    struct deadline *d = arg;
-    d->passed = true;
-    loop_stop(d->loop);
-}
-
-static bool all_called(const struct cap *c, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (c[i].calls == 0)
-            return false;
-    return true;
-}
-
-/* Runs loop until c[0..n) all answered (or WAIT_MS passed), then until everything posted so far
- * has run. No cmocka asserts: worker threads use it too. */
-static bool run_until_answered(struct loop *loop, struct cap *c, size_t n)
-{
-    struct deadline d = {loop, false};
-    struct loop_timer t;
-    loop_timer_init(&t, on_deadline, &d);
-    loop_timer_start(loop, &t, WAIT_MS);
-    while (!all_called(c, n) && !d.passed)
-        if (loop_run(loop) != 0)
-            return false;
-    loop_timer_stop(loop, &t);
-    if (loop_post(loop, stop_loop, loop) != 0 || loop_run(loop) != 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (c[i].calls != 1 || c[i].pending_in_callback || async_pending(&c[i].slot))
-            return false;
-    return true;
-}
-
-static void await_all(struct loop *loop, struct cap *c, size_t n)
-{
-    assert_true(run_until_answered(loop, c, n));
-}
-
 static int finish(struct worker *w, struct cap *c)
 {
     /* Either it answered at once, or it holds its slot until it does. */
@@ -181,11 +82,6 @@ static int finish(struct worker *w, struct cap *c)
 }
 
 /* ---- synchronous wrappers ---- */
-
-static void token_hash(const char *token, uint8_t out[CRYPTO_HASH_LEN])
-{
-    crypto_sha256(token, strlen(token), out);
-}
 
 static int ping(struct worker *w)
 {

@@ -90,6 +90,15 @@ static int cmd_serve(int argc, char **argv)
         config_done(&cfg);
         return 2;
     }
+    /* Every attempt, plus the backoff between them (at most 2 s each): a deadline shorter than
+     * that cuts exchanges WeChat would still have answered. */
+    long budget = cfg.upstream_timeout_ms * (cfg.upstream_retries + 1) + 2000 * cfg.upstream_retries;
+    if (cfg.request_timeout_ms <= budget)
+        log_msg(LOG_WARN,
+                "request_timeout_ms (%ld) is not above WeChat's budget of %ld ms "
+                "(upstream_timeout_ms x (upstream_retries + 1) + 2 s per retry): requests may be "
+                "answered 504 while WeChat would still answer",
+                cfg.request_timeout_ms, budget);
     int rc = serve_run(&cfg);
     config_done(&cfg);
     return rc;

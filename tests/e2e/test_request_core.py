@@ -131,3 +131,11 @@ def test_header_limit_is_8k_per_connection(procs, mock):
     assert request(s.port, "GET", "/healthz", headers={"X-Big": "a" * 6000}).status == 200
     assert request(s.port, "GET", "/healthz", headers={"X-Big": "a" * 9000}).status == 431
     assert request(s.port, "GET", "/healthz").status == 200
+
+
+def test_deadline_shorter_than_the_wechat_budget_is_warned_about(procs, mock):
+    s = procs.serve(mock=mock, env={"WXLOGIN_REQUEST_TIMEOUT_MS": "1000"})
+    s.wait_log(lambda t: "request_timeout_ms (1000) is not above" in t)
+    quiet = procs.serve(mock=mock)  # the defaults: 60 s against 19 s
+    assert request(quiet.port, "GET", "/healthz").status == 200
+    assert "request_timeout_ms" not in quiet.log_text()

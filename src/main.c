@@ -16,6 +16,7 @@
 #include "runtime/workers.h"
 #include "serve.h"
 #include "version.h"
+#include "wechat/client.h"
 
 extern char **environ;
 
@@ -90,9 +91,8 @@ static int cmd_serve(int argc, char **argv)
         config_done(&cfg);
         return 2;
     }
-    /* Every attempt, plus the backoff between them (at most 2 s each): a deadline shorter than
-     * that cuts exchanges WeChat would still have answered. */
-    long budget = cfg.upstream_timeout_ms * (cfg.upstream_retries + 1) + 2000 * cfg.upstream_retries;
+    /* A deadline shorter than WeChat's budget cuts exchanges WeChat would still have answered. */
+    long budget = wechat_budget_ms(cfg.upstream_timeout_ms, cfg.upstream_retries);
     if (cfg.request_timeout_ms <= budget)
         log_msg(LOG_WARN,
                 "request_timeout_ms (%ld) is not above WeChat's budget of %ld ms "

@@ -600,9 +600,14 @@ int wechat_call(struct wechat_client *c, struct async_slot *slot, enum wechat_ap
 
 /* ---- client ---- */
 
+long wechat_budget_ms(long timeout_ms, long retries)
+{
+    return timeout_ms * (retries + 1) + BACKOFF_CAP_MS * retries;
+}
+
 long wechat_client_budget_ms(const struct wechat_client *c)
 {
-    return c->timeout_ms * (c->retries + 1) + BACKOFF_CAP_MS * c->retries;
+    return wechat_budget_ms(c->timeout_ms, c->retries);
 }
 
 struct wechat_client *wechat_client_new(struct loop *loop, const struct wechat_client_opts *opts)

@@ -70,7 +70,9 @@ void wechat_url_arg(struct wechat_url *u, const char *key, const char *value);
 /* Wipes it (it may hold the secret or the access token). */
 void wechat_url_wipe(struct wechat_url *u);
 
-/* The longest one call can take: every attempt, and the backoff between them. */
+/* The longest one call can take with these options: every attempt, and the backoff between
+ * them. */
+long wechat_budget_ms(long timeout_ms, long retries);
 long wechat_client_budget_ms(const struct wechat_client *c);
 
 /* Creates a client on loop. Returns NULL on failure. */

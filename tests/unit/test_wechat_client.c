@@ -241,6 +241,18 @@ static void test_backoff_uses_jitter(void **state)
     assert_true(varied);
 }
 
+/* The budget bounds the worst case: every attempt times out and every backoff is the longest. */
+static void test_budget_covers_attempts_and_backoffs(void **state)
+{
+    (void)state;
+    assert_int_equal(wechat_budget_ms(5000, 0), 5000);
+    long worst = 3 * 5000;
+    for (int n = 1; n <= 2; n++)
+        worst += wechat_backoff_ms(n, UINT32_MAX);
+    assert_true(wechat_budget_ms(5000, 2) >= worst);
+    assert_int_equal(wechat_budget_ms(5000, 2), 3 * 5000 + 2 * 2000);
+}
+
 /* ---- wechat_errmsg_rid ---- */
 
 static void expect_rid(const char *errmsg, const char *want)
@@ -531,6 +543,7 @@ int main(void)
         cmocka_unit_test(test_backoff_capped_at_2000),
         cmocka_unit_test(test_backoff_grows_with_n),
         cmocka_unit_test(test_backoff_uses_jitter),
+        cmocka_unit_test(test_budget_covers_attempts_and_backoffs),
         cmocka_unit_test(test_rid_current_format),
         cmocka_unit_test(test_rid_older_hints_format),
         cmocka_unit_test(test_rid_older_format_with_letters),

@@ -42,6 +42,15 @@ static void failed(struct fetcher *fe, enum wechat_status why)
     token_fetched(&fe->base, &res);
 }
 
+/* Releases the lease if we hold it, publishing token ("" publishes nothing). */
+static void give_back(struct fetcher *fe, const char *token, int64_t expires_at)
+{
+    if (!fe->holds_lease)
+        return;
+    fe->holds_lease = false;
+    store_lease_publish(fe->store, fe->app->appid, fe->owner, token, expires_at);
+}
+
 static void on_grant(void *arg, const struct wechat_reply *r, const struct wechat_token_grant *g)
 {
     struct fetcher *fe = arg;
@@ -56,11 +65,7 @@ static void on_grant(void *arg, const struct wechat_reply *r, const struct wecha
         res.http_status = r->http_status;
     }
     /* Tell the other instances (and release the lease even when the fetch failed). */
-    if (fe->holds_lease) {
-        fe->holds_lease = false;
-        store_lease_publish(fe->store, fe->app->appid, fe->owner,
-                            res.status == TOKEN_OK ? res.token : "", res.expires_at);
-    }
+    give_back(fe, res.status == TOKEN_OK ? res.token : "", res.expires_at);
     token_fetched(&fe->base, &res);
     crypto_wipe(&res, sizeof(res));
 }
@@ -70,6 +75,16 @@ static int ask_wechat(struct fetcher *fe)
     return wechat_fetch_token(fe->wx, &fe->slot, fe->app, fe->api, fe->force, on_grant, fe);
 }
 
+/* With the lease held: a fetch that cannot start gives the lease back at once. */
+static void ask_leased(struct fetcher *fe)
+{
+    if (ask_wechat(fe) != 0) {
+        give_back(fe, "", 0);
+        struct token_result ab = {.status = TOKEN_ABORTED};
+        token_fetched(&fe->base, &ab);
+    }
+}
+
 static void read_share(struct fetcher *fe);
 
 static void on_lease(void *arg, int status, bool got)
@@ -77,12 +92,12 @@ static void on_lease(void *arg, int status, bool got)
     struct fetcher *fe = arg;
     if (status == STORE_OK && got) {
         fe->holds_lease = true;
-        if (ask_wechat(fe) != 0) {
-            fe->holds_lease = false;
-            store_lease_publish(fe->store, fe->app->appid, fe->owner, "", 0);
-            struct token_result ab = {.status = TOKEN_ABORTED};
-            token_fetched(&fe->base, &ab);
-        }
+        /* The holder before us may have published between our read and our take (publishing
+         * releases the lease): read once more before spending a fetch. */
+        if (fe->force)
+            ask_leased(fe);
+        else
+            read_share(fe);
         return;
     }
     /* Someone else is fetching: read again shortly, until the lease could have lapsed. */
@@ -98,14 +113,20 @@ static void on_share(void *arg, int status, const char *token, int64_t expires_a
     struct fetcher *fe = arg;
     if (status != STORE_OK) {
         /* The share could not be read: not a reason to fetch behind the others' backs. */
+        give_back(fe, "", 0);
         failed(fe, WECHAT_CONNECT);
         return;
     }
     if (!fe->force && token_usable(fe->base.t, token, expires_at, (int64_t)time(NULL))) {
+        give_back(fe, "", 0);
         struct token_result res = {.status = TOKEN_OK, .expires_at = expires_at};
         memcpy(res.token, token, strlen(token) + 1);
         token_fetched(&fe->base, &res);
         crypto_wipe(&res, sizeof(res));
+        return;
+    }
+    if (fe->holds_lease) {
+        ask_leased(fe);
         return;
     }
     long hold = (long)(fe->deadline_ms - loop_now_ms(fe->base.loop));
@@ -142,10 +163,7 @@ static void f_cancel(struct token_fetcher *f)
     struct fetcher *fe = of(f);
     async_cancel(&fe->slot);
     loop_timer_stop(f->loop, &fe->poll);
-    if (fe->holds_lease) { /* let the others fetch without waiting for the lease to lapse */
-        fe->holds_lease = false;
-        store_lease_publish(fe->store, fe->app->appid, fe->owner, "", 0);
-    }
+    give_back(fe, "", 0); /* let the others fetch without waiting for the lease to lapse */
 }
 
 static void f_invalidate(struct token_fetcher *f, const char *bad)

@@ -3,9 +3,9 @@
  *
  *   direct  one process: ask WeChat (stable_token or the classic /cgi-bin/token).
  *   leased  several instances sharing a store: read the token they share; only if it is
- *           missing, rejected or short, take the store's lease, read once more (the holder before
- *           may have published just before our take), ask WeChat, then publish the result for
- *           the others; an instance that finds the lease taken reads again every
+ *           missing, rejected or short, take the store's lease, read once more (the holder
+ *           before may have published just before our take), ask WeChat, then publish the
+ *           result for the others; an instance that finds the lease taken reads again every
  *           100 ms until the holder has published (or the lease could have lapsed). So N
  *           instances cause one fetch.
  * Each fetch step runs in the fetcher's own pending slot on its worker's loop.

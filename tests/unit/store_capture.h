@@ -13,6 +13,7 @@
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "loop_drain.h"
 #include "runtime/async.h"
 #include "store/store.h"
 
@@ -103,18 +104,6 @@ static inline void on_lease(void *arg, int status, bool got)
 }
 
 /* ---- running the loop ---- */
-
-static inline void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-/* Runs loop until everything posted to it so far has run. */
-static inline void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
-}
 
 struct deadline {
     struct loop *loop;

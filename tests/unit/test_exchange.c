@@ -25,6 +25,7 @@
 #include "crypto/crypto.h"
 #include "exchange/exchange.h"
 #include "loop/loop.h"
+#include "loop_drain.h"
 #include "runtime/async.h"
 
 #define WATCHDOG_S 10
@@ -98,18 +99,6 @@ static void on_wake(const struct exchange_outcome *o, void *arg)
     r->thread = pthread_self();
     if (r->stop != NULL)
         loop_stop(r->stop);
-}
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-/* Runs loop until everything posted to it so far has run. */
-static void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
 }
 
 /* ---- helpers ---- */

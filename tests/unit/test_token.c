@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "loop/loop.h"
+#include "loop_drain.h"
 #include "runtime/async.h"
 #include "token/token.h"
 
@@ -155,18 +156,6 @@ static int teardown(void **state)
     token_free(f->t);
     free(f);
     return 0;
-}
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-/* Runs loop until everything posted to it so far has run. */
-static void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
 }
 
 static void sleep_ms(long ms)

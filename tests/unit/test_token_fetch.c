@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "loop/loop.h"
+#include "loop_drain.h"
 #include "runtime/async.h"
 #include "store/store.h"
 #include "token/fetch.h"
@@ -193,18 +194,6 @@ static int teardown(void **state)
     loop_free(fx->loop);
     free(fx);
     return 0;
-}
-
-static void stop_loop(void *arg)
-{
-    loop_stop(arg);
-}
-
-/* Runs the loop until everything posted to it so far has run. */
-static void drain(struct loop *loop)
-{
-    assert_int_equal(loop_post(loop, stop_loop, loop), 0);
-    assert_int_equal(loop_run(loop), 0);
 }
 
 static void stop_when_answered(void *arg, const struct token_result *res)

@@ -103,6 +103,25 @@ static inline void on_lease(void *arg, int status, bool got)
     called(c, status);
 }
 
+/* ---- starting operations ---- */
+
+/* Starts a login into c's slot; c->loop is the loop its callback stops. */
+static inline void cap_start_login(struct store *st, struct loop *loop, struct cap *c,
+                                   const char *appid, const char *openid, const char *unionid,
+                                   const char *key, const uint8_t *hash, int64_t expires_at,
+                                   int64_t now)
+{
+    struct store_login in = {.appid = appid,
+                             .openid = openid,
+                             .unionid = unionid,
+                             .session_key = key,
+                             .token_hash = hash,
+                             .expires_at = expires_at,
+                             .now = now};
+    c->loop = loop;
+    store_login(st, &c->slot, &in, on_done, c);
+}
+
 /* ---- running the loop ---- */
 
 struct deadline {

@@ -113,15 +113,7 @@ static void start_login(struct fixture *f, struct cap *c, const char *appid, con
                         const char *unionid, const char *key, const uint8_t *hash,
                         int64_t expires_at, int64_t now)
 {
-    struct store_login in = {.appid = appid,
-                             .openid = openid,
-                             .unionid = unionid,
-                             .session_key = key,
-                             .token_hash = hash,
-                             .expires_at = expires_at,
-                             .now = now};
-    c->loop = f->loop;
-    store_login(f->st, &c->slot, &in, on_done, c);
+    cap_start_login(f->st, f->loop, c, appid, openid, unionid, key, hash, expires_at, now);
 }
 
 static int login(struct fixture *f, const char *appid, const char *openid, const char *unionid,

@@ -329,15 +329,8 @@ struct fixture {
 static int login(struct worker *w, const char *openid, const char *unionid, const uint8_t *hash,
                  int64_t expires_at)
 {
-    struct store_login in = {.appid = APPID,
-                             .openid = openid,
-                             .unionid = unionid,
-                             .session_key = KEY_A,
-                             .token_hash = hash,
-                             .expires_at = expires_at,
-                             .now = NOW};
-    struct cap c = {.loop = w->loop};
-    store_login(w->st, &c.slot, &in, on_done, &c);
+    struct cap c = {0};
+    cap_start_login(w->st, w->loop, &c, APPID, openid, unionid, KEY_A, hash, expires_at, NOW);
     await_all(w->loop, &c, 1);
     return c.status;
 }
@@ -699,14 +692,7 @@ static void test_cancelled_miss_never_calls_back(void **state)
     assert_int_equal(login(&f->w, "o-10", "", h, NOW + HOUR), STORE_OK);
     struct cap c = {.loop = f->w.loop}, l = {.loop = f->w.loop};
     store_get_session(f->w.st, &c.slot, APPID, h, NOW, on_session, &c);
-    struct store_login in = {.appid = APPID,
-                             .openid = "o-10",
-                             .unionid = "u-10",
-                             .session_key = KEY_B,
-                             .token_hash = h2,
-                             .expires_at = NOW + HOUR,
-                             .now = NOW};
-    store_login(f->w.st, &l.slot, &in, on_done, &l);
+    cap_start_login(f->w.st, f->w.loop, &l, APPID, "o-10", "u-10", KEY_B, h2, NOW + HOUR, NOW);
     assert_true(async_pending(&c.slot));
     assert_true(async_pending(&l.slot));
     async_cancel(&c.slot);

@@ -94,15 +94,7 @@ static void start_login_at(struct worker *w, struct cap *c, const char *appid, c
                            const char *unionid, const char *key, const uint8_t *hash,
                            int64_t expires_at, int64_t now)
 {
-    struct store_login in = {.appid = appid,
-                             .openid = openid,
-                             .unionid = unionid,
-                             .session_key = key,
-                             .token_hash = hash,
-                             .expires_at = expires_at,
-                             .now = now};
-    c->loop = w->loop;
-    store_login(w->st, &c->slot, &in, on_done, c);
+    cap_start_login(w->st, w->loop, c, appid, openid, unionid, key, hash, expires_at, now);
 }
 
 static int login_at(struct worker *w, const char *appid, const char *openid, const char *unionid,

@@ -346,7 +346,7 @@ static void on_inner_login(void *arg, int status)
     if (status == STORE_OK) {
         /* Sessions of this user cached without a unionid are stale now. */
         store_cache_unionid_stored(op->cs->cache);
-        /* Written and durable: the first check of the new token is answered from memory. */
+        /* Written and durable: remember the new session (when there is one). */
         if (op->rec.appid[0] != '\0')
             store_cache_put(op->cs->cache, op->hash, &op->rec);
     }
@@ -366,21 +366,28 @@ static void c_login(struct store *st, struct async_slot *slot, const struct stor
                     store_done_fn *done, void *arg)
 {
     struct cache_store *cs = (struct cache_store *)st;
-    /* Only a session whose whole record is known is remembered: without a unionid from WeChat
-     * the stored one (kept from an earlier login) is not known here. */
-    struct cache_op *op = NULL;
-    if (in->token_hash != NULL && in->unionid[0] != '\0' && fits(in->appid) && fits(in->openid) &&
-        fits(in->unionid))
-        op = op_get(cs, arg);
-    if (op == NULL) {
+    /* Without a unionid the login changes nothing the cache holds (the stored unionid, kept
+     * from an earlier login, is not known here: such a session is not remembered either). */
+    if (in->unionid[0] == '\0') {
         store_login(cs->inner, slot, in, done, arg);
         return;
     }
-    memcpy(op->hash, in->token_hash, CRYPTO_HASH_LEN);
-    strcpy(op->rec.appid, in->appid);
-    strcpy(op->rec.openid, in->openid);
-    strcpy(op->rec.unionid, in->unionid);
-    op->rec.expires_at = in->expires_at;
+    struct cache_op *op = op_get(cs, arg);
+    if (op == NULL) {
+        /* Out of memory: mark sessions without a unionid stale now rather than never (one read
+         * before the write commits may still cache the old record). */
+        store_cache_unionid_stored(cs->cache);
+        store_login(cs->inner, slot, in, done, arg);
+        return;
+    }
+    /* The whole record is known: the new session's first check is answered from memory. */
+    if (in->token_hash != NULL && fits(in->appid) && fits(in->openid) && fits(in->unionid)) {
+        memcpy(op->hash, in->token_hash, CRYPTO_HASH_LEN);
+        strcpy(op->rec.appid, in->appid);
+        strcpy(op->rec.openid, in->openid);
+        strcpy(op->rec.unionid, in->unionid);
+        op->rec.expires_at = in->expires_at;
+    }
     op->fn.done = done;
     async_begin(&op->async, slot, op_cancel);
     store_login(cs->inner, &op->inner, in, on_inner_login, op);

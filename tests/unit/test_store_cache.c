@@ -533,6 +533,26 @@ static void test_login_without_unionid_keeps_the_stored_one(void **state)
     assert_string_equal(s.unionid, "u-3");
 }
 
+/* A login that stores a unionid without making a session (POST /openid) still makes sessions
+ * cached without one stale: their user may be this one. */
+static void test_unionid_stored_without_a_session_is_seen(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h[CRYPTO_HASH_LEN];
+    token_hash("wxl_bare", h);
+    assert_int_equal(login(&f->w, "o-4", "", h, NOW + HOUR), STORE_OK);
+    enum answered how;
+    struct store_session s;
+    assert_int_equal(lookup(&f->w, APPID, h, NOW, &how, &s), STORE_OK);
+    assert_int_equal(lookup(&f->w, APPID, h, NOW, &how, &s), STORE_OK);
+    assert_int_equal(how, AT_ONCE);
+    assert_string_equal(s.unionid, "");
+    assert_int_equal(login(&f->w, "o-4", "u-4", NULL, 0), STORE_OK);
+    assert_int_equal(lookup(&f->w, APPID, h, NOW, &how, &s), STORE_OK);
+    assert_int_equal(how, LATER);
+    assert_string_equal(s.unionid, "u-4");
+}
+
 static void test_logout_is_not_served_from_memory(void **state)
 {
     struct fixture *f = *state;
@@ -734,6 +754,7 @@ int main(void)
         T(test_hit_answers_before_returning),
         T(test_miss_goes_to_store_then_is_cached),
         T(test_login_without_unionid_keeps_the_stored_one),
+        T(test_unionid_stored_without_a_session_is_seen),
         T(test_logout_is_not_served_from_memory),
         T(test_lookup_racing_a_logout_does_not_bring_it_back),
         T(test_other_apps_session_not_found_in_memory),

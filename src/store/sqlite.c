@@ -404,9 +404,15 @@ static void run_batch(struct sq_shared *sh, struct sq_job *batch)
         return;
     if (exec_stmt(stmt(sh, ST_BEGIN)) != 0)
         return;
-    for (struct sq_job *j = batch; j != NULL; j = j->next)
-        if (j->op >= OP_LOGIN)
-            run_write(sh, j);
+    for (struct sq_job *j = batch; j != NULL; j = j->next) {
+        if (j->op < OP_LOGIN)
+            continue;
+        /* Some errors (SQLITE_FULL, IOERR, NOMEM) roll the whole transaction back: a write run
+         * now would be saved on its own and still be reported failed below. Stop instead. */
+        if (sqlite3_get_autocommit(sh->db))
+            break;
+        run_write(sh, j);
+    }
     if (exec_stmt(stmt(sh, ST_COMMIT)) == 0)
         return;
     /* Nothing of the batch is durable: every write failed. */

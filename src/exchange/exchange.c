@@ -190,8 +190,14 @@ enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_H
     if (e != NULL) {
         struct waiter *w = waiter_new(&x->mu, loop, wake_trampoline, (void (*)(void))wake, arg,
                                       sizeof(struct exchange_outcome));
-        if (w == NULL)
-            goto out; /* lead without de-duplication rather than fail */
+        if (w == NULL) {
+            /* It cannot wait, and must not lead: a second leader of the same code would
+             * finish the first one's entry with its own outcome (40163, the code used). */
+            memset(out, 0, sizeof(*out));
+            out->kind = EXCHANGE_ABORTED;
+            role = EXCHANGE_KNOWN;
+            goto out;
+        }
         waitlist_add(&e->waiters, w, slot);
         role = EXCHANGE_WAIT;
         goto out;

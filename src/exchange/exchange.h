@@ -66,8 +66,8 @@ void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_L
 /*
  * Joins the exchange of key. On EXCHANGE_WAIT the wait occupies slot and wake(outcome, arg)
  * will run exactly once on loop unless the slot is cancelled first. On EXCHANGE_KNOWN, *out
- * holds the outcome. When the table is full (or memory runs out), the caller leads without
- * de-duplication.
+ * holds the outcome. When the table is full (or memory for an entry runs out), the caller leads
+ * without de-duplication; when memory for a waiter runs out, the outcome is EXCHANGE_ABORTED.
  */
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                                   struct loop *loop, struct async_slot *slot,

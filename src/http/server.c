@@ -57,6 +57,9 @@
 #define DISCARD_SLACK (1024 * 1024)
 /* Requests kept for reuse per server; beyond that they are freed. */
 #define POOL_MAX 1024
+/* A declared Content-Length up to this is reserved at once; a larger one is not trusted before
+ * its bytes arrive (headers alone must not hold max_body_bytes of memory per connection). */
+#define BODY_PRESIZE_MAX (16 * 1024)
 #define INLINE_ARENA 2048
 #define ERROR_BODY_MAX 512
 
@@ -321,7 +324,7 @@ static void route(struct http_request *req)
     http_reply_error(req, 405, "method_not_allowed", "method not allowed on this endpoint", "none");
 }
 
-/* The declared Content-Length, -1 when there is none; *bad when it is over the limit. */
+/* The declared Content-Length, -1 when there is none; *too_large when it is over the limit. */
 static long long content_length(struct http_request *req, bool *too_large)
 {
     const char *cl =
@@ -347,12 +350,13 @@ static void reply_too_large(struct http_request *req)
     http_reply_error(req, 413, "payload_too_large", msg, "none");
 }
 
-/* Makes room for want body bytes (and a NUL) in the arena. False when out of memory. */
-static bool body_reserve(struct http_request *req, size_t want)
+/* Makes room for want body bytes (and a NUL) in the arena: exactly that when exact (the length
+ * is known), else doubling. False when out of memory. */
+static bool body_reserve(struct http_request *req, size_t want, bool exact)
 {
     if (want + 1 <= req->body_cap)
         return true;
-    size_t cap = req->body_cap ? req->body_cap : 256;
+    size_t cap = exact ? want + 1 : req->body_cap ? req->body_cap : 256;
     while (cap < want + 1)
         cap *= 2;
     if (cap > req->srv->max_body + 1)
@@ -376,7 +380,7 @@ static bool append_body(struct http_request *req, const char *data, size_t size)
         req->discarded += size;
         return req->discarded <= DISCARD_SLACK;
     }
-    if (!body_reserve(req, req->body_len + size))
+    if (!body_reserve(req, req->body_len + size, false))
         return false;
     memcpy(req->body + req->body_len, data, size);
     req->body_len += size;
@@ -408,8 +412,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         bool too_large;
         long long cl = content_length(req, &too_large);
         if (!too_large) {
-            /* Size the body buffer once when the length is known. */
-            if (cl > 0 && !body_reserve(req, (size_t)cl))
+            /* Size the body buffer once when the length is known (and small). */
+            if (cl > 0 &&
+                !body_reserve(req, (size_t)(cl < BODY_PRESIZE_MAX ? cl : BODY_PRESIZE_MAX), true))
                 return MHD_NO;
             return MHD_YES;
         }

@@ -44,7 +44,7 @@ static void on_token(void *arg, const struct token_result *res)
     jsonw_begin(&w, buf, sizeof(buf));
     jsonw_str(&w, "access_token", res->token);
     jsonw_num(&w, "expires_in", left > 0 ? left : 0);
-    http_reply(req, 200, "application/json", buf, jsonw_end(&w));
+    http_reply_jsonw(req, 200, &w);
     crypto_wipe(buf, sizeof(buf));
 }
 

@@ -33,8 +33,7 @@ static void on_login(void *arg, const struct login_result *r)
             jsonw_str(&w, "unionid", r->unionid);
         if (r->token != NULL)
             jsonw_num(&w, "expires_in", r->expires_at - (int64_t)time(NULL));
-        size_t n = jsonw_end(&w);
-        http_reply(req, 200, "application/json", buf, n);
+        http_reply_jsonw(req, 200, &w);
         crypto_wipe(buf, sizeof(buf)); /* it held the token */
         return;
     }

@@ -4,6 +4,7 @@
  */
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "handlers/login_request.h"
 #include "handlers/user_op.h"
 #include "log/log.h"
@@ -25,13 +26,14 @@ static void on_phone(void *arg, const struct wechat_reply *r, const struct wecha
                          "WeChat's answer carries another app's watermark", "none");
         return;
     }
-    char buf[512];
+    char buf[1024]; /* three fields of at most 63 bytes, each escaped to 6 bytes at worst */
     struct jsonw w;
     jsonw_begin(&w, buf, sizeof(buf));
     jsonw_str(&w, "phoneNumber", p->phone_number);
     jsonw_str(&w, "purePhoneNumber", p->pure_phone_number);
     jsonw_str(&w, "countryCode", p->country_code);
-    http_reply(op->req, 200, "application/json", buf, jsonw_end(&w));
+    http_reply_jsonw(op->req, 200, &w);
+    crypto_wipe(buf, sizeof(buf)); /* a phone number */
 }
 
 static int phone_call(struct user_op *op, const char *access_token)

@@ -24,12 +24,11 @@ static void reply_session(struct http_request *req, const struct store_session *
         jsonw_str(&w, "unionid", s->unionid);
     jsonw_str(&w, "appid", s->appid);
     jsonw_num(&w, "expires_in", left > 0 ? left : 0);
-    size_t n = jsonw_end(&w);
     http_add_header(req, "X-WX-OpenID", s->openid);
     http_add_header(req, "X-WX-AppID", s->appid);
     if (s->unionid[0] != '\0')
         http_add_header(req, "X-WX-UnionID", s->unionid);
-    http_reply(req, 200, "application/json", buf, n);
+    http_reply_jsonw(req, 200, &w);
 }
 
 static void on_session(void *arg, int status, const struct store_session *s)

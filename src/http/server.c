@@ -517,11 +517,6 @@ void *http_request_alloc(struct http_request *req, size_t n)
     return arena_zalloc(&req->arena, n);
 }
 
-bool http_request_answered(const struct http_request *req)
-{
-    return req->state != REQ_READING && req->state != REQ_PENDING;
-}
-
 int http_add_header(struct http_request *req, const char *name, const char *value)
 {
     if (req->nheaders == MAX_REPLY_HEADERS)
@@ -607,6 +602,14 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
     req->state = REQ_REPLIED;
     finish(req);
     return rc;
+}
+
+int http_reply_jsonw(struct http_request *req, unsigned status, struct jsonw *w)
+{
+    size_t n = jsonw_end(w);
+    if (n == 0)
+        return http_reply_error(req, 500, "internal", "the reply did not fit its buffer", "retry");
+    return http_reply(req, status, "application/json", w->buf, n);
 }
 
 int http_reply_json(struct http_request *req, unsigned status, json_t *body)

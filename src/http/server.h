@@ -32,6 +32,7 @@ struct async_slot;
 struct loop;
 struct http_server;
 struct http_request;
+struct jsonw;
 
 typedef void http_handler_fn(struct http_request *req, void *arg);
 typedef void http_drained_fn(void *arg);
@@ -98,6 +99,9 @@ int http_add_header(struct http_request *req, const char *name, const char *valu
 /* Answers with body (copied); content_type NULL sends none (e.g. 204). */
 int http_reply(struct http_request *req, unsigned status, const char *content_type,
                const void *body, size_t len);
+/* Answers with the JSON object w holds (util/jsonw.h: closed here); one that overflowed its
+ * buffer is answered 500 rather than sent cut or empty. */
+int http_reply_jsonw(struct http_request *req, unsigned status, struct jsonw *w);
 /* Answers with body serialised as JSON; takes the reference to body. */
 int http_reply_json(struct http_request *req, unsigned status, json_t *body);
 /* Answers {"error": slug, "message": message, "action": action}. */
@@ -108,7 +112,5 @@ int http_reply_error_num(struct http_request *req, unsigned status, const char *
                          const char *message, const char *action, const char *key, long long value);
 /* Closes the connection without an answer, with a TCP reset (the mock uses it). */
 void http_reply_reset(struct http_request *req);
-/* True once the request was answered (or reset). */
-bool http_request_answered(const struct http_request *req);
 
 #endif

@@ -4,11 +4,13 @@
  */
 #include "wechat/api.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "crypto/crypto.h"
+#include "util/jsonw.h"
 
 static bool id_char_ok(unsigned char c)
 {
@@ -155,16 +157,15 @@ int wechat_get_phone(struct wechat_client *c, struct async_slot *slot, const cha
     wechat_url_init(&u, "/wxa/business/getuserphonenumber");
     wechat_url_arg(&u, "access_token", access_token);
     /* The code goes in a JSON body (in the query WeChat answers 40029). */
-    json_t *b = json_pack("{s:s}", "code", code);
-    char *body = b != NULL ? json_dumps(b, JSON_COMPACT) : NULL;
-    json_decref(b);
-    int rc = -1;
-    if (body != NULL)
-        rc = wechat_call(c, slot, WECHAT_API_PHONE, &u, body, strlen(body), accept_phone,
-                         decode_phone, (void (*)(void))done, arg);
-    if (body != NULL)
-        crypto_wipe(body, strlen(body));
-    free(body);
+    char body[1024];
+    struct jsonw w;
+    jsonw_begin(&w, body, sizeof(body));
+    jsonw_str(&w, "code", code);
+    size_t n = jsonw_end(&w);
+    int rc = n > 0 ? wechat_call(c, slot, WECHAT_API_PHONE, &u, body, n, accept_phone, decode_phone,
+                                 (void (*)(void))done, arg)
+                   : -EINVAL;
+    crypto_wipe(body, sizeof(body));
     wechat_url_wipe(&u);
     return rc;
 }
@@ -240,18 +241,21 @@ int wechat_fetch_token(struct wechat_client *c, struct async_slot *slot,
     struct wechat_url u;
     int rc = -1;
     if (api == WECHAT_TOKEN_STABLE) {
-        /* JSON body only (form data gets 47001). */
-        json_t *b = json_pack("{s:s, s:s, s:s, s:b}", "grant_type", "client_credential", "appid",
-                              app->appid, "secret", app->secret, "force_refresh", force);
-        char *body = b != NULL ? json_dumps(b, JSON_COMPACT) : NULL;
-        json_decref(b);
+        /* JSON body only (form data gets 47001). Written into a buffer wiped after: it holds
+         * the secret. */
+        char body[1024];
+        struct jsonw w;
+        jsonw_begin(&w, body, sizeof(body));
+        jsonw_str(&w, "grant_type", "client_credential");
+        jsonw_str(&w, "appid", app->appid);
+        jsonw_str(&w, "secret", app->secret);
+        jsonw_bool(&w, "force_refresh", force);
+        size_t n = jsonw_end(&w);
         wechat_url_init(&u, "/cgi-bin/stable_token");
-        if (body != NULL) {
-            rc = wechat_call(c, slot, WECHAT_API_TOKEN, &u, body, strlen(body), accept_token,
-                             decode_grant, (void (*)(void))done, arg);
-            crypto_wipe(body, strlen(body));
-            free(body);
-        }
+        rc = n > 0 ? wechat_call(c, slot, WECHAT_API_TOKEN, &u, body, n, accept_token, decode_grant,
+                                 (void (*)(void))done, arg)
+                   : -EINVAL;
+        crypto_wipe(body, sizeof(body));
     } else {
         wechat_url_init(&u, "/cgi-bin/token");
         wechat_url_arg(&u, "grant_type", "client_credential");

@@ -83,7 +83,8 @@ void wechat_client_free(struct wechat_client *c);
 /*
  * Calls base + url: a POST of the JSON body post (post_len bytes; both copied) or, with post
  * NULL, a GET. decode(done, arg, reply) runs exactly once on the client's loop unless slot is
- * cancelled first. Returns 0, or -ENOMEM when the call could not start (nothing is called).
+ * cancelled first. Returns 0, or when the call could not start (nothing is called) -ENOMEM, or
+ * -EINVAL when the URL did not fit its buffer.
  */
 int wechat_call(struct wechat_client *c, struct async_slot *slot, enum wechat_api api,
                 const struct wechat_url *url, const char *post, size_t post_len,

@@ -6,6 +6,7 @@
 #include "token/token.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@ struct token {
     char token[WECHAT_TOKEN_MAX + 1]; /* "" when none */
     int64_t expires_at;
     char rejected[WECHAT_TOKEN_MAX + 1]; /* last token invalidated after WeChat rejected it */
+    /* rejected[0] != '\0', readable without the lock: every successful call asks. */
+    atomic_bool has_rejected;
 
     bool fetching;
     bool fetch_forced; /* the running fetch asks WeChat for a brand-new token */
@@ -248,6 +251,7 @@ void token_invalidate(struct token *t, struct token_fetcher *f, const char *bad)
     pthread_mutex_lock(&t->mu);
     if (t->token[0] != '\0' && strcmp(t->token, bad) == 0) {
         snprintf(t->rejected, sizeof(t->rejected), "%s", bad);
+        atomic_store(&t->has_rejected, true);
         t->token[0] = '\0';
     }
     pthread_mutex_unlock(&t->mu);
@@ -255,11 +259,14 @@ void token_invalidate(struct token *t, struct token_fetcher *f, const char *bad)
 
 void token_accepted(struct token *t, const char *token)
 {
+    if (!atomic_load_explicit(&t->has_rejected, memory_order_relaxed))
+        return; /* the common case: no token was ever rejected, or it is forgotten */
     pthread_mutex_lock(&t->mu);
     if (t->rejected[0] != '\0' && strcmp(t->rejected, token) == 0) {
         /* The token once rejected works after all (a passing rejection): forget it, and any
          * backoff its return had started. */
         t->rejected[0] = '\0';
+        atomic_store(&t->has_rejected, false);
         if (t->same_token_backoff) {
             t->no_fetch_until_ms = 0;
             t->same_token_backoff = false;

@@ -26,7 +26,7 @@ enum rstate { R_DOWN, R_CONNECTING, R_READY };
 
 struct rcmd {
     struct rconn *c;
-    rconn_reply_fn *fn; /* NULL once answered */
+    rconn_reply_fn *fn;
     void *arg;
     uint64_t deadline_ms;
     struct list node; /* the connection's commands in flight */
@@ -47,6 +47,7 @@ struct rconn {
     struct list cmds; /* in flight */
     const struct rconn_script *const *scripts;
     size_t nscripts;
+    size_t loads_pending; /* SCRIPT LOADs sent and not yet answered */
     char last_error[RCONN_ERR_MAX];
 };
 
@@ -224,18 +225,22 @@ static void ev_cleanup(void *p)
 
 /* ---- commands and deadlines ---- */
 
+/* Every command gets the same timeout and loop time only grows: the oldest command in flight
+ * has the earliest deadline. */
+static struct rcmd *oldest(const struct rconn *c)
+{
+    struct list *first = list_first(&c->cmds);
+    return first != NULL ? list_item(first, struct rcmd, node) : NULL;
+}
+
 static void arm_deadline(struct rconn *c)
 {
     uint64_t due = UINT64_MAX;
     if (c->state == R_CONNECTING)
         due = c->connect_deadline_ms;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &c->cmds)
-    {
-        struct rcmd *k = list_item(pos, struct rcmd, node);
-        if (k->fn != NULL && k->deadline_ms < due)
-            due = k->deadline_ms;
-    }
+    struct rcmd *k = oldest(c);
+    if (k != NULL && k->deadline_ms < due)
+        due = k->deadline_ms;
     if (due == UINT64_MAX) {
         loop_timer_stop(c->loop, &c->deadline);
         return;
@@ -252,8 +257,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     void *arg = k->arg;
     list_unlink(&k->node);
     free(k);
-    if (fn != NULL)
-        fn(r, arg);
+    fn(r, arg);
 }
 
 static void schedule_reconnect(struct rconn *c);
@@ -286,16 +290,12 @@ static void on_deadline(void *arg)
         drop(c, "connect timed out");
         return;
     }
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &c->cmds)
-    {
-        struct rcmd *k = list_item(pos, struct rcmd, node);
-        if (k->fn != NULL && now >= k->deadline_ms) {
-            drop(c, "command timed out");
-            return;
-        }
+    struct rcmd *k = oldest(c);
+    if (k != NULL && now >= k->deadline_ms) {
+        drop(c, "command timed out");
+        return;
     }
-    arm_deadline(c);
+    arm_deadline(c); /* the timer was armed for a command answered since */
 }
 
 static void start_connect(struct rconn *c);
@@ -379,6 +379,7 @@ static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, c
     k->fn = fn;
     k->arg = arg;
     k->deadline_ms = loop_now_ms(c->loop) + (uint64_t)c->opts.timeout_ms;
+    bool first = list_empty(&c->cmds);
     list_push_back(&c->cmds, &k->node);
     if (redisAsyncCommandArgv(c->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
         list_unlink(&k->node);
@@ -386,7 +387,9 @@ static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, c
         fn(NULL, arg);
         return;
     }
-    arm_deadline(c);
+    /* Behind others, it is due after them: the timer armed for the oldest covers it. */
+    if (first)
+        arm_deadline(c);
 }
 
 static void start_connect(struct rconn *c)
@@ -443,11 +446,23 @@ void rconn_script_init(struct rconn_script *s, const char *text)
     crypto_sha1_hex2(text, strlen(text), "", 0, s->sha);
 }
 
+static void on_script_loaded(const redisReply *r, void *arg)
+{
+    struct rconn *c = arg;
+    c->loads_pending--; /* answered, or failed with the connection (r NULL) */
+    on_setup(r, arg);
+}
+
 void rconn_reload_scripts(struct rconn *c)
 {
+    /* Loads already queued run before anything sent now: every operation that met NOSCRIPT
+     * in the same burst (a SCRIPT FLUSH) shares them. */
+    if (c->loads_pending > 0)
+        return;
     for (size_t i = 0; i < c->nscripts && c->ac != NULL; i++) {
         const char *argv[] = {"SCRIPT", "LOAD", c->scripts[i]->text};
-        send_cmd(c, on_setup, c, 3, argv, NULL);
+        c->loads_pending++;
+        send_cmd(c, on_script_loaded, c, 3, argv, NULL);
     }
 }
 

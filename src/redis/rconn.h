@@ -64,7 +64,7 @@ typedef void rconn_reply_fn(const redisReply *reply, void *arg);
 void rconn_command(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
                    const size_t *lens);
 /* Sends SCRIPT LOAD for every script again (after a NOSCRIPT answer: the server lost them,
- * e.g. SCRIPT FLUSH); commands sent afterwards find them. */
+ * e.g. SCRIPT FLUSH), unless loads are still in flight; commands sent afterwards find them. */
 void rconn_reload_scripts(struct rconn *c);
 /* True for an error reply that says the script is not loaded. */
 bool rconn_noscript(const redisReply *r);

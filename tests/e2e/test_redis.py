@@ -1066,3 +1066,46 @@ def test_scripts_run_by_sha_and_survive_a_script_flush(srv, mock, redis, db):
     with redis.client(db) as c:
         stats = c.cmd("INFO", "commandstats").decode()
         assert "cmdstat_eval:" not in stats, stats
+
+
+def _script_loads(c):
+    """SCRIPT LOAD calls so far (Redis 7 counts subcommands as cmdstat_script|load)."""
+    for line in c.cmd("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_script|load:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_a_script_flush_reloads_the_scripts_once_per_connection(procs, mock, redis, db):
+    """Requests in flight when Redis forgets the scripts all meet NOSCRIPT; the scripts are
+    loaded again once per connection, not once per request."""
+    threads = 2
+    srv = procs.serve(mock=mock, env=redis_env(redis.url(db), WXLOGIN_THREADS=str(threads)))
+    tok = token_of(login(srv.port, new_code("uflood")))
+    for _ in range(4):
+        assert session(srv.port, tok).status == 200
+    n = 64
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(n)]
+    try:
+        with redis.client(db) as c:
+            c.cmd("SCRIPT", "FLUSH")
+            before = _script_loads(c)
+        # all sent before any is answered, so each worker has many commands in flight
+        req = (f"GET /v1/session HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+               "Connection: close\r\n\r\n").encode()
+        for s in socks:
+            s.sendall(req)
+        statuses = []
+        for s in socks:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            statuses.append(int(data.split(b" ", 2)[1]))
+    finally:
+        for s in socks:
+            s.close()
+    assert statuses == [200] * n
+    with redis.client(db) as c:
+        loads = _script_loads(c) - before
+    # one reload per worker connection at most (7 scripts each), whatever the requests in flight
+    assert 0 < loads <= 7 * threads, loads

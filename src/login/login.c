@@ -12,6 +12,7 @@
 
 #include "loop/loop.h"
 #include "runtime/async.h"
+#include "runtime/delay.h"
 #include "store/store.h"
 
 #define CLAIM_POLL_MS 100
@@ -40,7 +41,7 @@ struct login_op {
     uint8_t key[CRYPTO_HASH_LEN];
     char code[WECHAT_CODE_MAX + 1];
     char owner[STORE_OWNER_LEN + 1];
-    struct loop_timer poll; /* another instance holds the claim: ask again */
+    struct delay poll; /* another instance holds the claim: ask again (in op->inner) */
     uint64_t give_up_ms;
     struct exchange_outcome out; /* the identity to answer with */
     char token[CRYPTO_TOKEN_LEN + 1];
@@ -85,7 +86,6 @@ static long claim_hold_ms(const struct login_ctx *lc)
 static void op_free(struct login_op *op)
 {
     struct login_ctx *lc = op->lc;
-    loop_timer_stop(lc->loop, &op->poll);
     crypto_wipe(op, sizeof(*op)); /* the code and the token */
     if (lc->npool < POOL_MAX) {
         op->next = lc->pool;
@@ -280,6 +280,11 @@ static void call_wechat(struct login_op *op)
 
 static void claim(struct login_op *op);
 
+static void on_poll(void *arg)
+{
+    claim(arg);
+}
+
 static void on_claim(void *arg, int status, enum store_claim state, const char *outcome, size_t len)
 {
     struct login_op *op = arg;
@@ -306,7 +311,7 @@ static void on_claim(void *arg, int status, enum store_claim state, const char *
         reply_status(op, LOGIN_BUSY);
         return;
     }
-    loop_timer_start(op->lc->loop, &op->poll, CLAIM_POLL_MS);
+    delay_start(&op->poll, op->lc->loop, &op->inner, CLAIM_POLL_MS, on_poll, op);
 }
 
 static void claim(struct login_op *op)
@@ -315,11 +320,6 @@ static void claim(struct login_op *op)
     op->claiming = true;
     store_claim(lc->store, &op->inner, op->app->appid, op->key, op->owner, claim_hold_ms(lc),
                 on_claim, op);
-}
-
-static void on_poll(void *arg)
-{
-    claim(arg);
 }
 
 int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
@@ -343,7 +343,6 @@ int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wecha
     op->want_session = want_session;
     op->done = done;
     op->arg = arg;
-    loop_timer_init(&op->poll, on_poll, op);
     exchange_key(app->appid, code, op->key);
     async_begin(&op->async, slot, op_cancel);
 

@@ -1,6 +1,7 @@
 /*
- * runtime/delay: a timer as an asynchronous operation, for waits a request owns (the mock's
- * delayed answers). Embedded in the owner's state; cancelling the slot stops the timer.
+ * runtime/delay: a timer as an asynchronous operation, for waits an owner's slot holds (the
+ * mock's delayed answers, a login polling another instance's claim, a token fetch polling the
+ * shared token). Embedded in the owner's state; cancelling the slot stops the timer.
  */
 #ifndef WXLOGIN_RUNTIME_DELAY_H
 #define WXLOGIN_RUNTIME_DELAY_H

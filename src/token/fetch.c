@@ -1,6 +1,6 @@
 /*
  * token/fetch: one struct for both strategies; `leased` picks the steps. The WeChat call and
- * each store step occupy the fetcher's slot; the lease poll is a timer.
+ * each store step, and the wait between two reads of the share, occupy the fetcher's slot.
  */
 #include "token/fetch.h"
 
@@ -10,6 +10,7 @@
 
 #include "loop/loop.h"
 #include "runtime/async.h"
+#include "runtime/delay.h"
 #include "store/store.h"
 
 #define LEASE_POLL_MS 100
@@ -24,7 +25,7 @@ struct fetcher {
     struct store *store; /* leased only */
     bool leased;
     struct async_slot slot;
-    struct loop_timer poll;
+    struct delay poll; /* between two reads of the share */
     bool force;
     bool holds_lease;
     uint64_t deadline_ms;
@@ -86,6 +87,7 @@ static void ask_leased(struct fetcher *fe)
 }
 
 static void read_share(struct fetcher *fe);
+static void on_poll(void *arg);
 
 static void on_lease(void *arg, int status, bool got)
 {
@@ -105,7 +107,7 @@ static void on_lease(void *arg, int status, bool got)
         failed(fe, WECHAT_CONNECT);
         return;
     }
-    loop_timer_start(fe->base.loop, &fe->poll, LEASE_POLL_MS);
+    delay_start(&fe->poll, fe->base.loop, &fe->slot, LEASE_POLL_MS, on_poll, fe);
 }
 
 static void on_share(void *arg, int status, const char *token, int64_t expires_at)
@@ -162,7 +164,6 @@ static void f_cancel(struct token_fetcher *f)
 {
     struct fetcher *fe = of(f);
     async_cancel(&fe->slot);
-    loop_timer_stop(f->loop, &fe->poll);
     give_back(fe, "", 0); /* let the others fetch without waiting for the lease to lapse */
 }
 
@@ -183,13 +184,12 @@ struct token_fetcher *token_fetcher_new(struct token *t, const struct wechat_app
     struct fetcher *fe = calloc(1, sizeof(*fe));
     if (fe == NULL)
         return NULL;
-    fe->leased = store != NULL && store->lease != NULL;
+    fe->leased = store != NULL && store->lease != NULL; /* the lease contract exists */
     fe->base.ops = fe->leased ? &leased_ops : &direct_ops;
     fe->app = app;
     fe->api = api;
     fe->wx = wx;
     fe->store = store;
-    loop_timer_init(&fe->poll, on_poll, fe);
     token_fetcher_register(t, &fe->base, loop);
     return &fe->base;
 }
@@ -198,9 +198,6 @@ void token_fetcher_free(struct token_fetcher *f)
 {
     if (f == NULL)
         return;
-    token_fetcher_unregister(f);
-    struct fetcher *fe = of(f);
-    async_cancel(&fe->slot);
-    loop_timer_stop(f->loop, &fe->poll);
-    free(fe);
+    token_fetcher_unregister(f); /* cancels a fetch running here: the slot is empty */
+    free(of(f));
 }

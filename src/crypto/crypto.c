@@ -233,7 +233,7 @@ out:
     return rc;
 }
 
-static void to_hex(const uint8_t *md, size_t n, char *out)
+void crypto_hex(const uint8_t *md, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
@@ -257,7 +257,7 @@ void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, ch
         return;
     }
     EVP_MD_CTX_free(ctx);
-    to_hex(md, sizeof(md), out);
+    crypto_hex(md, sizeof(md), out);
 }
 
 void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
@@ -269,7 +269,7 @@ void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, siz
         out[0] = '\0';
         return;
     }
-    to_hex(md, sizeof(md), out);
+    crypto_hex(md, sizeof(md), out);
 }
 
 bool crypto_equal(const void *a, const void *b, size_t n)

@@ -224,13 +224,8 @@ static bool arg_key(struct rop *op, const char *appid, const char *kind, const c
 
 static bool arg_hash_key(struct rop *op, const char *appid, const char *kind, const uint8_t *hash)
 {
-    static const char hex[] = "0123456789abcdef";
     char h[2 * CRYPTO_HASH_LEN + 1];
-    for (int i = 0; i < CRYPTO_HASH_LEN; i++) {
-        h[2 * i] = hex[hash[i] >> 4];
-        h[2 * i + 1] = hex[hash[i] & 15];
-    }
-    h[2 * CRYPTO_HASH_LEN] = '\0';
+    crypto_hex(hash, CRYPTO_HASH_LEN, h);
     return arg_key(op, appid, kind, h);
 }
 

@@ -118,14 +118,9 @@ void store_close(struct store *st)
 
 int store_owner_new(char out[STORE_OWNER_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t r[STORE_OWNER_LEN / 2];
     if (crypto_random(r, sizeof(r)) != 0)
         return -1;
-    for (size_t i = 0; i < sizeof(r); i++) {
-        out[2 * i] = hex[r[i] >> 4];
-        out[2 * i + 1] = hex[r[i] & 15];
-    }
-    out[STORE_OWNER_LEN] = '\0';
+    crypto_hex(r, sizeof(r), out);
     return 0;
 }

@@ -264,13 +264,11 @@ static void deliver_user(struct rop *op, const redisReply *r)
         memcpy(u.openid, op->openid, sizeof(u.openid));
         copy_str(r->element[0], u.unionid);
         const redisReply *sk = r->element[1], *prev = r->element[2], *at = r->element[3];
-        /* A key that does not open (another master key) is as good as no user. */
-        if (!store_unseal(mk, u.appid, u.openid, (const uint8_t *)sk->str, sk->len, u.session_key))
+        bool has_prev = prev->type == REDIS_REPLY_STRING && at->type == REDIS_REPLY_STRING;
+        if (!store_user_open(mk, &u, (const uint8_t *)sk->str, sk->len,
+                             has_prev ? (const uint8_t *)prev->str : NULL, has_prev ? prev->len : 0,
+                             has_prev ? strtoll(at->str, NULL, 10) : 0))
             status = STORE_NOT_FOUND;
-        else if (prev->type == REDIS_REPLY_STRING && at->type == REDIS_REPLY_STRING &&
-                 store_unseal(mk, u.appid, u.openid, (const uint8_t *)prev->str, prev->len,
-                              u.prev_session_key))
-            u.prev_replaced_at = strtoll(at->str, NULL, 10);
     }
     op->fn.user(op->arg, status, status == STORE_OK ? &u : NULL);
     crypto_wipe(&u, sizeof(u));

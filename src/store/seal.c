@@ -39,3 +39,14 @@ bool store_unseal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const
     crypto_wipe(pt, sizeof(pt));
     return ok;
 }
+
+bool store_user_open(const uint8_t master[CRYPTO_KEY_LEN], struct store_user *u, const uint8_t *key,
+                     size_t key_len, const uint8_t *prev, size_t prev_len, int64_t prev_at)
+{
+    if (!store_unseal(master, u->appid, u->openid, key, key_len, u->session_key))
+        return false;
+    if (prev_len > 0 &&
+        store_unseal(master, u->appid, u->openid, prev, prev_len, u->prev_session_key))
+        u->prev_replaced_at = prev_at;
+    return true;
+}

@@ -27,4 +27,10 @@ int store_seal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const ch
 bool store_unseal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const char *openid,
                   const uint8_t *blob, size_t len, char out[STORE_KEY_MAX + 1]);
 
+/* Opens a user's keys into u (whose appid and openid are set): the current one, and the
+ * previous one (prev_len 0: none) with the time it was replaced. False when the current key
+ * does not open: such a user is as good as none. */
+bool store_user_open(const uint8_t master[CRYPTO_KEY_LEN], struct store_user *u, const uint8_t *key,
+                     size_t key_len, const uint8_t *prev, size_t prev_len, int64_t prev_at);
+
 #endif

@@ -574,13 +574,9 @@ static void deliver_user(struct sq_job *j)
         memcpy(u.appid, j->appid, sizeof(u.appid));
         memcpy(u.openid, j->openid, sizeof(u.openid));
         memcpy(u.unionid, o->unionid, sizeof(u.unionid));
-        const uint8_t *mk = j->st->sh->master_key;
-        /* A key that does not open (another master key) is as good as no user. */
-        if (!store_unseal(mk, u.appid, u.openid, o->key, o->key_len, u.session_key))
+        if (!store_user_open(j->st->sh->master_key, &u, o->key, o->key_len, o->prev, o->prev_len,
+                             o->prev_at))
             status = STORE_NOT_FOUND;
-        else if (o->prev_len > 0 &&
-                 store_unseal(mk, u.appid, u.openid, o->prev, o->prev_len, u.prev_session_key))
-            u.prev_replaced_at = o->prev_at;
     }
     j->fn.user(j->arg, status, status == STORE_OK ? &u : NULL);
     crypto_wipe(&u, sizeof(u));

@@ -21,6 +21,8 @@
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 2000
+/* Spare command records kept per connection (one is needed per command in flight). */
+#define SPARE_MAX 256
 
 enum rstate { R_DOWN, R_CONNECTING, R_READY };
 
@@ -44,7 +46,9 @@ struct rconn {
     struct loop_timer kill;     /* drops the connection outside hiredis callbacks */
     uint64_t connect_deadline_ms;
     long backoff_ms;
-    struct list cmds; /* in flight */
+    struct list cmds;  /* in flight */
+    struct list spare; /* answered, kept for the next commands */
+    size_t nspare;
     const struct rconn_script *const *scripts;
     size_t nscripts;
     size_t loads_pending; /* SCRIPT LOADs sent and not yet answered */
@@ -225,6 +229,29 @@ static void ev_cleanup(void *p)
 
 /* ---- commands and deadlines ---- */
 
+static struct rcmd *cmd_get(struct rconn *c)
+{
+    struct list *n = list_first(&c->spare);
+    if (n == NULL)
+        return calloc(1, sizeof(struct rcmd));
+    list_unlink(n);
+    c->nspare--;
+    return list_item(n, struct rcmd, node);
+}
+
+/* Unlinks k from the commands in flight and keeps or frees it. */
+static void cmd_put(struct rcmd *k)
+{
+    struct rconn *c = k->c;
+    list_unlink(&k->node);
+    if (c->nspare < SPARE_MAX) {
+        list_push_back(&c->spare, &k->node);
+        c->nspare++;
+        return;
+    }
+    free(k);
+}
+
 /* Every command gets the same timeout and loop time only grows: the oldest command in flight
  * has the earliest deadline. */
 static struct rcmd *oldest(const struct rconn *c)
@@ -255,8 +282,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     struct rcmd *k = privdata;
     rconn_reply_fn *fn = k->fn;
     void *arg = k->arg;
-    list_unlink(&k->node);
-    free(k);
+    cmd_put(k);
     fn(r, arg);
 }
 
@@ -370,7 +396,7 @@ static void on_ready_check(const redisReply *r, void *arg)
 static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
                      const size_t *lens)
 {
-    struct rcmd *k = calloc(1, sizeof(*k));
+    struct rcmd *k = cmd_get(c);
     if (k == NULL) {
         fn(NULL, arg);
         return;
@@ -382,8 +408,7 @@ static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, c
     bool first = list_empty(&c->cmds);
     list_push_back(&c->cmds, &k->node);
     if (redisAsyncCommandArgv(c->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
-        list_unlink(&k->node);
-        free(k);
+        cmd_put(k);
         fn(NULL, arg);
         return;
     }
@@ -481,6 +506,7 @@ struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts,
     c->scripts = scripts;
     c->nscripts = nscripts;
     list_init(&c->cmds);
+    list_init(&c->spare);
     c->opts = *opts;
     c->opts.host = opts->host != NULL ? strdup(opts->host) : NULL;
     c->opts.unix_path = opts->unix_path != NULL ? strdup(opts->unix_path) : NULL;
@@ -508,6 +534,11 @@ void rconn_free(struct rconn *c)
     loop_timer_stop(loop, &c->reconnect);
     loop_timer_stop(loop, &c->deadline);
     rconn_opts_done(&c->opts);
+    while (!list_empty(&c->spare)) {
+        struct list *n = list_first(&c->spare);
+        list_unlink(n);
+        free(list_item(n, struct rcmd, node));
+    }
     free(c);
 }
 

@@ -460,7 +460,7 @@ static void on_deadline(void *arg)
     struct http_request *req = arg;
     if (req->state != REQ_PENDING)
         return;
-    async_cancel(&req->pending);
+    /* The answer cancels what is pending (http_reply). */
     log_kv(LOG_WARN, "request deadline passed", "path", req->path, "request_id", req->id, NULL);
     if (req->srv->quiescing)
         http_reply_error(req, 503, "shutting_down", "the service is shutting down", "retry");

@@ -3,11 +3,7 @@
 #include <jansson.h>
 #include <string.h>
 
-static int code_char_ok(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-';
-}
+#include "wechat/api.h"
 
 int login_request_parse(const char *body, size_t len, char code_out[LOGIN_CODE_MAX + 1],
                         const char **why)
@@ -43,7 +39,7 @@ int login_request_parse(const char *body, size_t len, char code_out[LOGIN_CODE_M
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!code_char_ok((unsigned char)s[i])) {
+        if (!wechat_plain_char((unsigned char)s[i])) {
             *why = "code may only contain A-Z, a-z, 0-9, '_' and '-'";
             goto out;
         }

@@ -12,18 +12,12 @@
 #include "crypto/crypto.h"
 #include "util/jsonw.h"
 
-static bool id_char_ok(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-';
-}
-
 bool wechat_id_valid(const char *id, size_t len)
 {
     if (len == 0 || len > WECHAT_ID_MAX)
         return false;
     for (size_t i = 0; i < len; i++)
-        if (!id_char_ok((unsigned char)id[i]))
+        if (!wechat_plain_char((unsigned char)id[i]))
             return false;
     return true;
 }

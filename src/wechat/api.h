@@ -77,6 +77,12 @@ int wechat_fetch_token(struct wechat_client *c, struct async_slot *slot,
 
 /* A session_key of WeChat's shape: strict base64 of exactly 16 bytes (24 characters). */
 bool wechat_session_key_valid(const char *sk, size_t len);
+/* [A-Za-z0-9_-]: the characters of login and phone codes and of ids. */
+static inline bool wechat_plain_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+}
 /* An openid/unionid we accept: 1 to 128 of [A-Za-z0-9_-] (they end up in response headers). */
 bool wechat_id_valid(const char *id, size_t len);
 

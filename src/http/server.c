@@ -79,6 +79,7 @@ struct http_request {
     struct http_server *srv;
     struct MHD_Connection *conn;
     const char *method, *path; /* owned by MHD, valid for the request */
+    char *peer;                /* http_request_peer(), in the arena once asked for */
     char id[40];
     struct timespec start;
     enum req_state state;
@@ -505,6 +506,26 @@ const char *http_request_query(const struct http_request *req, const char *name)
 struct loop *http_request_loop(const struct http_request *req)
 {
     return req->srv->loop;
+}
+
+const char *http_request_peer(struct http_request *req)
+{
+    if (req->peer != NULL)
+        return req->peer;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char buf[INET6_ADDRSTRLEN] = "";
+    if (ci != NULL && ci->client_addr != NULL) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf,
+                      sizeof(buf));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf,
+                      sizeof(buf));
+    }
+    req->peer = arena_strdup(&req->arena, buf);
+    return req->peer != NULL ? req->peer : "";
 }
 
 struct async_slot *http_request_slot(struct http_request *req)

@@ -86,6 +86,9 @@ const char *http_request_header(const struct http_request *req, const char *name
 /* Query-string argument or NULL. */
 const char *http_request_query(const struct http_request *req, const char *name);
 struct loop *http_request_loop(const struct http_request *req);
+/* The peer's address as text ("203.0.113.7", "2001:db8::1"): the TCP peer, which is the proxy
+ * when one is in front. Computed once per request; "" when unknown. */
+const char *http_request_peer(struct http_request *req);
 
 /* The request's one pending slot: every asynchronous operation a handler starts goes here. */
 struct async_slot *http_request_slot(struct http_request *req);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -49,6 +50,7 @@ struct serve {
     struct store_shared *store;
     struct http_route routes[32]; /* the routes this configuration serves */
     size_t nroutes;
+    unsigned conns_per_worker, conns_per_address; /* each worker's share */
 };
 
 struct serve_worker {
@@ -152,10 +154,56 @@ static void serve_done(struct worker *w)
     w->data = NULL;
 }
 
+/* Descriptors every worker needs besides client connections (its loops, MHD's epoll, WeChat and
+ * Redis connections, the SQLite files), and those of the process itself. */
+#define FDS_PER_WORKER 64
+#define FDS_RESERVED 64
+/* The default ceiling whatever the descriptors allow: each connection costs about 12 KiB. */
+#define CONNS_AUTO_MAX 65536
+
+/*
+ * Client connections are what exhausts descriptors, and a process out of them cannot even open
+ * its database: so the soft open-file limit is raised to the hard one, and max_connections is
+ * what fits in it (all of it when not set; a configured value that does not fit is lowered).
+ * Each worker gets its share of the connection limits, as each runs its own daemon.
+ */
+static void size_connections(struct serve *s)
+{
+    const struct config *cfg = s->cfg;
+    struct rlimit rl;
+    long fit = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            struct rlimit up = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+            if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+                rl.rlim_cur = rl.rlim_max;
+        }
+        fit = rl.rlim_cur > 1000000 ? 1000000 : (long)rl.rlim_cur;
+    }
+    fit -= FDS_RESERVED + (long)s->nworkers * FDS_PER_WORKER;
+    if (fit < s->nworkers)
+        fit = s->nworkers;
+    long total = cfg->max_connections;
+    if (total == 0) {
+        total = fit < CONNS_AUTO_MAX ? fit : CONNS_AUTO_MAX;
+    } else if (total > fit) {
+        char want[24], got[24];
+        snprintf(want, sizeof(want), "%ld", total);
+        snprintf(got, sizeof(got), "%ld", fit);
+        log_kv(LOG_WARN, "max_connections lowered to what the open-file limit allows",
+               "max_connections", want, "allowed", got, NULL);
+        total = fit;
+    }
+    s->conns_per_worker = (unsigned)(total / s->nworkers);
+    long per_addr = cfg->max_connections_per_address;
+    s->conns_per_address =
+        per_addr == 0 ? 0 : (unsigned)((per_addr + s->nworkers - 1) / s->nworkers);
+}
+
 static void log_serving(const struct serve *s)
 {
     const struct config *cfg = s->cfg;
-    char port[8], threads[8], apps[256], store[512];
+    char port[8], threads[8], conns[16], apps[256], store[512];
     store_url_redacted(cfg->store, store, sizeof(store));
     size_t n = 0;
     apps[0] = '\0';
@@ -164,9 +212,11 @@ static void log_serving(const struct serve *s)
                               s->apps[i].cred.appid);
     snprintf(port, sizeof(port), "%u", s->port);
     snprintf(threads, sizeof(threads), "%d", s->nworkers);
+    snprintf(conns, sizeof(conns), "%lu",
+             (unsigned long)s->conns_per_worker * (unsigned long)s->nworkers);
     log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen, "port",
-           port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base, "store", store,
-           NULL);
+           port, "threads", threads, "max_connections", conns, "apps", apps, "wechat_base",
+           cfg->wechat_base, "store", store, NULL);
 }
 
 static int serve_init(struct worker *w, void *arg)
@@ -218,8 +268,11 @@ static int serve_init(struct worker *w, void *arg)
         .listen = cfg->listen,
         .port = s->port,
         .max_body = (size_t)cfg->max_body_bytes,
-        .max_connections = (unsigned)cfg->max_connections,
+        .max_connections = s->conns_per_worker,
+        .max_connections_per_address = s->conns_per_address,
         .connection_timeout_s = (unsigned)cfg->connection_timeout,
+        .read_timeout_ms = cfg->read_timeout * 1000,
+        .body_memory = (size_t)cfg->max_body_memory / (size_t)s->nworkers,
         .request_timeout_ms = cfg->request_timeout_ms,
         .routes = s->routes,
         .nroutes = s->nroutes,
@@ -254,6 +307,7 @@ int serve_run(const struct config *cfg)
         log_kv(LOG_ERROR, "cannot load the master key", "detail", err, NULL);
         goto out;
     }
+    size_connections(&s);
     s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
     if (s.exchange == NULL)
         goto out;

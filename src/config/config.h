@@ -37,8 +37,11 @@ struct config {
     enum log_level log_level;
     enum log_format log_format;
     long max_body_bytes;
-    long max_connections;
-    long connection_timeout; /* seconds an idle or slow client connection may live */
+    long max_connections;             /* for the whole process; 0 = from the open-file limit */
+    long max_connections_per_address; /* 0 = no limit */
+    long connection_timeout;          /* seconds an idle client connection may live */
+    long read_timeout; /* seconds a client has to deliver a whole request (line, headers, body) */
+    long max_body_memory; /* bytes of request bodies buffered at once, process-wide */
     long shutdown_timeout_ms;
     char *store;      /* "sqlite:PATH" */
     long session_ttl; /* seconds */

@@ -31,7 +31,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <limits.h>
+#include <strings.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,9 +55,9 @@
  * is nginx's large_client_header_buffers default. Bodies do not live here (they are copied out
  * as they arrive). */
 #define CONN_MEMORY_LIMIT (8 * 1024)
-/* A chunked body over the limit is read and dropped up to this much more, so the client can be
- * told 413; past it the connection is simply closed. */
-#define DISCARD_SLACK (1024 * 1024)
+/* A refused connection's unread input drained before it is shut down, so the kernel does not
+ * answer our last words with a reset (which can destroy them in the client's buffer). */
+#define DRAIN_MAX (64 * 1024)
 /* Requests kept for reuse per server; beyond that they are freed. */
 #define POOL_MAX 1024
 /* A declared Content-Length up to this is reserved at once; a larger one is not trusted before
@@ -69,7 +72,10 @@ enum req_state {
     REQ_REPLIED, /* answer built, not yet handed to MHD */
     REQ_QUEUED,  /* answer handed to MHD */
     REQ_RESET,   /* close with RST */
+    REQ_ABORTED, /* answered by conn_abort(): MHD only has to close the connection */
 };
+
+struct http_conn;
 
 struct reply_header {
     const char *name, *value; /* in the arena */
@@ -78,6 +84,7 @@ struct reply_header {
 struct http_request {
     struct http_server *srv;
     struct MHD_Connection *conn;
+    struct http_conn *hc;      /* the connection's tracking, NULL when untracked (no memory) */
     const char *method, *path; /* owned by MHD, valid for the request */
     char *peer;                /* http_request_peer(), in the arena once asked for */
     char id[40];
@@ -86,9 +93,12 @@ struct http_request {
     bool suspended;
     bool too_large;
     bool dispatched; /* counted in srv->nactive */
+    bool headers_in; /* the access handler has seen the headers */
+    unsigned refuse; /* decided from the raw request line: 400 (path) or 414 (arguments) */
 
     char *body; /* in the arena */
     size_t body_len, body_cap, discarded;
+    size_t body_mem; /* arena bytes taken for the body, counted in srv->body_mem */
 
     unsigned status;
     struct MHD_Response *resp;
@@ -102,6 +112,21 @@ struct http_request {
     _Alignas(16) char arena0[INLINE_ARENA];
 };
 
+/*
+ * A client connection, from accept to close. While a request is being received (and between
+ * requests) the connection is on its server's `reading` list, oldest first, so one timer finds
+ * the ones past read_timeout: MHD's own timeout is an idle timer that every byte resets.
+ */
+struct http_conn {
+    struct http_server *srv;
+    struct MHD_Connection *mc;
+    int fd;
+    uint64_t since_ms;        /* opened, or answered its previous request */
+    struct http_request *req; /* from its request line to its completion */
+    bool reading;             /* on srv->reading */
+    struct list node;         /* srv->reading, or srv->conn_pool */
+};
+
 struct http_server {
     struct loop *loop;
     struct MHD_Daemon *mhd;
@@ -111,6 +136,12 @@ struct http_server {
     uint16_t port;
     size_t max_body;
     long request_timeout_ms;
+    uint64_t read_timeout_ms;
+    size_t body_budget, body_mem; /* bytes of bodies allowed and held; budget 0: no cap */
+    struct list reading;          /* connections receiving a request, by since_ms */
+    struct list conn_pool;
+    size_t nconn_pool;
+    struct loop_timer read_timer;
     const struct http_route *routes;
     size_t nroutes;
     void *handler_arg;
@@ -208,8 +239,7 @@ static void set_request_id(struct http_request *req)
 
 static void on_deadline(void *arg);
 
-static struct http_request *request_new(struct http_server *srv, struct MHD_Connection *conn,
-                                        const char *method, const char *path)
+static struct http_request *request_new(struct http_server *srv, struct MHD_Connection *conn)
 {
     struct http_request *req;
     struct list *n = list_first(&srv->pool);
@@ -226,8 +256,8 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
     memset(req, 0, offsetof(struct http_request, arena0));
     req->srv = srv;
     req->conn = conn;
-    req->method = method;
-    req->path = path;
+    req->method = "";
+    req->path = "";
     req->state = REQ_READING;
     arena_init(&req->arena, req->arena0, sizeof(req->arena0));
     loop_timer_init(&req->deadline, on_deadline, req);
@@ -246,6 +276,9 @@ static void request_free(struct http_request *req)
     list_unlink(&req->node);
     if (req->dispatched)
         srv->nactive--;
+    srv->body_mem -= req->body_mem;
+    if (req->hc != NULL)
+        req->hc->req = NULL;
     if (req->resp != NULL)
         MHD_destroy_response(req->resp);
     arena_clear(&req->arena);
@@ -257,6 +290,185 @@ static void request_free(struct http_request *req)
     }
     if (srv->nactive == 0 && srv->drained_fn != NULL)
         loop_timer_start(srv->loop, &srv->drained_timer, 0);
+}
+
+/* ---- connections: read_timeout, and refusing from outside MHD ---- */
+
+static void on_read_timer(void *arg);
+
+static void conn_unwatch(struct http_conn *c)
+{
+    if (c->reading) {
+        list_unlink(&c->node);
+        c->reading = false;
+    }
+}
+
+/* Starts the connection's clock for its next request. */
+static void conn_watch(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    conn_unwatch(c);
+    c->since_ms = loop_now_ms(srv->loop);
+    if (list_empty(&srv->reading))
+        loop_timer_start(srv->loop, &srv->read_timer, srv->read_timeout_ms);
+    list_push_back(&srv->reading, &c->node);
+    c->reading = true;
+}
+
+/*
+ * Answers the request being received on c with status (none when 0) and closes the connection,
+ * from outside MHD: MHD cannot queue a response while a request is still arriving, nor while it
+ * is stuck on a line longer than its buffer (it then stops reading and waits for the idle timer
+ * that the client's bytes keep resetting). The answer is written to the socket directly, which
+ * is safe because MHD writes nothing while it receives; then the socket is shut down, so MHD
+ * reads its end and closes it, and its idle timeout is cut to a second for the stuck case where
+ * it does not read at all.
+ */
+static void conn_abort(struct http_conn *c, unsigned status, const char *slug, const char *msg)
+{
+    struct http_request *req = c->req;
+    conn_unwatch(c);
+    if (req != NULL && status != 0) {
+        char body[ERROR_BODY_MAX], out[ERROR_BODY_MAX + 256];
+        struct jsonw w;
+        jsonw_begin(&w, body, sizeof(body));
+        jsonw_str(&w, "error", slug);
+        jsonw_str(&w, "message", msg);
+        jsonw_str(&w, "action", status == 503 || status == 408 ? "retry" : "none");
+        size_t blen = jsonw_end(&w);
+        int n = snprintf(out, sizeof(out),
+                         "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\n"
+                         "Cache-Control: no-store\r\nX-Request-Id: %s\r\nConnection: close\r\n"
+                         "Content-Length: %zu\r\n\r\n%.*s",
+                         status, MHD_get_reason_phrase_for(status), req->id, blen, (int)blen, body);
+        if (n > 0 && (size_t)n < sizeof(out))
+            (void)!send(c->fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        req->status = status;
+        req->state = REQ_ABORTED;
+    }
+    char sink[4096];
+    for (size_t drained = 0; drained < DRAIN_MAX; drained += sizeof(sink))
+        if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
+            break;
+    shutdown(c->fd, SHUT_RDWR);
+    MHD_set_connection_option(c->mc, MHD_CONNECTION_OPTION_TIMEOUT, 1u);
+    kick(c->srv);
+}
+
+/* A request that could not be received within read_timeout. */
+static void conn_expire(struct http_conn *c)
+{
+    struct http_request *req = c->req;
+    if (req == NULL || req->state != REQ_READING) {
+        /* Idle between requests, or not even a request line yet: nothing to answer. */
+        conn_abort(c, 0, NULL, NULL);
+        return;
+    }
+    /* Bytes MHD left unread mean it is stuck on a line too long for its buffer (a 20 KiB chunk
+     * extension), not waiting for a slow client. */
+    int unread = 0;
+    if (ioctl(c->fd, FIONREAD, &unread) == 0 && unread > 0)
+        conn_abort(c, 400, "bad_request", "a line of the request is longer than accepted");
+    else
+        conn_abort(c, 408, "request_timeout", "the request did not arrive in time");
+}
+
+static void on_read_timer(void *arg)
+{
+    struct http_server *srv = arg;
+    uint64_t now = loop_now_ms(srv->loop);
+    struct list *n;
+    while ((n = list_first(&srv->reading)) != NULL) {
+        struct http_conn *c = list_item(n, struct http_conn, node);
+        if (c->since_ms + srv->read_timeout_ms > now) {
+            loop_timer_start(srv->loop, &srv->read_timer, c->since_ms + srv->read_timeout_ms - now);
+            return;
+        }
+        conn_expire(c);
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct http_server *srv = cls;
+    struct http_conn *c = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct list *n = list_first(&srv->conn_pool);
+        if (n != NULL) {
+            list_unlink(n);
+            srv->nconn_pool--;
+            c = list_item(n, struct http_conn, node);
+        } else {
+            c = malloc(sizeof(*c));
+        }
+        if (c == NULL || ci == NULL) {
+            free(c); /* untracked: only MHD's idle timeout applies to it */
+            *socket_context = NULL;
+            return;
+        }
+        memset(c, 0, sizeof(*c));
+        c->srv = srv;
+        c->mc = mc;
+        c->fd = ci->connect_fd;
+        conn_watch(c);
+        *socket_context = c;
+        return;
+    }
+    if (c == NULL)
+        return;
+    *socket_context = NULL;
+    conn_unwatch(c);
+    if (c->req != NULL)
+        c->req->hc = NULL;
+    if (srv->nconn_pool < POOL_MAX) {
+        list_push_back(&srv->conn_pool, &c->node);
+        srv->nconn_pool++;
+    } else {
+        free(c);
+    }
+}
+
+/*
+ * The request line, before MHD decodes it: the request starts here (so read_timeout and the
+ * access line cover its headers too), and what only the raw form shows is judged here.
+ */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *mc)
+{
+    struct http_server *srv = cls;
+    struct http_request *req = request_new(srv, mc);
+    if (req == NULL)
+        return NULL; /* on_access tries again */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct http_conn *c = ci != NULL ? ci->socket_context : NULL;
+    if (c != NULL) {
+        c->req = req;
+        req->hc = c;
+    }
+    const char *q = strchr(uri, '?');
+    size_t plen = q != NULL ? (size_t)(q - uri) : strlen(uri);
+    /* Routing is on the raw path: a percent-encoded byte would let /%61dmin or /admin%2Fv1 reach
+     * a route that an edge filter on the raw path thinks it blocked. Our paths never need one. */
+    if (memchr(uri, '%', plen) != NULL)
+        req->refuse = 400;
+    if (q != NULL) {
+        size_t nargs = 1;
+        for (const char *p = q; (p = strchr(p + 1, '&')) != NULL;)
+            nargs++;
+        if (nargs > HTTP_MAX_ARGS) {
+            /* MHD 0.9.75 ignores its failure to store an argument (its memory pool is full past
+             * ~100 of them) and then waits forever without reading or answering. The line is
+             * MHD's own writable buffer, which it hands us before parsing the arguments: ending
+             * the query here leaves it nothing to parse, and the request is answered 414. */
+            ((char *)q)[1] = '\0';
+            req->refuse = 414;
+        }
+    }
+    return req;
 }
 
 static void log_request(const struct http_request *req)
@@ -280,13 +492,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     (void)cls;
     (void)conn;
-    (void)toe;
     struct http_request *req = *con_cls;
     if (req == NULL)
         return;
     *con_cls = NULL;
+    struct http_conn *c = req->hc;
     log_request(req);
     request_free(req);
+    /* Kept alive: the next request's clock starts now (an error closes the connection). */
+    if (c != NULL && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        conn_watch(c);
 }
 
 static enum MHD_Result queue_reply(struct http_request *req)
@@ -325,23 +540,122 @@ static void route(struct http_request *req)
     http_reply_error(req, 405, "method_not_allowed", "method not allowed on this endpoint", "none");
 }
 
-/* The declared Content-Length, -1 when there is none; *too_large when it is over the limit. */
-static long long content_length(struct http_request *req, bool *too_large)
+/* The declared Content-Length, or -1 when there is none. A malformed one never gets here: MHD
+ * answers it with 400 itself (and one too large for 64 bits with 413). */
+static long long content_length(const struct http_request *req)
 {
     const char *cl =
         MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    *too_large = false;
     if (cl == NULL)
         return -1;
-    char *end;
     errno = 0;
-    unsigned long long v = strtoull(cl, &end, 10);
-    /* A malformed Content-Length never gets here: MHD answers it with 400 itself. */
-    if (errno != 0 || end == cl || v > req->srv->max_body) {
-        *too_large = true;
-        return -1;
+    unsigned long long v = strtoull(cl, NULL, 10);
+    return errno != 0 || v > LLONG_MAX ? LLONG_MAX : (long long)v;
+}
+
+/* ---- what MHD lets through and we do not ---- */
+
+struct header_scan {
+    const char *block, *block_end; /* the request line and headers, as MHD parsed them in place */
+    const char *prev_end;          /* the previous header value's end */
+    unsigned ncl, nte, nhost;
+    const char *cl;
+    bool cl_differs, te_chunked, bad_name, bad_value;
+};
+
+static bool ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static bool in_block(const struct header_scan *h, const char *p)
+{
+    return p >= h->block && p <= h->block_end;
+}
+
+/*
+ * MHD stores header values in place and measures them with strlen, so a NUL inside a value
+ * silently cuts it ("Bearer <token>\0junk"). In place, one value's end is followed by its line's
+ * terminator (CR LF or LF, both overwritten with NULs) and then the next header's name, or the
+ * blank line at the end of the headers: anything more between them is what the NUL hid. Values
+ * MHD copied elsewhere (a folded line) are not in the block and fail the check too, which is
+ * what RFC 9112 5.2 allows for obsolete line folding.
+ */
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
+{
+    struct header_scan *h = cls;
+    (void)kind;
+    if (h->block != NULL) {
+        if (h->prev_end != NULL && (!in_block(h, key) || key - h->prev_end > 2))
+            h->bad_value = true;
+        if (!in_block(h, value))
+            h->bad_value = true;
+        h->prev_end = value + value_size;
     }
-    return (long long)v;
+    for (size_t i = 0; i < key_size; i++)
+        if ((unsigned char)key[i] <= ' ' || key[i] == 0x7f)
+            h->bad_name = true; /* "Transfer-Encoding : chunked" */
+    for (size_t i = 0; i < value_size; i++)
+        if (((unsigned char)value[i] < ' ' && value[i] != '\t') || value[i] == 0x7f)
+            h->bad_value = true;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (h->ncl++ > 0 && strcmp(h->cl, value) != 0)
+            h->cl_differs = true;
+        h->cl = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        size_t n = value_size;
+        while (n > 0 && ows(value[n - 1]))
+            n--;
+        h->te_chunked = h->nte++ == 0 && n == 7 && strncasecmp(value, "chunked", 7) == 0;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
+        h->nhost++;
+    }
+    return MHD_YES;
+}
+
+/*
+ * The framing and header checks of a request whose headers are in (server.h lists them).
+ * Returns 0, or the status to refuse it with and its message.
+ */
+static unsigned check_headers(struct http_request *req, const char *version, const char **msg)
+{
+    struct header_scan h = {0};
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (ci != NULL) {
+        h.block = req->method; /* MHD parses the request line in place: it starts the block */
+        h.block_end = req->method + ci->header_size;
+    }
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, scan_header, &h);
+    /* The last value is followed by its terminator and the blank line: 2 to 4 bytes. */
+    if (h.block != NULL && h.prev_end != NULL && h.block_end - h.prev_end > 4)
+        h.bad_value = true;
+    if (h.bad_name) {
+        *msg = "a header name holds whitespace or a control character";
+        return 400;
+    }
+    if (h.bad_value) {
+        *msg = "a header value holds a control character or a folded line";
+        return 400;
+    }
+    if (h.nte > 0 && h.ncl > 0) {
+        *msg = "Transfer-Encoding and Content-Length together are ambiguous";
+        return 400;
+    }
+    if (h.cl_differs) {
+        *msg = "Content-Length is given twice with different values";
+        return 400;
+    }
+    if (h.nte > 0 && !h.te_chunked) {
+        *msg = "the only transfer coding accepted is chunked";
+        return 501;
+    }
+    if (h.nhost > 1 || (h.nhost == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)) {
+        *msg = "an HTTP/1.1 request needs exactly one Host header";
+        return 400;
+    }
+    return 0;
 }
 
 static void reply_too_large(struct http_request *req)
@@ -351,42 +665,60 @@ static void reply_too_large(struct http_request *req)
     http_reply_error(req, 413, "payload_too_large", msg, "none");
 }
 
-/* Makes room for want body bytes (and a NUL) in the arena: exactly that when exact (the length
- * is known), else doubling. False when out of memory. */
-static bool body_reserve(struct http_request *req, size_t want, bool exact)
+/*
+ * Makes room for want body bytes (and a NUL) in the arena: exactly that when exact (the length
+ * is known), else doubling. -ENOBUFS when the server's body memory is spent (every slow client
+ * holding a partial body would otherwise hold memory without bound), -ENOMEM when out of it.
+ */
+static int body_reserve(struct http_request *req, size_t want, bool exact)
 {
+    struct http_server *srv = req->srv;
     if (want + 1 <= req->body_cap)
-        return true;
+        return 0;
     size_t cap = exact ? want + 1 : req->body_cap ? req->body_cap : 256;
     while (cap < want + 1)
         cap *= 2;
-    if (cap > req->srv->max_body + 1)
-        cap = req->srv->max_body + 1;
+    if (cap > srv->max_body + 1)
+        cap = srv->max_body + 1;
+    if (srv->body_budget != 0 && srv->body_mem + cap > srv->body_budget)
+        return -ENOBUFS;
     char *b = arena_alloc(&req->arena, cap);
     if (b == NULL)
-        return false;
+        return -ENOMEM;
     if (req->body_len > 0)
         memcpy(b, req->body, req->body_len);
     req->body = b;
     req->body_cap = cap;
-    return true;
+    req->body_mem += cap;
+    srv->body_mem += cap;
+    return 0;
 }
 
-/* Returns false when the body must be dropped with the connection. */
-static bool append_body(struct http_request *req, const char *data, size_t size)
+/* Closes the connection of a request whose body cannot be held: 503 when the budget is spent. */
+static enum MHD_Result body_refused(struct http_request *req, int err)
+{
+    if (err != -ENOBUFS || req->hc == NULL)
+        return MHD_NO;
+    conn_abort(req->hc, 503, "overloaded", "too many request bodies are arriving at once");
+    return MHD_YES; /* MHD reads the shut-down socket's end and closes it */
+}
+
+static enum MHD_Result append_body(struct http_request *req, const char *data, size_t size)
 {
     struct http_server *srv = req->srv;
     if (req->too_large || req->body_len + size > srv->max_body) {
+        /* Read and dropped, so the 413 reaches a client that writes all before it reads. */
         req->too_large = true;
         req->discarded += size;
-        return req->discarded <= DISCARD_SLACK;
+        return req->discarded <= HTTP_DISCARD_MAX ? MHD_YES : MHD_NO;
     }
-    if (!body_reserve(req, req->body_len + size, false))
-        return false;
+    int rc = body_reserve(req, req->body_len + size, false);
+    if (rc != 0)
+        return body_refused(req, rc);
     memcpy(req->body + req->body_len, data, size);
     req->body_len += size;
     req->body[req->body_len] = '\0';
-    return true;
+    return MHD_YES;
 }
 
 static void dispatch(struct http_request *req)
@@ -395,40 +727,85 @@ static void dispatch(struct http_request *req)
     req->state = REQ_PENDING;
     req->dispatched = true;
     srv->nactive++;
+    if (req->hc != NULL) /* received: the request deadline takes over */
+        conn_unwatch(req->hc);
+}
+
+/* Answers a request refused before its handler, closing the connection when close. */
+static enum MHD_Result refuse(struct http_request *req, unsigned status, const char *slug,
+                              const char *msg, bool close)
+{
+    dispatch(req);
+    if (close)
+        http_add_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
+    http_reply_error(req, status, slug, msg, "none");
+    return queue_reply(req);
+}
+
+static bool expects_continue(const struct http_request *req)
+{
+    const char *e = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return e != NULL && strncasecmp(e, "100-continue", 12) == 0;
+}
+
+/* The first call: the headers are in. */
+static enum MHD_Result on_headers(struct http_request *req, const char *url, const char *method,
+                                  const char *version)
+{
+    struct http_server *srv = req->srv;
+    req->headers_in = true;
+    req->method = method;
+    req->path = url;
+    const char *msg;
+    unsigned status = check_headers(req, version, &msg);
+    if (status != 0)
+        return refuse(req, status, status == 501 ? "not_implemented" : "bad_request", msg, true);
+    if (req->refuse == 400)
+        return refuse(req, 400, "bad_request", "the path holds a percent-encoded byte", false);
+    if (req->refuse == 414)
+        return refuse(req, 414, "uri_too_long", "the query has too many arguments", false);
+    long long cl = content_length(req);
+    if (cl > (long long)srv->max_body) {
+        /* A client waiting for 100 Continue, or one announcing more than we would read through,
+         * is answered now (MHD then closes the connection); others are read and answered 413. */
+        if (expects_continue(req) || cl - (long long)srv->max_body > HTTP_DISCARD_MAX) {
+            dispatch(req);
+            reply_too_large(req);
+            return queue_reply(req);
+        }
+        req->too_large = true;
+        return MHD_YES;
+    }
+    /* Size the body buffer once when the length is known (and small). */
+    if (cl > 0) {
+        int rc = body_reserve(req, (size_t)(cl < BODY_PRESIZE_MAX ? cl : BODY_PRESIZE_MAX), true);
+        if (rc != 0)
+            return body_refused(req, rc);
+    }
+    return MHD_YES;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
     struct http_server *srv = cls;
     struct http_request *req = *con_cls;
 
-    if (req == NULL) {
-        req = request_new(srv, conn, method, url);
+    if (req == NULL) { /* on_request_line ran out of memory */
+        req = request_new(srv, conn);
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
-        bool too_large;
-        long long cl = content_length(req, &too_large);
-        if (!too_large) {
-            /* Size the body buffer once when the length is known (and small). */
-            if (cl > 0 &&
-                !body_reserve(req, (size_t)(cl < BODY_PRESIZE_MAX ? cl : BODY_PRESIZE_MAX), true))
-                return MHD_NO;
-            return MHD_YES;
-        }
-        /* Answer before reading the body; MHD then closes the connection. */
-        dispatch(req);
-        reply_too_large(req);
-        return queue_reply(req);
     }
+    if (!req->headers_in)
+        return on_headers(req, url, method, version);
 
     switch (req->state) {
     case REQ_READING: break;
     case REQ_REPLIED:
     case REQ_RESET: req->suspended = false; return queue_reply(req);
+    case REQ_ABORTED: return MHD_NO;
     case REQ_PENDING:
     case REQ_QUEUED:
         /* Cannot happen: a pending request is suspended and a queued one is done reading. */
@@ -436,9 +813,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
 
     if (*upload_data_size > 0) {
-        bool ok = append_body(req, upload_data, *upload_data_size);
+        size_t n = *upload_data_size;
         *upload_data_size = 0;
-        return ok ? MHD_YES : MHD_NO;
+        return append_body(req, upload_data, n);
     }
 
     dispatch(req);
@@ -493,9 +870,23 @@ const char *http_request_body(const struct http_request *req, size_t *len)
     return req->body != NULL ? req->body : "";
 }
 
-const char *http_request_header(const struct http_request *req, const char *name)
+const char *http_request_header(struct http_request *req, const char *name)
 {
-    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    const char *v = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    if (v == NULL)
+        return NULL;
+    /* MHD drops leading whitespace but keeps trailing (RFC 9110 5.5: neither is the value's). */
+    size_t n = strlen(v);
+    if (n == 0 || !ows(v[n - 1]))
+        return v;
+    while (n > 0 && ows(v[n - 1]))
+        n--;
+    char *t = arena_alloc(&req->arena, n + 1);
+    if (t == NULL)
+        return v;
+    memcpy(t, v, n);
+    t[n] = '\0';
+    return t;
 }
 
 const char *http_request_query(const struct http_request *req, const char *name)
@@ -761,11 +1152,16 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     srv->loop = loop;
     srv->max_body = opts->max_body;
     srv->request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 60000;
+    srv->read_timeout_ms = opts->read_timeout_ms > 0 ? (uint64_t)opts->read_timeout_ms : 15000;
+    srv->body_budget = opts->body_memory;
     srv->routes = opts->routes;
     srv->nroutes = opts->nroutes;
     srv->handler_arg = opts->handler_arg;
     list_init(&srv->live);
     list_init(&srv->pool);
+    list_init(&srv->reading);
+    list_init(&srv->conn_pool);
+    loop_timer_init(&srv->read_timer, on_read_timer, srv);
     loop_timer_init(&srv->mhd_timer, on_mhd_timer, srv);
     loop_timer_init(&srv->drained_timer, on_drained_timer, srv);
     if (getrandom(&srv->id_prefix, sizeof(srv->id_prefix), 0) != sizeof(srv->id_prefix))
@@ -779,8 +1175,10 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
         srv, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
         MHD_OPTION_CONNECTION_LIMIT, opts->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         opts->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, opts->max_connections_per_address,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        srv, MHD_OPTION_END);
+        srv, MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_URI_LOG_CALLBACK,
+        on_request_line, srv, MHD_OPTION_END);
     if (srv->mhd == NULL) {
         snprintf(err, HTTP_ERR_MAX, "listen: cannot listen on %s (address in use?)", opts->listen);
         goto fail;
@@ -844,11 +1242,17 @@ void http_server_free(struct http_server *srv)
     loop_io_del(srv->mhd_io);
     loop_timer_stop(srv->loop, &srv->mhd_timer);
     loop_timer_stop(srv->loop, &srv->drained_timer);
+    loop_timer_stop(srv->loop, &srv->read_timer);
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &srv->pool)
     {
         list_unlink(pos);
         free(list_item(pos, struct http_request, node));
+    }
+    list_for_each_safe(pos, tmp, &srv->conn_pool)
+    {
+        list_unlink(pos);
+        free(list_item(pos, struct http_conn, node));
     }
     free(srv);
 }

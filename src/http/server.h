@@ -18,7 +18,20 @@
  *   - answering cancels whatever is still pending;
  *   - the request's scratch memory (http_request_alloc()) is released when the request ends,
  *     after its answer is sent or the client is gone. Handlers never free request state.
- * Unknown paths, wrong methods and oversized bodies are answered here.
+ * Unknown paths, wrong methods and oversized bodies are answered here, and so is everything this
+ * module refuses before a handler sees it (libmicrohttpd 0.9.75 is lenient, wxlogin is not):
+ *   - framing a proxy could read differently: Transfer-Encoding with Content-Length, Content-Length
+ *     twice with different values, a transfer coding other than "chunked", whitespace before a
+ *     header's colon, a control character (NUL...) in a header value, HTTP/1.1 without one Host:
+ *     400 (501 for an unknown coding), and the connection closed;
+ *   - a path with a percent-encoded byte (routing is on the raw path, so /%61dmin is not /admin):
+ *     400; more than HTTP_MAX_ARGS query arguments: 414;
+ *   - a request whose line, headers and body take longer than read_timeout (slowloris): 408, or
+ *     400 when its bytes could not even be parsed (a line longer than the connection's buffer);
+ *   - a body when the server's body memory is spent: 503 and the connection closed;
+ *   - a body larger than max_body: read and dropped (up to HTTP_DISCARD_MAX), then 413, so a
+ *     client that writes its whole body before reading sees the 413 rather than a reset.
+ * A header value's trailing whitespace is not part of it (http_request_header()).
  */
 #ifndef WXLOGIN_HTTP_SERVER_H
 #define WXLOGIN_HTTP_SERVER_H
@@ -47,15 +60,23 @@ struct http_server_opts {
     const char *listen; /* host:port; port 0 picks a free port */
     uint16_t port;      /* when non-zero, overrides listen's port (other workers join port 0's) */
     size_t max_body;
-    unsigned max_connections;
-    unsigned connection_timeout_s;
-    long request_timeout_ms;         /* a request still pending this long is answered 504 */
+    unsigned max_connections;             /* of this server (worker) */
+    unsigned max_connections_per_address; /* of this server; 0 = no limit */
+    unsigned connection_timeout_s;        /* idle */
+    long read_timeout_ms;    /* a request not fully received this long after its connection opened
+                                or its previous answer is answered 408 and closed; 0 = 15 s */
+    size_t body_memory;      /* bytes of request bodies this server buffers at once; 0 = no cap */
+    long request_timeout_ms; /* a request still pending this long is answered 504 */
     const struct http_route *routes; /* borrowed, must outlive the server */
     size_t nroutes;
     void *handler_arg; /* passed to every handler */
 };
 
 #define HTTP_ERR_MAX 256
+/* Query arguments a request may carry (ours take at most a handful). */
+#define HTTP_MAX_ARGS 32
+/* Bytes of an oversized body read and dropped before answering 413. */
+#define HTTP_DISCARD_MAX (4 * 1024 * 1024)
 
 /* Starts listening. Returns NULL and writes err on failure. */
 struct http_server *http_server_new(struct loop *loop, const struct http_server_opts *opts,
@@ -81,8 +102,8 @@ const char *http_request_path(const struct http_request *req);
 const char *http_request_id(const struct http_request *req);
 /* Body bytes (NUL-terminated for convenience; may contain NULs). */
 const char *http_request_body(const struct http_request *req, size_t *len);
-/* Request header or NULL. */
-const char *http_request_header(const struct http_request *req, const char *name);
+/* Request header or NULL, without trailing whitespace. */
+const char *http_request_header(struct http_request *req, const char *name);
 /* Query-string argument or NULL. */
 const char *http_request_query(const struct http_request *req, const char *name);
 struct loop *http_request_loop(const struct http_request *req);

@@ -412,8 +412,9 @@ def test_slowloris_from_one_address_does_not_starve_others(procs, mock):
             except OSError:
                 pass
         opened = attack.opened
-    assert tries >= 20
-    assert ok == tries, f"legitimate logins under slowloris: {ok} of {tries} (attack opened {opened})"
+    print(f"legitimate logins under slowloris: {ok} of {tries} in 6 s (attack opened {opened})")
+    assert ok == tries and tries >= 20, \
+        f"legitimate logins under slowloris: {ok} of {tries} in 6 s (attack opened {opened})"
     assert serve.alive()
 
 
@@ -476,6 +477,7 @@ def test_slow_bodies_are_bounded_by_max_body_memory(procs, mock):
                     refused += 1
             except (BlockingIOError, ConnectionResetError):
                 pass
+        print(f"RSS grew by {grown} MiB holding 1000 slow bodies, {refused} refused")
         assert grown < 40, f"RSS grew by {grown} MiB holding 1000 slow bodies"
         assert refused > 0
         assert_ok(login(serve.port, new_code("still")))

@@ -272,57 +272,43 @@ def test_folded_header_line_is_refused(front):
 # item 4: slowloris
 # --------------------------------------------------------------------------
 
-def test_trickling_headers_get_408_within_read_timeout(front):
-    s = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+def trickle(port, head, byte, limit=8.0):
+    """Send head, then one byte every 0.3 s (each resets any idle timer) until the server
+    answers and closes, or limit passes. Returns (what the server sent, seconds it took)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        s.sendall(b"POST /openid HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(head)
         t0 = time.monotonic()
         answer = b""
         s.settimeout(0.3)
-        while time.monotonic() - t0 < 8:
+        while time.monotonic() - t0 < limit:
             try:
-                s.sendall(b"X")  # one byte of a header name, resetting any idle timer
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            try:
+                s.sendall(byte)
                 d = s.recv(65536)
                 if not d:
                     break
                 answer += d
             except socket.timeout:
                 pass
-            except ConnectionResetError:
+            except (BrokenPipeError, ConnectionResetError):
                 break
-        took = time.monotonic() - t0
-        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"request_timeout" in answer
-        assert took < 2 + 2.0, took
+        return answer, time.monotonic() - t0
     finally:
         s.close()
+
+
+def test_trickling_headers_get_408_within_read_timeout(front):
+    answer, took = trickle(front.port, b"POST /openid HTTP/1.1\r\nHost: x\r\n", b"X")
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request_timeout" in answer
+    assert took < 2 + 2.0, took
 
 
 def test_trickling_body_gets_408_within_read_timeout(front):
-    s = socket.create_connection(("127.0.0.1", front.port), timeout=10)
-    try:
-        s.sendall(b"POST /openid HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
-        t0 = time.monotonic()
-        answer = b""
-        s.settimeout(0.3)
-        while time.monotonic() - t0 < 8:
-            try:
-                s.sendall(b" ")
-                d = s.recv(65536)
-                if not d:
-                    break
-                answer += d
-            except socket.timeout:
-                pass
-            except (BrokenPipeError, ConnectionResetError):
-                break
-        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert time.monotonic() - t0 < 2 + 2.0
-    finally:
-        s.close()
+    answer, took = trickle(front.port, b"POST /openid HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 1000\r\n\r\n{", b" ")
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert took < 2 + 2.0, took
 
 
 def test_idle_keep_alive_is_closed_after_read_timeout_without_an_answer(front):

@@ -51,6 +51,7 @@ struct config {
     long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
     long store_timeout_ms;   /* Redis: connect and command deadline */
     long request_timeout_ms; /* a request still unanswered this long is answered 504 */
+    long code_reuse_window;  /* seconds a repeat of a login code still gets its session */
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */

@@ -128,6 +128,8 @@ size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size
     jsonw_num(&w, "status", o->status);
     jsonw_num(&w, "errcode", o->errcode);
     jsonw_num(&w, "http_status", o->http_status);
+    jsonw_num(&w, "session", o->session ? 1 : 0);
+    jsonw_num(&w, "at_ms", o->exchanged_ms);
     return jsonw_end(&w);
 }
 
@@ -136,15 +138,18 @@ int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *
     json_error_t jerr;
     json_t *j = json_loadb(s, len, 0, &jerr);
     int kind, status;
-    json_int_t errcode, http_status;
+    json_int_t errcode, http_status, session = 0, at_ms = 0;
     const char *openid, *unionid;
     int rc = -1;
-    if (j == NULL || json_unpack(j, "{s:i, s:s, s:s, s:i, s:I, s:I}", "kind", &kind, "openid",
-                                 &openid, "unionid", &unionid, "status", &status, "errcode",
-                                 &errcode, "http_status", &http_status) != 0)
+    /* "session" and "at_ms" came later: a record without them is an earlier version's. */
+    if (j == NULL ||
+        json_unpack(j, "{s:i, s:s, s:s, s:i, s:I, s:I, s?I, s?I}", "kind", &kind, "openid", &openid,
+                    "unionid", &unionid, "status", &status, "errcode", &errcode, "http_status",
+                    &http_status, "session", &session, "at_ms", &at_ms) != 0)
         goto out;
     if (kind < EXCHANGE_OK || kind > EXCHANGE_ABORTED || strlen(openid) > EXCHANGE_ID_MAX ||
-        strlen(unionid) > EXCHANGE_ID_MAX || status < WECHAT_OK || status > WECHAT_TIMEOUT)
+        strlen(unionid) > EXCHANGE_ID_MAX || status < WECHAT_OK || status > WECHAT_TIMEOUT ||
+        (session != 0 && session != 1) || (session == 1 && kind != EXCHANGE_OK) || at_ms < 0)
         goto out;
     memset(out, 0, sizeof(*out));
     out->kind = (enum exchange_kind)kind;
@@ -153,6 +158,8 @@ int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *
     out->status = (enum wechat_status)status;
     out->errcode = (long)errcode;
     out->http_status = (long)http_status;
+    out->session = session == 1;
+    out->exchanged_ms = (int64_t)at_ms;
     rc = 0;
 out:
     json_decref(j);

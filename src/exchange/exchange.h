@@ -8,7 +8,7 @@
  * wait for its outcome, and the outcome is remembered for the code's lifetime so a later repeat
  * is answered without calling WeChat. Transient failures are shared with the waiters of the
  * moment but not remembered. The protocol around it (claims across instances, the WeChat call,
- * the store) is login/login.h's.
+ * the store, what a repeat may be answered) is login/login.h's.
  *
  * Waiters may live on other threads than the leader: each waits in its request's pending slot
  * and is woken through loop_post on its own loop, never touched from the leader's thread.
@@ -41,6 +41,8 @@ struct exchange_outcome {
     /* EXCHANGE_OK */
     char openid[EXCHANGE_ID_MAX + 1];
     char unionid[EXCHANGE_ID_MAX + 1]; /* "" when none */
+    bool session;         /* the leader stored a session for the code (POST /v1/login) */
+    int64_t exchanged_ms; /* wall-clock ms when WeChat exchanged the code; 0: unknown */
     /* EXCHANGE_WECHAT */
     enum wechat_status status;
     long errcode;
@@ -82,8 +84,10 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
 
 /*
  * Outcomes as text, for sharing them between instances through the store (JSON; no secret in
- * it: ids and error codes only). encode writes at most cap bytes and returns the length (0 when
- * it does not fit); decode returns 0 or -1.
+ * it: ids, error codes, whether a session was stored and when). encode writes at most cap bytes
+ * and returns the length (0 when it does not fit); decode returns 0 or -1 for anything but a
+ * well-typed record. A record of an earlier version, without "session" and "at_ms", decodes
+ * with no session and an unknown time: no repeat may be answered a session from it.
  */
 size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size_t cap);
 int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out);

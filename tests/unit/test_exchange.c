@@ -2,7 +2,7 @@
  * Unit tests for exchange/exchange.h: the single-flight table of login-code exchanges. Roles
  * (lead, wait, known), waking waiters through their own loop (and only there), remembering or
  * forgetting outcomes, expiry, a full table, cancellation before and after the wake was posted,
- * and waiters on two loops in two threads.
+ * waiters on two loops in two threads, and the outcome's shared text.
  *
  * A loop is run "until drained" by posting loop_stop after everything else: posts run in order,
  * so every wake posted before has run when loop_run returns. Every test arms an alarm first: a
@@ -633,8 +633,11 @@ static void test_waiters_on_two_loops_woken_on_their_own_threads(void **state)
 static void test_outcome_encode_decode_round_trip(void **state)
 {
     (void)state;
-    struct exchange_outcome in[2] = {ok_outcome("o\"quoted\"", "u1"), wechat_outcome(40163)};
-    for (int i = 0; i < 2; i++) {
+    struct exchange_outcome in[3] = {ok_outcome("o\"quoted\"", "u1"), wechat_outcome(40163),
+                                     ok_outcome("o2", "")};
+    in[2].session = true;
+    in[2].exchanged_ms = 1764587742123;
+    for (int i = 0; i < 3; i++) {
         char text[512];
         size_t n = exchange_outcome_encode(&in[i], text, sizeof(text));
         assert_true(n > 0);
@@ -646,12 +649,69 @@ static void test_outcome_encode_decode_round_trip(void **state)
         assert_int_equal(out.status, in[i].status);
         assert_int_equal(out.errcode, in[i].errcode);
         assert_int_equal(out.http_status, in[i].http_status);
+        assert_int_equal(out.session, in[i].session);
+        assert_true(out.exchanged_ms == in[i].exchanged_ms);
     }
     char small[16];
     assert_int_equal(exchange_outcome_encode(&in[0], small, sizeof(small)), 0);
     struct exchange_outcome out;
     assert_int_equal(exchange_outcome_decode("{\"kind\":9}", 10, &out), -1);
     assert_int_equal(exchange_outcome_decode("nope", 4, &out), -1);
+}
+
+/* Records an earlier version published (no "session", no "at_ms") still decode, as outcomes no
+ * repeat may be answered a session from; anything else ill-typed is refused. */
+static void test_outcome_decode_old_records_and_bad_new_fields(void **state)
+{
+    (void)state;
+    struct exchange_outcome out;
+    const char *old = "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,"
+                      "\"errcode\":0,\"http_status\":200}";
+    memset(&out, 0xa5, sizeof(out));
+    assert_int_equal(exchange_outcome_decode(old, strlen(old), &out), 0);
+    assert_int_equal(out.kind, EXCHANGE_OK);
+    assert_string_equal(out.openid, "o1");
+    assert_false(out.session);
+    assert_true(out.exchanged_ms == 0);
+    static const char *const bad[] = {
+        /* session not 0 or 1, not a number, or claimed for a failure */
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":2,\"at_ms\":1}",
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":\"1\",\"at_ms\":1}",
+        "{\"kind\":1,\"openid\":\"\",\"unionid\":\"\",\"status\":1,\"errcode\":40029,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":1}",
+        /* at_ms negative or not an integer */
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":-5}",
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":1.5}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(exchange_outcome_decode(bad[i], strlen(bad[i]), &out), -1);
+}
+
+/* Waiters and later repeats get the whole outcome, whether a session was made and when. */
+static void test_session_and_time_reach_waiters_and_repeats(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    struct exchange_outcome out;
+    struct async_slot *w = NULL;
+    key_of("code-1", key);
+    lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    o.session = true;
+    o.exchanged_ms = 1764587742123;
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+    assert_true(rec.out.session);
+    assert_true(rec.out.exchanged_ms == 1764587742123);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_true(out.session);
+    assert_true(out.exchanged_ms == 1764587742123);
 }
 
 static void test_free_accepts_null(void **state)
@@ -690,6 +750,8 @@ int main(void)
         T(test_loop_free_delivers_posted_wake),
         T(test_waiters_on_two_loops_woken_on_their_own_threads),
         T(test_outcome_encode_decode_round_trip),
+        T(test_outcome_decode_old_records_and_bad_new_fields),
+        T(test_session_and_time_reach_waiters_and_repeats),
         T(test_free_accepts_null),
     };
 #undef T

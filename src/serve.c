@@ -31,7 +31,6 @@
 /* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long (so
  * code_reuse_window is at most that). */
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
-#define EXCHANGE_MAX_CODES 200000
 /* Expired sessions are deleted in batches, so a backlog never stalls the writer. */
 #define PURGE_INTERVAL_MS (60 * 1000)
 #define PURGE_BATCH 1000
@@ -263,7 +262,7 @@ int serve_run(const struct config *cfg)
         log_msg(LOG_ERROR, "cannot derive the token key");
         goto out;
     }
-    s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
+    s.exchange = exchange_new((size_t)cfg->exchange_table_size, CODE_LIFETIME_MS);
     if (s.exchange == NULL)
         goto out;
     for (size_t i = 0; i < cfg->napps; i++) {

@@ -10,6 +10,12 @@
  * moment but not remembered. The protocol around it (claims across instances, the WeChat call,
  * the store, what a repeat may be answered) is login/login.h's.
  *
+ * The table is bounded without ever changing the answer to a legitimate repeat: an exchange in
+ * flight always gets its entry (they are bounded by the requests in flight) and is never
+ * dropped; when the remembered outcomes reach the bound, the oldest remembered failure goes
+ * first, and a remembered success only when no failure is left. So a flood of bogus codes (each
+ * a remembered 40029) pushes out other bogus codes, not the successes double taps depend on.
+ *
  * Waiters may live on other threads than the leader: each waits in its request's pending slot
  * and is woken through loop_post on its own loop, never touched from the leader's thread.
  */
@@ -57,7 +63,10 @@ enum exchange_role {
 
 typedef void exchange_wake_fn(const struct exchange_outcome *outcome, void *arg);
 
-/* max_entries bounds memory; ttl_ms is how long outcomes are remembered. NULL on failure. */
+/*
+ * max_entries bounds the remembered outcomes (exchanges in flight come on top); ttl_ms is how
+ * long an outcome is remembered after exchange_finish(). NULL on failure.
+ */
 struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms);
 /* Frees the table. No waiter may be left (the workers have stopped). Accepts NULL. */
 void exchange_free(struct exchange *x);
@@ -68,16 +77,18 @@ void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_L
 /*
  * Joins the exchange of key. On EXCHANGE_WAIT the wait occupies slot and wake(outcome, arg)
  * will run exactly once on loop unless the slot is cancelled first. On EXCHANGE_KNOWN, *out
- * holds the outcome. When the table is full (or memory for an entry runs out), the caller leads
- * without de-duplication; when memory for a waiter runs out, the outcome is EXCHANGE_ABORTED.
+ * holds the outcome. A new code always gets an entry (a full table forgets a remembered outcome
+ * for it: the oldest failure, else the oldest success); only when memory for the entry runs out
+ * does the caller lead without de-duplication. When memory for a waiter runs out, the outcome is
+ * EXCHANGE_ABORTED.
  */
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                                   struct loop *loop, struct async_slot *slot,
                                   exchange_wake_fn *wake, void *arg, struct exchange_outcome *out);
 
 /*
- * The leader's outcome: wakes every waiter with it, and remembers it when remember is true
- * (success, and failures that are final for the code), else forgets the code.
+ * The leader's outcome: wakes every waiter with it, and remembers it for ttl_ms when remember
+ * is true (success, and failures that are final for the code), else forgets the code.
  */
 void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                      const struct exchange_outcome *outcome, bool remember);
@@ -94,5 +105,7 @@ int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *
 
 /* Number of codes in the table (in flight or remembered). */
 size_t exchange_size(struct exchange *x);
+/* Bytes of memory the table holds for its entries (not counting the bucket array). */
+size_t exchange_bytes(struct exchange *x);
 
 #endif

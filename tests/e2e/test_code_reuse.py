@@ -1,10 +1,14 @@
 """One login code, at most one session (issue 9).
 
-A repeat of POST /v1/login with a code already exchanged used to mint a fresh session
+Item 1: a repeat of POST /v1/login with a code already exchanged used to mint a fresh session
 every time (one captured code gave 50,580 sessions in 10 s, each valid 7 days and surviving the
 victim's logout). Now a repeat within `code_reuse_window` is answered the same session (same
 token, same expiry) while it lives; after a logout, an expiry or the window, the code is dead:
 400 code_used, as WeChat's 40163 is answered. Within one process and across instances on Redis.
+
+Item 2: filling the exchange table (`exchange_table_size`) with bogus codes used to turn
+de-duplication off, so a legitimate double tap failed with code_used. Now remembered failures go
+first and an exchange in flight always has its entry.
 """
 
 import sqlite3
@@ -248,3 +252,45 @@ def test_the_window_applies_across_instances(procs, mock, redis, db):
     assert_code_used(login(a.port, code))
     assert session(b.port, tok).status == 200
     assert len(redis_sessions(redis, db)) == 1
+
+
+# --------------------------------------------------------------------------
+# a full exchange table (item 2)
+# --------------------------------------------------------------------------
+
+TABLE = 16
+
+
+def bogus(n):
+    """Codes the mock rejects with 40029 (final: each one is remembered as a failure)."""
+    return [new_code("bogus", "err40029") for _ in range(n)]
+
+
+def test_a_full_table_keeps_double_taps_working(procs, mock, tmp_path):
+    srv = procs.serve(mock=mock, env=store_env(tmp_path, WXLOGIN_EXCHANGE_TABLE_SIZE=TABLE))
+    first_bogus = bogus(1)[0]
+    for code in [first_bogus] + bogus(3 * TABLE):
+        assert_error(login(srv.port, code), 400, "invalid_code", "relogin", 40029)
+
+    # a legitimate code, then another flood of bogus ones between its two taps
+    code = new_code("ukate")
+    tok = token_of(login(srv.port, code))
+    for b in bogus(3 * TABLE):
+        assert_error(login(srv.port, b), 400, "invalid_code", "relogin", 40029)
+    with Counter(mock) as c:
+        assert token_of(login(srv.port, code)) == tok
+        assert openid(srv.port, code).status == 200
+    c.assert_delta(0)
+
+    # the table is bounded: the first bogus code was forgotten and goes to WeChat again
+    with Counter(mock) as c:
+        assert_error(login(srv.port, first_bogus), 400, "invalid_code", "relogin", 40029)
+    c.assert_delta(1)
+
+    # a concurrent double tap while the table is full: one exchange, one session
+    code2 = new_code("leo", "delay300")
+    with Counter(mock) as c:
+        rs = in_parallel([lambda: login(srv.port, code2)] * 2)
+    c.assert_delta(1)
+    assert len({token_of(r) for r in rs}) == 1
+    assert sqlite_sessions(srv, tmp_path) == 2

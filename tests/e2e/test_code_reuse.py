@@ -93,15 +93,18 @@ def sqlite_sessions(srv, tmp_path):
 def test_fifty_sequential_repeats_answer_one_session(procs, mock, tmp_path):
     srv = procs.serve(mock=mock, env=store_env(tmp_path))
     code = new_code("ualice")
+    rs, ends = [], []
     with Counter(mock) as c:
-        rs = [login(srv.port, code) for _ in range(50)]
+        for _ in range(50):
+            rs.append(login(srv.port, code))
+            ends.append(time.time())
     c.assert_delta(1)
     assert [r.status for r in rs] == [200] * 50, [r for r in rs if r.status != 200][:2]
     assert len({token_of(r) for r in rs}) == 1, "one code must give one session"
     assert len({(r.json()["openid"], r.json()["unionid"]) for r in rs}) == 1
-    # the same expiry: expires_in only counts down
-    ins = [r.json()["expires_in"] for r in rs]
-    assert ins == sorted(ins, reverse=True) and ins[0] - ins[-1] <= 2, ins
+    # the same expiry: expires_in counts down with the clock (whole seconds)
+    ats = [t + r.json()["expires_in"] for t, r in zip(ends, rs)]
+    assert max(ats) - min(ats) <= 1.5, ats
     assert session(srv.port, token_of(rs[0])).status == 200
     assert sqlite_sessions(srv, tmp_path) == 1
 
@@ -142,13 +145,13 @@ def test_repeat_after_logout_is_code_used(procs, mock, tmp_path):
 
 
 def test_repeat_after_the_window_is_code_used(procs, mock, tmp_path):
-    srv = procs.serve(mock=mock, env=store_env(tmp_path, WXLOGIN_CODE_REUSE_WINDOW=1))
+    srv = procs.serve(mock=mock, env=store_env(tmp_path, WXLOGIN_CODE_REUSE_WINDOW=2))
     code = new_code("dave")
     with Counter(mock) as c:
         first = login(srv.port, code)
         tok = token_of(first)
         assert token_of(login(srv.port, code)) == tok
-        time.sleep(1.2)
+        time.sleep(2.2)
         assert_code_used(login(srv.port, code))
         assert_code_used(login(srv.port, code))
     c.assert_delta(1)

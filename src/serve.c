@@ -29,9 +29,9 @@
 #include "version.h"
 #include "wechat/client.h"
 
-/* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long. */
+/* A login code lives 5 minutes at WeChat; its exchange outcome is remembered as long (so
+ * code_reuse_window is at most that). */
 #define CODE_LIFETIME_MS (5 * 60 * 1000)
-#define EXCHANGE_MAX_CODES 200000
 /* Expired sessions are deleted in batches, so a backlog never stalls the writer. */
 #define PURGE_INTERVAL_MS (60 * 1000)
 #define PURGE_BATCH 1000
@@ -44,6 +44,7 @@ struct serve {
     int nworkers;
     uint16_t port; /* bound by worker 0, joined by the others */
     uint8_t master_key[CRYPTO_KEY_LEN];
+    uint8_t token_key[LOGIN_TOKEN_KEY_LEN]; /* derives each code's session token */
     struct exchange *exchange;
     struct handlers_app apps[CONFIG_MAX_APPS];
     size_t napps;
@@ -249,7 +250,10 @@ static int serve_init(struct worker *w, void *arg)
                                     .timeout_ms = cfg->upstream_timeout_ms,
                                     .retries = (int)cfg->upstream_retries};
     sw->ctx.wx = wechat_client_new(w->loop, &wo);
-    struct login_opts lo = {.session_ttl_s = cfg->session_ttl, .outcome_keep_ms = CODE_LIFETIME_MS};
+    struct login_opts lo = {.session_ttl_s = cfg->session_ttl,
+                            .outcome_keep_ms = CODE_LIFETIME_MS,
+                            .reuse_window_ms = cfg->code_reuse_window * 1000,
+                            .token_key = s->token_key};
     if (sw->ctx.wx != NULL)
         sw->ctx.login = login_ctx_new(&lo, s->exchange, sw->ctx.wx, sw->ctx.store, w->loop);
     if (sw->ctx.wx == NULL || sw->ctx.login == NULL) {
@@ -308,7 +312,11 @@ int serve_run(const struct config *cfg)
         goto out;
     }
     size_connections(&s);
-    s.exchange = exchange_new(EXCHANGE_MAX_CODES, CODE_LIFETIME_MS);
+    if (login_token_key(s.master_key, s.token_key) != 0) {
+        log_msg(LOG_ERROR, "cannot derive the token key");
+        goto out;
+    }
+    s.exchange = exchange_new((size_t)cfg->exchange_table_size, CODE_LIFETIME_MS);
     if (s.exchange == NULL)
         goto out;
     for (size_t i = 0; i < cfg->napps; i++) {
@@ -341,5 +349,6 @@ out:
     for (size_t i = 0; i < s.napps; i++)
         token_free(s.apps[i].token);
     crypto_wipe(s.master_key, sizeof(s.master_key));
+    crypto_wipe(s.token_key, sizeof(s.token_key));
     return rc;
 }

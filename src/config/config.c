@@ -61,6 +61,8 @@ static const struct cfg_key keys[] = {
     {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
+    {"code_reuse_window", CT_LONG, OFF(code_reuse_window), "60", 0, 300},
+    {"exchange_table_size", CT_LONG, OFF(exchange_table_size), "200000", 16, 16777216},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

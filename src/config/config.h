@@ -51,9 +51,11 @@ struct config {
     char *access_token_api; /* "stable" or "classic" */
     char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
     char *admin_token_file;
-    long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
-    long store_timeout_ms;   /* Redis: connect and command deadline */
-    long request_timeout_ms; /* a request still unanswered this long is answered 504 */
+    long session_cache_size;  /* sessions kept in memory (SQLite store); 0 = none */
+    long store_timeout_ms;    /* Redis: connect and command deadline */
+    long request_timeout_ms;  /* a request still unanswered this long is answered 504 */
+    long code_reuse_window;   /* seconds a repeat of a login code still gets its session */
+    long exchange_table_size; /* login codes whose outcome is remembered */
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */

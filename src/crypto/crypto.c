@@ -24,11 +24,17 @@ int crypto_random(void *buf, size_t n)
 int crypto_token_new(char out[CRYPTO_TOKEN_LEN + 1])
 {
     uint8_t raw[32];
-    char b64[48];
     if (crypto_random(raw, sizeof(raw)) != 0)
         return -1;
-    size_t n = crypto_b64_encode(raw, sizeof(raw), b64);
+    crypto_token_encode(raw, out);
     crypto_wipe(raw, sizeof(raw));
+    return 0;
+}
+
+void crypto_token_encode(const uint8_t raw[CRYPTO_HASH_LEN], char out[CRYPTO_TOKEN_LEN + 1])
+{
+    char b64[48];
+    size_t n = crypto_b64_encode(raw, CRYPTO_HASH_LEN, b64);
     /* base64url without padding: 32 bytes → 43 characters. */
     while (n > 0 && b64[n - 1] == '=')
         n--;
@@ -37,7 +43,6 @@ int crypto_token_new(char out[CRYPTO_TOKEN_LEN + 1])
         out[4 + i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
     out[4 + n] = '\0';
     crypto_wipe(b64, sizeof(b64));
-    return 0;
 }
 
 bool crypto_token_well_formed(const char *s)
@@ -260,16 +265,30 @@ void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, ch
     crypto_hex(md, sizeof(md), out);
 }
 
+int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                       uint8_t out[CRYPTO_HASH_LEN])
+{
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned int n = sizeof(md);
+    if (HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, md, &n) == NULL || n != CRYPTO_HASH_LEN) {
+        crypto_wipe(md, sizeof(md));
+        return -1;
+    }
+    memcpy(out, md, CRYPTO_HASH_LEN);
+    crypto_wipe(md, sizeof(md));
+    return 0;
+}
+
 void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
                             char out[65])
 {
-    uint8_t md[32];
-    unsigned int n = sizeof(md);
-    if (HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, md, &n) == NULL) {
+    uint8_t md[CRYPTO_HASH_LEN];
+    if (crypto_hmac_sha256(key, keylen, msg, msglen, md) != 0) {
         out[0] = '\0';
         return;
     }
     crypto_hex(md, sizeof(md), out);
+    crypto_wipe(md, sizeof(md));
 }
 
 bool crypto_equal(const void *a, const void *b, size_t n)

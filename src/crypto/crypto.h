@@ -28,6 +28,9 @@ int crypto_random(void *buf, size_t n);
 
 /* Writes a new token (NUL-terminated) into out. Returns 0 or -1. */
 int crypto_token_new(char out[CRYPTO_TOKEN_LEN + 1]);
+/* The token of 32 bytes of key material (e.g. a PRF's output under a server secret): the same
+ * shape as crypto_token_new's. */
+void crypto_token_encode(const uint8_t raw[CRYPTO_HASH_LEN], char out[CRYPTO_TOKEN_LEN + 1]);
 /* True when s has the exact shape of a token (prefix, length, alphabet). */
 bool crypto_token_well_formed(const char *s);
 
@@ -73,6 +76,9 @@ int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const 
 void crypto_hex(const uint8_t *in, size_t n, char *out);
 /* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)). */
 void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
+/* HMAC-SHA256(key, msg). Returns 0, or -1 (out untouched). */
+int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                       uint8_t out[CRYPTO_HASH_LEN]);
 /* Lowercase hex HMAC-SHA256(key, msg). */
 void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
                             char out[65]);

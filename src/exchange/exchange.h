@@ -8,7 +8,13 @@
  * wait for its outcome, and the outcome is remembered for the code's lifetime so a later repeat
  * is answered without calling WeChat. Transient failures are shared with the waiters of the
  * moment but not remembered. The protocol around it (claims across instances, the WeChat call,
- * the store) is login/login.h's.
+ * the store, what a repeat may be answered) is login/login.h's.
+ *
+ * The table is bounded without ever changing the answer to a legitimate repeat: an exchange in
+ * flight always gets its entry (they are bounded by the requests in flight) and is never
+ * dropped; when the remembered outcomes reach the bound, the oldest remembered failure goes
+ * first, and a remembered success only when no failure is left. So a flood of bogus codes (each
+ * a remembered 40029) pushes out other bogus codes, not the successes double taps depend on.
  *
  * Waiters may live on other threads than the leader: each waits in its request's pending slot
  * and is woken through loop_post on its own loop, never touched from the leader's thread.
@@ -41,6 +47,8 @@ struct exchange_outcome {
     /* EXCHANGE_OK */
     char openid[EXCHANGE_ID_MAX + 1];
     char unionid[EXCHANGE_ID_MAX + 1]; /* "" when none */
+    bool session;         /* the leader stored a session for the code (POST /v1/login) */
+    int64_t exchanged_ms; /* wall-clock ms when WeChat exchanged the code; 0: unknown */
     /* EXCHANGE_WECHAT */
     enum wechat_status status;
     long errcode;
@@ -55,7 +63,10 @@ enum exchange_role {
 
 typedef void exchange_wake_fn(const struct exchange_outcome *outcome, void *arg);
 
-/* max_entries bounds memory; ttl_ms is how long outcomes are remembered. NULL on failure. */
+/*
+ * max_entries bounds the remembered outcomes (exchanges in flight come on top); ttl_ms is how
+ * long an outcome is remembered after exchange_finish(). NULL on failure.
+ */
 struct exchange *exchange_new(size_t max_entries, uint64_t ttl_ms);
 /* Frees the table. No waiter may be left (the workers have stopped). Accepts NULL. */
 void exchange_free(struct exchange *x);
@@ -66,29 +77,35 @@ void exchange_key(const char *appid, const char *code, uint8_t key[CRYPTO_HASH_L
 /*
  * Joins the exchange of key. On EXCHANGE_WAIT the wait occupies slot and wake(outcome, arg)
  * will run exactly once on loop unless the slot is cancelled first. On EXCHANGE_KNOWN, *out
- * holds the outcome. When the table is full (or memory for an entry runs out), the caller leads
- * without de-duplication; when memory for a waiter runs out, the outcome is EXCHANGE_ABORTED.
+ * holds the outcome. A new code always gets an entry (a full table forgets a remembered outcome
+ * for it: the oldest failure, else the oldest success); only when memory for the entry runs out
+ * does the caller lead without de-duplication. When memory for a waiter runs out, the outcome is
+ * EXCHANGE_ABORTED.
  */
 enum exchange_role exchange_begin(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                                   struct loop *loop, struct async_slot *slot,
                                   exchange_wake_fn *wake, void *arg, struct exchange_outcome *out);
 
 /*
- * The leader's outcome: wakes every waiter with it, and remembers it when remember is true
- * (success, and failures that are final for the code), else forgets the code.
+ * The leader's outcome: wakes every waiter with it, and remembers it for ttl_ms when remember
+ * is true (success, and failures that are final for the code), else forgets the code.
  */
 void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
                      const struct exchange_outcome *outcome, bool remember);
 
 /*
  * Outcomes as text, for sharing them between instances through the store (JSON; no secret in
- * it: ids and error codes only). encode writes at most cap bytes and returns the length (0 when
- * it does not fit); decode returns 0 or -1.
+ * it: ids, error codes, whether a session was stored and when). encode writes at most cap bytes
+ * and returns the length (0 when it does not fit); decode returns 0 or -1 for anything but a
+ * well-typed record. A record of an earlier version, without "session" and "at_ms", decodes
+ * with no session and an unknown time: no repeat may be answered a session from it.
  */
 size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size_t cap);
 int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out);
 
 /* Number of codes in the table (in flight or remembered). */
 size_t exchange_size(struct exchange *x);
+/* Bytes of memory the table holds for its entries (not counting the bucket array). */
+size_t exchange_bytes(struct exchange *x);
 
 #endif

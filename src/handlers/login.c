@@ -10,6 +10,7 @@
 
 #include "handlers/handlers.h"
 #include "handlers/login_request.h"
+#include "log/log.h"
 #include "login/login.h"
 #include "util/jsonw.h"
 
@@ -50,6 +51,17 @@ static void on_login(void *arg, const struct login_result *r)
                          "it then fails)",
                          "retry");
         return;
+    case LOGIN_CODE_USED: {
+        /* A repeat of a code whose session was logged out or expired, whose reuse window has
+         * passed, or whose first exchange made no session (POST /openid): answered as WeChat's
+         * 40163 is, for the client has one thing to do either way, wx.login again. */
+        struct wechat_http_error e;
+        wechat_error_map(WECHAT_API_CODE2SESSION, WECHAT_ERRCODE, WECHAT_CODE_USED, &e);
+        log_kv(LOG_INFO, "repeated login code refused: no live session of it to answer", "error",
+               e.error, "request_id", http_request_id(req), NULL);
+        handlers_reply_mapped(req, &e);
+        return;
+    }
     case LOGIN_INTERNAL: handlers_reply_internal(req, "cannot complete the login"); return;
     }
 }

@@ -2,6 +2,9 @@
  * login: the operation is a small state machine whose every step runs in op->inner (its own
  * pending slot), so cancelling the operation is one async_cancel of that slot plus the undo
  * this module owes the others: waking the waiters and releasing the claim.
+ *
+ * The code's token is computed when the operation starts (the code is not kept by a follower),
+ * and wiped with the operation.
  */
 #include "login/login.h"
 
@@ -19,6 +22,8 @@
 /* A claim lasts the whole exchange with WeChat (retries included) and the write after it. */
 #define CLAIM_SLACK_MS 5000
 #define POOL_MAX 64
+/* The label of the token key: changing it changes every code's token. */
+#define TOKEN_KEY_LABEL "wxlogin code-token v1"
 
 struct login_ctx {
     struct login_opts opts;
@@ -43,8 +48,8 @@ struct login_op {
     char owner[STORE_OWNER_LEN + 1];
     struct delay poll; /* another instance holds the claim: ask again (in op->inner) */
     uint64_t give_up_ms;
-    struct exchange_outcome out; /* the identity to answer with */
-    char token[CRYPTO_TOKEN_LEN + 1];
+    struct exchange_outcome out;      /* the identity to answer with */
+    char token[CRYPTO_TOKEN_LEN + 1]; /* the code's, with want_session */
     uint8_t token_hash[CRYPTO_HASH_LEN];
     int64_t expires_at;
     login_done_fn *done;
@@ -52,9 +57,17 @@ struct login_op {
     struct login_op *next;
 };
 
+int login_token_key(const uint8_t master_key[CRYPTO_KEY_LEN], uint8_t out[LOGIN_TOKEN_KEY_LEN])
+{
+    return crypto_hmac_sha256(master_key, CRYPTO_KEY_LEN, TOKEN_KEY_LABEL,
+                              sizeof(TOKEN_KEY_LABEL) - 1, out);
+}
+
 struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
                                 struct wechat_client *wx, struct store *store, struct loop *loop)
 {
+    if (opts->token_key == NULL)
+        return NULL;
     struct login_ctx *lc = calloc(1, sizeof(*lc));
     if (lc == NULL)
         return NULL;
@@ -157,14 +170,31 @@ static void lead_abort(struct login_op *op, enum exchange_kind kind)
     lead_finish(op, &o, false);
 }
 
-/* Prepares a fresh token and its hash for a new session. */
-static int new_token(struct login_op *op)
+/* The code's token and its hash: HMAC-SHA256(token key, appid "\n" code), encoded. */
+static int code_token(struct login_op *op, const char *code)
 {
-    if (crypto_token_new(op->token) != 0)
-        return -1;
+    char msg[WECHAT_ID_MAX + 1 + WECHAT_CODE_MAX + 1];
+    uint8_t raw[CRYPTO_HASH_LEN];
+    int rc = -1;
+    int n = snprintf(msg, sizeof(msg), "%s\n%s", op->app->appid, code);
+    if (n < 0 || (size_t)n >= sizeof(msg))
+        goto out;
+    if (crypto_hmac_sha256(op->lc->opts.token_key, LOGIN_TOKEN_KEY_LEN, msg, (size_t)n, raw) != 0)
+        goto out;
+    crypto_token_encode(raw, op->token);
     crypto_sha256(op->token, CRYPTO_TOKEN_LEN, op->token_hash);
-    op->expires_at = (int64_t)time(NULL) + op->lc->opts.session_ttl_s;
-    return 0;
+    rc = 0;
+out:
+    crypto_wipe(msg, sizeof(msg)); /* the code */
+    crypto_wipe(raw, sizeof(raw)); /* the token */
+    return rc;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void op_cancel(struct async *a)
@@ -177,13 +207,27 @@ static void op_cancel(struct async *a)
 
 /* ---- followers: the outcome of someone else's exchange ---- */
 
-static void on_session_put(void *arg, int status)
+/* The code's session, stored by its leader: answered while it lives, else the code is used. */
+static void on_session_found(void *arg, int status, const struct store_session *s)
 {
     struct login_op *op = arg;
-    if (status != STORE_OK)
+    if (status == STORE_ERROR) {
         reply_status(op, LOGIN_STORE);
-    else
-        reply_ok(op);
+        return;
+    }
+    if (status != STORE_OK || strcmp(s->openid, op->out.openid) != 0) {
+        reply_status(op, LOGIN_CODE_USED); /* logged out, expired or purged */
+        return;
+    }
+    op->expires_at = s->expires_at;
+    reply_ok(op);
+}
+
+/* True while a repeat of the code may still be answered its session. */
+static bool within_window(const struct login_op *op, const struct exchange_outcome *o)
+{
+    return o->session && o->exchanged_ms > 0 &&
+           wall_ms() - o->exchanged_ms < op->lc->opts.reuse_window_ms;
 }
 
 static void follow(struct login_op *op, const struct exchange_outcome *o)
@@ -195,12 +239,13 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
             reply_ok(op);
             return;
         }
-        if (new_token(op) != 0) {
-            reply_status(op, LOGIN_INTERNAL);
+        /* Never a second session: the leader's one, looked up by the code's token, or none. */
+        if (!within_window(op, o)) {
+            reply_status(op, LOGIN_CODE_USED);
             return;
         }
-        store_put_session(op->lc->store, &op->inner, op->token_hash, op->app->appid, o->openid,
-                          op->expires_at, (int64_t)time(NULL), on_session_put, op);
+        store_get_session(op->lc->store, &op->inner, op->app->appid, op->token_hash,
+                          (int64_t)time(NULL), on_session_found, op);
         return;
     case EXCHANGE_WECHAT: {
         struct wechat_reply wr = {.status = o->status,
@@ -252,14 +297,12 @@ static void on_code2session(void *arg, const struct wechat_reply *wr,
         reply_wechat(op, wr);
         return;
     }
-    if (op->want_session && new_token(op) != 0) {
-        lead_abort(op, EXCHANGE_STORE);
-        reply_status(op, LOGIN_INTERNAL);
-        return;
-    }
     op->out.kind = EXCHANGE_OK;
     snprintf(op->out.openid, sizeof(op->out.openid), "%s", s->openid);
     snprintf(op->out.unionid, sizeof(op->out.unionid), "%s", s->unionid);
+    op->out.session = op->want_session;
+    op->out.exchanged_ms = wall_ms();
+    op->expires_at = (int64_t)time(NULL) + op->lc->opts.session_ttl_s;
     struct store_login in = {.appid = op->app->appid,
                              .openid = s->openid,
                              .unionid = s->unionid,
@@ -343,6 +386,10 @@ int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wecha
     op->want_session = want_session;
     op->done = done;
     op->arg = arg;
+    if (want_session && code_token(op, code) != 0) {
+        op_free(op);
+        return -1;
+    }
     exchange_key(app->appid, code, op->key);
     async_begin(&op->async, slot, op_cancel);
 

@@ -1,5 +1,5 @@
 /*
- * login: a wx.login code in, a stored user (and, when asked, a new session) out.
+ * login: a wx.login code in, a stored user (and, when asked, its session) out.
  *
  * The whole protocol of POST /openid and POST /v1/login, as one asynchronous operation:
  *   1. the in-process exchange table (exchange/exchange.h): the first request with a code
@@ -8,9 +8,20 @@
  *      instances exchange it once between them too (another's published outcome is reused; a
  *      claim still held is polled until it lapses);
  *   3. WeChat's code2Session (wechat/api.h);
- *   4. one durable write of the user, their session_key and the new session (store/store.h);
+ *   4. one durable write of the user, their session_key and the code's session (store/store.h);
  *   5. the outcome told to the waiters and, when shared, published for the other instances.
  * One code costs one WeChat call whatever the clients do; session_key never leaves the server.
+ *
+ * One code, at most one session. The session's token is not drawn at random but derived from
+ * the code: HMAC-SHA256(token key, appid "\n" code), a 256-bit PRF output under a key derived
+ * from the master key, encoded as every token is. Only a request carrying the code can compute
+ * it, and no token is ever kept or published for repeats. The leader stores the session; a
+ * repeat of the code (a waiter, a remembered or published outcome) computes the same token and,
+ * instead of creating a session, looks that one up: it is answered the same token and expiry
+ * while the session lives and the code was exchanged less than reuse_window_ms ago, else
+ * LOGIN_CODE_USED (so a logout, an expiry or the window's end kills the code for good). A repeat
+ * wanting a session of a code whose leader made none (POST /openid first) is LOGIN_CODE_USED
+ * too; repeats without a session (POST /openid) are answered the identity as before.
  *
  * Cancelling the operation (the request's deadline, shutdown) stops whatever step runs, tells
  * the waiters the exchange was aborted and releases the claim; its callback never runs.
@@ -33,15 +44,21 @@ struct login_ctx;
 struct login_opts {
     long session_ttl_s;   /* lifetime of a new session */
     long outcome_keep_ms; /* how long other instances may reuse a published outcome */
+    long reuse_window_ms; /* how long after its exchange a repeat of a code gets its session */
+    /* LOGIN_TOKEN_KEY_LEN bytes from login_token_key(), borrowed for the context's lifetime */
+    const uint8_t *token_key;
 };
+
+#define LOGIN_TOKEN_KEY_LEN CRYPTO_HASH_LEN
 
 enum login_status {
     LOGIN_OK,
-    LOGIN_WECHAT,  /* WeChat refused or failed: reply says how */
-    LOGIN_STORE,   /* the store failed */
-    LOGIN_BUSY,    /* another instance still holds the code's claim */
-    LOGIN_ABORTED, /* the request that exchanged the code was cancelled */
-    LOGIN_INTERNAL /* out of memory, no randomness */
+    LOGIN_WECHAT,    /* WeChat refused or failed: reply says how */
+    LOGIN_STORE,     /* the store failed */
+    LOGIN_BUSY,      /* another instance still holds the code's claim */
+    LOGIN_ABORTED,   /* the request that exchanged the code was cancelled */
+    LOGIN_CODE_USED, /* a repeat wants the code's session, which is gone or never was */
+    LOGIN_INTERNAL   /* out of memory, no randomness */
 };
 
 struct login_result {
@@ -49,7 +66,7 @@ struct login_result {
     /* LOGIN_OK */
     const char *openid;
     const char *unionid; /* "" when none */
-    const char *token;   /* with a session: the new token (wiped after the callback) */
+    const char *token;   /* with a session: the code's token (wiped after the callback) */
     int64_t expires_at;
     /* LOGIN_WECHAT */
     const struct wechat_reply *reply;
@@ -57,15 +74,19 @@ struct login_result {
 
 typedef void login_done_fn(void *arg, const struct login_result *r);
 
+/* The key tokens are derived with, from the master key (HMAC-SHA256 under a fixed label, so it
+ * is independent of the sealing that uses the master key itself). Returns 0 or -1. */
+int login_token_key(const uint8_t master_key[CRYPTO_KEY_LEN], uint8_t out[LOGIN_TOKEN_KEY_LEN]);
+
 /* One per worker: its WeChat client and store, the process's exchange table. NULL on failure. */
 struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
                                 struct wechat_client *wx, struct store *store, struct loop *loop);
 void login_ctx_free(struct login_ctx *lc);
 
 /*
- * Exchanges code (already validated by the caller) for app; with want_session also creates a
- * session. done runs once on the worker's loop unless slot is cancelled first. Returns 0, or
- * -1 when it could not start (done is not called).
+ * Exchanges code (already validated by the caller) for app; with want_session also answers the
+ * code's session (created by the leader, found by a repeat). done runs once on the worker's loop
+ * unless slot is cancelled first. Returns 0, or -1 when it could not start (done is not called).
  */
 int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
                const char *code, bool want_session, login_done_fn *done, void *arg);

@@ -41,6 +41,10 @@ enum wechat_status {
 #define WECHAT_EC_TOKEN_REJECTED 4u /* the access token is bad: drop it, fetch, retry once */
 #define WECHAT_EC_CONFIG 8u         /* our appid, secret or IP is at fault: logged as an error */
 
+/* code2Session's "the code was already used": also how wxlogin answers a repeat of a code whose
+ * session is gone (login/login.h). */
+#define WECHAT_CODE_USED 40163
+
 /* errcode of the row that applies to every errcode an API has no row for. */
 #define WECHAT_EC_OTHER LONG_MIN
 

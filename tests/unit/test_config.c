@@ -136,6 +136,8 @@ static void test_defaults_without_file_or_env(void **state)
     assert_null(f->cfg.master_key);
     assert_null(f->cfg.master_key_file);
     assert_int_equal(f->cfg.request_timeout_ms, 60000);
+    assert_int_equal(f->cfg.code_reuse_window, 60);
+    assert_int_equal(f->cfg.exchange_table_size, 200000);
 }
 
 static void test_null_envp_is_no_environment(void **state)
@@ -656,6 +658,21 @@ static void test_request_timeout_bounds(void **state)
     assert_int_equal(f->cfg.request_timeout_ms, 100);
 }
 
+/* A code's repeat window cannot outlive the remembered outcome (a code's 5 minutes). */
+static void test_code_reuse_window_and_exchange_table_size_bounds(void **state)
+{
+    struct fixture *f = *state;
+    char *const long_window[] = {"WXLOGIN_CODE_REUSE_WINDOW=301", NULL};
+    assert_contains(load_fails(f, NULL, long_window), "WXLOGIN_CODE_REUSE_WINDOW");
+    char *const tiny_table[] = {"WXLOGIN_EXCHANGE_TABLE_SIZE=15", NULL};
+    assert_contains(load_fails(f, NULL, tiny_table), "WXLOGIN_EXCHANGE_TABLE_SIZE");
+    const char *path =
+        write_file(f, "exchange.conf", "code_reuse_window = 0\nexchange_table_size = 16\n");
+    load_ok(f, path, no_env);
+    assert_int_equal(f->cfg.code_reuse_window, 0);
+    assert_int_equal(f->cfg.exchange_table_size, 16);
+}
+
 static void test_session_ttl_out_of_range_rejected(void **state)
 {
     struct fixture *f = *state;
@@ -796,6 +813,7 @@ int main(void)
         T(test_store_other_than_sqlite_rejected),
         T(test_store_sqlite_without_path_rejected),
         T(test_session_ttl_out_of_range_rejected),
+        T(test_code_reuse_window_and_exchange_table_size_bounds),
         T(test_request_timeout_bounds),
         T(test_check_serve_without_appid),
         T(test_check_serve_without_secret),

@@ -1,7 +1,7 @@
 /*
  * Unit tests for crypto/crypto.h: session token shape and uniqueness, SHA-256 vectors, AES-256-GCM
  * sealing (round trips and every way an opened blob must be refused), strict base64 (RFC 4648
- * vectors and the inputs it must reject) and constant-time comparison.
+ * vectors and the inputs it must reject), HMAC-SHA256 (RFC 4231) and constant-time comparison.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -637,6 +638,44 @@ static void test_official_login_state_signature(void **state)
     assert_string_equal(out, "654571f79995b2ce1e149e53c0a33dc39c0a74090db514261454e8dbe432aa0b");
 }
 
+/* RFC 4231, test cases 1 and 2: the raw HMAC that derives login codes' session tokens. */
+static void test_hmac_sha256_rfc4231_vectors(void **state)
+{
+    (void)state;
+    uint8_t k20[20], md[CRYPTO_HASH_LEN];
+    char out[2 * CRYPTO_HASH_LEN + 1];
+    memset(k20, 0x0b, sizeof(k20));
+    assert_int_equal(crypto_hmac_sha256(k20, sizeof(k20), "Hi There", 8, md), 0);
+    hex(md, sizeof(md), out);
+    assert_string_equal(out, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    assert_int_equal(crypto_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, md), 0);
+    hex(md, sizeof(md), out);
+    assert_string_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+/* A derived token has exactly the shape of a random one: prefix, base64url, no padding. */
+static void test_token_encode_vectors(void **state)
+{
+    (void)state;
+    uint8_t raw[CRYPTO_HASH_LEN];
+    char tok[CRYPTO_TOKEN_LEN + 1], want[CRYPTO_TOKEN_LEN + 1];
+    memset(raw, 0, sizeof(raw));
+    crypto_token_encode(raw, tok);
+    snprintf(want, sizeof(want), "wxl_%.43s", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    assert_string_equal(tok, want);
+    assert_true(crypto_token_well_formed(tok));
+    memset(raw, 0xff, sizeof(raw));
+    crypto_token_encode(raw, tok);
+    assert_string_equal(tok, "wxl_"
+                             "__________________________________________8");
+    assert_true(crypto_token_well_formed(tok));
+    for (size_t i = 0; i < sizeof(raw); i++)
+        raw[i] = (uint8_t)(0xf8 + i);
+    crypto_token_encode(raw, tok);
+    assert_true(crypto_token_well_formed(tok));
+    assert_non_null(strchr(tok + 4, '-')); /* '+' and '/' of standard base64 are never sent */
+}
+
 static void test_b64_lenient_edge_cases(void **state)
 {
     (void)state;
@@ -702,6 +741,8 @@ int main(void)
         cmocka_unit_test(test_official_rawdata_signature),
         cmocka_unit_test(test_checksession_hmac_vectors),
         cmocka_unit_test(test_official_login_state_signature),
+        cmocka_unit_test(test_hmac_sha256_rfc4231_vectors),
+        cmocka_unit_test(test_token_encode_vectors),
         cmocka_unit_test(test_b64_lenient_edge_cases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,8 +1,9 @@
 /*
  * Unit tests for exchange/exchange.h: the single-flight table of login-code exchanges. Roles
  * (lead, wait, known), waking waiters through their own loop (and only there), remembering or
- * forgetting outcomes, expiry, a full table, cancellation before and after the wake was posted,
- * and waiters on two loops in two threads.
+ * forgetting outcomes, expiry, a full table (what it forgets first, and that an exchange in
+ * flight always has its entry), the memory an entry costs, cancellation before and after the
+ * wake was posted, waiters on two loops in two threads, and the outcome's shared text.
  *
  * A loop is run "until drained" by posting loop_stop after everything else: posts run in order,
  * so every wake posted before has run when loop_run returns. Every test arms an alarm first: a
@@ -422,36 +423,199 @@ static void test_in_flight_entry_survives_ttl(void **state)
     assert_int_equal(rec.calls, 1);
 }
 
-static void test_full_table_leads_without_entry(void **state)
+/* A full table never turns de-duplication off: a new code still gets its in-flight entry (the
+ * table then holds more than its bound: exchanges in flight are bounded by the requests). Before
+ * issue 9 the third code led without an entry, and its repeat led a second WeChat call. */
+static void test_full_table_still_makes_in_flight_entries(void **state)
 {
     struct fixture *f = *state;
     reset_table(f, 2, 60000);
     uint8_t k1[CRYPTO_HASH_LEN], k2[CRYPTO_HASH_LEN], k3[CRYPTO_HASH_LEN];
     struct exchange_outcome out;
     struct async_slot *w = NULL;
+    struct wake_rec rec = {0};
     key_of("code-1", k1);
     key_of("code-2", k2);
     key_of("code-3", k3);
     assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
     assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_LEAD);
     assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
-    assert_int_equal(exchange_size(f->x), 2);
-    /* No entry for k3: a repeat is not de-duplicated. */
-    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
-    assert_null(w);
+    assert_int_equal(exchange_size(f->x), 3);
+    /* k3 has its entry: a repeat waits for the leader instead of leading again. */
+    assert_int_equal(begin(f, k3, &rec, &out, &w), EXCHANGE_WAIT);
+    assert_non_null(w);
 
     struct exchange_outcome o = ok_outcome("openid-3", "");
     exchange_finish(f->x, k3, &o, true);
-    assert_int_equal(exchange_size(f->x), 2);
-    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+    assert_string_equal(rec.out.openid, "openid-3");
+    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_string_equal(out.openid, "openid-3");
+    assert_int_equal(exchange_size(f->x), 3);
 
-    /* Room again once an exchange is forgotten. */
+    /* Room again once exchanges end: k1 forgotten, k2 remembered; a new code then forgets
+     * the oldest remembered outcome (k3) to stay within the bound. */
     exchange_finish(f->x, k1, &o, false);
-    assert_int_equal(exchange_size(f->x), 1);
-    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_LEAD);
+    exchange_finish(f->x, k2, &o, true);
     assert_int_equal(exchange_size(f->x), 2);
-    assert_int_equal(begin(f, k3, NULL, &out, &w), EXCHANGE_WAIT);
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 2);
+    assert_int_equal(begin(f, k2, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(begin(f, k1, NULL, &out, &w), EXCHANGE_WAIT);
     async_cancel(w);
+}
+
+/* Leads key and finishes it with o, remembered (a leader occupies no slot: no g_slots used). */
+static void remember(struct fixture *f, const uint8_t *key, const struct exchange_outcome *o)
+{
+    struct exchange_outcome out;
+    struct async_slot slot = {NULL};
+    assert_int_equal(exchange_begin(f->x, key, f->loop, &slot, on_wake, NULL, &out), EXCHANGE_LEAD);
+    exchange_finish(f->x, key, o, true);
+}
+
+static void keys_of(const char *prefix, int n, uint8_t (*keys)[CRYPTO_HASH_LEN])
+{
+    for (int i = 0; i < n; i++) {
+        char code[64];
+        snprintf(code, sizeof(code), "%s-%d", prefix, i);
+        key_of(code, keys[i]);
+    }
+}
+
+/*
+ * Under pressure the table forgets remembered failures before remembered successes, the oldest
+ * first in each class (oldest: remembered first), and never an exchange in flight.
+ */
+static void test_full_table_forgets_failures_first_then_oldest_success(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 4, 60000);
+    uint8_t k[10][CRYPTO_HASH_LEN];
+    keys_of("evict", 10, k);
+    struct exchange_outcome out, ok = ok_outcome("openid-1", ""), bad = wechat_outcome(40029);
+    struct async_slot *w = NULL;
+
+    /* Begun in order 0..3, remembered in order 2 (ok), 1 (failed), 0 (ok), 3 (failed). */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(begin(f, k[i], NULL, &out, &w), EXCHANGE_LEAD);
+    exchange_finish(f->x, k[2], &ok, true);
+    exchange_finish(f->x, k[1], &bad, true);
+    exchange_finish(f->x, k[0], &ok, true);
+    exchange_finish(f->x, k[3], &bad, true);
+    assert_int_equal(exchange_size(f->x), 4);
+
+    /* k4 in flight: the oldest failure (k1) goes. */
+    assert_int_equal(begin(f, k[4], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 4);
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            assert_int_equal(begin(f, k[i], NULL, &out, &w), EXCHANGE_KNOWN);
+    /* k5: the other failure (k3), not a success. */
+    assert_int_equal(begin(f, k[5], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k[0], NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(begin(f, k[2], NULL, &out, &w), EXCHANGE_KNOWN);
+    /* k6: no failure left: the oldest success, k2 (remembered before k0). */
+    assert_int_equal(begin(f, k[6], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k[0], NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_string_equal(out.openid, "openid-1");
+    assert_int_equal(exchange_size(f->x), 4);
+
+    /* A failure remembered after k0 still goes before it. */
+    exchange_finish(f->x, k[4], &bad, true);
+    assert_int_equal(begin(f, k[7], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k[0], NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(exchange_size(f->x), 4);
+
+    /* k8 forgets k0, the last remembered outcome; then only exchanges in flight are left
+     * (k5..k8), and k9 gets its entry beyond the bound: none is dropped. */
+    assert_int_equal(begin(f, k[8], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(begin(f, k[9], NULL, &out, &w), EXCHANGE_LEAD);
+    assert_int_equal(exchange_size(f->x), 5);
+    struct wake_rec rec[5] = {{0}};
+    for (int i = 5; i < 10; i++) {
+        assert_int_equal(begin(f, k[i], &rec[i - 5], &out, &w), EXCHANGE_WAIT);
+        exchange_finish(f->x, k[i], &ok, true);
+    }
+    drain(f->loop);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(rec[i].calls, 1);
+    /* Every evicted code leads again (k1, k3, k2, k4 and k0 were forgotten). */
+    int lead[] = {1, 3, 2, 4, 0};
+    for (size_t i = 0; i < sizeof(lead) / sizeof(lead[0]); i++)
+        assert_int_equal(begin(f, k[lead[i]], NULL, &out, &w), EXCHANGE_LEAD);
+}
+
+/* Issue 9: a flood of bogus codes (each a remembered 40029) never pushes out a success, so the
+ * double tap of a real code is still answered from the table. */
+static void test_flood_of_failures_keeps_successes(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 16, 60000);
+    uint8_t good[CRYPTO_HASH_LEN], bogus[CRYPTO_HASH_LEN];
+    struct exchange_outcome out, ok = ok_outcome("openid-good", "unionid-good");
+    ok.session = true;
+    ok.exchanged_ms = 1234567890123;
+    struct exchange_outcome bad = wechat_outcome(40029);
+    struct async_slot *w = NULL;
+    key_of("good", good);
+    remember(f, good, &ok);
+    for (int i = 0; i < 2000; i++) {
+        char code[32];
+        snprintf(code, sizeof(code), "err40029_bogus-%d", i);
+        key_of(code, bogus);
+        remember(f, bogus, &bad);
+        assert_true(exchange_size(f->x) <= 16);
+    }
+    assert_int_equal(begin(f, good, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(out.kind, EXCHANGE_OK);
+    assert_string_equal(out.openid, "openid-good");
+    assert_string_equal(out.unionid, "unionid-good");
+    assert_true(out.session);
+    assert_true(out.exchanged_ms == 1234567890123);
+    /* The last bogus code is still remembered too, the first long gone. */
+    assert_int_equal(begin(f, bogus, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_int_equal(out.errcode, 40029);
+    key_of("err40029_bogus-0", bogus);
+    assert_int_equal(begin(f, bogus, NULL, &out, &w), EXCHANGE_LEAD);
+}
+
+/* What a remembered outcome costs: its few numbers, and a success's ids at their length, not
+ * two 129-byte buffers (an entry cost over 370 bytes before issue 9). */
+static void test_remembered_entries_are_compact(void **state)
+{
+    struct fixture *f = *state;
+    reset_table(f, 1000, 60000);
+    uint8_t k[200][CRYPTO_HASH_LEN];
+    keys_of("mem", 200, k);
+    struct exchange_outcome ok = ok_outcome("oGZUI0egBJY1zhBYw2KhdUfwVJJE",
+                                            "ocMvos6NjeKLIBqg5Mr9QjxrP1FA"),
+                            bad = wechat_outcome(40029);
+    for (int i = 0; i < 100; i++)
+        remember(f, k[i], &bad);
+    size_t failed = exchange_bytes(f->x);
+    assert_true(failed / 100 <= 128);
+    for (int i = 100; i < 200; i++)
+        remember(f, k[i], &ok);
+    size_t succeeded = exchange_bytes(f->x) - failed;
+    assert_true(succeeded / 100 <= 128 + 2 * 29);
+    struct exchange_outcome out;
+    struct async_slot *w = NULL;
+    assert_int_equal(begin(f, k[150], NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_string_equal(out.openid, "oGZUI0egBJY1zhBYw2KhdUfwVJJE");
+    assert_string_equal(out.unionid, "ocMvos6NjeKLIBqg5Mr9QjxrP1FA");
+    /* Ids of the longest length are kept whole. */
+    char id[EXCHANGE_ID_MAX + 1];
+    memset(id, 'o', EXCHANGE_ID_MAX);
+    id[EXCHANGE_ID_MAX] = '\0';
+    struct exchange_outcome big = ok_outcome(id, id);
+    uint8_t kb[CRYPTO_HASH_LEN];
+    key_of("big", kb);
+    remember(f, kb, &big);
+    assert_int_equal(begin(f, kb, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_string_equal(out.openid, id);
+    assert_string_equal(out.unionid, id);
 }
 
 static void test_size_counts_in_flight_and_remembered(void **state)
@@ -633,8 +797,11 @@ static void test_waiters_on_two_loops_woken_on_their_own_threads(void **state)
 static void test_outcome_encode_decode_round_trip(void **state)
 {
     (void)state;
-    struct exchange_outcome in[2] = {ok_outcome("o\"quoted\"", "u1"), wechat_outcome(40163)};
-    for (int i = 0; i < 2; i++) {
+    struct exchange_outcome in[3] = {ok_outcome("o\"quoted\"", "u1"), wechat_outcome(40163),
+                                     ok_outcome("o2", "")};
+    in[2].session = true;
+    in[2].exchanged_ms = 1764587742123;
+    for (int i = 0; i < 3; i++) {
         char text[512];
         size_t n = exchange_outcome_encode(&in[i], text, sizeof(text));
         assert_true(n > 0);
@@ -646,12 +813,69 @@ static void test_outcome_encode_decode_round_trip(void **state)
         assert_int_equal(out.status, in[i].status);
         assert_int_equal(out.errcode, in[i].errcode);
         assert_int_equal(out.http_status, in[i].http_status);
+        assert_int_equal(out.session, in[i].session);
+        assert_true(out.exchanged_ms == in[i].exchanged_ms);
     }
     char small[16];
     assert_int_equal(exchange_outcome_encode(&in[0], small, sizeof(small)), 0);
     struct exchange_outcome out;
     assert_int_equal(exchange_outcome_decode("{\"kind\":9}", 10, &out), -1);
     assert_int_equal(exchange_outcome_decode("nope", 4, &out), -1);
+}
+
+/* Records an earlier version published (no "session", no "at_ms") still decode, as outcomes no
+ * repeat may be answered a session from; anything else ill-typed is refused. */
+static void test_outcome_decode_old_records_and_bad_new_fields(void **state)
+{
+    (void)state;
+    struct exchange_outcome out;
+    const char *old = "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,"
+                      "\"errcode\":0,\"http_status\":200}";
+    memset(&out, 0xa5, sizeof(out));
+    assert_int_equal(exchange_outcome_decode(old, strlen(old), &out), 0);
+    assert_int_equal(out.kind, EXCHANGE_OK);
+    assert_string_equal(out.openid, "o1");
+    assert_false(out.session);
+    assert_true(out.exchanged_ms == 0);
+    static const char *const bad[] = {
+        /* session not 0 or 1, not a number, or claimed for a failure */
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":2,\"at_ms\":1}",
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":\"1\",\"at_ms\":1}",
+        "{\"kind\":1,\"openid\":\"\",\"unionid\":\"\",\"status\":1,\"errcode\":40029,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":1}",
+        /* at_ms negative or not an integer */
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":-5}",
+        "{\"kind\":0,\"openid\":\"o1\",\"unionid\":\"\",\"status\":0,\"errcode\":0,"
+        "\"http_status\":200,\"session\":1,\"at_ms\":1.5}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(exchange_outcome_decode(bad[i], strlen(bad[i]), &out), -1);
+}
+
+/* Waiters and later repeats get the whole outcome, whether a session was made and when. */
+static void test_session_and_time_reach_waiters_and_repeats(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t key[CRYPTO_HASH_LEN];
+    struct wake_rec rec = {0};
+    struct exchange_outcome out;
+    struct async_slot *w = NULL;
+    key_of("code-1", key);
+    lead_and_wait(f, key, &rec);
+    struct exchange_outcome o = ok_outcome("openid-1", "");
+    o.session = true;
+    o.exchanged_ms = 1764587742123;
+    exchange_finish(f->x, key, &o, true);
+    drain(f->loop);
+    assert_int_equal(rec.calls, 1);
+    assert_true(rec.out.session);
+    assert_true(rec.out.exchanged_ms == 1764587742123);
+    assert_int_equal(begin(f, key, NULL, &out, &w), EXCHANGE_KNOWN);
+    assert_true(out.session);
+    assert_true(out.exchanged_ms == 1764587742123);
 }
 
 static void test_free_accepts_null(void **state)
@@ -680,7 +904,10 @@ int main(void)
         T(test_remembered_outcome_expires_after_ttl),
         T(test_expired_entries_leave_the_table),
         T(test_in_flight_entry_survives_ttl),
-        T(test_full_table_leads_without_entry),
+        T(test_full_table_still_makes_in_flight_entries),
+        T(test_full_table_forgets_failures_first_then_oldest_success),
+        T(test_flood_of_failures_keeps_successes),
+        T(test_remembered_entries_are_compact),
         T(test_size_counts_in_flight_and_remembered),
         T(test_cancel_queued_waiter_is_never_woken),
         T(test_cancel_every_waiter_then_finish),
@@ -690,6 +917,8 @@ int main(void)
         T(test_loop_free_delivers_posted_wake),
         T(test_waiters_on_two_loops_woken_on_their_own_threads),
         T(test_outcome_encode_decode_round_trip),
+        T(test_outcome_decode_old_records_and_bad_new_fields),
+        T(test_session_and_time_reach_waiters_and_repeats),
         T(test_free_accepts_null),
     };
 #undef T

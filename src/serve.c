@@ -155,8 +155,9 @@ static void serve_done(struct worker *w)
 static void log_serving(const struct serve *s)
 {
     const struct config *cfg = s->cfg;
-    char port[8], threads[8], apps[256], store[512];
+    char port[8], threads[8], apps[256], store[512], wechat_base[512];
     store_url_redacted(cfg->store, store, sizeof(store));
+    store_url_redacted(cfg->wechat_base, wechat_base, sizeof(wechat_base));
     size_t n = 0;
     apps[0] = '\0';
     for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
@@ -165,7 +166,7 @@ static void log_serving(const struct serve *s)
     snprintf(port, sizeof(port), "%u", s->port);
     snprintf(threads, sizeof(threads), "%d", s->nworkers);
     log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen, "port",
-           port, "threads", threads, "apps", apps, "wechat_base", cfg->wechat_base, "store", store,
+           port, "threads", threads, "apps", apps, "wechat_base", wechat_base, "store", store,
            NULL);
 }
 

@@ -197,7 +197,10 @@ void store_close(struct store *st);
 
 /* Checks a store URL without opening it. Returns 0 or -1 with err. */
 int store_url_check(const char *url, char err[STORE_ERR_MAX]);
-/* The URL fit for logs: a password is replaced by "***". */
+/* Any URL (the store's, wechat_base) fit for logs: the userinfo of its authority
+ * (scheme://user:password@host) is replaced by "***"; cut to cap - 1 bytes. Text that is not
+ * scheme://... is copied as it is: errors about a URL that may hold a password name the
+ * problem, never the value. */
 void store_url_redacted(const char *url, char *out, size_t cap);
 /* True for stores shared by several instances (they need a configured master key). */
 bool store_url_shared(const char *url);

@@ -244,6 +244,12 @@ static const struct worker_ops serve_ops = {
     .done = serve_done,
 };
 
+static void store_warn(const char *msg, void *arg)
+{
+    (void)arg;
+    log_msg(LOG_WARN, "%s", msg);
+}
+
 int serve_run(const struct config *cfg)
 {
     struct serve s = {.cfg = cfg, .nworkers = config_thread_count(cfg)};
@@ -273,7 +279,8 @@ int serve_run(const struct config *cfg)
     struct store_config sc = {.url = cfg->store,
                               .timeout_ms = cfg->store_timeout_ms,
                               .master_key = s.master_key,
-                              .cache_entries = (size_t)cfg->session_cache_size};
+                              .cache_entries = (size_t)cfg->session_cache_size,
+                              .warn = store_warn};
     if (store_shared_new(&sc, &s.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
         goto out;

@@ -173,15 +173,23 @@ struct store {
 
 /* ---- opening ---- */
 
+/* Something the operator should hear about that does not stop the store (msg is borrowed for
+ * the call). */
+typedef void store_warn_fn(const char *msg, void *arg);
+
 struct store_config {
     const char *url;
     long timeout_ms;           /* network stores: connect and command deadline */
     const uint8_t *master_key; /* CRYPTO_KEY_LEN bytes, borrowed; seals session keys */
     size_t cache_entries;      /* SQLite: sessions kept in memory (0: none) */
+    store_warn_fn *warn;       /* may be NULL */
+    void *warn_arg;
 };
 
 /* The process-wide part (SQLite's database and writer thread, the session cache). Returns 0
- * or -1 with err (which never contains a password). */
+ * or -1 with err (which never contains a password). SQLite: the database and the files beside
+ * it (-wal, -shm, -journal) are made readable by their owner only (0600), whatever the umask;
+ * files found wider are tightened, and cfg->warn told. */
 int store_shared_new(const struct store_config *cfg, struct store_shared **out,
                      char err[STORE_ERR_MAX]);
 /* After every store of it is closed. Accepts NULL. */

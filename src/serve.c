@@ -204,8 +204,9 @@ static void size_connections(struct serve *s)
 static void log_serving(const struct serve *s)
 {
     const struct config *cfg = s->cfg;
-    char port[8], threads[8], conns[16], apps[256], store[512];
+    char port[8], threads[8], conns[16], apps[256], store[512], wechat_base[512];
     store_url_redacted(cfg->store, store, sizeof(store));
+    store_url_redacted(cfg->wechat_base, wechat_base, sizeof(wechat_base));
     size_t n = 0;
     apps[0] = '\0';
     for (size_t i = 0; i < s->napps && n < sizeof(apps); i++)
@@ -217,7 +218,7 @@ static void log_serving(const struct serve *s)
              (unsigned long)s->conns_per_worker * (unsigned long)s->nworkers);
     log_kv(LOG_INFO, "wxlogin serving", "version", WXLOGIN_VERSION, "listen", cfg->listen, "port",
            port, "threads", threads, "max_connections", conns, "apps", apps, "wechat_base",
-           cfg->wechat_base, "store", store, NULL);
+           wechat_base, "store", store, NULL);
 }
 
 static int serve_init(struct worker *w, void *arg)
@@ -300,6 +301,12 @@ static const struct worker_ops serve_ops = {
     .done = serve_done,
 };
 
+static void store_warn(const char *msg, void *arg)
+{
+    (void)arg;
+    log_msg(LOG_WARN, "%s", msg);
+}
+
 int serve_run(const struct config *cfg)
 {
     struct serve s = {.cfg = cfg, .nworkers = config_thread_count(cfg)};
@@ -334,7 +341,8 @@ int serve_run(const struct config *cfg)
     struct store_config sc = {.url = cfg->store,
                               .timeout_ms = cfg->store_timeout_ms,
                               .master_key = s.master_key,
-                              .cache_entries = (size_t)cfg->session_cache_size};
+                              .cache_entries = (size_t)cfg->session_cache_size,
+                              .warn = store_warn};
     if (store_shared_new(&sc, &s.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
         goto out;

@@ -129,8 +129,11 @@ static int set_value(struct config *cfg, const struct cfg_key *k, const char *va
         memcpy(url, value, n);
         url[n] = '\0';
         if (!url_ok(url)) {
-            snprintf(err, CONFIG_ERR_MAX, "%s: '%.400s' is not an http:// or https:// URL", k->name,
-                     value);
+            /* The URL may hold a proxy's user:password@ (and a malformed one cannot be
+             * redacted reliably): name the problem, not the value, as for the store. */
+            snprintf(err, CONFIG_ERR_MAX,
+                     "%s: not an http:// or https:// URL (expected http[s]://host[:port])",
+                     k->name);
             return -1;
         }
         if (set_string(slot, url, false) != 0)

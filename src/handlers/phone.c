@@ -26,7 +26,9 @@ static void on_phone(void *arg, const struct wechat_reply *r, const struct wecha
                          "WeChat's answer carries another app's watermark", "none");
         return;
     }
-    char buf[1024]; /* three fields of at most 63 bytes, each escaped to 6 bytes at worst */
+    /* Three fields of at most 63 bytes of text (wechat/api.c refuses control characters, so a
+     * byte escapes to 2 at worst): always fits, never the 500 of a reply that did not. */
+    char buf[1024];
     struct jsonw w;
     jsonw_begin(&w, buf, sizeof(buf));
     jsonw_str(&w, "phoneNumber", p->phone_number);

@@ -3,7 +3,11 @@
  *
  * A line is built in a fixed buffer (no allocation) and written whole, so lines from different
  * threads never interleave. Fields are key/value pairs; strings are escaped, numbers written as
- * JSON numbers. Secrets must never be passed here: that is the callers' rule, this module cannot
+ * JSON numbers. A line that does not fit its 4096 bytes stays valid: a value is cut between
+ * whole characters and ends with "…", a field with no room is left out, and the line then ends
+ * with "truncated":true (text: truncated=true). In the text format, values that need it (and
+ * messages with control characters) are quoted JSON strings: no control character is written
+ * raw. Secrets must never be passed here: that is the callers' rule, this module cannot
  * tell a secret from a string.
  *
  * Batching: a thread that calls log_batch(true) (the workers, whose loops call log_flush()

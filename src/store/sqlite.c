@@ -17,6 +17,12 @@
  * OS page cache at least) and survives the process being killed; only a power loss can drop
  * the last ones.
  *
+ * Private files: the database holds every openid and unionid and the sealed session keys, so
+ * it is created 0600 before SQLite opens it, whatever the umask; SQLite gives the -wal, -shm
+ * and -journal files it creates the main file's permissions (unix robust_open), so they follow.
+ * A database (or leftover -wal...) found readable by others is tightened to 0600, with a
+ * warning: it was created by an older version, or by hand.
+ *
  * "Was the database replaced?": if the file is deleted or replaced, writes would go to an
  * unlinked inode and be lost, so the store then reports itself broken. inotify tells the writer
  * at once; a stat() once a second covers filesystems without it. Never a syscall per request.
@@ -26,6 +32,7 @@
  * its jobs and runs their posts.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -929,6 +936,64 @@ static void watch_file(struct sq_shared *sh)
     }
 }
 
+/* Makes an existing file (fd, named name) readable by its owner only; tells cfg->warn. */
+static void tighten(int fd, const char *name, const struct store_config *cfg)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || (sb.st_mode & 077) == 0)
+        return;
+    char msg[STORE_ERR_MAX + 128];
+    if (fchmod(fd, (sb.st_mode & 0700) | 0600) == 0)
+        snprintf(msg, sizeof(msg),
+                 "store: '%s' was readable by others (mode %04o); made it 0600: it holds "
+                 "openids and sealed session keys",
+                 name, (unsigned)(sb.st_mode & 07777));
+    else
+        snprintf(msg, sizeof(msg),
+                 "store: '%s' is readable by others (mode %04o) and could not be made 0600: %s",
+                 name, (unsigned)(sb.st_mode & 07777), strerror(errno));
+    if (cfg->warn != NULL)
+        cfg->warn(msg, cfg->warn_arg);
+}
+
+/* The database and the files beside it, private before SQLite touches them. */
+static int make_private(const char *path, const struct store_config *cfg, char err[STORE_ERR_MAX])
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        /* New: exactly 0600, whatever the umask took away (SQLite would need rw). */
+        int rc = fchmod(fd, 0600);
+        close(fd);
+        if (rc != 0) {
+            snprintf(err, STORE_ERR_MAX, "store: cannot set the mode of '%s': %s", path,
+                     strerror(errno));
+            return -1;
+        }
+    } else if (errno == EEXIST) {
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0) {
+            tighten(fd, path, cfg);
+            close(fd);
+        }
+        /* else: SQLite reports why it cannot open it */
+    } else {
+        snprintf(err, STORE_ERR_MAX, "store: cannot open '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    static const char *const beside[] = {"-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(beside) / sizeof(beside[0]); i++) {
+        char aux[4096 + 16];
+        if ((size_t)snprintf(aux, sizeof(aux), "%s%s", path, beside[i]) >= sizeof(aux))
+            continue;
+        fd = open(aux, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0)
+            continue;
+        tighten(fd, aux, cfg);
+        close(fd);
+    }
+    return 0;
+}
+
 int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
                             struct store_shared **out, char err[STORE_ERR_MAX])
 {
@@ -950,6 +1015,8 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
     pthread_cond_init(&sh->idle, NULL);
     sh->path = strdup(path);
     char *msg = NULL;
+    if (make_private(path, cfg, err) != 0)
+        goto fail;
     /* NOMUTEX: after this function the connection belongs to the writer thread alone. */
     int rc = sqlite3_open_v2(
         path, &sh->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);

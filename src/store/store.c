@@ -44,10 +44,15 @@ int store_url_check(const char *url, char err[STORE_ERR_MAX])
 
 void store_url_redacted(const char *url, char *out, size_t cap)
 {
+    /* The userinfo ends at the last '@' of the authority, so a password holding '@' is hidden
+     * whole. */
     const char *scheme_end = strstr(url, "://");
     const char *auth = scheme_end != NULL ? scheme_end + 3 : NULL;
     const char *end = auth != NULL ? auth + strcspn(auth, "/?#") : NULL;
-    const char *at = auth != NULL ? memchr(auth, '@', (size_t)(end - auth)) : NULL;
+    const char *at = NULL;
+    for (const char *p = auth; p != NULL && p < end; p++)
+        if (*p == '@')
+            at = p;
     if (at == NULL) {
         snprintf(out, cap, "%s", url);
         return;

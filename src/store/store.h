@@ -173,15 +173,23 @@ struct store {
 
 /* ---- opening ---- */
 
+/* Something the operator should hear about that does not stop the store (msg is borrowed for
+ * the call). */
+typedef void store_warn_fn(const char *msg, void *arg);
+
 struct store_config {
     const char *url;
     long timeout_ms;           /* network stores: connect and command deadline */
     const uint8_t *master_key; /* CRYPTO_KEY_LEN bytes, borrowed; seals session keys */
     size_t cache_entries;      /* SQLite: sessions kept in memory (0: none) */
+    store_warn_fn *warn;       /* may be NULL */
+    void *warn_arg;
 };
 
 /* The process-wide part (SQLite's database and writer thread, the session cache). Returns 0
- * or -1 with err (which never contains a password). */
+ * or -1 with err (which never contains a password). SQLite: the database and the files beside
+ * it (-wal, -shm, -journal) are made readable by their owner only (0600), whatever the umask;
+ * files found wider are tightened, and cfg->warn told. */
 int store_shared_new(const struct store_config *cfg, struct store_shared **out,
                      char err[STORE_ERR_MAX]);
 /* After every store of it is closed. Accepts NULL. */
@@ -197,7 +205,10 @@ void store_close(struct store *st);
 
 /* Checks a store URL without opening it. Returns 0 or -1 with err. */
 int store_url_check(const char *url, char err[STORE_ERR_MAX]);
-/* The URL fit for logs: a password is replaced by "***". */
+/* Any URL (the store's, wechat_base) fit for logs: the userinfo of its authority
+ * (scheme://user:password@host) is replaced by "***"; cut to cap - 1 bytes. Text that is not
+ * scheme://... is copied as it is: errors about a URL that may hold a password name the
+ * problem, never the value. */
 void store_url_redacted(const char *url, char *out, size_t cap);
 /* True for stores shared by several instances (they need a configured master key). */
 bool store_url_shared(const char *url);

@@ -1,46 +1,15 @@
 /*
- * util/jsonw: the escaper walks the input once, decoding UTF-8 just enough to tell a valid
- * sequence (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF) from bytes to
- * replace.
+ * util/jsonw: the escaper walks the input once, decoding UTF-8 (util/utf8) just enough to tell
+ * a valid sequence from bytes to replace and a control character from one to pass on.
  */
 #include "util/jsonw.h"
 
 #include <string.h>
 
+#include "util/utf8.h"
+
 static const char hex[] = "0123456789abcdef";
 static const char replacement[] = "\xef\xbf\xbd"; /* U+FFFD */
-
-/* Length of the valid UTF-8 sequence at s (1 to 4), or 0 when s[0] starts none. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte */
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0)
-            lo = 0xa0; /* overlong */
-        else if (c == 0xed)
-            hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f; /* above U+10FFFF */
-    } else
-        return 0;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    return len;
-}
 
 /* The escaped form of one character into esc; returns its length and how many input bytes it
  * stands for. */
@@ -48,22 +17,28 @@ static size_t escape_one(const unsigned char *s, size_t n, char esc[8], size_t *
 {
     unsigned char c = s[0];
     *used = 1;
-    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
         esc[0] = (char)c;
         return 1;
     }
+    uint32_t cp = c;
     if (c >= 0x80) {
-        size_t len = utf8_len(s, n);
+        size_t len = utf8_char_len(s, n);
         if (len == 0) {
             memcpy(esc, replacement, 3);
             return 3;
         }
-        memcpy(esc, s, len);
         *used = len;
-        return len;
+        cp = utf8_decode(s, len);
+        if (!utf8_is_control(cp)) {
+            memcpy(esc, s, len);
+            return len;
+        }
+        /* C1 controls and U+2028/U+2029: escaped, so that no terminal acts on them and no
+         * line reader splits a line there (JSON allows escaping any character). */
     }
     esc[0] = '\\';
-    switch (c) {
+    switch (cp) {
     case '"': esc[1] = '"'; return 2;
     case '\\': esc[1] = '\\'; return 2;
     case '\n': esc[1] = 'n'; return 2;
@@ -72,25 +47,36 @@ static size_t escape_one(const unsigned char *s, size_t n, char esc[8], size_t *
     case '\b': esc[1] = 'b'; return 2;
     case '\f': esc[1] = 'f'; return 2;
     default:
-        memcpy(esc + 1, "u00", 3);
-        esc[4] = hex[c >> 4];
-        esc[5] = hex[c & 15];
+        esc[1] = 'u';
+        esc[2] = hex[cp >> 12 & 15];
+        esc[3] = hex[cp >> 8 & 15];
+        esc[4] = hex[cp >> 4 & 15];
+        esc[5] = hex[cp & 15];
         return 6;
     }
 }
 
-size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *mark)
+static bool plain_byte(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
+size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *mark, bool *cut)
 {
     const unsigned char *in = (const unsigned char *)s;
     size_t mlen = mark != NULL ? strlen(mark) : 0;
-    if (cap < 2)
+    if (cut != NULL)
+        *cut = false;
+    if (cap < 2) {
+        if (cut != NULL)
+            *cut = true;
         return 0;
+    }
     if (cap < mlen + 2)
         mlen = 0; /* no room for the mark: cut without it */
     /* The common case, ids and paths: plain ASCII that fits whole. */
     size_t plain = 0;
-    while (plain < n && in[plain] >= 0x20 && in[plain] < 0x80 && in[plain] != '"' &&
-           in[plain] != '\\')
+    while (plain < n && plain_byte(in[plain]))
         plain++;
     if (plain == n && n + 2 <= cap) {
         out[0] = '"';
@@ -98,13 +84,14 @@ size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *
         out[n + 1] = '"';
         return n + 2;
     }
-    /* cut_at: where the text would end if it had to be cut here (mark and quote still fit). */
+    /* cut_at: where the text would end if it had to be cut here (mark and quote still fit).
+     * Whole characters and whole escapes only: a cut never splits either. */
     size_t o = 1, i = 0, cut_at = 1;
     out[0] = '"';
     while (i < n) {
         char esc[8];
         size_t used, elen;
-        if (in[i] >= 0x20 && in[i] < 0x80 && in[i] != '"' && in[i] != '\\') {
+        if (plain_byte(in[i])) {
             esc[0] = (char)in[i];
             elen = used = 1;
         } else {
@@ -115,6 +102,8 @@ size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *
             if (mlen > 0)
                 memcpy(out + o, mark, mlen);
             o += mlen;
+            if (cut != NULL)
+                *cut = true;
             break;
         }
         memcpy(out + o, esc, elen);
@@ -125,6 +114,24 @@ size_t jsonw_string(char *out, size_t cap, const char *s, size_t n, const char *
     }
     out[o++] = '"';
     return o;
+}
+
+size_t jsonw_string_len(const char *s, size_t n, size_t limit)
+{
+    const unsigned char *in = (const unsigned char *)s;
+    size_t o = 2, i = 0;
+    while (i < n && o < limit) {
+        if (plain_byte(in[i])) {
+            o++;
+            i++;
+            continue;
+        }
+        char esc[8];
+        size_t used;
+        o += escape_one(in + i, n - i, esc, &used);
+        i += used;
+    }
+    return o < limit ? o : limit;
 }
 
 size_t jsonw_int(char *out, long long v)
@@ -156,16 +163,13 @@ static void put(struct jsonw *w, const char *s, size_t n)
     w->len += n;
 }
 
-/* A whole string or an overflow: written with a mark that cannot occur in escaped output, so a
- * value that had to be cut is detected, never sent cut. */
+/* A whole string or an overflow: a value that had to be cut is detected, never sent cut. */
 static void put_string(struct jsonw *w, const char *v)
 {
-    if (w->overflow || w->cap - w->len < 3) { /* room for "" and the mark */
-        w->overflow = true;
-        return;
-    }
-    size_t n = jsonw_string(w->buf + w->len, w->cap - w->len, v, strlen(v), "\x01");
-    if (n == 0 || memchr(w->buf + w->len, '\x01', n) != NULL) {
+    bool cut;
+    size_t n =
+        w->overflow ? 0 : jsonw_string(w->buf + w->len, w->cap - w->len, v, strlen(v), NULL, &cut);
+    if (n == 0 || cut) {
         w->overflow = true;
         return;
     }

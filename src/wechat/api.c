@@ -11,6 +11,7 @@
 
 #include "crypto/crypto.h"
 #include "util/jsonw.h"
+#include "util/utf8.h"
 
 bool wechat_id_valid(const char *id, size_t len)
 {
@@ -30,13 +31,29 @@ bool wechat_session_key_valid(const char *sk, size_t len)
     return ok;
 }
 
-/* Copies a JSON string of at most cap - 1 bytes; false when absent, not a string or too long. */
-static bool copy_string(const json_t *v, char *out, size_t cap)
+/* How a string of WeChat's answer was taken. */
+enum take { TAKE_OK, TAKE_ABSENT, TAKE_BAD };
+
+/*
+ * Copies a JSON string that is text (valid UTF-8 without control characters, util/utf8) and
+ * fits out (cap - 1 bytes) whole. A string of WeChat's is never cut: one that does not fit, or
+ * is not text, or is not a string, is TAKE_BAD (the answer is malformed). Absent or null:
+ * TAKE_ABSENT, out "".
+ */
+static enum take take_text(const json_t *v, char *out, size_t cap)
 {
-    if (!json_is_string(v) || json_string_length(v) >= cap)
-        return false;
-    memcpy(out, json_string_value(v), json_string_length(v) + 1);
-    return true;
+    out[0] = '\0';
+    if (v == NULL || json_is_null(v))
+        return TAKE_ABSENT;
+    if (!json_is_string(v))
+        return TAKE_BAD;
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+    if (n >= cap || !utf8_text_ok(s, n))
+        return TAKE_BAD;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return TAKE_OK;
 }
 
 /* A reply that passed the client's checks but not ours: the caller sees a bad body. */
@@ -57,6 +74,34 @@ static bool accept_session(const json_t *body)
            json_is_string(json_object_get(body, "session_key"));
 }
 
+bool wechat_session_parse(const json_t *body, struct wechat_session *s, const char **why)
+{
+    memset(s, 0, sizeof(*s));
+    /* Ids go into response headers (X-WX-OpenID): only WeChat's alphabet passes. */
+    if (take_text(json_object_get(body, "openid"), s->openid, sizeof(s->openid)) != TAKE_OK ||
+        !wechat_id_valid(s->openid, strlen(s->openid))) {
+        *why = "openid missing or malformed";
+        goto bad;
+    }
+    if (take_text(json_object_get(body, "session_key"), s->session_key, sizeof(s->session_key)) !=
+            TAKE_OK ||
+        !wechat_session_key_valid(s->session_key, strlen(s->session_key))) {
+        *why = "session_key missing or malformed";
+        goto bad;
+    }
+    /* Absent (the app is bound to no Open Platform account), null or "": none. */
+    enum take u = take_text(json_object_get(body, "unionid"), s->unionid, sizeof(s->unionid));
+    if (u == TAKE_BAD ||
+        (s->unionid[0] != '\0' && !wechat_id_valid(s->unionid, strlen(s->unionid)))) {
+        *why = "unionid malformed";
+        goto bad;
+    }
+    return true;
+bad:
+    crypto_wipe(s, sizeof(*s));
+    return false;
+}
+
 static void decode_session(void (*done)(void), void *arg, const struct wechat_reply *r)
 {
     wechat_session_fn *fn = (wechat_session_fn *)done;
@@ -65,25 +110,13 @@ static void decode_session(void (*done)(void), void *arg, const struct wechat_re
         return;
     }
     struct wechat_session s;
-    memset(&s, 0, sizeof(s));
-    const json_t *openid = json_object_get(r->body, "openid");
-    const json_t *sk = json_object_get(r->body, "session_key");
-    const json_t *unionid = json_object_get(r->body, "unionid");
-    /* Ids go into response headers (X-WX-OpenID): only WeChat's alphabet passes. */
-    bool ok = copy_string(openid, s.openid, sizeof(s.openid)) &&
-              wechat_id_valid(s.openid, strlen(s.openid)) &&
-              copy_string(sk, s.session_key, sizeof(s.session_key)) &&
-              wechat_session_key_valid(s.session_key, strlen(s.session_key));
-    if (ok && unionid != NULL &&
-        (!copy_string(unionid, s.unionid, sizeof(s.unionid)) ||
-         !wechat_id_valid(s.unionid, strlen(s.unionid))))
-        s.unionid[0] = '\0'; /* a unionid we cannot use is as good as none */
-    if (!ok) {
-        struct wechat_reply b = bad_body(r, "openid or session_key malformed");
+    const char *why;
+    if (!wechat_session_parse(r->body, &s, &why)) {
+        struct wechat_reply b = bad_body(r, why);
         fn(arg, &b, NULL);
-    } else {
-        fn(arg, r, &s);
+        return;
     }
+    fn(arg, r, &s);
     crypto_wipe(&s, sizeof(s));
 }
 
@@ -112,6 +145,44 @@ static bool accept_phone(const json_t *body)
            json_is_string(json_object_get(pi, "purePhoneNumber"));
 }
 
+bool wechat_phone_parse(const json_t *body, struct wechat_phone *p, const char **why)
+{
+    memset(p, 0, sizeof(*p));
+    const json_t *pi = json_object_get(body, "phone_info");
+    if (take_text(json_object_get(pi, "phoneNumber"), p->phone_number, sizeof(p->phone_number)) !=
+            TAKE_OK ||
+        take_text(json_object_get(pi, "purePhoneNumber"), p->pure_phone_number,
+                  sizeof(p->pure_phone_number)) != TAKE_OK) {
+        *why = "phone number missing, too long or not text";
+        goto bad;
+    }
+    /* countryCode is documented as a string ("86"), but the official example sends a number:
+     * both are taken, as text. Absent or null: "". */
+    const json_t *cc = json_object_get(pi, "countryCode");
+    bool cc_ok;
+    if (json_is_integer(cc)) {
+        long long v = (long long)json_integer_value(cc);
+        int n = v >= 0 ? snprintf(p->country_code, sizeof(p->country_code), "%lld", v) : -1;
+        cc_ok = n > 0 && (size_t)n < sizeof(p->country_code);
+    } else {
+        cc_ok = take_text(cc, p->country_code, sizeof(p->country_code)) != TAKE_BAD;
+    }
+    if (!cc_ok) {
+        *why = "countryCode malformed or too long";
+        goto bad;
+    }
+    /* The caller compares it with our appid: absent, it is "" and differs. */
+    if (take_text(json_object_get(json_object_get(pi, "watermark"), "appid"), p->watermark_appid,
+                  sizeof(p->watermark_appid)) == TAKE_BAD) {
+        *why = "watermark appid malformed or too long";
+        goto bad;
+    }
+    return true;
+bad:
+    crypto_wipe(p, sizeof(*p));
+    return false;
+}
+
 static void decode_phone(void (*done)(void), void *arg, const struct wechat_reply *r)
 {
     wechat_phone_fn *fn = (wechat_phone_fn *)done;
@@ -120,27 +191,13 @@ static void decode_phone(void (*done)(void), void *arg, const struct wechat_repl
         return;
     }
     struct wechat_phone p;
-    memset(&p, 0, sizeof(p));
-    const json_t *pi = json_object_get(r->body, "phone_info");
-    const json_t *cc = json_object_get(pi, "countryCode");
-    const json_t *wm = json_object_get(json_object_get(pi, "watermark"), "appid");
-    bool ok =
-        copy_string(json_object_get(pi, "phoneNumber"), p.phone_number, sizeof(p.phone_number)) &&
-        copy_string(json_object_get(pi, "purePhoneNumber"), p.pure_phone_number,
-                    sizeof(p.pure_phone_number));
-    /* countryCode is documented as a string, but the official example sends a number. */
-    if (json_is_integer(cc))
-        snprintf(p.country_code, sizeof(p.country_code), "%lld", (long long)json_integer_value(cc));
-    else if (!copy_string(cc, p.country_code, sizeof(p.country_code)))
-        p.country_code[0] = '\0';
-    if (!copy_string(wm, p.watermark_appid, sizeof(p.watermark_appid)))
-        p.watermark_appid[0] = '\0';
-    if (!ok) {
-        struct wechat_reply b = bad_body(r, "phone number too long");
+    const char *why;
+    if (!wechat_phone_parse(r->body, &p, &why)) {
+        struct wechat_reply b = bad_body(r, why);
         fn(arg, &b, NULL);
-    } else {
-        fn(arg, r, &p);
+        return;
     }
+    fn(arg, r, &p);
     crypto_wipe(&p, sizeof(p));
 }
 
@@ -205,13 +262,37 @@ int wechat_check_session(struct wechat_client *c, struct async_slot *slot, const
 
 /* ---- the access token ---- */
 
+/* The fields' presence; their shape is wechat_token_parse's. */
 static bool accept_token(const json_t *body)
 {
-    const json_t *tok = json_object_get(body, "access_token");
+    return json_is_string(json_object_get(body, "access_token")) &&
+           json_is_integer(json_object_get(body, "expires_in"));
+}
+
+bool wechat_token_parse(const json_t *body, struct wechat_token_grant *g, const char **why)
+{
+    memset(g, 0, sizeof(*g));
+    /* The token goes into URLs, Redis and the admin route's answer: printable ASCII only. */
+    bool ok =
+        take_text(json_object_get(body, "access_token"), g->token, sizeof(g->token)) == TAKE_OK &&
+        g->token[0] != '\0';
+    for (const char *c = g->token; ok && *c != '\0'; c++)
+        ok = *c > 0x20 && *c < 0x7f;
+    if (!ok) {
+        *why = "access_token missing, too long or malformed";
+        goto bad;
+    }
     const json_t *exp = json_object_get(body, "expires_in");
-    return json_is_string(tok) && json_string_length(tok) > 0 &&
-           json_string_length(tok) <= WECHAT_TOKEN_MAX && json_is_integer(exp) &&
-           json_integer_value(exp) > 0 && json_integer_value(exp) <= 86400; /* WeChat: 7200 */
+    if (!json_is_integer(exp) || json_integer_value(exp) <= 0 ||
+        json_integer_value(exp) > 86400) { /* WeChat: 7200 */
+        *why = "expires_in missing or out of range";
+        goto bad;
+    }
+    g->expires_in = (long)json_integer_value(exp);
+    return true;
+bad:
+    crypto_wipe(g, sizeof(*g));
+    return false;
 }
 
 static void decode_grant(void (*done)(void), void *arg, const struct wechat_reply *r)
@@ -222,8 +303,12 @@ static void decode_grant(void (*done)(void), void *arg, const struct wechat_repl
         return;
     }
     struct wechat_token_grant g;
-    copy_string(json_object_get(r->body, "access_token"), g.token, sizeof(g.token));
-    g.expires_in = (long)json_integer_value(json_object_get(r->body, "expires_in"));
+    const char *why;
+    if (!wechat_token_parse(r->body, &g, &why)) {
+        struct wechat_reply b = bad_body(r, why);
+        fn(arg, &b, NULL);
+        return;
+    }
     fn(arg, r, &g);
     crypto_wipe(&g, sizeof(g));
 }

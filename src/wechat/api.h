@@ -42,10 +42,11 @@ int wechat_code2session(struct wechat_client *c, struct async_slot *slot,
                         void *arg);
 
 /* getuserphonenumber */
+/* Every field is text (no control characters) that fitted whole. */
 struct wechat_phone {
     char phone_number[64];
     char pure_phone_number[64];
-    char country_code[16]; /* always text (WeChat has sent it as a number too) */
+    char country_code[16]; /* always text (WeChat has sent it as a number too); "" if none */
     char watermark_appid[WECHAT_ID_MAX + 1];
 };
 typedef void wechat_phone_fn(void *arg, const struct wechat_reply *reply,
@@ -73,7 +74,23 @@ int wechat_fetch_token(struct wechat_client *c, struct async_slot *slot,
                        const struct wechat_app *app, enum wechat_token_api api, bool force,
                        wechat_grant_fn *done, void *arg);
 
-/* ---- shapes, exported for the tests ---- */
+/* ---- shapes and typed results, exported for the tests ---- */
+
+/*
+ * The typed result of a successful answer's body. Every string WeChat returns is taken whole
+ * or not at all: one that is missing where required, is not a string, is not text (valid
+ * UTF-8 without control characters) or does not fit its field is a malformed answer (false,
+ * with *why naming the field, never its value; out is wiped), which callers see as
+ * WECHAT_BAD_BODY. Never cut, so never cut inside a character. On success out is filled.
+ *   session: openid and session_key required; unionid absent, null or "" is none.
+ *   phone: phoneNumber and purePhoneNumber required; countryCode a string or a non-negative
+ *     integer (written as text), absent or null is ""; watermark.appid absent is "".
+ *   token: access_token of 1 to WECHAT_TOKEN_MAX printable ASCII characters; expires_in
+ *     from 1 to 86400.
+ */
+bool wechat_session_parse(const json_t *body, struct wechat_session *out, const char **why);
+bool wechat_phone_parse(const json_t *body, struct wechat_phone *out, const char **why);
+bool wechat_token_parse(const json_t *body, struct wechat_token_grant *out, const char **why);
 
 /* A session_key of WeChat's shape: strict base64 of exactly 16 bytes (24 characters). */
 bool wechat_session_key_valid(const char *sk, size_t len);

@@ -122,6 +122,45 @@ def test_secret_errors_never_echo_the_secret(tmp_path, mock):
     assert secret not in cp.stderr + cp.stdout
 
 
+PROXY_PASSWORD = "s3cretpw"
+
+
+@pytest.mark.parametrize("value", [
+    "ftp://user:{pw}@127.0.0.1:{port}",
+    "user:{pw}@127.0.0.1:{port}",          # the scheme forgotten
+    "http:/user:{pw}@127.0.0.1:{port}",    # a slash missing
+    "ftp://user:{pw}@127.0.0.1:{port}/" + "p" * 600,  # and long
+])
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_wechat_base_error_never_echoes_its_password(mock, tmp_path, value, where):
+    """A rejected wechat_base is named, never quoted with its user:password@."""
+    value = value.format(pw=PROXY_PASSWORD, port=mock.port)
+    if where == "env":
+        cp = run_cli(["serve"], env=serve_env(mock, WXLOGIN_WECHAT_BASE=value), timeout=10)
+    else:
+        cfg = write_config(tmp_path / "wxlogin.conf", {"wechat_base": value})
+        cp = run_cli(["serve", "--config", str(cfg)],
+                     env=serve_env(mock, WXLOGIN_WECHAT_BASE=None), timeout=10)
+    assert_config_exit(cp, "wechat_base")
+    assert PROXY_PASSWORD not in cp.stdout + cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_wechat_base_password_not_in_start_line(serve_factory, mock, fmt):
+    """wechat_base with credentials (a proxy's) works, and its password is redacted in the
+    start line like the store's."""
+    base = f"http://user:{PROXY_PASSWORD}@127.0.0.1:{mock.port}"
+    s = serve_factory(wechat_base=base, env={"WXLOGIN_LOG_FORMAT": fmt,
+                                             "WXLOGIN_LOG_LEVEL": "debug"})
+    assert_ok(login(s.port, new_code("proxied")))
+    s.stop()
+    text = s.log_text()
+    start = [l for l in text.splitlines() if "wxlogin serving" in l]
+    assert len(start) == 1, text[-2000:]
+    assert f"http://***@127.0.0.1:{mock.port}" in start[0], start[0]
+    assert PROXY_PASSWORD not in text, f"the proxy password was logged:\n{text[-2000:]}"
+
+
 # --------------------------------------------------------------------------
 # config that starts
 # --------------------------------------------------------------------------

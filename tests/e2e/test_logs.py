@@ -2,6 +2,7 @@
 
 import json
 import re
+import urllib.parse
 import uuid
 
 import pytest
@@ -108,6 +109,94 @@ def test_text_log_access_line(procs, mock):
             pytest.fail(f"text format wrote a JSON line: {l!r}")
         except ValueError:
             pass
+
+
+CUT_MARK = "\u2026"  # "…": the end of a value that was cut (docs/operations.md)
+
+
+def decoded_path(raw):
+    """The path as wxlogin sees it: percent-decoded bytes, shown as UTF-8 (U+FFFD for bytes
+    that are not)."""
+    return urllib.parse.unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def check_access_line(d, want_path):
+    """An access line for a 404 GET of want_path: whole, or cut and flagged."""
+    assert d.get("method") == "GET" and num(d.get("status")) == 404, d
+    assert num(d.get("duration_ms")) is not None, d
+    got = d.get("path")
+    assert isinstance(got, str), d
+    if d.get("truncated") is True:
+        assert got.endswith(CUT_MARK), d
+        kept = got[:-len(CUT_MARK)]
+        assert len(kept) < len(want_path) and want_path.startswith(kept), \
+            f"cut path is not a prefix of whole characters: {kept[-40:]!r}"
+    else:
+        assert "truncated" not in d, d
+        assert got == want_path, (got[-40:], want_path[-40:])
+
+
+# Escape-heavy path units: 6 bytes per byte once escaped (%01), a quote and a backslash
+# (2 bytes), a multi-byte character, a byte that is not UTF-8, U+2028 (a line end to Python's
+# splitlines and to JavaScript) and a C1 control (U+009B, a CSI to some terminals).
+HEAVY_UNITS = ["%01", "%22", "%5C", "%E5%BE%AE", "%FF", "%E2%80%A8", "%C2%9B"]
+
+
+def test_json_access_line_escape_heavy_paths_of_many_lengths(procs, mock):
+    """Paths of %01 x n for 60 lengths around the 4 KiB line (and other escape-heavy units):
+    every stderr line is JSON, and each request's access line keeps its status and request id,
+    with the path whole or cut between whole characters and flagged."""
+    s = procs.serve(mock=mock, env={"WXLOGIN_LOG_FORMAT": "json"})
+    sent = {}
+    lengths = list(range(630, 750, 2))  # 60 lengths; the path no longer fits from about 680
+    cases = [("%01", n) for n in lengths]
+    cases += [(u, n) for u in HEAVY_UNITS[1:] for n in (1, 250, 700)]
+    for i, (unit, n) in enumerate(cases):
+        raw = "/" + unit * n
+        rid = f"heavy-{i}-{uuid.uuid4().hex[:8]}"
+        r = request(s.port, "GET", raw, headers={"X-Request-Id": rid})
+        assert r.status == 404, (unit, n, r.status)
+        sent[rid] = (unit, n, decoded_path(raw))
+    s.wait_log(lambda t: all(rid in t for rid in sent), timeout=10)
+
+    by_id = {}
+    bad = []
+    for line in s.log_lines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            bad.append(line[:120])
+            continue
+        assert isinstance(d, dict), line
+        if d.get("request_id") in sent:
+            by_id[d["request_id"]] = d
+    assert not bad, f"{len(bad)} log lines are not JSON, e.g. {bad[:3]}"
+    missing = [sent[rid][:2] for rid in sent if rid not in by_id]
+    assert not missing, f"no access line (with its request_id) for {len(missing)} paths: " \
+                        f"{missing[:5]}"
+    cut = 0
+    for rid, (unit, n, want) in sent.items():
+        check_access_line(by_id[rid], want)
+        cut += by_id[rid].get("truncated") is True
+    assert cut >= 40, f"only {cut} paths were long enough to be cut: the test lost its point"
+
+
+def test_text_log_escapes_control_characters(procs, mock):
+    """ESC, BS and the other control characters of a request path never reach the terminal
+    raw in the text format."""
+    s = procs.serve(mock=mock, env={"WXLOGIN_LOG_FORMAT": "text"})
+    tag = uuid.uuid4().hex[:12]
+    raw = f"/{tag}%1B%5B2J%1B%5D0;owned%07%08%08%01%7F%C2%9B31m"
+    assert request(s.port, "GET", raw).status == 404
+    s.wait_log(lambda t: tag in t)
+    s.stop()
+    data = s.log_path.read_bytes()
+    lines = [l for l in data.split(b"\n") if tag.encode() in l]
+    assert len(lines) == 1, lines
+    for b in (b"\x1b", b"\x07", b"\x08", b"\x01", b"\x7f", b"\xc2\x9b"):
+        assert b not in data, f"{b!r} reached the log raw: {lines[0]!r}"
+    assert b"\\u001b[2J\\u001b]0;owned\\u0007\\b\\b\\u0001\\u007f\\u009b31m" in lines[0], lines[0]
+    assert b" status=404 " in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import threading
 import time
 
@@ -272,6 +273,46 @@ def test_master_key_file_created_0600_and_reused(procs, mock, tmp_path):
     s.stop()
     procs.serve(mock=mock, env=store_env(tmp_path))
     assert key.read_bytes() == before
+
+
+def private_modes(tmp_path):
+    """{name: mode} of the database and the files beside it (the key excluded)."""
+    return {n: stat.S_IMODE(os.stat(tmp_path / n).st_mode) for n in os.listdir(tmp_path)
+            if n.startswith("wx.db") and not n.endswith(".key")}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000, 0o277])
+def test_database_files_private_whatever_the_umask(procs, mock, tmp_path, umask):
+    """wx.db and its -wal (-shm, -journal if SQLite makes them) hold every openid, unionid and
+    sealed key: 0600 however permissive (or strict) the umask the service starts with."""
+    old = os.umask(umask)
+    try:
+        s = procs.serve(mock=mock, env=store_env(tmp_path))
+    finally:
+        os.umask(old)
+    token_of(login(s.port, new_code("umask")))
+    running = private_modes(tmp_path)
+    assert {"wx.db", "wx.db-wal"} <= set(running), running
+    assert all(m == 0o600 for m in running.values()), {n: oct(m) for n, m in running.items()}
+    assert s.stop() == 0
+    stopped = private_modes(tmp_path)
+    assert stopped and all(m == 0o600 for m in stopped.values()), \
+        {n: oct(m) for n, m in stopped.items()}
+
+
+def test_database_readable_by_others_is_tightened_with_a_warning(procs, mock, tmp_path):
+    """A database left 0644 (by an older version, or by hand) is made 0600 at start, the log
+    says so, and nothing in it is lost."""
+    s = procs.serve(mock=mock, env=store_env(tmp_path))
+    tok = token_of(login(s.port, new_code("wide")))
+    assert s.stop() == 0
+    os.chmod(tmp_path / "wx.db", 0o644)
+    s2 = procs.serve(mock=mock, env=store_env(tmp_path))
+    assert stat.S_IMODE(os.stat(tmp_path / "wx.db").st_mode) == 0o600
+    text = s2.wait_log(lambda t: "readable by others" in t)
+    warns = [l for l in text.splitlines() if "readable by others" in l]
+    assert len(warns) == 1 and '"level":"warn"' in warns[0] and "wx.db" in warns[0], text[-2000:]
+    assert session(s2.port, tok).status == 200
 
 
 def test_readyz_and_store_failure(srv, tmp_path):

@@ -3,6 +3,7 @@ from a rejected token, anti-storm backoff, stable vs classic API) and the admin 
 GET /admin/v1/access-token, POST /admin/v1/access-token/refresh (issue: Mini Program data)."""
 
 import hashlib
+import http.server
 import json
 import re
 import threading
@@ -257,6 +258,120 @@ def test_phone_other_errcode_is_502(tsrv, tok):
     assert r.status == 502, r
     body = r.json()
     assert body["error"] == "upstream_error" and body.get("wx_errcode") == 40200, body
+
+
+class FakeWeChat:
+    """A stand-in WeChat on a thread (standard library HTTP server) for the answers `wxlogin
+    mock` never gives: it logs anyone in, hands out a token, and answers getuserphonenumber
+    with whatever `phone_info` the test sets (the mock always sends countryCode 86 as a
+    number; WeChat's documented type is the string "86")."""
+
+    SESSION = {"openid": "oFakeWeChat0000000000000001", "session_key": "tiihtNczf5v6AKRyjwEUhQ=="}
+
+    def __init__(self):
+        self.phone_info = None
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self, obj):
+                b = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(b)))
+                self.end_headers()
+                self.wfile.write(b)
+
+            def do_GET(self):
+                if self.path.startswith("/sns/jscode2session"):
+                    self.answer(fake.SESSION)
+                else:
+                    self.answer({"errcode": 40001, "errmsg": "invalid credential"})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.startswith("/cgi-bin/stable_token"):
+                    self.answer({"access_token": "80_fake-token", "expires_in": 7200})
+                elif self.path.startswith("/wxa/business/getuserphonenumber"):
+                    self.answer({"errcode": 0, "errmsg": "ok", "phone_info": fake.phone_info})
+                else:
+                    self.answer({"errcode": 40001, "errmsg": "invalid credential"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_wechat():
+    f = FakeWeChat()
+    yield f
+    f.close()
+
+
+def phone_info(cc, number="13800138000"):
+    info = {"phoneNumber": number, "purePhoneNumber": number,
+            "watermark": {"timestamp": 1637744274, "appid": DEFAULT_APPID}}
+    if cc is not None:
+        info["countryCode"] = cc
+    return info
+
+
+WEI = "\u5fae"  # 3 bytes of UTF-8
+
+
+@pytest.mark.parametrize("cc,want", [("86", "86"), (86, "86"), (None, ""), (WEI * 5, WEI * 5)],
+                         ids=["string", "number", "absent", "15-bytes-multibyte"])
+def test_phone_country_code_as_wechat_sends_it(procs, fake_wechat, cc, want):
+    s = procs.serve(wechat_base=fake_wechat.base)
+    tok = login(s.port, "fake")
+    fake_wechat.phone_info = phone_info(cc)
+    r = phone(s.port, tok, new_code("fake"))
+    assert r.status == 200, r
+    body = r.json()
+    assert body == {"phoneNumber": "13800138000", "purePhoneNumber": "13800138000",
+                    "countryCode": want}, body
+
+
+@pytest.mark.parametrize("info", [
+    phone_info(WEI * 6),                       # 18 bytes: one character too many
+    phone_info(WEI * 20),
+    phone_info("8" * 14 + "\u00e9"),           # the 15-byte cut would fall inside the é
+    phone_info("\u001b[31m"),                  # not text
+    phone_info(-86),
+    phone_info(10 ** 18),
+    phone_info(86.0),
+    phone_info("86", number=WEI * 22),         # 66 bytes
+    phone_info("86", number="\u0001" * 63),    # 63 bytes, 6 each once escaped
+    phone_info("86", number="1380013\u20288000"),
+], ids=["cc-6x3-bytes", "cc-20x3-bytes", "cc-cut-inside-char", "cc-control", "cc-negative",
+        "cc-huge", "cc-float", "number-66-bytes", "number-controls", "number-u2028"])
+def test_phone_malformed_answer_is_502_never_500(procs, fake_wechat, info):
+    """A string WeChat returns that does not fit or is not text is a malformed answer: 502
+    upstream_error, as any other; never a 500, never cut, never dropped to ""."""
+    s = procs.serve(wechat_base=fake_wechat.base, env={"WXLOGIN_LOG_FORMAT": "json"})
+    tok = login(s.port, "fake")
+    fake_wechat.phone_info = info
+    r = phone(s.port, tok, new_code("fake"))
+    assert_error(r, 502, "upstream_error", "relogin")
+    assert b"phoneNumber" not in r.body
+    text = s.wait_log(lambda t: "WeChat call failed" in t)
+    [d] = [json.loads(l) for l in text.splitlines() if "WeChat call failed" in l]
+    assert d["level"] == "warn" and d["api"] == "getuserphonenumber", d
+    # the detail names the field, never its value
+    bad_number = info["phoneNumber"] != "13800138000"
+    field, value = ("phone number", info["phoneNumber"]) if bad_number else \
+        ("countryCode", str(info["countryCode"]))
+    assert field in d["detail"] and value not in json.dumps(d, ensure_ascii=False), d
 
 
 # --------------------------------------------------------------------------

@@ -342,6 +342,30 @@ static void test_file_url_without_scheme_rejected(void **state)
     assert_contains(err, "wechat_base");
 }
 
+/* wechat_base may carry a proxy's user:password@: a refusal names the key, never the value. */
+static void test_bad_url_error_never_quotes_a_password(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const bad[] = {
+        "WXLOGIN_WECHAT_BASE=ftp://user:s3cretpw@127.0.0.1:2021",
+        "WXLOGIN_WECHAT_BASE=user:s3cretpw@127.0.0.1:2021",
+        "WXLOGIN_WECHAT_BASE=http:/user:s3cretpw@127.0.0.1:2021",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *const env[] = {(char *)bad[i], NULL};
+        const char *err = load_fails(f, NULL, env);
+        assert_contains(err, "wechat_base");
+        if (strstr(err, "s3cretpw") != NULL)
+            fail_msg("the error quotes the password: %s", err);
+    }
+    const char *path =
+        write_file(f, "proxy.conf", "wechat_base = ftp://user:s3cretpw@127.0.0.1:2021\n");
+    const char *err = load_fails(f, path, no_env);
+    assert_contains(err, "wechat_base");
+    assert_names_line(err, path, 1);
+    assert_null(strstr(err, "s3cretpw"));
+}
+
 static void test_file_empty_string_rejected(void **state)
 {
     struct fixture *f = *state;
@@ -787,6 +811,7 @@ int main(void)
         T(test_file_url_without_scheme_rejected),
         T(test_file_empty_string_rejected),
         T(test_file_long_value_loads_or_names_key),
+        T(test_bad_url_error_never_quotes_a_password),
         T(test_wechat_base_trailing_slashes_stripped),
         T(test_wechat_base_trailing_slash_stripped_from_env),
         T(test_wechat_base_of_only_slashes_rejected),

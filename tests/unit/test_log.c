@@ -294,6 +294,149 @@ static void test_json_very_long_value_line_is_still_json(void **state)
     assert_field(o, "before", "1");
 }
 
+/* ---- lines that do not fit ---- */
+
+#define CUT_MARK "\xe2\x80\xa6" /* "…" */
+
+static char *repeat(const char *unit, size_t count)
+{
+    size_t ul = strlen(unit);
+    char *v = malloc(ul * count + 1);
+    assert_non_null(v);
+    for (size_t i = 0; i < count; i++)
+        memcpy(v + i * ul, unit, ul);
+    v[ul * count] = '\0';
+    return v;
+}
+
+/* The access line as http/server.c writes it, with path. */
+static void log_access(const char *path)
+{
+    const struct log_field f[] = {
+        LOG_STR("method", "GET"),
+        LOG_STR("path", path),
+        LOG_INT("status", 404),
+        LOG_MS("duration_ms", 1234),
+        LOG_STR("request_id", "5f0c9a2e00000001"),
+    };
+    log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
+}
+
+/* Its decoded "path": the whole path, or (with "truncated":true) a prefix of whole characters
+ * followed by the mark; the fields after the path are all there. */
+static void check_access_line(const char *out, size_t len, const char *path_decoded)
+{
+    assert_true(len <= LINE_MAX_BYTES);
+    json_t *o = one_json_line(out, len);
+    assert_field(o, "method", "GET");
+    assert_int_equal(json_integer_value(json_object_get(o, "status")), 404);
+    assert_true(json_is_real(json_object_get(o, "duration_ms")));
+    assert_field(o, "request_id", "5f0c9a2e00000001");
+    const char *got = json_string_value(json_object_get(o, "path"));
+    assert_non_null(got);
+    json_t *t = json_object_get(o, "truncated");
+    if (t == NULL) {
+        assert_string_equal(got, path_decoded);
+        return;
+    }
+    assert_true(json_is_true(t));
+    size_t gl = strlen(got), ml = strlen(CUT_MARK);
+    assert_true(gl >= ml && strcmp(got + gl - ml, CUT_MARK) == 0);
+    assert_true(gl - ml < strlen(path_decoded));
+    assert_memory_equal(got, path_decoded, gl - ml);
+}
+
+/* Found by fuzzing the access line with paths of %01 x n: whatever the length and whatever
+ * needs escaping, the line is one JSON object that keeps every field after the path. */
+static void test_json_access_line_valid_for_many_lengths_of_escape_heavy_paths(void **state)
+{
+    (void)state;
+    static const char *const units[] = {
+        "\x01", "\"", "\\", "\xe5\xbe\xae", "\xf0\x9f\x98\x80", "a\x1b[", "\xe2\x80\xa8"};
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
+        for (size_t count = 1; count < 1500; count += 23) {
+            char *path = repeat(units[u], count);
+            struct capture c;
+            capture_begin(&c);
+            log_access(path);
+            size_t len;
+            char *out = capture_end(&c, &len);
+            check_access_line(out, len, path);
+            free(path);
+            reset_log(NULL);
+        }
+    }
+}
+
+/* Bytes that are not UTF-8 become U+FFFD (3 bytes for 1), wherever the cut falls. */
+static void test_json_access_line_valid_with_invalid_utf8_at_every_length(void **state)
+{
+    (void)state;
+    for (size_t count = 600; count < 1400; count++) {
+        char *path = repeat("\xe5\xbe", count); /* a 3-byte character missing its last byte */
+        struct capture c;
+        capture_begin(&c);
+        log_access(path);
+        size_t len;
+        char *out = capture_end(&c, &len);
+        free(path);
+        assert_true(len <= LINE_MAX_BYTES);
+        json_t *o = one_json_line(out, len);
+        assert_int_equal(json_integer_value(json_object_get(o, "status")), 404);
+        assert_field(o, "request_id", "5f0c9a2e00000001");
+        const char *got = json_string_value(json_object_get(o, "path"));
+        assert_non_null(got);
+        assert_memory_equal(got, "\xef\xbf\xbd\xef\xbf\xbd", 6);
+        reset_log(NULL);
+    }
+}
+
+static void test_json_many_long_values_still_json_and_flagged(void **state)
+{
+    (void)state;
+    char *a = repeat("\x01", 900), *b = repeat("\"", 1500), *d = repeat("\xe5\xbe\xae", 2000);
+    struct capture c;
+    capture_begin(&c);
+    log_kv(LOG_WARN, "m", "a", a, "b", b, "short", "kept", "d", d, "last", "also kept", NULL);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    free(a);
+    free(b);
+    free(d);
+    assert_true(len <= LINE_MAX_BYTES);
+    json_t *o = one_json_line(out, len);
+    assert_true(json_is_true(json_object_get(o, "truncated")));
+    assert_field(o, "short", "kept");
+    assert_field(o, "last", "also kept");
+}
+
+static void test_json_line_that_fits_has_no_truncated_field(void **state)
+{
+    (void)state;
+    struct capture c;
+    capture_begin(&c);
+    log_kv(LOG_INFO, "m", "a", "\x01\x02 \xe5\xbe\xae", NULL);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    json_t *o = one_json_line(out, len);
+    assert_null(json_object_get(o, "truncated"));
+}
+
+/* A long message (log_msg cuts it at 1023 bytes) is flagged too. */
+static void test_json_long_message_flagged(void **state)
+{
+    (void)state;
+    char *big = repeat("\x01", 2000);
+    struct capture c;
+    capture_begin(&c);
+    log_msg(LOG_WARN, "%s", big);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    free(big);
+    json_t *o = one_json_line(out, len);
+    assert_true(json_is_true(json_object_get(o, "truncated")));
+}
+
 /* ---- text lines ---- */
 
 static void test_text_line_quotes_values_with_spaces(void **state)
@@ -358,6 +501,100 @@ static void test_text_very_long_value_cut_and_ends_with_newline(void **state)
     assert_non_null(strstr(out, " big=vvvv"));
 }
 
+/* No byte that drives a terminal reaches it: ESC, BS, other C0 controls but the newlines that
+ * end lines, DEL, C1 controls. */
+static void assert_no_control_bytes(const char *out, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++) {
+        unsigned char c = (unsigned char)out[i];
+        if ((c < 0x20 && c != '\n') || c == 0x7f)
+            fail_msg("control byte 0x%02x at %zu in: %.200s", c, i, out);
+        if (c == 0xc2 && (unsigned char)out[i + 1] >= 0x80 && (unsigned char)out[i + 1] <= 0x9f)
+            fail_msg("C1 control at %zu in: %.200s", i, out);
+    }
+    assert_int_equal(out[len - 1], '\n');
+}
+
+static void test_text_line_escapes_control_characters(void **state)
+{
+    (void)state;
+    log_setup(LOG_INFO, LOG_FORMAT_TEXT);
+    struct capture c;
+    capture_begin(&c);
+    log_kv(LOG_INFO, "request", "path",
+           "/\x1b[2J\x1b]0;owned\x07\b\b\x01\x7f\xc2\x9b"
+           "31m",
+           "ok", "plain", NULL);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    assert_no_control_bytes(out, len);
+    assert_non_null(strstr(out, " path=\"/\\u001b[2J\\u001b]0;owned\\u0007\\b\\b\\u0001\\u007f"
+                                "\\u009b31m\""));
+    assert_non_null(strstr(out, " ok=plain"));
+}
+
+static void test_text_message_escapes_control_characters(void **state)
+{
+    (void)state;
+    log_setup(LOG_INFO, LOG_FORMAT_TEXT);
+    struct capture c;
+    capture_begin(&c);
+    log_msg(LOG_WARN, "ignoring unknown environment variable WXLOGIN_\x1b[31mX");
+    log_kv(LOG_WARN, "plain message stays plain", NULL);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    assert_no_control_bytes(out, len);
+    assert_non_null(
+        strstr(out, " warn \"ignoring unknown environment variable WXLOGIN_\\u001b[31mX\"\n"));
+    assert_non_null(strstr(out, " warn plain message stays plain\n"));
+}
+
+static void test_text_invalid_utf8_replaced(void **state)
+{
+    (void)state;
+    log_setup(LOG_INFO, LOG_FORMAT_TEXT);
+    struct capture c;
+    capture_begin(&c);
+    log_kv(LOG_INFO, "m", "bad", "a\xff\xe5\xbe", NULL);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    /* one U+FFFD per byte that starts no valid sequence: ff, e5 (its sequence is cut), be */
+    assert_non_null(strstr(out, " bad=\"a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\"\n"));
+}
+
+/* Cut text lines keep whole characters and escapes, end with the mark and say so; the
+ * fields after the long value are kept. */
+static void test_text_long_escape_heavy_values_for_many_lengths(void **state)
+{
+    (void)state;
+    static const char *const units[] = {"\x01", "\xe5\xbe\xae", "\x1b", "v"};
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
+        for (size_t count = 500; count < 4200; count += 97) {
+            log_setup(LOG_INFO, LOG_FORMAT_TEXT);
+            char *v = repeat(units[u], count);
+            struct capture c;
+            capture_begin(&c);
+            const struct log_field f[] = {LOG_STR("path", v), LOG_INT("status", 404),
+                                          LOG_STR("request_id", "5f0c9a2e00000001")};
+            log_fields(LOG_INFO, "request", f, 3);
+            size_t len;
+            char *out = capture_end(&c, &len);
+            free(v);
+            assert_true(len <= LINE_MAX_BYTES);
+            assert_no_control_bytes(out, len);
+            assert_ptr_equal(strchr(out, '\n'), out + len - 1);
+            assert_non_null(strstr(out, " status=404 request_id=5f0c9a2e00000001"));
+            if (strstr(out, " truncated=true\n") != NULL) {
+                const char *mark = strstr(out, CUT_MARK);
+                assert_non_null(mark);
+                /* the value's last escape before the mark is whole: \u0001, never \u00 */
+                if (units[u][0] == '\x01' || units[u][0] == '\x1b')
+                    assert_memory_equal(mark - 6, units[u][0] == '\x01' ? "\\u0001" : "\\u001b", 6);
+            }
+        }
+    }
+}
+
 static void test_lines_from_successive_calls_are_separate(void **state)
 {
     (void)state;
@@ -396,6 +633,15 @@ int main(void)
         T(test_text_line_escapes_newlines),
         T(test_text_null_value_skips_pair),
         T(test_text_very_long_value_cut_and_ends_with_newline),
+        T(test_json_access_line_valid_for_many_lengths_of_escape_heavy_paths),
+        T(test_json_access_line_valid_with_invalid_utf8_at_every_length),
+        T(test_json_many_long_values_still_json_and_flagged),
+        T(test_json_line_that_fits_has_no_truncated_field),
+        T(test_json_long_message_flagged),
+        T(test_text_line_escapes_control_characters),
+        T(test_text_message_escapes_control_characters),
+        T(test_text_invalid_utf8_replaced),
+        T(test_text_long_escape_heavy_values_for_many_lengths),
         T(test_lines_from_successive_calls_are_separate),
 #undef T
     };

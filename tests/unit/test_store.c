@@ -1091,6 +1091,11 @@ static void test_url_redacted(void **state)
     redacted_is("redis+unix:///run/redis.sock?db=3", "redis+unix:///run/redis.sock?db=3");
     redacted_is("redis://h/0?x=a@b", "redis://h/0?x=a@b"); /* not a userinfo '@' */
     redacted_is("sqlite:/var/lib/a@b.db", "sqlite:/var/lib/a@b.db");
+    /* a password holding '@' is hidden whole */
+    redacted_is("redis://:hun@ter2@h:6379/0", "redis://***@h:6379/0");
+    /* the same function serves wechat_base (a proxy's credentials) */
+    redacted_is("http://user:s3cretpw@127.0.0.1:2021", "http://***@127.0.0.1:2021");
+    redacted_is("https://api.weixin.qq.com", "https://api.weixin.qq.com");
     /* Bounded by cap, still terminated, never the password. */
     char small[12];
     store_url_redacted("redis://:hunter2@127.0.0.1:6379/1", small, sizeof(small));

@@ -21,6 +21,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
@@ -921,6 +922,108 @@ static void test_close_accepts_null(void **state)
     store_shared_free(NULL);
 }
 
+/* ---- private files ---- */
+
+static unsigned mode_of(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        fail_msg("stat %s: %s", path, strerror(errno));
+    return (unsigned)(sb.st_mode & 07777);
+}
+
+/* Removes the database and the files beside it (the store closed). */
+static void remove_db_files(struct fixture *f)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        char p[PATH_MAX + 16];
+        snprintf(p, sizeof(p), "%s%s", f->path, suffixes[i]);
+        unlink(p);
+    }
+}
+
+/* The database holds every openid, unionid and sealed key: it and its -wal are 0600 whatever
+ * the umask (SQLite itself would make them 0644). */
+static void test_new_database_files_are_0600_whatever_the_umask(void **state)
+{
+    struct fixture *f = *state;
+    static const mode_t umasks[] = {022, 0, 0277};
+    char wal[PATH_MAX + 8];
+    snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    for (size_t i = 0; i < sizeof(umasks) / sizeof(umasks[0]); i++) {
+        close_store(f);
+        remove_db_files(f);
+        mode_t old = umask(umasks[i]);
+        int rc = open_store(f);
+        umask(old);
+        assert_int_equal(rc, 0);
+        assert_int_equal(mode_of(f->path), 0600);
+        uint8_t h[CRYPTO_HASH_LEN];
+        token_hash("wxl_private", h);
+        assert_int_equal(login(&f->w, "openid-private", "", KEY_A, h, NOW + HOUR), STORE_OK);
+        assert_int_equal(mode_of(f->path), 0600);
+        assert_int_equal(mode_of(wal), 0600);
+    }
+}
+
+struct warnings {
+    int n;
+    char msg[4][STORE_ERR_MAX + 128];
+};
+
+static void collect_warning(const char *msg, void *arg)
+{
+    struct warnings *w = arg;
+    if (w->n < 4)
+        snprintf(w->msg[w->n], sizeof(w->msg[0]), "%s", msg);
+    w->n++;
+}
+
+/* Files found readable by others (an older version made them 0644) are tightened, and the
+ * operator is told which; the data is still there. */
+static void test_existing_wide_files_are_tightened_and_reported(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h[CRYPTO_HASH_LEN];
+    token_hash("wxl_wide", h);
+    assert_int_equal(login(&f->w, "openid-wide", "", KEY_A, h, NOW + HOUR), STORE_OK);
+    close_store(f);
+    assert_int_equal(chmod(f->path, 0644), 0);
+    char shm[PATH_MAX + 8];
+    snprintf(shm, sizeof(shm), "%s-shm", f->path);
+    FILE *fp = fopen(shm, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(chmod(shm, 0664), 0);
+
+    struct warnings w = {0};
+    struct store_config cfg = {.url = f->url,
+                               .timeout_ms = 1000,
+                               .master_key = master,
+                               .warn = collect_warning,
+                               .warn_arg = &w};
+    char err[STORE_ERR_MAX] = "";
+    if (store_shared_new(&cfg, &f->sh, err) != 0)
+        fail_msg("reopening: %s", err);
+    assert_int_equal(store_open(f->sh, f->w.loop, &f->w.st, err), 0);
+    assert_int_equal(mode_of(f->path), 0600);
+    assert_int_equal(mode_of(shm), 0600);
+    assert_int_equal(w.n, 2);
+    assert_non_null(strstr(w.msg[0], f->path));
+    assert_non_null(strstr(w.msg[0], "0644"));
+    assert_non_null(strstr(w.msg[1], shm));
+    struct store_session got;
+    assert_int_equal(get_session(&f->w, h, NOW, &got), STORE_OK);
+
+    /* Private already: nothing to say. */
+    close_store(f);
+    w.n = 0;
+    assert_int_equal(store_shared_new(&cfg, &f->sh, err), 0);
+    assert_int_equal(store_open(f->sh, f->w.loop, &f->w.st, err), 0);
+    assert_int_equal(w.n, 0);
+}
+
 /* Session keys are sealed at rest: the file holds a blob bound to its user, never the text. */
 static void test_keys_sealed_at_rest(void **state)
 {
@@ -1164,6 +1267,8 @@ int main(int argc, char **argv)
         T(test_missing_directory_fails_with_message),
         T(test_sqlite_path_of_url),
         T(test_close_accepts_null),
+        T(test_new_database_files_are_0600_whatever_the_umask),
+        T(test_existing_wide_files_are_tightened_and_reported),
         T(test_keys_sealed_at_rest),
         T(test_group_commit_many_logins_all_durable),
         T(test_failing_login_in_a_group_spares_the_others),

@@ -262,7 +262,6 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
     arena_init(&req->arena, req->arena0, sizeof(req->arena0));
     loop_timer_init(&req->deadline, on_deadline, req);
     clock_gettime(CLOCK_MONOTONIC, &req->start);
-    set_request_id(req);
     list_push_back(&srv->live, &req->node);
     return req;
 }
@@ -330,6 +329,8 @@ static void conn_abort(struct http_conn *c, unsigned status, const char *slug, c
     struct http_request *req = c->req;
     conn_unwatch(c);
     if (req != NULL && status != 0) {
+        if (req->id[0] == '\0') /* its headers are not all in */
+            set_request_id(req);
         char body[ERROR_BODY_MAX], out[ERROR_BODY_MAX + 256];
         struct jsonw w;
         jsonw_begin(&w, body, sizeof(body));
@@ -756,6 +757,7 @@ static enum MHD_Result on_headers(struct http_request *req, const char *url, con
     req->headers_in = true;
     req->method = method;
     req->path = url;
+    set_request_id(req);
     const char *msg;
     unsigned status = check_headers(req, version, &msg);
     if (status != 0)

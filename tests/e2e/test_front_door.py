@@ -205,6 +205,13 @@ def test_percent_encoded_paths_are_refused(front, path):
     assert b"access_token" not in r.body
 
 
+def test_a_proxys_request_id_is_kept(front):
+    r = request(front.port, "GET", "/healthz", headers={"X-Request-Id": "edge-42.a_b"})
+    assert r.status == 200 and r.headers["x-request-id"] == "edge-42.a_b", r
+    r = request(front.port, "GET", "/%68ealthz", headers={"X-Request-Id": "edge-43"})
+    assert r.status == 400 and r.headers["x-request-id"] == "edge-43", r
+
+
 def test_raw_admin_path_still_routes(front):
     r = request(front.port, "GET", "/admin/v1/access-token",
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})

@@ -121,8 +121,8 @@ def decoded_path(raw):
 
 
 def check_access_line(d, want_path):
-    """An access line for a 404 GET of want_path: whole, or cut and flagged."""
-    assert d.get("method") == "GET" and num(d.get("status")) == 404, d
+    """An access line for a 400 GET (a percent-encoded path is refused before routing) of want_path: whole, or cut and flagged."""
+    assert d.get("method") == "GET" and num(d.get("status")) == 400, d
     assert num(d.get("duration_ms")) is not None, d
     got = d.get("path")
     assert isinstance(got, str), d
@@ -155,7 +155,7 @@ def test_json_access_line_escape_heavy_paths_of_many_lengths(procs, mock):
         raw = "/" + unit * n
         rid = f"heavy-{i}-{uuid.uuid4().hex[:8]}"
         r = request(s.port, "GET", raw, headers={"X-Request-Id": rid})
-        assert r.status == 404, (unit, n, r.status)
+        assert r.status == 400, (unit, n, r.status)
         sent[rid] = (unit, n, decoded_path(raw))
     s.wait_log(lambda t: all(rid in t for rid in sent), timeout=10)
 
@@ -187,7 +187,7 @@ def test_text_log_escapes_control_characters(procs, mock):
     s = procs.serve(mock=mock, env={"WXLOGIN_LOG_FORMAT": "text"})
     tag = uuid.uuid4().hex[:12]
     raw = f"/{tag}%1B%5B2J%1B%5D0;owned%07%08%08%01%7F%C2%9B31m"
-    assert request(s.port, "GET", raw).status == 404
+    assert request(s.port, "GET", raw).status == 400
     s.wait_log(lambda t: tag in t)
     s.stop()
     data = s.log_path.read_bytes()
@@ -196,7 +196,7 @@ def test_text_log_escapes_control_characters(procs, mock):
     for b in (b"\x1b", b"\x07", b"\x08", b"\x01", b"\x7f", b"\xc2\x9b"):
         assert b not in data, f"{b!r} reached the log raw: {lines[0]!r}"
     assert b"\\u001b[2J\\u001b]0;owned\\u0007\\b\\b\\u0001\\u007f\\u009b31m" in lines[0], lines[0]
-    assert b" status=404 " in lines[0], lines[0]
+    assert b" status=400 " in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -56,6 +56,8 @@ static const struct cfg_key keys[] = {
     {"access_token_api", CT_STRING, OFF(access_token_api), "stable", 0, 0},
     {"admin_token", CT_SECRET, OFF(admin_token), NULL, 0, 0},
     {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
+    {"admin_max_failures", CT_LONG, OFF(admin_max_failures), "5", 1, 100},
+    {"admin_lockout_s", CT_LONG, OFF(admin_lockout_s), "60", 1, 86400},
     {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},

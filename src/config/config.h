@@ -49,6 +49,8 @@ struct config {
     char *access_token_api; /* "stable" or "classic" */
     char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
     char *admin_token_file;
+    long admin_max_failures; /* failed admin attempts per address before its lockout */
+    long admin_lockout_s;    /* the failure window and the lockout, in seconds */
     long session_cache_size; /* sessions kept in memory (SQLite store); 0 = none */
     long store_timeout_ms;   /* Redis: connect and command deadline */
     long request_timeout_ms; /* a request still unanswered this long is answered 504 */

@@ -184,6 +184,17 @@ def test_openssl_admin_tokens_start(serve_factory, mock, args):
         assert token not in s.log_text()
 
 
+@pytest.mark.parametrize("var,value", [
+    ("WXLOGIN_ADMIN_LOCKOUT_S", "0"),
+    ("WXLOGIN_ADMIN_LOCKOUT_S", "86401"),
+    ("WXLOGIN_ADMIN_MAX_FAILURES", "0"),
+    ("WXLOGIN_ADMIN_MAX_FAILURES", "101"),
+])
+def test_admin_lockout_settings_bounds(mock, var, value):
+    cp = run_cli(["serve"], env=serve_env(mock, **{var: value}), timeout=10)
+    assert_config_exit(cp, var)
+
+
 # --------------------------------------------------------------------------
 # config that starts
 # --------------------------------------------------------------------------

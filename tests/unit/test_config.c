@@ -856,6 +856,26 @@ static void test_check_serve_accepts_a_strong_admin_token(void **state)
     assert_int_equal(config_check_serve(&f->cfg, err), 0);
 }
 
+static void test_admin_lockout_keys(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, no_env);
+    assert_int_equal(f->cfg.admin_max_failures, 5);
+    assert_int_equal(f->cfg.admin_lockout_s, 60);
+    config_done(&f->cfg);
+    char *const ok[] = {"WXLOGIN_ADMIN_LOCKOUT_S=1", "WXLOGIN_ADMIN_MAX_FAILURES=100", NULL};
+    load_ok(f, NULL, ok);
+    assert_int_equal(f->cfg.admin_lockout_s, 1);
+    assert_int_equal(f->cfg.admin_max_failures, 100);
+    config_done(&f->cfg);
+    char *const zero[] = {"WXLOGIN_ADMIN_LOCKOUT_S=0", NULL};
+    assert_contains(load_fails(f, NULL, zero), "ADMIN_LOCKOUT_S");
+    char *const none[] = {"WXLOGIN_ADMIN_MAX_FAILURES=0", NULL};
+    assert_contains(load_fails(f, NULL, none), "ADMIN_MAX_FAILURES");
+    char *const many[] = {"WXLOGIN_ADMIN_MAX_FAILURES=101", NULL};
+    assert_contains(load_fails(f, NULL, many), "ADMIN_MAX_FAILURES");
+}
+
 static void test_config_done_twice_is_safe(void **state)
 {
     struct fixture *f = *state;
@@ -970,6 +990,7 @@ int main(void)
         T(test_check_serve_refuses_a_predictable_admin_token),
         T(test_check_serve_names_admin_token_file),
         T(test_check_serve_accepts_a_strong_admin_token),
+        T(test_admin_lockout_keys),
         T(test_config_done_twice_is_safe),
         T(test_example_file_loads),
         T(test_example_file_keys_are_all_valid),

@@ -26,6 +26,7 @@
 #include "store/store.h"
 #include "token/fetch.h"
 #include "token/token.h"
+#include "util/lockout.h"
 #include "version.h"
 #include "wechat/client.h"
 
@@ -38,6 +39,8 @@
 #define PURGE_AGAIN_MS 100
 /* While a token fetch on a stopping worker has waiters elsewhere, look again this often. */
 #define RECHECK_MS 50
+/* Client addresses whose failed admin attempts are remembered (about 100 bytes each). */
+#define ADMIN_LOCKOUT_ADDRESSES 1024
 
 struct serve {
     const struct config *cfg;
@@ -49,6 +52,7 @@ struct serve {
     struct handlers_app apps[CONFIG_MAX_APPS];
     size_t napps;
     struct store_shared *store;
+    struct lockout *admin_lockout;
     struct http_route routes[32]; /* the routes this configuration serves */
     size_t nroutes;
     unsigned conns_per_worker, conns_per_address; /* each worker's share */
@@ -238,6 +242,7 @@ static int serve_init(struct worker *w, void *arg)
     sw->ctx.apps = s->apps;
     sw->ctx.napps = s->napps;
     sw->ctx.fetchers = sw->fetchers;
+    sw->ctx.admin_lockout = s->admin_lockout;
 
     char serr[STORE_ERR_MAX];
     if (store_open(s->store, w->loop, &sw->ctx.store, serr) != 0) {
@@ -338,6 +343,12 @@ int serve_run(const struct config *cfg)
             goto out;
         s.napps++;
     }
+    if (cfg->admin_token != NULL) {
+        s.admin_lockout = lockout_new(ADMIN_LOCKOUT_ADDRESSES, (unsigned)cfg->admin_max_failures,
+                                      (uint64_t)cfg->admin_lockout_s * 1000);
+        if (s.admin_lockout == NULL)
+            goto out;
+    }
     struct store_config sc = {.url = cfg->store,
                               .timeout_ms = cfg->store_timeout_ms,
                               .master_key = s.master_key,
@@ -354,6 +365,7 @@ int serve_run(const struct config *cfg)
 out:
     store_shared_free(s.store);
     exchange_free(s.exchange);
+    lockout_free(s.admin_lockout);
     for (size_t i = 0; i < s.napps; i++)
         token_free(s.apps[i].token);
     crypto_wipe(s.master_key, sizeof(s.master_key));

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,8 @@ static const struct cfg_key keys[] = {
     {"access_token_api", CT_STRING, OFF(access_token_api), "stable", 0, 0},
     {"admin_token", CT_SECRET, OFF(admin_token), NULL, 0, 0},
     {"admin_token_file", CT_STRING, OFF(admin_token_file), NULL, 0, 0},
+    {"admin_max_failures", CT_LONG, OFF(admin_max_failures), "5", 1, 100},
+    {"admin_lockout_s", CT_LONG, OFF(admin_lockout_s), "60", 1, 86400},
     {"session_cache_size", CT_LONG, OFF(session_cache_size), "131072", 0, 16777216},
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
@@ -504,6 +507,73 @@ fail:
     return -1;
 }
 
+/* Shannon entropy, in bits per symbol, of n symbols with these counts. */
+static double shannon(const unsigned counts[256], size_t n)
+{
+    double h = 0;
+    for (int i = 0; i < 256; i++) {
+        if (counts[i] == 0)
+            continue;
+        double p = (double)counts[i] / (double)n;
+        h -= p * log2(p);
+    }
+    return h;
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* A repeat this long or longer counts as one character of the effective length. */
+#define REPEAT_MIN 4
+
+/* The length of s[0..n) once every repeat of REPEAT_MIN or more bytes seen earlier counts as
+ * one: a greedy LZ77 parse (longest earlier match, overlaps allowed) counting its tokens. */
+static size_t effective_length(const unsigned char *s, size_t n)
+{
+    size_t units = 0;
+    for (size_t i = 0; i < n; units++) {
+        size_t best = 0;
+        for (size_t j = 0; j < i && best < n - i; j++) {
+            size_t m = 0;
+            while (i + m < n && s[j + m] == s[i + m])
+                m++;
+            if (m > best)
+                best = m;
+        }
+        i += best >= REPEAT_MIN ? best : 1;
+    }
+    return units;
+}
+
+double config_token_entropy_bits(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strnlen(s, CONFIG_TOKEN_EVAL_MAX);
+    if (n < 2)
+        return 0;
+    unsigned bytes[256] = {0}, steps[256] = {0};
+    for (size_t i = 0; i < n; i++) {
+        bytes[u[i]]++;
+        if (i + 1 < n)
+            steps[(unsigned char)(u[i + 1] - u[i])]++;
+    }
+    double hb = shannon(bytes, n), hs = shannon(steps, n - 1);
+    return (hb < hs ? hb : hs) * (double)effective_length(u, n);
+}
+
+bool config_token_strong(const char *s, const char **why)
+{
+    const char *w = NULL;
+    if (strnlen(s, CONFIG_TOKEN_MIN_LEN) < CONFIG_TOKEN_MIN_LEN)
+        w = "shorter than " STR(CONFIG_TOKEN_MIN_LEN) " characters";
+    else if (config_token_entropy_bits(s) < CONFIG_TOKEN_MIN_BITS)
+        w = "too predictable (estimated entropy under " STR(
+            CONFIG_TOKEN_MIN_BITS) " bits: repeats, runs or few distinct characters)";
+    if (w != NULL && why != NULL)
+        *why = w;
+    return w == NULL;
+}
+
 int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
 {
     if (cfg->napps == 0) {
@@ -522,6 +592,19 @@ int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
                          cfg->apps[i].appid);
             return -1;
         }
+    }
+    const char *why;
+    if (cfg->admin_token != NULL && !config_token_strong(cfg->admin_token, &why)) {
+        /* Name where the token came from, never the token (nor its length). */
+        if (cfg->admin_token_file != NULL)
+            snprintf(err, CONFIG_ERR_MAX,
+                     "admin_token_file: the admin token in '%.200s' is %s; generate one with "
+                     "`openssl rand -hex 32`",
+                     cfg->admin_token_file, why);
+        else
+            snprintf(err, CONFIG_ERR_MAX,
+                     "admin_token: %s; generate one with `openssl rand -hex 32`", why);
+        return -1;
     }
     return 0;
 }

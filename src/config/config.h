@@ -9,6 +9,7 @@
 #ifndef WXLOGIN_CONFIG_H
 #define WXLOGIN_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "log/log.h"
@@ -51,6 +52,8 @@ struct config {
     char *access_token_api; /* "stable" or "classic" */
     char *admin_token;      /* from admin_token or admin_token_file; NULL: admin routes 404 */
     char *admin_token_file;
+    long admin_max_failures;  /* failed admin attempts per address before its lockout */
+    long admin_lockout_s;     /* the failure window and the lockout, in seconds */
     long session_cache_size;  /* sessions kept in memory (SQLite store); 0 = none */
     long store_timeout_ms;    /* Redis: connect and command deadline */
     long request_timeout_ms;  /* a request still unanswered this long is answered 504 */
@@ -78,8 +81,41 @@ typedef void config_warn_fn(const char *msg, void *arg);
 int config_load(struct config *cfg, const char *path, char *const *envp, config_warn_fn *warn,
                 void *warn_arg, char err[CONFIG_ERR_MAX]);
 
-/* Checks what `serve` needs beyond well-formed values (at least one app, each with a secret). */
+/*
+ * Checks what `serve` needs beyond well-formed values: at least one app, each with a secret, and
+ * an admin token (when set) that config_token_strong() accepts. The message names the key and
+ * never quotes a secret.
+ */
 int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX]);
+
+/* The admin token's minimums (docs/config.md, "The admin token"). */
+#define CONFIG_TOKEN_MIN_LEN 32
+#define CONFIG_TOKEN_MIN_BITS 128
+/* Only this many leading bytes are looked at by the estimate (it is quadratic in the length). */
+#define CONFIG_TOKEN_EVAL_MAX 1024
+
+/*
+ * An estimate, in bits, of how hard s is to guess, meant to catch tokens typed or pasted by hand
+ * rather than to prove random ones good:
+ *   bits per character × effective length, where
+ *   - bits per character is the lower of the Shannon entropy of s's bytes (from their own
+ *     frequencies) and that of the steps between neighbouring bytes (s[i+1] - s[i] mod 256), so
+ *     "aaaa..." and "abcdef..." both count near zero;
+ *   - the effective length counts each run of 4 or more bytes that repeats bytes seen earlier
+ *     (as LZ77 would find it, overlaps allowed) as one, so "abab...", "0123456789" repeated
+ *     and a half pasted twice count once.
+ * `openssl rand -hex 32` scores about 240 and `openssl rand -base64 32` about 215 (in 50,000
+ * draws of each, never under 210 and 185); 16 random bytes in hex score about 115. Pure; reads at
+ * most CONFIG_TOKEN_EVAL_MAX bytes of s.
+ */
+double config_token_entropy_bits(const char *s);
+
+/*
+ * True when s is good enough for admin_token: at least CONFIG_TOKEN_MIN_LEN characters and an
+ * estimated entropy (config_token_entropy_bits()) of at least CONFIG_TOKEN_MIN_BITS. Otherwise
+ * false, and *why (when why is not NULL) says which in a static string that never quotes s.
+ */
+bool config_token_strong(const char *s, const char **why);
 
 /* Releases cfg's strings, wiping the secret. Accepts a zeroed cfg. */
 void config_done(struct config *cfg);

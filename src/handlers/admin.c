@@ -5,7 +5,14 @@
  *   POST /admin/v1/access-token/refresh[?force=true]
  * Both require "Authorization: Bearer <admin_token>". Without admin_token configured they
  * answer 404, as if they did not exist. They belong on a private network (docs/operations.md).
+ *
+ * Guessing is capped per client address (util/lockout.h): after admin_max_failures failed
+ * attempts within admin_lockout_s, the address is answered 429 too_many_attempts, with
+ * Retry-After and without its token being looked at, until admin_lockout_s has passed. The
+ * address is the TCP peer: behind a proxy, every client of that proxy shares one count.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -13,7 +20,9 @@
 #include "config/config.h"
 #include "handlers/user_op.h"
 #include "log/log.h"
+#include "loop/loop.h"
 #include "util/jsonw.h"
+#include "util/lockout.h"
 
 /* Compares hashes so neither the content nor the length of the admin token leaks through
  * timing. */
@@ -29,6 +38,65 @@ static bool admin_authorized(struct http_request *req, const char *admin_token)
     crypto_sha256(h, strlen(h), a);
     crypto_sha256(admin_token, strlen(admin_token), b);
     return crypto_equal(a, b, CRYPTO_HASH_LEN);
+}
+
+struct admin_attempt {
+    struct http_request *req;
+    const char *admin_token;
+};
+
+static bool check_attempt(void *arg)
+{
+    const struct admin_attempt *a = arg;
+    return admin_authorized(a->req, a->admin_token);
+}
+
+/*
+ * True when the request carries the admin token. Otherwise answers 401, or 429 while its address
+ * is locked out (the token is then not looked at, so a locked-out guesser learns nothing). The
+ * warn lines come once per address and window (its first failure, its lockout), not per guess.
+ */
+static bool admin_allowed(struct http_request *req, struct handlers_ctx *ctx)
+{
+    const char *peer = http_request_peer(req);
+    struct admin_attempt a = {.req = req, .admin_token = ctx->cfg->admin_token};
+    uint64_t retry_ms = 0;
+    enum lockout_outcome o =
+        lockout_attempt(ctx->admin_lockout, peer, loop_clock_ms(), check_attempt, &a, &retry_ms);
+    char num[24];
+    switch (o) {
+    case LOCKOUT_PASSED: return true;
+    case LOCKOUT_REFUSED:
+        log_kv(LOG_DEBUG, "admin route refused: address locked out", "peer", peer, "path",
+               http_request_path(req), "request_id", http_request_id(req), NULL);
+        snprintf(num, sizeof(num), "%" PRIu64, (retry_ms + 999) / 1000);
+        http_add_header(req, "Retry-After", num);
+        http_reply_error(req, 429, "too_many_attempts",
+                         "too many failed admin attempts from this address; retry after "
+                         "Retry-After seconds",
+                         "retry");
+        return false;
+    case LOCKOUT_FAILED_LOCK: {
+        char secs[24];
+        snprintf(num, sizeof(num), "%ld", ctx->cfg->admin_max_failures);
+        snprintf(secs, sizeof(secs), "%ld", ctx->cfg->admin_lockout_s);
+        log_kv(LOG_WARN, "admin route refused; address locked out", "peer", peer, "failures", num,
+               "lockout_s", secs, "path", http_request_path(req), "request_id",
+               http_request_id(req), NULL);
+        break;
+    }
+    case LOCKOUT_FAILED_FIRST:
+        log_kv(LOG_WARN, "admin route refused", "peer", peer, "path", http_request_path(req),
+               "request_id", http_request_id(req), NULL);
+        break;
+    case LOCKOUT_FAILED:
+        log_kv(LOG_DEBUG, "admin route refused", "peer", peer, "path", http_request_path(req),
+               "request_id", http_request_id(req), NULL);
+        break;
+    }
+    http_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    http_reply_error(req, 401, "unauthorized", "admin token required", "none");
+    return false;
 }
 
 static void on_token(void *arg, const struct token_result *res)
@@ -54,13 +122,8 @@ static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsign
         http_reply_error(req, 404, "not_found", "no such endpoint", "none");
         return;
     }
-    if (!admin_authorized(req, ctx->cfg->admin_token)) {
-        log_kv(LOG_WARN, "admin route refused", "path", http_request_path(req), "request_id",
-               http_request_id(req), NULL);
-        http_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_reply_error(req, 401, "unauthorized", "admin token required", "none");
+    if (!admin_allowed(req, ctx))
         return;
-    }
     const struct handlers_app *app = handlers_app(req, ctx);
     if (app == NULL)
         return;

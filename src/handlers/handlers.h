@@ -23,6 +23,7 @@
 #include "wechat/api.h"
 
 struct config;
+struct lockout;
 struct login_ctx;
 struct store;
 struct token;
@@ -44,6 +45,8 @@ struct handlers_ctx {
     struct store *store;             /* this worker's */
     struct login_ctx *login;         /* this worker's */
     struct token_fetcher **fetchers; /* this worker's, one per app (same order as apps) */
+    struct lockout *admin_lockout;   /* failed admin attempts per address, shared; NULL when
+                                        admin_token is not set */
 };
 
 extern const struct http_route handlers_routes[];

@@ -7,7 +7,8 @@ from conftest import (assert_error, base_env, new_code, post_json, request, run_
 
 APP_A, SECRET_A = "wxaaaa000000000001", "secretA0000000000000000000000001"
 APP_B, SECRET_B = "wxbbbb000000000002", "secretB0000000000000000000000002"
-ADMIN = "adm-apps-0123456789"
+# from `openssl rand -hex 32`: serve refuses a short or predictable admin token
+ADMIN = "65e9556ed01af052c307a640efcb29679a95bbc8898aa7e1ef0c220376900bfc"
 
 
 def referer(appid):

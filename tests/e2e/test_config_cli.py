@@ -1,6 +1,7 @@
 """Configuration (file + environment) and the command line."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -159,6 +160,78 @@ def test_wechat_base_password_not_in_start_line(serve_factory, mock, fmt):
     assert len(start) == 1, text[-2000:]
     assert f"http://***@127.0.0.1:{mock.port}" in start[0], start[0]
     assert PROXY_PASSWORD not in text, f"the proxy password was logged:\n{text[-2000:]}"
+
+
+# --------------------------------------------------------------------------
+# the admin token's strength (docs/config.md, "The admin token")
+# --------------------------------------------------------------------------
+
+WEAK_ADMIN_TOKENS = [
+    "Kp3xY7qZ9wR2mT5v",                           # 16 characters: too short
+    "Q7vX2pL9kR4tZ8wN3mB6cF1hJ5sD0gY",            # 31 characters: too short
+    "a" * 64,
+    "ab" * 32,
+    "0123456789" * 4,
+    "0123456789abcdef" * 2,
+    "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF",
+    "615a49250c8ed10770e1668d295ebffb",           # openssl rand -hex 16: 128 bits, estimated less
+]
+
+
+@pytest.mark.parametrize("token", WEAK_ADMIN_TOKENS)
+def test_weak_admin_token_refused_at_start(mock, token):
+    cp = run_cli(["serve"], env=serve_env(mock, WXLOGIN_ADMIN_TOKEN=token), timeout=10)
+    assert_config_exit(cp, "admin_token:", "openssl rand -hex 32")
+    assert ("shorter than 32 characters" if len(token) < 32 else "too predictable") in cp.stderr
+    assert token not in cp.stderr + cp.stdout, "the admin token was printed"
+
+
+def test_weak_admin_token_file_refused_at_start(mock, tmp_path):
+    token = "0123456789" * 8
+    f = tmp_path / "admin-token"
+    f.write_text(token + "\n")
+    f.chmod(0o600)
+    cp = run_cli(["serve"], env=serve_env(mock, WXLOGIN_ADMIN_TOKEN_FILE=str(f)), timeout=10)
+    assert_config_exit(cp, "admin_token_file:", str(f), "too predictable")
+    assert "0123456789" not in cp.stderr + cp.stdout, "the admin token was printed"
+
+
+def openssl_rand(*args):
+    """`openssl rand ...` output, or None without the openssl command."""
+    try:
+        cp = subprocess.run(["openssl", "rand", *args], capture_output=True, text=True,
+                            timeout=10)
+    except FileNotFoundError:
+        return None
+    assert cp.returncode == 0, cp
+    return cp.stdout.strip()
+
+
+@pytest.mark.parametrize("args", [["-hex", "32"], ["-base64", "32"]], ids=["hex", "base64"])
+def test_openssl_admin_tokens_start(serve_factory, mock, args):
+    """What docs/operations.md tells operators to run is accepted (a few draws of each)."""
+    token = openssl_rand(*args)
+    if token is None:
+        pytest.skip("no openssl command")
+    for _ in range(3):
+        token = openssl_rand(*args)
+        s = serve_factory(mock=mock, env={"WXLOGIN_ADMIN_TOKEN": token})
+        r = request(s.port, "GET", "/admin/v1/access-token",
+                    headers={"Authorization": f"Bearer {token}"})
+        assert r.status == 200, r
+        s.stop()
+        assert token not in s.log_text()
+
+
+@pytest.mark.parametrize("var,value", [
+    ("WXLOGIN_ADMIN_LOCKOUT_S", "0"),
+    ("WXLOGIN_ADMIN_LOCKOUT_S", "86401"),
+    ("WXLOGIN_ADMIN_MAX_FAILURES", "0"),
+    ("WXLOGIN_ADMIN_MAX_FAILURES", "101"),
+])
+def test_admin_lockout_settings_bounds(mock, var, value):
+    cp = run_cli(["serve"], env=serve_env(mock, **{var: value}), timeout=10)
+    assert_config_exit(cp, var)
 
 
 # --------------------------------------------------------------------------

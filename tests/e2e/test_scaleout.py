@@ -9,7 +9,8 @@ from test_token import delayed_mock
 
 APP_A, SECRET_A = "wxaaaa000000000001", "secretA0000000000000000000000001"
 APP_B, SECRET_B = "wxbbbb000000000002", "secretB0000000000000000000000002"
-ADMIN = "adm-scaleout-0123456789"
+# from `openssl rand -hex 32`: serve refuses a short or predictable admin token
+ADMIN = "55b047114b4ff5567acd7bb5efd684b3194045a69d41a3f7b9199f68de1e5477"
 
 
 def two_instances(procs, mock, redis, db, **env):

@@ -172,7 +172,11 @@ def tmock(module_procs):
 
 @pytest.fixture(scope="module")
 def tsrv(module_procs, tmock):
+    """admin_max_failures at its maximum: test_admin_refused_without_the_admin_token sends 33
+    wrong admin requests from 127.0.0.1 and checks each one's 401; the lockout that would follow
+    the 5th by default is tested in test_admin_guard.py."""
     return module_procs.serve(mock=tmock, env={"WXLOGIN_ADMIN_TOKEN": ADMIN,
+                                               "WXLOGIN_ADMIN_MAX_FAILURES": "100",
                                                "WXLOGIN_THREADS": "4"})
 
 

@@ -1,6 +1,7 @@
 /*
  * Unit tests for config/config.h: defaults, the INI file, WXLOGIN_* environment overrides,
- * secret_file, error texts (key, file:line, never the secret) and the annotated example file.
+ * secret_file, error texts (key, file:line, never the secret), the admin token's strength check
+ * and the annotated example file.
  *
  * Each test writes its files into a fresh mkdtemp directory (removed by the teardown) and passes
  * its own envp array, so nothing depends on the real environment.
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "crypto/crypto.h"
 
 #define assert_contains(hay, needle)                                                               \
     do {                                                                                           \
@@ -736,6 +738,185 @@ static void test_check_serve_with_appid_and_secret(void **state)
     assert_int_equal(config_check_serve(&f->cfg, err), 0);
 }
 
+/* ---- the admin token's strength ---- */
+
+#define STRONG_ADMIN "cfd11a510d1071348f15fba06ac4cf3858b22bc69c095d572bae7146eff22741"
+
+static void assert_strong(const char *t)
+{
+    const char *why = "unset";
+    if (!config_token_strong(t, &why))
+        fail_msg("'%s' (%.1f bits) refused: %s", t, config_token_entropy_bits(t), why);
+    assert_string_equal(why, "unset"); /* written only when refused */
+}
+
+static void assert_weak(const char *t, const char *why_contains)
+{
+    const char *why = NULL;
+    if (config_token_strong(t, &why))
+        fail_msg("'%s' (%.1f bits) accepted", t, config_token_entropy_bits(t));
+    assert_non_null(why);
+    assert_contains(why, why_contains);
+    if (*t != '\0')
+        assert_not_contains(why, t);
+}
+
+/* Output of `openssl rand -hex 32` and `openssl rand -base64 32`. */
+static void test_admin_token_from_openssl_is_strong(void **state)
+{
+    (void)state;
+    assert_strong(STRONG_ADMIN);
+    assert_strong("104881d49b8cc28d0e795379587c227d1a21e9137f8cc036d8e3e6c343207f82");
+    assert_strong("1ksaLNayDlvWzVti8nPbVbXcqj+dlEv3QNYqEwg2VbI=");
+    assert_strong("Zt+lJU35pT3Z5fGtdv9nm1BrFoHQluMZGAdjlhtD4X8=");
+    assert_true(config_token_strong(STRONG_ADMIN, NULL));
+}
+
+/* What `openssl rand -hex 32` / `-base64 32` produce, many times over: the estimate must not
+ * refuse an unlucky draw (they score about 240 and 215 bits, never near 128 in our trials). */
+static void test_admin_token_random_32_bytes_always_strong(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2000; i++) {
+        uint8_t raw[32];
+        char hex[65], b64[45];
+        assert_int_equal(crypto_random(raw, sizeof(raw)), 0);
+        crypto_hex(raw, sizeof(raw), hex);
+        crypto_b64_encode(raw, sizeof(raw), b64);
+        assert_true(config_token_entropy_bits(hex) > 180);
+        assert_true(config_token_entropy_bits(b64) > 160);
+        assert_strong(hex);
+        assert_strong(b64);
+    }
+}
+
+static void test_admin_token_shorter_than_32_is_weak(void **state)
+{
+    (void)state;
+    assert_weak("", "shorter than 32");
+    assert_weak("x", "shorter than 32");
+    assert_weak("a22557d976f21dcaf23a", "shorter than 32");            /* 10 random bytes */
+    assert_weak("Zt+lJU35pT3Z5fGtdv9nm1BrFoHQluM", "shorter than 32"); /* 31 characters */
+    assert_strong("cfd11a510d1071348f15fba06ac4cf3858b22bc69c0");      /* long enough and random */
+}
+
+static void test_admin_token_with_low_entropy_is_weak(void **state)
+{
+    (void)state;
+    static const char *const weak[] = {
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "abababababababababababababababababababababababababababababababab",
+        "0123456789012345678901234567890123456789",
+        "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234",
+        "0123456789abcdef0123456789abcdef",           /* the hex digits, twice */
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF", /* a run: all distinct, no randomness */
+        "passwordpasswordpasswordpassword",
+        "Q7vX2pL9kR4tZ8wN3mB6Q7vX2pL9kR4tZ8wN3mB6", /* a random half pasted twice */
+        "615a49250c8ed10770e1668d295ebffb",         /* 16 random bytes: too few */
+        "admin-admin-admin-admin-admin-admin-admin",
+        "                                        ",
+    };
+    for (size_t i = 0; i < sizeof(weak) / sizeof(weak[0]); i++) {
+        assert_true(config_token_entropy_bits(weak[i]) < CONFIG_TOKEN_MIN_BITS);
+        assert_weak(weak[i], "too predictable");
+    }
+}
+
+/* The estimate reads at most CONFIG_TOKEN_EVAL_MAX bytes, so a huge token costs bounded time. */
+static void test_admin_token_estimate_of_long_tokens(void **state)
+{
+    (void)state;
+    size_t n = 64 * 1024;
+    char *t = malloc(n + 1);
+    assert_non_null(t);
+    memset(t, 'a', n);
+    t[n] = '\0';
+    assert_weak(t, "too predictable");
+    for (size_t i = 0; i < n; i += 16)
+        memcpy(t + i, STRONG_ADMIN, 16);
+    assert_weak(t, "too predictable"); /* 16 random hex digits, repeated */
+    uint8_t raw[CONFIG_TOKEN_EVAL_MAX];
+    assert_int_equal(crypto_random(raw, sizeof(raw)), 0);
+    crypto_hex(raw, sizeof(raw) / 2, t);
+    assert_strong(t);
+    free(t);
+}
+
+static void test_check_serve_refuses_a_short_admin_token(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wx1", "WXLOGIN_SECRET=s",
+                         "WXLOGIN_ADMIN_TOKEN=Kp3xY7qZ9wR2mT5v", NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), -1);
+    assert_contains(err, "admin_token:");
+    assert_contains(err, "shorter than 32 characters");
+    assert_contains(err, "openssl rand -hex 32");
+    assert_not_contains(err, "Kp3xY7qZ9wR2mT5v");
+    assert_not_contains(err, "16"); /* not even its length */
+}
+
+static void test_check_serve_refuses_a_predictable_admin_token(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wx1", "WXLOGIN_SECRET=s",
+                         "WXLOGIN_ADMIN_TOKEN=0123456789012345678901234567890123456789", NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), -1);
+    assert_contains(err, "admin_token:");
+    assert_contains(err, "too predictable");
+    assert_not_contains(err, "0123456789");
+}
+
+static void test_check_serve_names_admin_token_file(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "admin", "abababababababababababababababab\n");
+    char *env[] = {"WXLOGIN_APPID=wx1", "WXLOGIN_SECRET=s", NULL, NULL};
+    char *kv = NULL;
+    assert_true(asprintf(&kv, "WXLOGIN_ADMIN_TOKEN_FILE=%s", path) > 0);
+    env[2] = kv;
+    load_ok(f, NULL, env);
+    free(kv);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), -1);
+    assert_contains(err, "admin_token_file:");
+    assert_contains(err, path);
+    assert_not_contains(err, "abab");
+}
+
+static void test_check_serve_accepts_a_strong_admin_token(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_APPID=wx1", "WXLOGIN_SECRET=s",
+                         "WXLOGIN_ADMIN_TOKEN=" STRONG_ADMIN, NULL};
+    load_ok(f, NULL, env);
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(config_check_serve(&f->cfg, err), 0);
+}
+
+static void test_admin_lockout_keys(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, no_env);
+    assert_int_equal(f->cfg.admin_max_failures, 5);
+    assert_int_equal(f->cfg.admin_lockout_s, 60);
+    config_done(&f->cfg);
+    char *const ok[] = {"WXLOGIN_ADMIN_LOCKOUT_S=1", "WXLOGIN_ADMIN_MAX_FAILURES=100", NULL};
+    load_ok(f, NULL, ok);
+    assert_int_equal(f->cfg.admin_lockout_s, 1);
+    assert_int_equal(f->cfg.admin_max_failures, 100);
+    config_done(&f->cfg);
+    char *const zero[] = {"WXLOGIN_ADMIN_LOCKOUT_S=0", NULL};
+    assert_contains(load_fails(f, NULL, zero), "ADMIN_LOCKOUT_S");
+    char *const none[] = {"WXLOGIN_ADMIN_MAX_FAILURES=0", NULL};
+    assert_contains(load_fails(f, NULL, none), "ADMIN_MAX_FAILURES");
+    char *const many[] = {"WXLOGIN_ADMIN_MAX_FAILURES=101", NULL};
+    assert_contains(load_fails(f, NULL, many), "ADMIN_MAX_FAILURES");
+}
+
 static void test_config_done_twice_is_safe(void **state)
 {
     struct fixture *f = *state;
@@ -843,6 +1024,16 @@ int main(void)
         T(test_check_serve_without_appid),
         T(test_check_serve_without_secret),
         T(test_check_serve_with_appid_and_secret),
+        T(test_admin_token_from_openssl_is_strong),
+        T(test_admin_token_random_32_bytes_always_strong),
+        T(test_admin_token_shorter_than_32_is_weak),
+        T(test_admin_token_with_low_entropy_is_weak),
+        T(test_admin_token_estimate_of_long_tokens),
+        T(test_check_serve_refuses_a_short_admin_token),
+        T(test_check_serve_refuses_a_predictable_admin_token),
+        T(test_check_serve_names_admin_token_file),
+        T(test_check_serve_accepts_a_strong_admin_token),
+        T(test_admin_lockout_keys),
         T(test_config_done_twice_is_safe),
         T(test_example_file_loads),
         T(test_example_file_keys_are_all_valid),

@@ -265,18 +265,38 @@ void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, ch
     crypto_hex(md, sizeof(md), out);
 }
 
+/*
+ * RFC 2104 over the allocation-free SHA-256 above: OpenSSL 3's HMAC() fetches a MAC and builds a
+ * context on every call (14 allocations), and a login computes one per request.
+ */
 int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
                        uint8_t out[CRYPTO_HASH_LEN])
 {
-    uint8_t md[EVP_MAX_MD_SIZE];
-    unsigned int n = sizeof(md);
-    if (HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, md, &n) == NULL || n != CRYPTO_HASH_LEN) {
-        crypto_wipe(md, sizeof(md));
-        return -1;
-    }
-    memcpy(out, md, CRYPTO_HASH_LEN);
-    crypto_wipe(md, sizeof(md));
-    return 0;
+    enum { BLOCK = 64 };
+    uint8_t k[BLOCK] = {0}, pad[BLOCK], inner[CRYPTO_HASH_LEN];
+    SHA256_CTX c;
+    int rc = -1;
+    if (keylen > BLOCK)
+        crypto_sha256(key, keylen, k);
+    else if (keylen > 0)
+        memcpy(k, key, keylen);
+    for (size_t i = 0; i < BLOCK; i++)
+        pad[i] = k[i] ^ 0x36;
+    if (SHA256_Init(&c) != 1 || SHA256_Update(&c, pad, BLOCK) != 1 ||
+        SHA256_Update(&c, msg, msglen) != 1 || SHA256_Final(inner, &c) != 1)
+        goto out;
+    for (size_t i = 0; i < BLOCK; i++)
+        pad[i] = k[i] ^ 0x5c;
+    if (SHA256_Init(&c) != 1 || SHA256_Update(&c, pad, BLOCK) != 1 ||
+        SHA256_Update(&c, inner, sizeof(inner)) != 1 || SHA256_Final(out, &c) != 1)
+        goto out;
+    rc = 0;
+out:
+    crypto_wipe(k, sizeof(k));
+    crypto_wipe(pad, sizeof(pad));
+    crypto_wipe(inner, sizeof(inner));
+    crypto_wipe(&c, sizeof(c));
+    return rc;
 }
 
 void crypto_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -651,6 +653,24 @@ static void test_hmac_sha256_rfc4231_vectors(void **state)
     assert_int_equal(crypto_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, md), 0);
     hex(md, sizeof(md), out);
     assert_string_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    /* test case 6: a key longer than SHA-256's block is hashed first */
+    uint8_t k131[131];
+    memset(k131, 0xaa, sizeof(k131));
+    static const char m6[] = "Test Using Larger Than Block-Size Key - Hash Key First";
+    assert_int_equal(crypto_hmac_sha256(k131, sizeof(k131), m6, sizeof(m6) - 1, md), 0);
+    hex(md, sizeof(md), out);
+    assert_string_equal(out, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    /* a key of exactly one block, and an empty key */
+    uint8_t k64[64];
+    memset(k64, 0x61, sizeof(k64));
+    uint8_t ref[CRYPTO_HASH_LEN];
+    unsigned int n = sizeof(ref);
+    HMAC(EVP_sha256(), k64, sizeof(k64), (const uint8_t *)"abc", 3, ref, &n);
+    assert_int_equal(crypto_hmac_sha256(k64, sizeof(k64), "abc", 3, md), 0);
+    assert_memory_equal(md, ref, sizeof(ref));
+    HMAC(EVP_sha256(), "", 0, (const uint8_t *)"abc", 3, ref, &n);
+    assert_int_equal(crypto_hmac_sha256("", 0, "abc", 3, md), 0);
+    assert_memory_equal(md, ref, sizeof(ref));
 }
 
 /* A derived token has exactly the shape of a random one: prefix, base64url, no padding. */

@@ -23,11 +23,22 @@ else
 OPT := -O2 -g
 endif
 
+# A third, for fuzzing: clang with libFuzzer's coverage (the drivers link libFuzzer itself).
+ifeq ($(B),build-fuzz)
+CC  := clang
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+       -fno-sanitize-recover=all
+endif
+FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN := $(patsubst fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
+FUZZ_SECONDS ?= 60
+
 OBJ      := $(patsubst src/%.c,$(B)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps build unit e2e test test-one asan run bench format format-check clean
+.PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
+        fuzz fuzz-build fuzz-check
 
 all: build
 
@@ -54,6 +65,23 @@ $(B)/tests/%: tests/unit/%.c $(B)/libwxlogin.a | $(DEPS_STAMP)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) -Wno-missing-prototypes $(CFLAGS) -o $@ $< \
 	    $(B)/libwxlogin.a $(PKG_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
+build-fuzz/fuzz/%: fuzz/%.c fuzz/fuzz.h build-fuzz/libwxlogin.a
+	@mkdir -p $(dir $@)
+	clang $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all $(PKG_CFLAGS) -Wno-missing-prototypes -o $@ $< \
+	    build-fuzz/libwxlogin.a $(PKG_LIBS)
+
+fuzz-build: | $(DEPS_STAMP)
+	$(MAKE) B=build-fuzz $(FUZZ_BIN)
+
+# Every driver over its committed corpus, then FUZZ_SECONDS of fuzzing each (fuzz/run.sh).
+fuzz: fuzz-build
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# What make test runs: the corpora, plus 10 s of each driver.
+fuzz-check: fuzz-build
+	bash fuzz/run.sh 10
+
 unit: build
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; (cd tests/unit && ../../$$t); done
 
@@ -68,7 +96,8 @@ test: deps format-check
 	$(MAKE) B=build test-one
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(MAKE) B=build-asan test-one
-	@echo "make test: all suites passed (normal and ASan+UBSan builds)"
+	$(MAKE) fuzz-check
+	@echo "make test: all suites passed (normal and ASan+UBSan builds, fuzz drivers)"
 
 asan:
 	$(MAKE) B=build-asan build
@@ -90,6 +119,6 @@ format-check: | $(DEPS_STAMP)
 	    (echo "formatting differs from .clang-format: run 'make format'"; exit 1)
 
 clean:
-	rm -rf build build-asan $(DEPS_STAMP)
+	rm -rf build build-asan build-fuzz $(DEPS_STAMP)
 
 -include $(OBJ:.o=.d)

@@ -196,6 +196,13 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out)
             return -1;
     if (len == 0)
         return 0;
+    /* The bits the padding leaves over must be zero, or two texts would decode to the same
+     * bytes (RFC 4648 3.5; found by fuzz/fuzz_base64). */
+    if (pad > 0) {
+        int last = (int)(strchr(alphabet, s[len - pad - 1]) - alphabet);
+        if ((last & (pad == 1 ? 0x3 : 0xf)) != 0)
+            return -1;
+    }
     int n = EVP_DecodeBlock(out, (const unsigned char *)s, (int)len);
     if (n < 0)
         return -1;

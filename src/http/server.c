@@ -1085,7 +1085,7 @@ void http_reply_reset(struct http_request *req)
 
 /* ---- server lifecycle ---- */
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     if (!log_enabled(LOG_DEBUG))

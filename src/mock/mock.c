@@ -423,7 +423,7 @@ int mock_main(int argc, char **argv)
     int rc = 2;
     pthread_mutex_init(&m.mu, NULL);
 
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--listen") == 0 && v != NULL) {
             m.listen = v;
@@ -455,7 +455,6 @@ int mock_main(int argc, char **argv)
             fprintf(stderr, "wxlogin mock: unknown argument '%s'\n%s", a, mock_usage);
             goto out;
         }
-        i++;
     }
     if (m.napps == 0)
         add_app(&m, "wx1234567890abcdef:0123456789abcdef0123456789abcdef");

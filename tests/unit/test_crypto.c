@@ -413,6 +413,19 @@ static void test_b64_decode_rejects_invalid_chars(void **state)
     expect_b64_rejected("Zm.v");
 }
 
+/* Leftover bits under the padding must be zero: "Zh==" decodes like "Zg==" otherwise. */
+static void test_b64_decode_rejects_non_canonical_padding_bits(void **state)
+{
+    (void)state;
+    uint8_t out[32];
+    assert_int_equal(crypto_b64_decode("Zg==", 4, out), 1);
+    assert_int_equal(crypto_b64_decode("Zh==", 4, out), -1);
+    assert_int_equal(crypto_b64_decode("Zm8=", 4, out), 2);
+    assert_int_equal(crypto_b64_decode("Zm9=", 4, out), -1);
+    assert_int_equal(crypto_b64_decode("AAECAwQFBgcICQoLDECAwQF=", 24, out), -1);
+    assert_int_equal(crypto_b64_decode_lenient("Zm9=", 4, out), -1);
+}
+
 static void test_b64_decode_rejects_embedded_space(void **state)
 {
     (void)state;
@@ -701,9 +714,9 @@ static void test_b64_lenient_edge_cases(void **state)
     (void)state;
     uint8_t out[16];
     /* a space is a '+' */
-    assert_int_equal(crypto_b64_decode_lenient("a b=", 4, out), 2);
+    assert_int_equal(crypto_b64_decode_lenient("a Y=", 4, out), 2);
     uint8_t strict[16];
-    assert_int_equal(crypto_b64_decode("a+b=", 4, strict), 2);
+    assert_int_equal(crypto_b64_decode("a+Y=", 4, strict), 2);
     assert_memory_equal(out, strict, 2);
     /* otherwise as strict as ever */
     assert_int_equal(crypto_b64_decode_lenient("a\tb=", 4, out), -1);
@@ -746,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_b64_decode_rejects_length_not_multiple_of_4),
         cmocka_unit_test(test_b64_decode_rejects_invalid_chars),
         cmocka_unit_test(test_b64_decode_rejects_embedded_space),
+        cmocka_unit_test(test_b64_decode_rejects_non_canonical_padding_bits),
         cmocka_unit_test(test_b64_decode_rejects_url_alphabet),
         cmocka_unit_test(test_b64_decode_rejects_padding_in_the_middle),
         cmocka_unit_test(test_b64_decode_rejects_embedded_nul),

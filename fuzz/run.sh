@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every fuzz driver: first over its committed seed corpus (fuzz/corpus/<name>), then for
+# SECONDS of fuzzing with its dictionary (fuzz/dict/<name>.dict). New inputs go to a scratch
+# directory, never into the committed corpus; a crash leaves its input in fuzz/crashes/ and
+# fails the run (commit it to the corpus with the fix).
+#   usage: fuzz/run.sh SECONDS
+set -uo pipefail
+SECONDS_EACH=${1:-60}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/build-fuzz/fuzz
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+mkdir -p "$ROOT/fuzz/crashes"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+failed=()
+for drv in "$BIN"/fuzz_*; do
+    [[ $drv == *.d ]] && continue
+    name=$(basename "$drv")
+    corpus=$ROOT/fuzz/corpus/$name
+    dict=$ROOT/fuzz/dict/$name.dict
+    mkdir -p "$SCRATCH/$name"
+    args=(-artifact_prefix="$ROOT/fuzz/crashes/$name-" -timeout=10 -rss_limit_mb=2048)
+    [ -f "$dict" ] && args+=(-dict="$dict")
+    log=$SCRATCH/$name.log
+    if ! "$drv" "${args[@]}" -runs=0 "$corpus" >"$log" 2>&1; then
+        echo "fuzz: $name fails on its corpus:"; tail -30 "$log"; failed+=("$name"); continue
+    fi
+    if ! "$drv" "${args[@]}" -max_total_time="$SECONDS_EACH" -print_final_stats=1 \
+            "$SCRATCH/$name" "$corpus" >"$log" 2>&1; then
+        echo "fuzz: $name found a crash:"; tail -40 "$log"; failed+=("$name"); continue
+    fi
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
+    printf 'fuzz: %-24s ok  %10s runs in %ss  %s\n' "$name" "${execs:-?}" "$SECONDS_EACH" "$cov"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz: failed: ${failed[*]} (inputs in fuzz/crashes/)"
+    exit 1
+fi

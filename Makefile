@@ -19,6 +19,8 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 B        ?= build
 ifeq ($(B),build-asan)
 OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+else ifeq ($(B),build-tsan)
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 else
 OPT := -O2 -g
 endif
@@ -38,7 +40,7 @@ LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
-        fuzz fuzz-build fuzz-check
+        fuzz fuzz-build fuzz-check tsan
 
 all: build
 
@@ -91,16 +93,23 @@ e2e: build
 # One flavour: build, unit tests, end-to-end tests.
 test-one: unit e2e
 
-# Everything, twice: the normal build, then the same suite under ASan+UBSan.
+# Everything, three times: the normal build, then the same suite under ASan+UBSan and under
+# ThreadSanitizer; then every fuzz driver over its corpus and for 10 s.
 test: deps format-check
 	$(MAKE) B=build test-one
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(MAKE) B=build-asan test-one
+	$(MAKE) tsan
 	$(MAKE) fuzz-check
-	@echo "make test: all suites passed (normal and ASan+UBSan builds, fuzz drivers)"
+	@echo "make test: all suites passed (normal, ASan+UBSan and TSan builds, fuzz drivers)"
 
 asan:
 	$(MAKE) B=build-asan build
+
+# The unit and end-to-end suites under ThreadSanitizer (the exchange table, the token, the
+# session cache, the store writer and the wait lists are shared between threads).
+tsan: | $(DEPS_STAMP)
+	TSAN_OPTIONS="second_deadlock_stack=1" WXLOGIN_TSAN=1 $(MAKE) B=build-tsan test-one
 
 run: deps
 	$(MAKE) B=build $(B)/wxlogin
@@ -119,6 +128,6 @@ format-check: | $(DEPS_STAMP)
 	    (echo "formatting differs from .clang-format: run 'make format'"; exit 1)
 
 clean:
-	rm -rf build build-asan build-fuzz $(DEPS_STAMP)
+	rm -rf build build-asan build-tsan build-fuzz $(DEPS_STAMP)
 
 -include $(OBJ:.o=.d)

@@ -27,7 +27,8 @@ BIN = os.environ.get("WXLOGIN_BIN", str(REPO / "build" / "wxlogin"))
 DEFAULT_APPID = "wx1234567890abcdef"
 DEFAULT_SECRET = "0123456789abcdef0123456789abcdef"
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
+                     "WARNING: ThreadSanitizer", "ThreadSanitizer:")
 
 READY_TIMEOUT = 10.0
 

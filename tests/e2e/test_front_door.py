@@ -471,7 +471,9 @@ def test_slow_bodies_are_bounded_by_max_body_memory(procs, mock):
             except (BlockingIOError, ConnectionResetError):
                 pass
         print(f"RSS grew by {grown} MiB holding 1000 slow bodies, {refused} refused")
-        assert grown < 40, f"RSS grew by {grown} MiB holding 1000 slow bodies"
+        # ThreadSanitizer's shadow memory makes RSS meaningless (make tsan sets this)
+        if not os.environ.get("WXLOGIN_TSAN"):
+            assert grown < 40, f"RSS grew by {grown} MiB holding 1000 slow bodies"
         assert refused > 0
         assert_ok(login(serve.port, new_code("still")))
     finally:

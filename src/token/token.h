@@ -47,6 +47,10 @@ struct token_result {
     enum wechat_status wstatus;       /* TOKEN_FAILED */
     long errcode;
     long http_status;
+    char rid[WECHAT_RID_MAX]; /* TOKEN_FAILED: WeChat's request id, "" when none */
+    /* TOKEN_FAILED with 40164: the address WeChat saw us call from (its errmsg names it), the
+     * one to whitelist; "" otherwise. */
+    char caller_ip[48];
 };
 
 typedef void token_fn(void *arg, const struct token_result *res);

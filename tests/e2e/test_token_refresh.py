@@ -1,15 +1,21 @@
 """wxlogin's access token against WeChat's token endpoints as they really behave (issue 13):
 
   - early refresh, with a WeChat that renews a token in its last 5 minutes and with one that
-    hands back the same token until it expires: one fetch either way, not one per request.
+    hands back the same token until it expires: one fetch either way, not one per request;
+  - the token endpoints failing: -1 is retried, 45009 (daily quota, also force_refresh's 20 a
+    day), 40164 (IP not whitelisted) and 40243 (frozen secret) are config_error, logged with a
+    line that names the cause.
 
 The mock's clock is compressed with --token-ttl: a 302 s token is inside wxlogin's 300 s
 refresh margin 2 to 3 s after it is issued.
 """
 
+import json
 import time
 
-from conftest import new_code, post_json, request
+import pytest
+
+from conftest import DEFAULT_APPID, DEFAULT_SECRET, assert_error, new_code, post_json, request
 
 ADMIN = "adm-R8wY3mK6pL1zX9vQ4nB7cH2jT5sF0gD"
 
@@ -100,3 +106,95 @@ def test_expired_token_is_fetched_again(procs):
     # per expiry: a handful, never one per request
     assert stable_requests(m) <= 6, (stable_requests(m), len(seen))
     assert all(e > 0 for _, e in seen), seen
+
+
+# --------------------------------------------------------------------------
+# the token endpoints failing
+# --------------------------------------------------------------------------
+
+def set_fault(mock, directives):
+    r = request(mock.port, "POST",
+                f"/mock/token/fail?appid={DEFAULT_APPID}&do={directives}")
+    assert r.status == 200, r
+
+
+def login_token(port, user):
+    r = post_json(port, "/v1/login", {"code": new_code(user)})
+    assert r.status == 200, r
+    return r.json()["token"]
+
+
+def phone(port, tok, user):
+    return post_json(port, "/v1/phone", {"code": new_code(user)},
+                     headers={"Content-Type": "application/json",
+                              "Authorization": f"Bearer {tok}"})
+
+
+def json_lines(proc, msg):
+    out = []
+    for line in proc.log_lines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("msg") == msg:
+            out.append(d)
+    return out
+
+
+def test_system_error_at_the_token_endpoint_is_retried(procs):
+    m = procs.mock()
+    s = procs.serve(mock=m)
+    tok = login_token(s.port, "busy")
+    set_fault(m, "busy1")
+    before = stable_requests(m)
+    r = phone(s.port, tok, "busy")
+    assert r.status == 200, r
+    assert stable_requests(m) - before == 2, "-1 once, then the retry got the token"
+
+
+@pytest.mark.parametrize("errcode,cause", [
+    (45009, "daily quota"),
+    (40164, "not whitelisted"),
+    (40243, "frozen"),
+])
+def test_token_endpoint_refusals_are_config_errors_with_a_cause(procs, errcode, cause):
+    m = procs.mock()
+    s = procs.serve(mock=m, env={"WXLOGIN_LOG_FORMAT": "json", "WXLOGIN_ADMIN_TOKEN": ADMIN})
+    tok = login_token(s.port, "cfg")
+    set_fault(m, f"err{errcode}")
+    before = stable_requests(m)
+    assert_error(phone(s.port, tok, "cfg"), 500, "config_error", "none", errcode)
+    assert stable_requests(m) - before == 1, "not retried"
+    r = request(s.port, "GET", "/admin/v1/access-token",
+                headers={"Authorization": f"Bearer {ADMIN}"})
+    assert_error(r, 500, "config_error", "none", errcode)
+    s.wait_log(lambda t: "WeChat refused to issue an access token" in t)
+    lines = json_lines(s, "WeChat refused to issue an access token")
+    assert lines, s.log_text()[-3000:]
+    d = lines[0]
+    assert d["level"] == "error" and str(d["wx_errcode"]) == str(errcode), d
+    assert cause in d["cause"], d
+    assert len(d.get("wx_rid", "")) == 26, f"WeChat's rid is logged: {d}"
+    if errcode == 40164:
+        assert d["caller_ip"] == "127.0.0.1", f"the address to whitelist: {d}"
+    else:
+        assert "caller_ip" not in d, d
+    assert s.stop() == 0
+    assert DEFAULT_SECRET not in s.log_text(), "the secret is never logged"
+
+
+def test_force_refresh_past_twenty_a_day_is_45009(procs):
+    m = procs.mock(args=["--force-refresh-interval-s", "0"])
+    s = procs.serve(mock=m, env={"WXLOGIN_ADMIN_TOKEN": ADMIN, "WXLOGIN_LOG_FORMAT": "json"})
+    seen = {admin_get(s.port)[0]}
+    for _ in range(20):
+        r = request(s.port, "POST", "/admin/v1/access-token/refresh?force=true",
+                    headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status == 200, r
+        seen.add(r.json()["access_token"])
+    assert len(seen) == 21
+    r = request(s.port, "POST", "/admin/v1/access-token/refresh?force=true",
+                headers={"Authorization": f"Bearer {ADMIN}"})
+    assert_error(r, 500, "config_error", "none", 45009)
+    s.wait_log(lambda t: "daily quota" in t)

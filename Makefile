@@ -12,7 +12,10 @@ PY      := /usr/bin/python3
 DEPS_STAMP := .deps-installed
 
 SRC      := $(shell find src -name '*.c' | sort)
-LIB_SRC  := $(filter-out src/main.c,$(SRC))
+# The mock is its own program (wxlogin-mock): none of src/mock/ goes into wxlogin.
+MOCK_SRC := $(filter src/mock/%,$(SRC))
+LIB_SRC  := $(filter-out src/main.c $(MOCK_SRC),$(SRC))
+MOCKLIB_SRC := $(filter-out src/mock/main.c,$(MOCK_SRC))
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 
 # Two build flavours from the same sources: normal, and ASan+UBSan.
@@ -37,6 +40,7 @@ FUZZ_SECONDS ?= 60
 
 OBJ      := $(patsubst src/%.c,$(B)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
+MOCKLIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(MOCKLIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
@@ -49,7 +53,7 @@ $(DEPS_STAMP): scripts/install-deps.sh
 	bash scripts/install-deps.sh
 	@touch $@
 
-build: $(B)/wxlogin $(UNIT_BIN)
+build: $(B)/wxlogin $(B)/wxlogin-mock $(UNIT_BIN)
 
 $(B)/obj/%.o: src/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -59,13 +63,20 @@ $(B)/libwxlogin.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(B)/libwxlogin-mock.a: $(MOCKLIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
 $(B)/wxlogin: $(B)/obj/main.o $(B)/libwxlogin.a
 	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
 
-$(B)/tests/%: tests/unit/%.c $(B)/libwxlogin.a | $(DEPS_STAMP)
+$(B)/wxlogin-mock: $(B)/obj/mock/main.o $(B)/libwxlogin-mock.a $(B)/libwxlogin.a
+	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libwxlogin-mock.a $(B)/libwxlogin.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) -Wno-missing-prototypes $(CFLAGS) -o $@ $< \
-	    $(B)/libwxlogin.a $(PKG_LIBS) $(TEST_LIBS) $(LDFLAGS)
+	    $(B)/libwxlogin-mock.a $(B)/libwxlogin.a $(PKG_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
 build-fuzz/fuzz/%: fuzz/%.c fuzz/fuzz.h build-fuzz/libwxlogin.a
 	@mkdir -p $(dir $@)
@@ -112,11 +123,11 @@ tsan: | $(DEPS_STAMP)
 	TSAN_OPTIONS="second_deadlock_stack=1" WXLOGIN_TSAN=1 $(MAKE) B=build-tsan test-one
 
 run: deps
-	$(MAKE) B=build $(B)/wxlogin
+	$(MAKE) B=build $(B)/wxlogin $(B)/wxlogin-mock
 	bash scripts/run.sh
 
 bench: deps
-	$(MAKE) B=build $(B)/wxlogin
+	$(MAKE) B=build $(B)/wxlogin $(B)/wxlogin-mock
 	bash bench/run.sh
 
 FORMAT_FILES = $(shell find src tests/unit fuzz -name '*.[ch]' 2>/dev/null)

@@ -25,6 +25,7 @@
 #   BENCH_STRACE_N=1000       requests per syscall count (0 skips the counts)
 #   BENCH_KEEP_LOGS=1         keep the temp dir with the logs and raw wrk output
 #   WXLOGIN_BIN=path          the binary (default <repo>/build/wxlogin); not passed to the service
+#   WXLOGIN_MOCK_BIN=path     the mock WeChat (default: wxlogin-mock beside WXLOGIN_BIN)
 #
 # Everything listens on 127.0.0.1 only. Every process it starts (mock, services, Go peer, nginx,
 # Redis, wrk, strace, the request loops) is stopped on exit, whatever happens. Nothing is written
@@ -34,6 +35,7 @@ set -Eeuo pipefail
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$ROOT/bench
 BIN=${WXLOGIN_BIN:-$ROOT/build/wxlogin}
+MOCK_BIN=${WXLOGIN_MOCK_BIN:-$(dirname -- "$BIN")/wxlogin-mock}
 OUT_DIR=$ROOT/build/bench # the Go peer and the allocation counter, built here
 DURATION=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -244,9 +246,9 @@ unset_wxlogin_env() {
 }
 
 start_mock() {
-    local args=(mock --listen 127.0.0.1:0)
+    local args=(--listen 127.0.0.1:0)
     [[ -n ${BENCH_MOCK_THREADS:-} ]] && args+=(--threads "$BENCH_MOCK_THREADS")
-    (cd "$TMP" && unset_wxlogin_env && exec "$BIN" "${args[@]}") >"$TMP/mock.log" 2>&1 &
+    (cd "$TMP" && unset_wxlogin_env && exec "$MOCK_BIN" "${args[@]}") >"$TMP/mock.log" 2>&1 &
     MOCK_PID=$!
     MOCK_PORT=$(wait_for mock "$MOCK_PID" "$TMP/mock.log" mock_port_from_log)
     wait_for mock "$MOCK_PID" "$TMP/mock.log" \
@@ -1433,6 +1435,7 @@ report() {
 
 main() {
     [[ -x $BIN ]] || die "$BIN not found; run 'make build' first (or 'make bench')"
+    [[ -x $MOCK_BIN ]] || die "$MOCK_BIN not found; run 'make build' first (or 'make bench')"
     command -v wrk >/dev/null || die "wrk is not installed (Debian/Ubuntu: apt-get install wrk)"
     command -v curl >/dev/null || die "curl is not installed"
     [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive whole number"

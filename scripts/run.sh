@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make run`: starts wxlogin. With no app credentials configured (no appid in
 # wxlogin.conf and no WXLOGIN_APPID in the environment) it also starts
-# `wxlogin mock` and points the service at it, so everything works offline.
+# `wxlogin-mock` (the local WeChat, its own program) and points the service at
+# it, so everything works offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/wxlogin
+MOCK_BIN=build/wxlogin-mock
 CONF=()
 [ -f wxlogin.conf ] && CONF=(--config wxlogin.conf)
 
@@ -14,7 +16,7 @@ have_appid=
 
 if [ -z "$have_appid" ]; then
     MOCK_LISTEN=${MOCK_LISTEN:-127.0.0.1:2021}
-    "$BIN" mock --listen "$MOCK_LISTEN" &
+    "$MOCK_BIN" --listen "$MOCK_LISTEN" &
     MOCK_PID=$!
     trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
     export WXLOGIN_APPID=wx1234567890abcdef
@@ -24,7 +26,7 @@ if [ -z "$have_appid" ]; then
     LISTEN=${WXLOGIN_LISTEN:-127.0.0.1:2020}
     cat <<MSG
 
-  No app credentials configured: using the built-in mock WeChat at $MOCK_LISTEN.
+  No app credentials configured: using the local mock WeChat (wxlogin-mock) at $MOCK_LISTEN.
   Log in as user "alice" (every code is single use; change the suffix to log in again):
 
     curl -s -X POST http://$LISTEN/openid -d '{"code":"alice-'\$RANDOM'"}'

@@ -1,6 +1,7 @@
 /*
  * main: the command line. Parses argv, loads the configuration, sets up logging and signals,
- * and hands over to `serve` or `mock`. The only place that exits.
+ * and hands over to `serve`. The only place that exits. The local WeChat stand-in is another
+ * program, `wxlogin-mock` (src/mock/): this binary carries none of its routes.
  *
  * Exit codes: 0 clean stop, 1 runtime failure (e.g. the port is taken), 2 bad usage or config.
  */
@@ -12,7 +13,6 @@
 
 #include "config/config.h"
 #include "log/log.h"
-#include "mock/mock.h"
 #include "runtime/workers.h"
 #include "serve.h"
 #include "version.h"
@@ -29,9 +29,9 @@ static const char usage[] =
     "  serve [--config FILE]   run the service (default listen 127.0.0.1:2020). Every config\n"
     "                          key can be set in the environment as WXLOGIN_<KEY>; the\n"
     "                          environment wins over the file. See docs/config.md.\n"
-    "  mock [--listen ADDR] [--app APPID:SECRET]... [--threads N]\n"
-    "                          run a local stand-in for WeChat's API (default listen\n"
-    "                          127.0.0.1:2021). See docs/mock.md.\n"
+    "\n"
+    "The local stand-in for WeChat's API used in development and tests is a separate\n"
+    "program, wxlogin-mock (wxlogin-mock --help, docs/mock.md).\n"
     "\n"
     "options:\n"
     "  -h, --help              show this help\n"
@@ -119,7 +119,12 @@ int main(int argc, char **argv)
         printf("wxlogin %s\n", WXLOGIN_VERSION);
         return 0;
     }
-    if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "mock") != 0) {
+    if (strcmp(cmd, "mock") == 0) {
+        fprintf(stderr, "wxlogin: the mock is a separate program now: run wxlogin-mock "
+                        "(see docs/mock.md)\n");
+        return 2;
+    }
+    if (strcmp(cmd, "serve") != 0) {
         fprintf(stderr, "wxlogin: unknown command '%s'\n%s", cmd, usage);
         return 2;
     }
@@ -136,8 +141,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "wxlogin: cannot initialise libcurl\n");
         return 1;
     }
-    int rc =
-        strcmp(cmd, "serve") == 0 ? cmd_serve(argc - 2, argv + 2) : mock_main(argc - 2, argv + 2);
+    int rc = cmd_serve(argc - 2, argv + 2);
     curl_global_cleanup();
     return rc;
 }

@@ -124,11 +124,15 @@ void handlers_reply_token_error(struct http_request *req, const struct token_res
     char ec[24] = "";
     if (e.has_errcode)
         snprintf(ec, sizeof(ec), "%ld", res->errcode);
+    /* The cause in words (the errcode table's message: "the service's IP is not whitelisted
+     * at WeChat", "WeChat's daily quota...") with WeChat's rid, and for 40164 the address to
+     * whitelist. */
+    bool failed = res->status == TOKEN_FAILED;
     log_kv(e.config ? LOG_ERROR : LOG_WARN,
-           e.config ? "WeChat refused to issue an access token: check appid, secret and the API "
-                      "IP whitelist"
-                    : "no access token",
-           "wx_errcode", ec[0] ? ec : NULL, "reason",
+           e.config ? "WeChat refused to issue an access token" : "no access token", "cause",
+           e.message, "wx_errcode", ec[0] ? ec : NULL, "wx_rid",
+           failed && res->rid[0] ? res->rid : NULL, "caller_ip",
+           failed && res->caller_ip[0] ? res->caller_ip : NULL, "reason",
            res->status == TOKEN_THROTTLED ? "throttled: WeChat keeps returning a rejected token"
                                           : "fetch failed",
            "request_id", http_request_id(req), NULL);

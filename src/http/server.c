@@ -144,6 +144,7 @@ struct http_server {
     struct loop_timer read_timer;
     const struct http_route *routes;
     size_t nroutes;
+    http_handler_fn *fallback;
     void *handler_arg;
 
     struct list live; /* every request between first call and completion */
@@ -533,6 +534,10 @@ static void route(struct http_request *req)
         if (n > 0 && (size_t)n < sizeof(allow) - alen)
             alen += (size_t)n;
     }
+    if (srv->fallback != NULL) {
+        srv->fallback(req, srv->handler_arg);
+        return;
+    }
     if (alen == 0) {
         http_reply_error(req, 404, "not_found", "no such endpoint", "none");
         return;
@@ -901,6 +906,14 @@ struct loop *http_request_loop(const struct http_request *req)
     return req->srv->loop;
 }
 
+long http_request_age_ms(const struct http_request *req)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)((now.tv_sec - req->start.tv_sec) * 1000 +
+                  (now.tv_nsec - req->start.tv_nsec) / 1000000);
+}
+
 const char *http_request_peer(struct http_request *req)
 {
     if (req->peer != NULL)
@@ -1158,6 +1171,7 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     srv->body_budget = opts->body_memory;
     srv->routes = opts->routes;
     srv->nroutes = opts->nroutes;
+    srv->fallback = opts->fallback;
     srv->handler_arg = opts->handler_arg;
     list_init(&srv->live);
     list_init(&srv->pool);

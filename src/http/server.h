@@ -18,8 +18,9 @@
  *   - answering cancels whatever is still pending;
  *   - the request's scratch memory (http_request_alloc()) is released when the request ends,
  *     after its answer is sent or the client is gone. Handlers never free request state.
- * Unknown paths, wrong methods and oversized bodies are answered here, and so is everything this
- * module refuses before a handler sees it (libmicrohttpd 0.9.75 is lenient, wxlogin is not):
+ * Unknown paths, wrong methods (404/405, or the server's fallback handler when it has one: the
+ * mock's) and oversized bodies are answered here, and so is everything this module refuses
+ * before a handler sees it (libmicrohttpd 0.9.75 is lenient, wxlogin is not):
  *   - framing a proxy could read differently: Transfer-Encoding with Content-Length, Content-Length
  *     twice with different values, a transfer coding other than "chunked", whitespace before a
  *     header's colon, a control character (NUL...) in a header value, HTTP/1.1 without one Host:
@@ -69,6 +70,10 @@ struct http_server_opts {
     long request_timeout_ms; /* a request still pending this long is answered 504 */
     const struct http_route *routes; /* borrowed, must outlive the server */
     size_t nroutes;
+    /* Called instead of the 404/405 answers for a request no route takes (its path is unknown,
+     * or no route of that path has its method); NULL keeps them. The mock answers those the
+     * way WeChat does (HTTP 200 and an errcode). */
+    http_handler_fn *fallback;
     void *handler_arg; /* passed to every handler */
 };
 
@@ -107,6 +112,8 @@ const char *http_request_header(struct http_request *req, const char *name);
 /* Query-string argument or NULL. */
 const char *http_request_query(const struct http_request *req, const char *name);
 struct loop *http_request_loop(const struct http_request *req);
+/* Milliseconds since the request began (its request line arrived). */
+long http_request_age_ms(const struct http_request *req);
 /* The peer's address as text ("203.0.113.7", "2001:db8::1"): the TCP peer, which is the proxy
  * when one is in front. Computed once per request; "" when unknown. */
 const char *http_request_peer(struct http_request *req);

@@ -30,10 +30,11 @@ static bool parse_directive(const char *s, const char *end, struct mock_directiv
         enum mock_kind kind;
         bool has_value, neg;
     } names[] = {
-        {"busy", MOCK_ERR, true, false},    {"err", MOCK_ERR, true, true},
-        {"delay", MOCK_DELAY, true, false}, {"http", MOCK_HTTP, true, false},
-        {"html", MOCK_HTML, false, false},  {"reset", MOCK_RESET, false, false},
-        {"hang", MOCK_HANG, false, false},  {"wrongapp", MOCK_WRONGAPP, false, false},
+        {"busy", MOCK_ERR, true, false},           {"err", MOCK_ERR, true, true},
+        {"delay", MOCK_DELAY, true, false},        {"http", MOCK_HTTP, true, false},
+        {"html", MOCK_HTML, false, false},         {"reset", MOCK_RESET, false, false},
+        {"hang", MOCK_HANG, false, false},         {"wrongapp", MOCK_WRONGAPP, false, false},
+        {"ccnumber", MOCK_CCNUMBER, false, false},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         size_t n = strlen(names[i].name);
@@ -63,16 +64,33 @@ static bool parse_directive(const char *s, const char *end, struct mock_directiv
     return false;
 }
 
+/* A WeChat appid: "wx" and 16 lowercase hex digits. */
+static bool is_appid(const char *s, const char *end)
+{
+    if (end - s != MOCK_APPID_LEN || s[0] != 'w' || s[1] != 'x')
+        return false;
+    for (const char *p = s + 2; p < end; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
 int mock_code_parse(const char *code, struct mock_code *out)
 {
     memset(out, 0, sizeof(*out));
     const char *p = code;
     for (;;) {
         const char *us = strchr(p, '_');
-        if (us == NULL || out->nd == MOCK_MAX_DIRECTIVES ||
-            !parse_directive(p, us, &out->d[out->nd]))
+        if (us == NULL)
             break;
-        out->nd++;
+        if (out->app[0] == '\0' && is_appid(p, us)) {
+            memcpy(out->app, p, MOCK_APPID_LEN);
+            out->app[MOCK_APPID_LEN] = '\0';
+        } else if (out->nd == MOCK_MAX_DIRECTIVES || !parse_directive(p, us, &out->d[out->nd])) {
+            break;
+        } else {
+            out->nd++;
+        }
         p = us + 1;
     }
     size_t n = strcspn(p, "-");
@@ -80,6 +98,25 @@ int mock_code_parse(const char *code, struct mock_code *out)
         return -1;
     memcpy(out->user, p, n);
     out->user[n] = '\0';
+    return 0;
+}
+
+int mock_directives_parse(const char *s, struct mock_code *out)
+{
+    memset(out, 0, sizeof(*out));
+    const char *p = s;
+    while (*p != '\0') {
+        const char *us = strchr(p, '_');
+        const char *end = us != NULL ? us : p + strlen(p);
+        if (out->nd == MOCK_MAX_DIRECTIVES || !parse_directive(p, end, &out->d[out->nd]))
+            return -1;
+        out->nd++;
+        if (us == NULL)
+            break;
+        p = us + 1;
+        if (*p == '\0')
+            return -1; /* a trailing "_" */
+    }
     return 0;
 }
 

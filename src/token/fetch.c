@@ -52,6 +52,22 @@ static void give_back(struct fetcher *fe, const char *token, int64_t expires_at)
     store_lease_publish(fe->store, fe->app->appid, fe->owner, token, expires_at);
 }
 
+/* From 40164's "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist rid: ...",
+ * the address WeChat saw (characters of an IPv4 or IPv6 address only); "" when absent. */
+static void caller_ip(const char *errmsg, char out[48])
+{
+    static const char prefix[] = "invalid ip ";
+    out[0] = '\0';
+    if (errmsg == NULL || strncmp(errmsg, prefix, sizeof(prefix) - 1) != 0)
+        return;
+    const char *p = errmsg + sizeof(prefix) - 1;
+    size_t n = strspn(p, "0123456789abcdefABCDEF.:");
+    if (n == 0 || n >= 48)
+        return;
+    memcpy(out, p, n);
+    out[n] = '\0';
+}
+
 static void on_grant(void *arg, const struct wechat_reply *r, const struct wechat_token_grant *g)
 {
     struct fetcher *fe = arg;
@@ -64,6 +80,9 @@ static void on_grant(void *arg, const struct wechat_reply *r, const struct wecha
         res.wstatus = r->status;
         res.errcode = r->errcode;
         res.http_status = r->http_status;
+        memcpy(res.rid, r->rid, sizeof(res.rid));
+        if (r->status == WECHAT_ERRCODE && r->errcode == 40164)
+            caller_ip(json_string_value(json_object_get(r->body, "errmsg")), res.caller_ip);
     }
     /* Tell the other instances (and release the lease even when the fetch failed). */
     give_back(fe, res.status == TOKEN_OK ? res.token : "", res.expires_at);

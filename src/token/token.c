@@ -39,6 +39,10 @@ struct token {
     struct waitlist waiters;
     bool same_token_backoff; /* no_fetch_until_ms is from a rejected token handed back */
     uint64_t no_fetch_until_ms;
+    /* No early refresh before this: the last refresh brought back a token still inside the
+     * margin (a WeChat that does not renew early hands back the same one until it expires),
+     * so asking again before then would only get it again, once per request. */
+    uint64_t no_refresh_until_ms;
     struct token_result last_failure; /* returned while no_fetch_until_ms holds */
     unsigned long fetches;
     struct list fetchers;
@@ -131,6 +135,15 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
     if (no_start && t->no_fetch_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
+        int64_t now = (int64_t)time(NULL);
+        /* A refresh (a token was being served) that brought back a token still short of the
+         * margin: none again before that token expires. A first fetch of a short token may
+         * still refresh once (WeChat renews in a token's last 5 minutes). */
+        bool refresh = t->token[0] != '\0' && t->expires_at > now;
+        int64_t left = res->expires_at - now;
+        t->no_refresh_until_ms = refresh && left < REFRESH_MARGIN_S
+                                     ? now_ms + (uint64_t)(left > 0 ? left : 0) * 1000
+                                     : 0;
         memcpy(t->token, res->token, sizeof(t->token));
         t->expires_at = res->expires_at;
         memset(&t->last_failure, 0, sizeof(t->last_failure)); /* only the latest fetch counts */
@@ -196,6 +209,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
     if (flags & (TOKEN_DROP | TOKEN_FORCE)) {
         t->token[0] = '\0';
         t->no_fetch_until_ms = 0; /* an operator asked: let it through */
+        t->no_refresh_until_ms = 0;
         t->same_token_backoff = false;
     }
     if (t->token[0] != '\0' && t->expires_at > now) {
@@ -204,7 +218,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
         memcpy(out->token, t->token, sizeof(out->token));
         out->expires_at = t->expires_at;
         if (t->expires_at - now < REFRESH_MARGIN_S && !t->fetching &&
-            now_ms >= t->no_fetch_until_ms) {
+            now_ms >= t->no_fetch_until_ms && now_ms >= t->no_refresh_until_ms) {
             mark_fetching(t, f, false);
             start = true;
         }

@@ -10,7 +10,10 @@
  *   - invalidation after a rejection is compare-and-swap: the cached token is dropped only if it
  *     is still the one that failed, so a late failure never discards a newer token;
  *   - no quota burning: when WeChat hands back the very token that was just rejected, the next
- *     fetch waits 10 s, and a failed fetch is not repeated for 1 s; meanwhile requests fail fast.
+ *     fetch waits 10 s, and a failed fetch is not repeated for 1 s; meanwhile requests fail fast;
+ *     an early refresh that brings back a token still inside the 300 s margin (a WeChat that
+ *     does not renew early returns the same token until it expires) is not repeated before that
+ *     token expires: it is served until then, instead of one fetch per request.
  *
  * Fetchers: every worker registers one per app at start-up. A fetch runs on the fetcher of the
  * worker whose request first needed it; when that worker stops, its fetcher's unregistering
@@ -44,6 +47,10 @@ struct token_result {
     enum wechat_status wstatus;       /* TOKEN_FAILED */
     long errcode;
     long http_status;
+    char rid[WECHAT_RID_MAX]; /* TOKEN_FAILED: WeChat's request id, "" when none */
+    /* TOKEN_FAILED with 40164: the address WeChat saw us call from (its errmsg names it), the
+     * one to whitelist; "" otherwise. */
+    char caller_ip[48];
 };
 
 typedef void token_fn(void *arg, const struct token_result *res);

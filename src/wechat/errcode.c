@@ -57,6 +57,11 @@ const struct wechat_errcode wechat_errcodes[] = {
      "WeChat refused the service's app secret for an access token", 0, CONFIG},
     {40002, TOK, 500, "config_error", "none",
      "WeChat refused the access token request's grant type", 0, CONFIG},
+    /* The daily quota of /cgi-bin/token, or of force_refresh (20 a day): only tomorrow, or an
+     * operator's clear_quota, helps. */
+    {45009, TOK, 500, "config_error", "none",
+     "WeChat's daily quota of access tokens is spent (clear_quota, or wait for tomorrow)", 0,
+     CONFIG},
     {50004, TOK, 500, "config_error", "none", "WeChat forbids this app the access token API", 0,
      CONFIG},
     {50007, TOK, 500, "config_error", "none", "the app's WeChat account is frozen", 0, CONFIG},

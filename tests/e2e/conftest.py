@@ -1,7 +1,8 @@
 """Shared fixtures and helpers for the wxlogin end-to-end suite.
 
-Everything here talks to processes started from the real binary
-(``WXLOGIN_BIN``, default ``<repo>/build/wxlogin``) over 127.0.0.1 only.
+Everything here talks to processes started from the real binaries over
+127.0.0.1 only: ``WXLOGIN_BIN`` (default ``<repo>/build/wxlogin``) and the mock
+WeChat, ``WXLOGIN_MOCK_BIN`` (default: ``wxlogin-mock`` beside ``WXLOGIN_BIN``).
 
 Process stderr goes to one file per process (``<tmp>/<name>.log``); at
 teardown a process whose stderr holds a sanitizer report fails the test.
@@ -23,6 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("WXLOGIN_BIN", str(REPO / "build" / "wxlogin"))
+MOCK_BIN = os.environ.get("WXLOGIN_MOCK_BIN", str(Path(BIN).parent / "wxlogin-mock"))
 
 DEFAULT_APPID = "wx1234567890abcdef"
 DEFAULT_SECRET = "0123456789abcdef0123456789abcdef"
@@ -51,10 +53,14 @@ def closed_port():
     return free_port()
 
 
-def new_code(user="alice", *directives):
-    """A fresh single-use mock code: ``dir1_dir2_user-<nonce>``."""
+def new_code(user="alice", *directives, app=None):
+    """A fresh single-use mock code: ``dir1_dir2_user-<nonce>``.
+
+    app: the appid the code is issued to (``<appid>_dir1_..._user-<nonce>``); None gives a
+    code of the mock's first app, as a real code belongs to the app that called wx.login.
+    """
     nonce = uuid.uuid4().hex[:16]
-    return "_".join(list(directives) + [f"{user}-{nonce}"])
+    return "_".join(([app] if app else []) + list(directives) + [f"{user}-{nonce}"])
 
 
 def base_env(**overrides):
@@ -452,15 +458,19 @@ class ProcessGroup:
         self._n += 1
         return f"{kind}{self._n}"
 
-    def mock(self, apps=None, threads=None):
-        def mk(port):
-            argv = [BIN, "mock", "--listen", f"127.0.0.1:{port}"]
+    def mock(self, apps=None, threads=None, args=None, port=None):
+        """Start ``wxlogin-mock``: apps [(appid, secret)], extra args (e.g. ["--token-ttl",
+        "305"]), port: a fixed port (else a free one)."""
+        def mk(p):
+            argv = [MOCK_BIN, "--listen", f"127.0.0.1:{p}"]
             for appid, secret in (apps or []):
                 argv += ["--app", f"{appid}:{secret}"]
             if threads:
                 argv += ["--threads", str(threads)]
+            argv += list(args or [])
             return argv, base_env()
-        p = _start(MockProc, self._name("mock"), mk, self.log_dir, "/mock/stats")
+        p = _start(MockProc, self._name("mock"), mk, self.log_dir, "/mock/stats",
+                   fixed_port=port)
         self.procs.append(p)
         return p
 
@@ -544,6 +554,9 @@ def _run_cli(args, env, timeout, cwd):
 def _binary_exists():
     if not os.path.exists(BIN):
         pytest.exit(f"wxlogin binary not found at {BIN} (set WXLOGIN_BIN or run make)", returncode=1)
+    if not os.path.exists(MOCK_BIN):
+        pytest.exit(f"wxlogin-mock not found at {MOCK_BIN} (set WXLOGIN_MOCK_BIN or run make)",
+                    returncode=1)
 
 
 @pytest.fixture(scope="session")

@@ -29,10 +29,21 @@ def two(module_procs, tmp_path_factory):
     return m, s
 
 
+def app_of(headers):
+    """The app a request names (X-WX-AppID wins over the Referer WeChat sets), or None."""
+    if "X-WX-AppID" in headers:
+        return headers["X-WX-AppID"]
+    ref = headers.get("Referer", "")
+    return ref.split("/")[3] if ref.startswith("https://servicewechat.com/") else None
+
+
 def login(port, user, headers):
+    """Logs user in through the app headers name, with a code issued to that app (a WeChat code
+    belongs to the app whose Mini Program called wx.login)."""
     h = {"Content-Type": "application/json"}
     h.update(headers)
-    return post_json(port, "/v1/login", {"code": new_code(user)}, headers=h)
+    app = app_of(headers)
+    return post_json(port, "/v1/login", {"code": new_code(user, app=app)}, headers=h)
 
 
 def session(port, token, headers):
@@ -89,15 +100,36 @@ def test_header_wins_over_referer(two):
 
 
 def test_same_code_in_two_apps_is_two_exchanges(two):
+    """A code is exchanged per app: the one app A's exchange answered is not replayed for app B,
+    which asks WeChat itself. WeChat answers B 40029: the code was issued to A (this test used
+    to expect 200 for both, which only the old mock allowed: it accepted any code at any app)."""
     m, s = two
-    code = new_code("erin")
+    code = new_code("erin", app=APP_A)
     before = m.requests()
     h = {"Content-Type": "application/json"}
     a = post_json(s.port, "/openid", {"code": code}, headers={**h, "X-WX-AppID": APP_A})
     b = post_json(s.port, "/openid", {"code": code}, headers={**h, "X-WX-AppID": APP_B})
-    assert a.status == 200 and b.status == 200, (a, b)
-    assert a.json()["openid"] != b.json()["openid"]
+    assert a.status == 200, a
+    assert_error(b, 400, "invalid_code", "relogin", 40029)
     assert m.requests() - before == 2
+
+
+@pytest.mark.parametrize("route", ["/openid", "/v1/login"])
+def test_code_of_app_a_at_app_b_is_40029(two, route):
+    """The multi-app routing bug (a request of app A's Mini Program sent to app B): WeChat
+    answers 40029, and so does the mock now; wxlogin says invalid_code (relogin)."""
+    m, s = two
+    before = m.stats()["jscode2session"]
+    h = {"Content-Type": "application/json", "X-WX-AppID": APP_B}
+    for code in (new_code("gil", app=APP_A), new_code("gil")):   # named, or the first app's
+        assert_error(post_json(s.port, route, {"code": code}, headers=h), 400, "invalid_code",
+                     "relogin", 40029)
+    after = m.stats()["jscode2session"]
+    assert after["requests"] - before["requests"] == 2
+    assert after["exchanges"] == before["exchanges"], "no code was spent"
+    # a code issued to app B works there
+    r = post_json(s.port, route, {"code": new_code("gil", app=APP_B)}, headers=h)
+    assert r.status == 200, r
 
 
 def test_access_tokens_are_per_app(two):

@@ -106,7 +106,7 @@ def test_two_apps_on_redis_are_isolated(procs, redis, db, tmp_path):
     s = procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)],
                     env=redis_env(redis.url(db)))
     ta = login(s.port, new_code("vic"), {"X-WX-AppID": APP_A}).json()["token"]
-    tb = login(s.port, new_code("vic"), {"X-WX-AppID": APP_B}).json()["token"]
+    tb = login(s.port, new_code("vic", app=APP_B), {"X-WX-AppID": APP_B}).json()["token"]
 
     def session(token, app):
         return request(s.port, "GET", "/v1/session",

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import (BIN, DEFAULT_APPID, DEFAULT_SECRET, MockProc, _start, assert_error,
-                      base_env, closed_port, free_port, new_code, post_json, request)
+from conftest import (DEFAULT_APPID, DEFAULT_SECRET, assert_error, closed_port, free_port,
+                      new_code, post_json, request)
 
 ADMIN = "adm-Q7vX2pL9kR4tZ8wN3mB6cF1hJ5sD0gY"
 WRONG_SECRET = "W7ongW7ongW7ongW7ongW7ongW7ong00"
@@ -23,25 +23,14 @@ WRONG_SECRET = "W7ongW7ongW7ongW7ongW7ongW7ong00"
 # --------------------------------------------------------------------------
 
 def delayed_mock(group, delay_ms):
-    """A mock whose token endpoints answer after delay_ms (so concurrent fetches overlap).
-    conftest's ProcessGroup.mock() has no such option; this starts it the same way."""
-    def mk(port):
-        return ([BIN, "mock", "--listen", f"127.0.0.1:{port}", "--token-delay-ms", str(delay_ms)],
-                base_env())
-    p = _start(MockProc, group._name("mock"), mk, group.log_dir, "/mock/stats")
-    group.procs.append(p)
-    return p
+    """A mock whose token endpoints answer after delay_ms (so concurrent fetches overlap)."""
+    return group.mock(args=["--token-delay-ms", str(delay_ms)])
 
 
 def mock_at(group, port, secret):
     """A mock on a given port knowing the default appid with `secret` (so a test can swap the
     WeChat a running serve talks to)."""
-    def mk(p):
-        return ([BIN, "mock", "--listen", f"127.0.0.1:{p}", "--app", f"{DEFAULT_APPID}:{secret}"],
-                base_env())
-    p = _start(MockProc, group._name("mock"), mk, group.log_dir, "/mock/stats", fixed_port=port)
-    group.procs.append(p)
-    return p
+    return group.mock(apps=[(DEFAULT_APPID, secret)], port=port)
 
 
 def counts(mock):
@@ -795,7 +784,8 @@ def test_access_token_never_logged(procs):
     assert s.stop() == 0
     log = s.log_text()
     for t in seen:
-        assert re.fullmatch(r"mock_[0-9a-f]{48}", t), t
+        # a real token's shape and length (the mock's tokens were 53 characters once)
+        assert re.fullmatch(r"[0-9]{2}_[A-Za-z0-9_-]{127,157}", t), t
         assert t not in log, "the access token is a credential for the whole app: never log it"
 
 

@@ -1,5 +1,6 @@
 /*
- * Unit tests for mock/code.h: the grammar of mock login codes (docs/mock.md).
+ * Unit tests for mock/code.h: the grammar of mock login and phone codes (docs/mock.md), the
+ * appid a code may name, and directives alone (the token endpoints' faults).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -292,6 +293,96 @@ static void test_applies_count_two_first_two_only(void **state)
     assert_false(mock_directive_applies(&d, 3));
 }
 
+/* ---- the app a code was issued to ---- */
+
+static void test_appid_segment_names_the_app(void **state)
+{
+    (void)state;
+    struct mock_code mc = parse_ok("wxbbbb000000000002_busy1_alice-3");
+    assert_string_equal(mc.app, "wxbbbb000000000002");
+    assert_string_equal(mc.user, "alice");
+    assert_int_equal(mc.nd, 1);
+    assert_directive(&mc.d[0], MOCK_ERR, -1, 1);
+}
+
+static void test_appid_segment_after_directives(void **state)
+{
+    (void)state;
+    struct mock_code mc = parse_ok("delay5_wx1234567890abcdef_bob");
+    assert_string_equal(mc.app, "wx1234567890abcdef");
+    assert_int_equal(mc.nd, 1);
+    assert_string_equal(mc.user, "bob");
+}
+
+static void test_no_appid_segment_names_no_app(void **state)
+{
+    (void)state;
+    assert_string_equal(parse_ok("alice-1").app, "");
+    assert_string_equal(parse_ok("busy1_alice-1").app, "");
+}
+
+static void test_not_an_appid_is_the_user(void **state)
+{
+    (void)state;
+    /* uppercase hex, 15 or 17 digits, another prefix: not WeChat's shape, so the user */
+    static const char *const codes[] = {"wxBBBB000000000002_a", "wx000000000000002_a",
+                                        "wx00000000000000002_a", "xw0000000000000002_a"};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        struct mock_code mc = parse_ok(codes[i]);
+        assert_string_equal(mc.app, "");
+        assert_int_equal(mc.nd, 0);
+        assert_int_equal(strncmp(mc.user, codes[i], strlen(codes[i])), 0);
+    }
+}
+
+static void test_second_appid_segment_starts_the_user(void **state)
+{
+    (void)state;
+    struct mock_code mc = parse_ok("wx0000000000000001_wx0000000000000002_c");
+    assert_string_equal(mc.app, "wx0000000000000001");
+    assert_string_equal(mc.user, "wx0000000000000002_c");
+}
+
+static void test_ccnumber(void **state)
+{
+    (void)state;
+    struct mock_code mc = parse_ok("ccnumber_dave");
+    assert_int_equal(mc.nd, 1);
+    assert_int_equal(mc.d[0].kind, MOCK_CCNUMBER);
+}
+
+/* ---- directives alone (the token endpoints' faults) ---- */
+
+static void test_directives_parse(void **state)
+{
+    (void)state;
+    struct mock_code mc;
+    assert_int_equal(mock_directives_parse("err45009x2_delay300", &mc), 0);
+    assert_int_equal(mc.nd, 2);
+    assert_directive(&mc.d[0], MOCK_ERR, 45009, 2);
+    assert_directive(&mc.d[1], MOCK_DELAY, 300, 0);
+    assert_int_equal(mock_directives_parse("busy1", &mc), 0);
+    assert_directive(&mc.d[0], MOCK_ERR, -1, 1);
+    assert_int_equal(mock_directives_parse("", &mc), 0);
+    assert_int_equal(mc.nd, 0);
+}
+
+static void test_directives_parse_refuses_what_is_not_a_directive(void **state)
+{
+    (void)state;
+    struct mock_code mc;
+    static const char *const bad[] = {"alice",
+                                      "err40164_",
+                                      "_err1",
+                                      "err1__err2",
+                                      "wx1234567890abcdef",
+                                      "busy0",
+                                      "html_html_html_html_html_html_html_html_html"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (mock_directives_parse(bad[i], &mc) == 0)
+            fail_msg("mock_directives_parse(\"%s\") accepted it", bad[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -325,6 +416,14 @@ int main(void)
         cmocka_unit_test(test_user_over_max_length_fails),
         cmocka_unit_test(test_applies_count_zero_always),
         cmocka_unit_test(test_applies_count_two_first_two_only),
+        cmocka_unit_test(test_appid_segment_names_the_app),
+        cmocka_unit_test(test_appid_segment_after_directives),
+        cmocka_unit_test(test_no_appid_segment_names_no_app),
+        cmocka_unit_test(test_not_an_appid_is_the_user),
+        cmocka_unit_test(test_second_appid_segment_starts_the_user),
+        cmocka_unit_test(test_ccnumber),
+        cmocka_unit_test(test_directives_parse),
+        cmocka_unit_test(test_directives_parse_refuses_what_is_not_a_directive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,8 @@
  * invalidate) and never finishes by itself: the test ends a fetch by calling token_fetched()
  * with the result it wants. Covered: the first get waits for one fetch and is woken on its own
  * loop; a cached token is ready; single flight, also across two and four threads; refreshing
- * early in the background; the 1 s backoff after a failed fetch and the 10 s one after WeChat
+ * early in the background, and not again before expiry when a refresh brings back a token still
+ * inside the margin; the 1 s backoff after a failed fetch and the 10 s one after WeChat
  * hands back the token it rejected (lifted by token_accepted); compare-and-swap invalidation;
  * TOKEN_DROP and TOKEN_FORCE (a forced get is never answered by an ordinary fetch already
  * running); a fetch that cannot start; unregistering the fetching worker; cancelled waiters;
@@ -572,6 +573,82 @@ static void test_failed_refresh_keeps_serving_and_waits_before_retrying(void **s
     assert_int_equal(f->fa.starts, 3);
     finish_ok(&f->fa, "tok-new", now_s() + LONG_S);
     assert_ready_token(f, &f->fb, "tok-new");
+}
+
+/* WeChat without early renewal hands back the same token until it expires: a refresh that
+ * brings it back (still inside the margin) must not be repeated on every get until then. */
+static void test_refresh_returning_the_same_short_token_backs_off_until_expiry(void **state)
+{
+    struct fixture *f = *state;
+    int64_t exp = now_s() + 2;
+    cache_token(f, "tok-short", exp);
+    assert_ready_token(f, &f->fb, "tok-short"); /* the refresh */
+    assert_int_equal(f->fb.starts, 1);
+    finish_ok(&f->fb, "tok-short", exp);
+    /* Many gets, on both workers: served, and no refresh until it expires. */
+    for (int i = 0; i < 20; i++) {
+        assert_ready_token(f, &f->fa, "tok-short");
+        assert_ready_token(f, &f->fb, "tok-short");
+    }
+    assert_int_equal(f->fa.starts + f->fb.starts, 2);
+    assert_int_equal(token_fetches(f->t), 2);
+    /* Expired: the next get fetches (and waits), nothing holds it back. */
+    sleep_ms(2100);
+    struct token_result out;
+    struct rec *r = &f->rec[0];
+    assert_int_equal(get(f, &f->fa, r, 0, &out), TOKEN_WAIT);
+    assert_int_equal(f->fa.starts, 2);
+    finish_ok(&f->fa, "tok-new", now_s() + LONG_S);
+    drain(f->la);
+    assert_int_equal(r->calls, 1);
+    assert_string_equal(r->res.token, "tok-new");
+}
+
+static void test_refresh_returning_another_short_token_backs_off_too(void **state)
+{
+    struct fixture *f = *state;
+    cache_token(f, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short");
+    finish_ok(&f->fa, "tok-short-2", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short-2");
+    assert_ready_token(f, &f->fb, "tok-short-2");
+    assert_int_equal(f->fa.starts + f->fb.starts, 2);
+}
+
+static void test_refresh_returning_a_renewed_token_does_not_back_off(void **state)
+{
+    struct fixture *f = *state;
+    cache_token(f, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short");
+    /* WeChat renews early: a new token with its whole life. */
+    finish_ok(&f->fa, "tok-new", now_s() + LONG_S);
+    assert_ready_token(f, &f->fb, "tok-new");
+    assert_int_equal(f->fa.starts + f->fb.starts, 2);
+    /* ...and when that one runs short in its turn, it is refreshed as usual. */
+    struct token_result out;
+    assert_int_equal(get(f, &f->fa, &f->rec[0], TOKEN_DROP, &out), TOKEN_WAIT);
+    finish_ok(&f->fa, "tok-new-short", now_s() + SHORT_S);
+    drain(f->la);
+    assert_ready_token(f, &f->fb, "tok-new-short");
+    assert_int_equal(f->fb.starts, 1);
+}
+
+static void test_drop_lifts_the_short_token_backoff(void **state)
+{
+    struct fixture *f = *state;
+    cache_token(f, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short");
+    finish_ok(&f->fa, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short");
+    assert_int_equal(f->fa.starts, 2);
+    struct token_result out;
+    assert_int_equal(get(f, &f->fa, &f->rec[0], TOKEN_DROP, &out), TOKEN_WAIT);
+    assert_int_equal(f->fa.starts, 3);
+    finish_ok(&f->fa, "tok-short", now_s() + SHORT_S);
+    drain(f->la);
+    /* the operator's fetch was the first after a drop, not a refresh: one refresh may follow */
+    assert_ready_token(f, &f->fb, "tok-short");
+    assert_int_equal(f->fb.starts, 1);
 }
 
 /* ---- failed fetches ---- */
@@ -1327,6 +1404,10 @@ int main(void)
         T(test_waiter_on_second_thread_woken_on_its_thread),
         T(test_gets_racing_on_four_threads_cause_one_fetch),
         T(test_short_token_is_served_and_refreshed_once_in_background),
+        T(test_refresh_returning_the_same_short_token_backs_off_until_expiry),
+        T(test_refresh_returning_another_short_token_backs_off_too),
+        T(test_refresh_returning_a_renewed_token_does_not_back_off),
+        T(test_drop_lifts_the_short_token_backoff),
         T(test_failed_refresh_keeps_serving_and_waits_before_retrying),
         T(test_failed_fetch_is_shared_for_one_second_then_retried),
         T(test_latest_failure_is_the_one_returned),

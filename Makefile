@@ -78,11 +78,11 @@ $(B)/tests/%: tests/unit/%.c $(B)/libwxlogin-mock.a $(B)/libwxlogin.a | $(DEPS_S
 	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) -Wno-missing-prototypes $(CFLAGS) -o $@ $< \
 	    $(B)/libwxlogin-mock.a $(B)/libwxlogin.a $(PKG_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
-build-fuzz/fuzz/%: fuzz/%.c fuzz/fuzz.h build-fuzz/libwxlogin.a
+build-fuzz/fuzz/%: fuzz/%.c fuzz/fuzz.h build-fuzz/libwxlogin-mock.a build-fuzz/libwxlogin.a
 	@mkdir -p $(dir $@)
 	clang $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all $(PKG_CFLAGS) -Wno-missing-prototypes -o $@ $< \
-	    build-fuzz/libwxlogin.a $(PKG_LIBS)
+	    build-fuzz/libwxlogin-mock.a build-fuzz/libwxlogin.a $(PKG_LIBS)
 
 fuzz-build: | $(DEPS_STAMP)
 	$(MAKE) B=build-fuzz $(FUZZ_BIN)

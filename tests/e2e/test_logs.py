@@ -99,8 +99,8 @@ def test_text_log_access_line(procs, mock):
     assert len(ok) == 1, "expected one access line with status=200 for /openid:\n" + "\n".join(lines)
     line = ok[0]
     assert "POST" in line, line
-    assert re.search(r"dur", line), f"no duration in {line!r}"
-    assert re.search(r"req", line), f"no request id in {line!r}"
+    assert re.search(r" duration_ms=[0-9]+(\.[0-9]+)?( |$)", line), f"no duration in {line!r}"
+    assert re.search(r" request_id=[0-9a-f]{16}( |$)", line), f"no request id in {line!r}"
     odd_lines = [l for l in lines if odd in l]
     assert len(odd_lines) == 2 and all("status=404" in l for l in odd_lines), odd_lines
     for l in lines:

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop/loop.h"
@@ -223,18 +224,31 @@ static void test_many_timers_with_stops_fire_in_order(void **state)
 struct rearm {
     struct loop_timer t;
     struct loop *loop;
-    int left;
+    int left, runs;
+    uint64_t at[8]; /* monotonic ms of each run */
 };
+
+#define REARM_MS 5
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void on_rearm(void *arg)
 {
     struct rearm *r = arg;
+    r->at[r->runs++] = mono_ms();
     if (--r->left > 0)
-        loop_timer_start(r->loop, &r->t, 0);
+        loop_timer_start(r->loop, &r->t, REARM_MS);
     else
         loop_stop(r->loop);
 }
 
+/* A timer re-armed from its own callback runs again, each time after its delay (not at once,
+ * not never). */
 static void test_timer_rearmed_from_its_callback(void **state)
 {
     struct fixture *f = *state;
@@ -243,6 +257,10 @@ static void test_timer_rearmed_from_its_callback(void **state)
     loop_timer_start(f->loop, &r.t, 0);
     run(f->loop);
     assert_int_equal(r.left, 0);
+    assert_int_equal(r.runs, 5);
+    for (int i = 1; i < r.runs; i++)
+        assert_true(r.at[i] - r.at[i - 1] >= REARM_MS - 1); /* ms clocks round: allow 1 */
+    assert_false(loop_timer_armed(&r.t));
 }
 
 /*

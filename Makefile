@@ -44,7 +44,7 @@ MOCKLIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(MOCKLIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
-        fuzz fuzz-build fuzz-check tsan
+        fuzz fuzz-build fuzz-check tsan valgrind
 
 all: build
 
@@ -90,6 +90,10 @@ fuzz-build: | $(DEPS_STAMP)
 # Every driver over its committed corpus, then FUZZ_SECONDS of fuzzing each (fuzz/run.sh).
 fuzz: fuzz-build
 	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# valgrind memcheck over a representative e2e subset (slow: not part of make test).
+valgrind: build
+	bash tests/valgrind/run.sh
 
 # What make test runs: the corpora, plus 10 s of each driver.
 fuzz-check: fuzz-build

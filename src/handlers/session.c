@@ -1,6 +1,8 @@
 /*
  * GET /v1/session: verifies a session token for other services (an nginx auth_request target:
- * the identity is also in X-WX-* response headers). POST /v1/logout: ends a session.
+ * the identity is also in X-WX-* response headers). POST /v1/logout: ends a live session (a
+ * look-up, then the delete: logout is not the hot path, and an expired session not yet purged
+ * must answer 401 as an unknown token does).
  *
  * The hot path: a cached session is answered before store_get_session() returns, with no
  * allocation of ours (the request itself is the callback's argument; the reply is written
@@ -53,24 +55,54 @@ void handle_session(struct http_request *req, void *arg)
                       (int64_t)time(NULL), on_session, req);
 }
 
+struct logout {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+    const struct handlers_app *app;
+    uint8_t hash[CRYPTO_HASH_LEN];
+};
+
 static void on_deleted(void *arg, int status)
 {
-    struct http_request *req = arg;
+    struct logout *lo = arg;
     if (status == STORE_ERROR)
-        handlers_reply_store_error(req, "delete_session");
-    else if (status != STORE_OK)
-        handlers_reply_invalid_token(req, "unknown, expired or logged-out token");
+        handlers_reply_store_error(lo->req, "delete_session");
+    else if (status != STORE_OK) /* logged out meanwhile */
+        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
     else
-        http_reply(req, 204, NULL, NULL, 0);
+        http_reply(lo->req, 204, NULL, NULL, 0);
+}
+
+/* Only a live session is logged out: an expired one not yet purged is as dead as an unknown
+ * token (401), whatever rows the store still holds. */
+static void on_live(void *arg, int status, const struct store_session *s)
+{
+    struct logout *lo = arg;
+    (void)s;
+    if (status == STORE_ERROR) {
+        handlers_reply_store_error(lo->req, "get_session");
+        return;
+    }
+    if (status != STORE_OK) {
+        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
+        return;
+    }
+    store_delete_session(lo->ctx->store, http_request_slot(lo->req), lo->app->cred.appid, lo->hash,
+                         on_deleted, lo);
 }
 
 void handle_logout(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    const struct handlers_app *app;
-    uint8_t hash[CRYPTO_HASH_LEN];
-    if (!handlers_authenticate(req, ctx, &app, hash))
+    struct logout *lo = http_request_alloc(req, sizeof(*lo));
+    if (lo == NULL) {
+        handlers_reply_internal(req, "out of memory");
         return;
-    store_delete_session(ctx->store, http_request_slot(req), app->cred.appid, hash, on_deleted,
-                         req);
+    }
+    lo->req = req;
+    lo->ctx = ctx;
+    if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
+        return;
+    store_get_session(ctx->store, http_request_slot(req), lo->app->cred.appid, lo->hash,
+                      (int64_t)time(NULL), on_live, lo);
 }

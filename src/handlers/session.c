@@ -6,7 +6,8 @@
  *
  * The hot path: a cached session is answered before store_get_session() returns, with no
  * allocation of ours (the request itself is the callback's argument; the reply is written
- * into a stack buffer).
+ * into a stack buffer). With several apps, a request that names none is looked up by its
+ * token alone, still one store call; only then is a little request memory taken.
  */
 #include <string.h>
 #include <time.h>
@@ -44,6 +45,21 @@ static void on_session(void *arg, int status, const struct store_session *s)
         reply_session(req, s);
 }
 
+/* A request that named no app (several are served). */
+struct any_app {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+};
+
+static void on_session_any_app(void *arg, int status, const struct store_session *s)
+{
+    struct any_app *a = arg;
+    /* A session of an app no longer configured is no session of ours. */
+    if (status == STORE_OK && handlers_app_by_id(a->ctx, s->appid) == NULL)
+        status = STORE_NOT_FOUND;
+    on_session(a->req, status, s);
+}
+
 void handle_session(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
@@ -51,8 +67,20 @@ void handle_session(struct http_request *req, void *arg)
     uint8_t hash[CRYPTO_HASH_LEN];
     if (!handlers_authenticate(req, ctx, &app, hash))
         return;
-    store_get_session(ctx->store, http_request_slot(req), app->cred.appid, hash,
-                      (int64_t)time(NULL), on_session, req);
+    if (app != NULL) { /* the hot path: one app, or the request names it */
+        store_get_session(ctx->store, http_request_slot(req), app->cred.appid, hash,
+                          (int64_t)time(NULL), on_session, req);
+        return;
+    }
+    struct any_app *a = http_request_alloc(req, sizeof(*a));
+    if (a == NULL) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
+    a->req = req;
+    a->ctx = ctx;
+    store_get_session(ctx->store, http_request_slot(req), NULL, hash, (int64_t)time(NULL),
+                      on_session_any_app, a);
 }
 
 struct logout {
@@ -78,12 +106,13 @@ static void on_deleted(void *arg, int status)
 static void on_live(void *arg, int status, const struct store_session *s)
 {
     struct logout *lo = arg;
-    (void)s;
     if (status == STORE_ERROR) {
         handlers_reply_store_error(lo->req, "get_session");
         return;
     }
-    if (status != STORE_OK) {
+    if (status == STORE_OK && lo->app == NULL) /* named by the token */
+        lo->app = handlers_app_by_id(lo->ctx, s->appid);
+    if (status != STORE_OK || lo->app == NULL) {
         handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
         return;
     }
@@ -103,6 +132,7 @@ void handle_logout(struct http_request *req, void *arg)
     lo->ctx = ctx;
     if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
         return;
-    store_get_session(ctx->store, http_request_slot(req), lo->app->cred.appid, lo->hash,
-                      (int64_t)time(NULL), on_live, lo);
+    store_get_session(ctx->store, http_request_slot(req),
+                      lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
+                      on_live, lo);
 }

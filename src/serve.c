@@ -349,10 +349,15 @@ int serve_run(const struct config *cfg)
         if (s.admin_lockout == NULL)
             goto out;
     }
+    const char *appids[CONFIG_MAX_APPS];
+    for (size_t i = 0; i < s.napps; i++)
+        appids[i] = s.apps[i].cred.appid;
     struct store_config sc = {.url = cfg->store,
                               .timeout_ms = cfg->store_timeout_ms,
                               .master_key = s.master_key,
                               .cache_entries = (size_t)cfg->session_cache_size,
+                              .apps = appids,
+                              .napps = s.napps,
                               .warn = store_warn};
     if (store_shared_new(&sc, &s.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);

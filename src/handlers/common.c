@@ -17,26 +17,43 @@ static const struct handlers_app *find_app(struct handlers_ctx *ctx, const char 
     return NULL;
 }
 
-const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx)
+const struct handlers_app *handlers_app_by_id(struct handlers_ctx *ctx, const char *appid)
+{
+    return find_app(ctx, appid, strlen(appid));
+}
+
+/* The app the request names (or the only one). *named: whether it names one at all. */
+static const struct handlers_app *request_app(struct http_request *req, struct handlers_ctx *ctx,
+                                              bool *named)
 {
     static const char wechat_referer[] = "https://servicewechat.com/";
-    const struct handlers_app *app = NULL;
     const char *h = http_request_header(req, "X-WX-AppID");
     const char *ref = h == NULL ? http_request_header(req, "Referer") : NULL;
-    if (h != NULL) {
-        app = find_app(ctx, h, strlen(h));
-    } else if (ref != NULL && strncmp(ref, wechat_referer, sizeof(wechat_referer) - 1) == 0) {
+    *named = true;
+    if (h != NULL)
+        return find_app(ctx, h, strlen(h));
+    if (ref != NULL && strncmp(ref, wechat_referer, sizeof(wechat_referer) - 1) == 0) {
         const char *id = ref + sizeof(wechat_referer) - 1;
-        app = find_app(ctx, id, strcspn(id, "/"));
-    } else if (ctx->napps == 1) {
-        app = &ctx->apps[0];
+        return find_app(ctx, id, strcspn(id, "/"));
     }
+    *named = false;
+    return ctx->napps == 1 ? &ctx->apps[0] : NULL;
+}
+
+static void reply_unknown_app(struct http_request *req, bool named)
+{
+    http_reply_error(req, 400, "unknown_app",
+                     named ? "the request names an app this service does not serve"
+                           : "say which app: X-WX-AppID header (several apps are served)",
+                     "none");
+}
+
+const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx)
+{
+    bool named;
+    const struct handlers_app *app = request_app(req, ctx, &named);
     if (app == NULL)
-        http_reply_error(req, 400, "unknown_app",
-                         h != NULL || ref != NULL
-                             ? "the request names an app this service does not serve"
-                             : "say which app: X-WX-AppID header (several apps are served)",
-                         "none");
+        reply_unknown_app(req, named);
     return app;
 }
 
@@ -126,9 +143,13 @@ bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
                            const struct handlers_app **app, uint8_t hash[CRYPTO_HASH_LEN])
 {
     const char *why;
-    *app = handlers_app(req, ctx);
-    if (*app == NULL)
+    bool named;
+    *app = request_app(req, ctx, &named);
+    if (*app == NULL && named) {
+        reply_unknown_app(req, true);
         return false;
+    }
+    /* Several apps and none named: the token says which (the store looks it up). */
     if (handlers_bearer_hash(req, hash, &why) != 0) {
         handlers_reply_invalid_token(req, why);
         return false;

@@ -77,6 +77,9 @@ void handle_readyz(struct http_request *req, void *arg);
  */
 const struct handlers_app *handlers_app(struct http_request *req, struct handlers_ctx *ctx);
 
+/* The configured app with this appid, or NULL. */
+const struct handlers_app *handlers_app_by_id(struct handlers_ctx *ctx, const char *appid);
+
 /* This worker's token fetcher for app. */
 struct token_fetcher *handlers_fetcher(struct handlers_ctx *ctx, const struct handlers_app *app);
 
@@ -100,8 +103,12 @@ void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
                            const struct wechat_reply *r);
 
 /*
- * The app of the request and the hash of its bearer token. False when either is missing or
- * malformed, with the answer (400 unknown_app or 401 invalid_token) already given.
+ * The app of the request (handlers_app()) and the hash of its bearer token. False when the
+ * request names an app not served or the token is missing or malformed, with the answer (400
+ * unknown_app or 401 invalid_token) already given. *app is NULL when several apps are served
+ * and the request names none: the token's session says which (store_get_session() with no
+ * app, then handlers_app_by_id() on its appid), so a client need not name the app it holds a
+ * token of. A token presented with another app named is 401, as the store binds it.
  */
 bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
                            const struct handlers_app **app, uint8_t hash[CRYPTO_HASH_LEN]);

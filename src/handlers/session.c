@@ -1,10 +1,13 @@
 /*
  * GET /v1/session: verifies a session token for other services (an nginx auth_request target:
- * the identity is also in X-WX-* response headers). POST /v1/logout: ends a session.
+ * the identity is also in X-WX-* response headers). POST /v1/logout: ends a live session (a
+ * look-up, then the delete: logout is not the hot path, and an expired session not yet purged
+ * must answer 401 as an unknown token does).
  *
  * The hot path: a cached session is answered before store_get_session() returns, with no
  * allocation of ours (the request itself is the callback's argument; the reply is written
- * into a stack buffer).
+ * into a stack buffer). With several apps, a request that names none is looked up by its
+ * token alone, still one store call; only then is a little request memory taken.
  */
 #include <string.h>
 #include <time.h>
@@ -42,6 +45,21 @@ static void on_session(void *arg, int status, const struct store_session *s)
         reply_session(req, s);
 }
 
+/* A request that named no app (several are served). */
+struct any_app {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+};
+
+static void on_session_any_app(void *arg, int status, const struct store_session *s)
+{
+    struct any_app *a = arg;
+    /* A session of an app no longer configured is no session of ours. */
+    if (status == STORE_OK && handlers_app_by_id(a->ctx, s->appid) == NULL)
+        status = STORE_NOT_FOUND;
+    on_session(a->req, status, s);
+}
+
 void handle_session(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
@@ -49,28 +67,72 @@ void handle_session(struct http_request *req, void *arg)
     uint8_t hash[CRYPTO_HASH_LEN];
     if (!handlers_authenticate(req, ctx, &app, hash))
         return;
-    store_get_session(ctx->store, http_request_slot(req), app->cred.appid, hash,
-                      (int64_t)time(NULL), on_session, req);
+    if (app != NULL) { /* the hot path: one app, or the request names it */
+        store_get_session(ctx->store, http_request_slot(req), app->cred.appid, hash,
+                          (int64_t)time(NULL), on_session, req);
+        return;
+    }
+    struct any_app *a = http_request_alloc(req, sizeof(*a));
+    if (a == NULL) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
+    a->req = req;
+    a->ctx = ctx;
+    store_get_session(ctx->store, http_request_slot(req), NULL, hash, (int64_t)time(NULL),
+                      on_session_any_app, a);
 }
+
+struct logout {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+    const struct handlers_app *app;
+    uint8_t hash[CRYPTO_HASH_LEN];
+};
 
 static void on_deleted(void *arg, int status)
 {
-    struct http_request *req = arg;
+    struct logout *lo = arg;
     if (status == STORE_ERROR)
-        handlers_reply_store_error(req, "delete_session");
-    else if (status != STORE_OK)
-        handlers_reply_invalid_token(req, "unknown, expired or logged-out token");
+        handlers_reply_store_error(lo->req, "delete_session");
+    else if (status != STORE_OK) /* logged out meanwhile */
+        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
     else
-        http_reply(req, 204, NULL, NULL, 0);
+        http_reply(lo->req, 204, NULL, NULL, 0);
+}
+
+/* Only a live session is logged out: an expired one not yet purged is as dead as an unknown
+ * token (401), whatever rows the store still holds. */
+static void on_live(void *arg, int status, const struct store_session *s)
+{
+    struct logout *lo = arg;
+    if (status == STORE_ERROR) {
+        handlers_reply_store_error(lo->req, "get_session");
+        return;
+    }
+    if (status == STORE_OK && lo->app == NULL) /* named by the token */
+        lo->app = handlers_app_by_id(lo->ctx, s->appid);
+    if (status != STORE_OK || lo->app == NULL) {
+        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
+        return;
+    }
+    store_delete_session(lo->ctx->store, http_request_slot(lo->req), lo->app->cred.appid, lo->hash,
+                         on_deleted, lo);
 }
 
 void handle_logout(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    const struct handlers_app *app;
-    uint8_t hash[CRYPTO_HASH_LEN];
-    if (!handlers_authenticate(req, ctx, &app, hash))
+    struct logout *lo = http_request_alloc(req, sizeof(*lo));
+    if (lo == NULL) {
+        handlers_reply_internal(req, "out of memory");
         return;
-    store_delete_session(ctx->store, http_request_slot(req), app->cred.appid, hash, on_deleted,
-                         req);
+    }
+    lo->req = req;
+    lo->ctx = ctx;
+    if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
+        return;
+    store_get_session(ctx->store, http_request_slot(req),
+                      lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
+                      on_live, lo);
 }

@@ -88,7 +88,9 @@ static void on_session(void *arg, int status, const struct store_session *s)
         handlers_reply_store_error(op->req, "get_session");
         return;
     }
-    if (status != STORE_OK) {
+    if (status == STORE_OK && op->app == NULL) /* named by the token */
+        op->app = handlers_app_by_id(op->ctx, s->appid);
+    if (status != STORE_OK || op->app == NULL) {
         handlers_reply_invalid_token(op->req, "unknown, expired or logged-out token");
         return;
     }
@@ -102,8 +104,9 @@ void user_op_load(struct user_op *op, user_op_next_fn *next)
     if (!handlers_authenticate(op->req, op->ctx, &op->app, hash))
         return;
     op->next = next;
-    store_get_session(op->ctx->store, http_request_slot(op->req), op->app->cred.appid, hash,
-                      (int64_t)time(NULL), on_session, op);
+    store_get_session(op->ctx->store, http_request_slot(op->req),
+                      op->app != NULL ? op->app->cred.appid : NULL, hash, (int64_t)time(NULL),
+                      on_session, op);
 }
 
 /* ---- the access token ---- */

@@ -30,7 +30,7 @@ typedef int user_op_call_fn(struct user_op *op, const char *access_token);
 struct user_op {
     struct http_request *req;
     struct handlers_ctx *ctx;
-    const struct handlers_app *app; /* set by user_op_load */
+    const struct handlers_app *app; /* set by user_op_load (the token's when none is named) */
     const char *in[2];              /* the request's fields the handler keeps (request memory) */
 
     /* filled by user_op_load */

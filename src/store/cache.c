@@ -312,8 +312,8 @@ static void c_get_session(struct store *st, struct async_slot *slot, const char 
         return;
     }
     if (store_cache_get(cs->cache, hash, now, &s)) {
-        /* Tokens are bound to their app, in memory as in the store. */
-        if (strcmp(s.appid, appid) != 0)
+        /* Tokens are bound to their app, in memory as in the store (NULL: any app). */
+        if (appid != NULL && strcmp(s.appid, appid) != 0)
             done(arg, STORE_NOT_FOUND, NULL);
         else
             done(arg, STORE_OK, &s);

@@ -4,7 +4,9 @@
  * One connection per worker thread (redis/rconn.h), commands answered asynchronously on the
  * worker's loop. Keys are namespaced by app:
  *   wxlogin:<appid>:u:<openid>       hash: sk, prev_sk, prev_at, unionid, updated
- *   wxlogin:<appid>:s:<sha256 hex>   hash: openid, exp; expires by Redis TTL (EXPIREAT exp)
+ *   wxlogin:<appid>:s:<sha256 hex>   hash: openid, exp; expires by Redis TTL (EXPIREAT exp).
+ *                                    A request that names no app is looked for in every
+ *                                    app's namespace, in one script (find_lua)
  *   wxlogin:<appid>:c:<sha256 hex>   a login code's exchange: "claim:<owner>" while claimed,
  *                                    then its outcome (JSON)
  *   wxlogin:<appid>:at               hash: token, exp; the app's access token (EXPIREAT exp)
@@ -18,6 +20,7 @@
  * command, so a cancelled operation waits for that answer (bounded by store_timeout_ms) and then
  * returns to the pool without calling its owner.
  */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +60,19 @@ static const char get_lua[] = "local s = redis.call('HMGET', KEYS[1], 'openid', 
                               "local u = redis.call('HGET', ARGV[1] .. s[1], 'unionid')\n"
                               "return {s[1], s[2], u or ''}\n";
 
+/* ARGV token hash (hex), now, the apps served (a JSON array). get_lua in each app's namespace
+ * until the hash is found: a token hash is unique across apps, so the first is the only one. */
+static const char find_lua[] =
+    "for _, app in ipairs(cjson.decode(ARGV[3])) do\n"
+    "  local s = redis.call('HMGET', 'wxlogin:' .. app .. ':s:' .. ARGV[1], 'openid', 'exp')\n"
+    "  if s[1] and s[2] then\n"
+    "    if tonumber(s[2]) <= tonumber(ARGV[2]) then return false end\n"
+    "    local u = redis.call('HGET', 'wxlogin:' .. app .. ':u:' .. s[1], 'unionid')\n"
+    "    return {s[1], s[2], u or '', app}\n"
+    "  end\n"
+    "end\n"
+    "return false\n";
+
 /* KEYS[1] code; ARGV hold ms, claim value. Answers nil when claimed now, else what is there
  * ("claim:..." while someone holds it, or the published outcome). */
 static const char claim_lua[] = "local v = redis.call('GET', KEYS[1])\n"
@@ -88,6 +104,7 @@ enum script_id {
     S_LOGIN,
     S_PUT,
     S_GET,
+    S_FIND,
     S_CLAIM,
     S_RELEASE,
     S_PUBLISH_TOKEN,
@@ -99,6 +116,7 @@ struct rd_shared {
     struct store_shared base;
     struct rconn_opts opts;
     const uint8_t *master_key;
+    char *apps_json; /* the apps served, for find_lua */
     struct rconn_script scripts[S_COUNT];
     const struct rconn_script *script_ptrs[S_COUNT];
 };
@@ -208,6 +226,16 @@ static bool arg_str(struct rop *op, const char *s)
     return arg_add(op, s, strlen(s));
 }
 
+/* Appends an argument that outlives the op (not copied). */
+static bool arg_ref(struct rop *op, const char *s)
+{
+    if (op->argc == ARGV_MAX)
+        return false;
+    op->argv[op->argc] = s;
+    op->lens[op->argc++] = strlen(s);
+    return true;
+}
+
 static bool arg_num(struct rop *op, long long v)
 {
     char n[24];
@@ -279,8 +307,12 @@ static void deliver_session(struct rop *op, const redisReply *r)
     struct store_session s;
     memset(&s, 0, sizeof(s));
     int status = is_error(r) ? STORE_ERROR : STORE_OK;
-    if (status == STORE_OK && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
-        memcpy(s.appid, op->appid, sizeof(s.appid));
+    if (status == STORE_OK && r->type == REDIS_REPLY_ARRAY &&
+        (r->elements == 3 || r->elements == 4)) {
+        if (r->elements == 4) /* find_lua: the app it was found in */
+            copy_str(r->element[3], s.appid);
+        else
+            memcpy(s.appid, op->appid, sizeof(s.appid));
         copy_str(r->element[0], s.openid);
         copy_str(r->element[2], s.unionid);
         const redisReply *e = r->element[1];
@@ -433,6 +465,14 @@ static void rd_get_session(struct store *s, struct async_slot *slot, const char 
     struct rd_store *st = (struct rd_store *)s;
     GET_OP(st, K_SESSION, arg, done(arg, STORE_ERROR, NULL));
     op->fn.session = done;
+    if (appid == NULL) {
+        char h[2 * CRYPTO_HASH_LEN + 1];
+        crypto_hex(hash, CRYPTO_HASH_LEN, h);
+        start(op, slot,
+              arg_script(op, S_FIND, 0) && arg_str(op, h) && arg_num(op, now) &&
+                  arg_ref(op, st->sh->apps_json));
+        return;
+    }
     snprintf(op->appid, sizeof(op->appid), "%s", appid);
     char prefix[KEY_MAX];
     snprintf(prefix, sizeof(prefix), "wxlogin:%s:u:", appid);
@@ -607,6 +647,7 @@ static void rd_shared_free(struct store_shared *base)
     if (sh == NULL)
         return;
     rconn_opts_done(&sh->opts);
+    free(sh->apps_json);
     free(sh);
 }
 
@@ -651,10 +692,24 @@ int store_redis_shared_new(const char *url, const struct store_config *cfg,
     sh->base.ops = &rd_shared_ops;
     sh->opts.timeout_ms = cfg->timeout_ms;
     sh->master_key = cfg->master_key;
+    json_t *apps = json_array();
+    for (size_t i = 0; apps != NULL && i < cfg->napps; i++)
+        if (json_array_append_new(apps, json_string(cfg->apps[i])) != 0) {
+            json_decref(apps);
+            apps = NULL;
+        }
+    sh->apps_json = apps != NULL ? json_dumps(apps, JSON_COMPACT) : NULL;
+    json_decref(apps);
+    if (sh->apps_json == NULL) { /* out of memory, or an appid that is not UTF-8 */
+        snprintf(err, STORE_ERR_MAX, "store: cannot list the apps served for Redis");
+        rd_shared_free(&sh->base);
+        return -1;
+    }
     static const char *const texts[S_COUNT] = {
         [S_LOGIN] = login_lua,
         [S_PUT] = put_lua,
         [S_GET] = get_lua,
+        [S_FIND] = find_lua,
         [S_CLAIM] = claim_lua,
         [S_RELEASE] = release_lua,
         [S_PUBLISH_TOKEN] = publish_token_lua,

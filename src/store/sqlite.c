@@ -85,6 +85,7 @@ enum stmt_id {
     ST_UPSERT_USER,
     ST_INSERT_SESSION,
     ST_GET_SESSION,
+    ST_FIND_SESSION,
     ST_DELETE_SESSION,
     ST_GET_USER,
     ST_PURGE,
@@ -110,6 +111,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_GET_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
                        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
                        " WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND s.appid = ?3",
+    /* The same whatever the app: token_hash is the key of every app's sessions. */
+    [ST_FIND_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
+                        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
+                        " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1 AND appid = ?2",
     [ST_GET_USER] = "SELECT unionid, session_key, prev_session_key, prev_replaced_at FROM users"
                     " WHERE appid = ?1 AND openid = ?2",
@@ -156,6 +161,7 @@ struct sq_job {
     bool cancelled;
     /* what to do */
     char appid[STORE_ID_MAX + 1];
+    bool any_app; /* get_session: whatever the session's app */
     char openid[STORE_ID_MAX + 1];
     char unionid[STORE_ID_MAX + 1];
     uint8_t hash[CRYPTO_HASH_LEN];
@@ -292,10 +298,11 @@ static void run_read(struct sq_shared *sh, struct sq_job *j)
         sqlite3_reset(q);
         return;
     case OP_GET_SESSION:
-        q = stmt(sh, ST_GET_SESSION);
+        q = stmt(sh, j->any_app ? ST_FIND_SESSION : ST_GET_SESSION);
         sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(q, 2, j->now);
-        bind_text(q, 3, j->appid);
+        if (!j->any_app)
+            bind_text(q, 3, j->appid);
         rc = sqlite3_step(q);
         if (rc == SQLITE_ROW) {
             copy_col(q, 0, j->out.session.appid);
@@ -564,6 +571,7 @@ static struct sq_job *job_get(struct sq_store *st, enum sq_op op, void *arg)
     j->cancelled = false;
     j->node.next = j->node.prev = NULL;
     j->has_hash = false;
+    j->any_app = false;
     j->sealed_len = 0;
     j->appid[0] = j->openid[0] = j->unionid[0] = '\0';
     j->arg = arg;
@@ -705,12 +713,13 @@ static void sq_get_session(struct store *s, struct async_slot *slot, const char 
 {
     struct sq_store *st = (struct sq_store *)s;
     struct sq_job *j = atomic_load(&st->sh->broken) ? NULL : job_get(st, OP_GET_SESSION, arg);
-    if (j == NULL || !copy_id(j->appid, appid)) {
+    if (j == NULL || (appid != NULL && !copy_id(j->appid, appid))) {
         if (j != NULL)
             job_put(j);
         done(arg, STORE_ERROR, NULL);
         return;
     }
+    j->any_app = appid == NULL;
     memcpy(j->hash, hash, CRYPTO_HASH_LEN);
     j->now = now;
     j->fn.session = done;

@@ -105,8 +105,13 @@ struct store_ops {
     void (*put_session)(struct store *st, struct async_slot *slot,
                         const uint8_t hash[CRYPTO_HASH_LEN], const char *appid, const char *openid,
                         int64_t expires_at, int64_t now, store_done_fn *done, void *arg);
-    /* Finds a live session (expires_at > now) of app appid and its user's unionid. A session
-     * of another app is not found: tokens are bound to their app. */
+    /*
+     * Finds a live session (expires_at > now) of app appid and its user's unionid. A session
+     * of another app is not found: tokens are bound to their app. appid NULL: the session
+     * whatever its app (s->appid says which), for requests that name none; one look-up all the
+     * same (a token hash is unique across apps). Stores that keep each app's sessions apart
+     * (Redis) look in the apps of store_config.apps.
+     */
     void (*get_session)(struct store *st, struct async_slot *slot, const char *appid,
                         const uint8_t hash[CRYPTO_HASH_LEN], int64_t now, store_session_fn *done,
                         void *arg);
@@ -182,7 +187,11 @@ struct store_config {
     long timeout_ms;           /* network stores: connect and command deadline */
     const uint8_t *master_key; /* CRYPTO_KEY_LEN bytes, borrowed; seals session keys */
     size_t cache_entries;      /* SQLite: sessions kept in memory (0: none) */
-    store_warn_fn *warn;       /* may be NULL */
+    /* The apps served (borrowed for store_shared_new()): where get_session() with no app looks
+     * on stores that keep each app's sessions apart. */
+    const char *const *apps;
+    size_t napps;
+    store_warn_fn *warn; /* may be NULL */
     void *warn_arg;
 };
 

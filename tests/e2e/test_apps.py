@@ -1,5 +1,11 @@
 """Several Mini Programs in one service: [app "<appid>"] sections, app selection by header,
-Referer and default, and isolation of sessions, tokens and access tokens per app."""
+Referer and default, and isolation of sessions, tokens and access tokens per app. Bearer routes
+need not name the app: the token says which (issue 11)."""
+
+import hashlib
+import http.client
+import json
+import urllib.parse
 
 import pytest
 
@@ -87,8 +93,83 @@ def test_unknown_app_and_no_app_are_400(two):
     assert_error(r, 400, "unknown_app", "none")
     r = login(s.port, "carol", {})  # two apps: the request must say which
     assert_error(r, 400, "unknown_app", "none")
+    # Issue 11: a bearer route that names no app takes it from the token, so an unknown token
+    # is 401 invalid_token (it was 400 unknown_app, which nginx auth_request turned into a 500).
     r = request(s.port, "GET", "/v1/session", headers={"Authorization": "Bearer wxl_" + "A" * 43})
+    assert_error(r, 401, "invalid_token", "relogin")
+    # ...but a bearer route that names an app wxlogin does not serve is still 400
+    r = request(s.port, "GET", "/v1/session", headers={"Authorization": "Bearer wxl_" + "A" * 43,
+                                                       "X-WX-AppID": "wxnotconfigured0000"})
     assert_error(r, 400, "unknown_app", "none")
+
+
+def test_bearer_routes_without_an_app_take_it_from_the_token(two):
+    # Issue 11: with two apps, GET /v1/session naming no app answered 400 unknown_app.
+    m, s = two
+    a = login(s.port, "uhank", {"X-WX-AppID": APP_A}).json()
+    b = login(s.port, "uhank", {"Referer": referer(APP_B)}).json()
+    for body, appid in ((a, APP_A), (b, APP_B)):
+        r = session(s.port, body["token"], {})
+        assert r.status == 200, r
+        assert r.json()["appid"] == appid and r.json()["openid"] == body["openid"], r
+        assert r.json()["unionid"] == body["unionid"], r
+        assert r.headers["x-wx-appid"] == appid
+        assert r.headers["x-wx-openid"] == body["openid"]
+        assert r.headers["x-wx-unionid"] == body["unionid"]
+    # a user without unionid: no X-WX-UnionID
+    c = login(s.port, "ivy", {"X-WX-AppID": APP_B}).json()
+    r = session(s.port, c["token"], {})
+    assert r.status == 200 and r.json()["appid"] == APP_B and "unionid" not in r.json(), r
+    assert "x-wx-unionid" not in r.headers
+
+
+def test_token_of_one_app_is_refused_when_another_app_is_named(two):
+    m, s = two
+    a = login(s.port, "jack", {"X-WX-AppID": APP_A}).json()["token"]
+    assert_error(session(s.port, a, {"Referer": referer(APP_B)}), 401, "invalid_token", "relogin")
+    assert_error(session(s.port, a, {"X-WX-AppID": APP_B, "Referer": referer(APP_A)}), 401,
+                 "invalid_token", "relogin")
+    assert session(s.port, a, {}).status == 200
+
+
+def test_logout_without_an_app(two):
+    m, s = two
+    b = login(s.port, "kate", {"X-WX-AppID": APP_B}).json()["token"]
+    out = request(s.port, "POST", "/v1/logout", headers={"Authorization": f"Bearer {b}"})
+    assert out.status == 204, out
+    assert_error(session(s.port, b, {}), 401, "invalid_token", "relogin")
+    assert_error(session(s.port, b, {"X-WX-AppID": APP_B}), 401, "invalid_token", "relogin")
+    out = request(s.port, "POST", "/v1/logout", headers={"Authorization": f"Bearer {b}"})
+    assert_error(out, 401, "invalid_token", "relogin")
+
+
+def _mock_session_key(mock, appid, openid):
+    """The mock's debug route, raw (conftest.request() refuses bodies naming session_key)."""
+    q = urllib.parse.urlencode({"appid": appid, "openid": openid})
+    conn = http.client.HTTPConnection("127.0.0.1", mock.port, timeout=5)
+    try:
+        conn.request("GET", f"/mock/session_key?{q}")
+        r = conn.getresponse()
+        assert r.status == 200
+        return json.loads(r.read())["session_key"]
+    finally:
+        conn.close()
+
+
+def test_user_routes_without_an_app_use_the_tokens_app(two):
+    m, s = two
+    b = login(s.port, "liam", {"X-WX-AppID": APP_B}).json()
+    h = {"Content-Type": "application/json", "Authorization": f"Bearer {b['token']}"}
+    # the user's session_key is app B's
+    raw = '{"nickName":"Liam"}'
+    sk = _mock_session_key(m, APP_B, b["openid"])
+    sig = hashlib.sha1((raw + sk).encode()).hexdigest()
+    r = post_json(s.port, "/v1/check-signature", {"rawData": raw, "signature": sig}, headers=h)
+    assert r.status == 200 and r.json() == {"valid": True}, r
+    # ...and the access token is app B's: the mock answers with the user of the token's app, so
+    # app A's token would find no such user there (valid: false)
+    r = request(s.port, "GET", "/v1/session/check", headers={"Authorization": h["Authorization"]})
+    assert r.status == 200 and r.json() == {"valid": True}, r
 
 
 def test_header_wins_over_referer(two):

@@ -726,6 +726,34 @@ def test_two_instances_share_sessions(procs, mock, redis, db):
     assert_invalid_token(session(b.port, tok2))
 
 
+def test_two_apps_bearer_routes_find_the_app_from_the_token(procs, redis, db, tmp_path):
+    """Issue 11: with several apps, a request that names none is looked up in every app's
+    namespace (one script); naming another app is still 401."""
+    app_a, secret_a = "wxaaaa000000000001", "secretA0000000000000000000000001"
+    app_b, secret_b = "wxbbbb000000000002", "secretB0000000000000000000000002"
+    conf = tmp_path / "apps.conf"
+    conf.write_text(f'[app "{app_a}"]\nsecret = {secret_a}\n[app "{app_b}"]\nsecret = {secret_b}\n')
+    m = procs.mock(apps=[(app_a, secret_a), (app_b, secret_b)])
+    s = procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)],
+                    env=redis_env(redis.url(db)))
+    h = {"Content-Type": "application/json"}
+    a = post_json(s.port, "/v1/login", {"code": new_code("umax")}, headers={**h, "X-WX-AppID": app_a})
+    b = post_json(s.port, "/v1/login", {"code": new_code("nina")}, headers={**h, "X-WX-AppID": app_b})
+    ta, tb = token_of(a), token_of(b)
+    ra, rb = session(s.port, ta), session(s.port, tb)
+    assert ra.status == 200 and rb.status == 200, (ra, rb)
+    assert ra.json()["appid"] == app_a and ra.json()["unionid"] == a.json()["unionid"], ra
+    assert rb.json()["appid"] == app_b and "unionid" not in rb.json(), rb
+    assert rb.headers["x-wx-appid"] == app_b and "x-wx-unionid" not in rb.headers
+    assert_invalid_token(request(s.port, "GET", "/v1/session",
+                                 headers={**bearer(ta), "X-WX-AppID": app_b}))
+    assert_invalid_token(session(s.port, "wxl_" + "A" * 43))
+    assert logout(s.port, tb).status == 204
+    assert_invalid_token(session(s.port, tb))
+    with redis.client(db) as c:
+        assert c.cmd("EXISTS", session_rkey(tb, app_b)) == 0
+
+
 def test_other_master_key_cannot_open_session_keys(procs, mock, redis, db):
     """Instances must share the master key: one with another key still verifies tokens (they
     are hashes) but cannot open the sealed session_key, and must not crash or leak it."""
@@ -1112,5 +1140,6 @@ def test_a_script_flush_reloads_the_scripts_once_per_connection(procs, mock, red
     assert statuses == [200] * n
     with redis.client(db) as c:
         loads = _script_loads(c) - before
-    # one reload per worker connection at most (7 scripts each), whatever the requests in flight
-    assert 0 < loads <= 7 * threads, loads
+    # one reload per worker connection at most (8 scripts each since issue 11's look-up of a
+    # token in every app), whatever the requests in flight
+    assert 0 < loads <= 8 * threads, loads

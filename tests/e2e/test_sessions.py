@@ -134,6 +134,17 @@ def test_expired_token_is_401(procs, mock, tmp_path):
     assert_invalid_token(session(s.port, tok))
 
 
+def test_logout_of_an_expired_token_is_401(procs, mock, tmp_path):
+    # Issue 11: an expired session not yet purged (expired rows are deleted once a minute) was
+    # deleted by the logout and answered 204, as if it had been live; docs/api.md says 401.
+    s = procs.serve(mock=mock, env=store_env(tmp_path, WXLOGIN_SESSION_TTL=1))
+    tok = token_of(login(s.port, new_code("ursula")))
+    assert wait_until(lambda: session(s.port, tok).status == 401, timeout=5.0)
+    assert_invalid_token(request(s.port, "POST", "/v1/logout",
+                                 headers={"Authorization": f"Bearer {tok}"}))
+    assert_invalid_token(session(s.port, tok))
+
+
 def test_openid_records_user_without_token(srv, tmp_path):
     r = post_json(srv.port, "/openid", {"code": new_code("ugrace")})
     assert r.status == 200 and set(r.json()) == {"openid", "unionid"}, r

@@ -207,10 +207,13 @@ static bool lease_take(struct fixture *f, const char *appid, const char *owner, 
 
 static int open_store(struct fixture *f, const uint8_t *mk)
 {
+    static const char *const apps[] = {APPID, OTHER};
     struct store_config cfg = {.url = f->url,
                                .timeout_ms = 1000,
                                .master_key = mk,
-                               .cache_entries = f->kind == K_CACHE ? 1024 : 0};
+                               .cache_entries = f->kind == K_CACHE ? 1024 : 0,
+                               .apps = apps,
+                               .napps = 2};
     char err[STORE_ERR_MAX] = "";
     if (store_shared_new(&cfg, &f->sh, err) != 0 || store_open(f->sh, f->loop, &f->st, err) != 0) {
         fprintf(stderr, "opening %s: %s\n", f->url, err);
@@ -337,6 +340,39 @@ static void test_unknown_other_app_and_expired_not_found(void **state)
     assert_int_equal(get_session(f, APPID, h, NULL), STORE_OK);
     assert_int_equal(login(f, APPID, "o-2", "u-2", KEY_A, old, f->now - 1, f->now - 10), STORE_OK);
     assert_int_equal(get_session(f, APPID, old, NULL), STORE_NOT_FOUND);
+}
+
+/* With no app (a request naming none while several apps are served), the token's session is
+ * found whatever its app, and says which: one look-up (issue 11). */
+static void test_session_of_any_app(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t ha[CRYPTO_HASH_LEN], hb[CRYPTO_HASH_LEN], unknown[CRYPTO_HASH_LEN];
+    token_hash("wxl_any_a", ha);
+    token_hash("wxl_any_b", hb);
+    token_hash("wxl_any_unknown", unknown);
+    assert_int_equal(login(f, APPID, "o-a", "u-a", KEY_A, ha, f->now + HOUR, f->now), STORE_OK);
+    assert_int_equal(login(f, OTHER, "o-b", "", KEY_B, hb, f->now + HOUR, f->now), STORE_OK);
+    struct store_session s;
+    memset(&s, 0xa5, sizeof(s));
+    assert_int_equal(get_session(f, NULL, ha, &s), STORE_OK);
+    assert_string_equal(s.appid, APPID);
+    assert_string_equal(s.openid, "o-a");
+    assert_string_equal(s.unionid, "u-a");
+    assert_int_equal(s.expires_at, f->now + HOUR);
+    memset(&s, 0xa5, sizeof(s));
+    assert_int_equal(get_session(f, NULL, hb, &s), STORE_OK);
+    assert_string_equal(s.appid, OTHER);
+    assert_string_equal(s.openid, "o-b");
+    assert_string_equal(s.unionid, "");
+    assert_int_equal(get_session(f, NULL, unknown, NULL), STORE_NOT_FOUND);
+    /* live only, and a logout is seen */
+    assert_int_equal(get_session_at(f, NULL, hb, f->now + HOUR, NULL), STORE_NOT_FOUND);
+    assert_int_equal(delete_session(f, OTHER, hb), STORE_OK);
+    assert_int_equal(get_session(f, NULL, hb, NULL), STORE_NOT_FOUND);
+    /* naming the app still binds the token to it */
+    assert_int_equal(get_session(f, OTHER, ha, NULL), STORE_NOT_FOUND);
+    assert_int_equal(get_session(f, APPID, ha, NULL), STORE_OK);
 }
 
 /* Live means expires_at > now: at expires_at it is already gone. */
@@ -1142,7 +1178,7 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 #define ON_REDIS(t) cmocka_unit_test_setup_teardown(t, setup_redis, teardown)
 #define CONTRACT(ON)                                                                               \
     ON(test_ping), ON(test_login_then_session), ON(test_unknown_other_app_and_expired_not_found),  \
-        ON(test_live_means_expires_at_after_now), ON(test_delete),                                 \
+        ON(test_session_of_any_app), ON(test_live_means_expires_at_after_now), ON(test_delete),    \
         ON(test_upsert_keeps_previous_key_and_unionid), ON(test_put_session_for_existing_user),    \
         ON(test_session_reports_users_current_unionid), ON(test_keys_need_their_master_key),       \
         ON(test_session_key_bounds), ON(test_purge_spares_live_sessions),                          \

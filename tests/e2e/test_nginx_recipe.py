@@ -255,9 +255,9 @@ def front(procs, mock, backend, cert, tmp_path):
         n.stop()
 
 
-def login_through(nginx, user, headers=()):
+def login_through(nginx, user, headers=(), app=None):
     r = https(nginx.port, "POST", "/v1/login", headers=headers,
-              body=json.dumps({"code": new_code(user)}).encode())
+              body=json.dumps({"code": new_code(user, app=app)}).encode())
     assert r.status == 200, r
     return r.json()
 
@@ -398,7 +398,7 @@ def test_two_apps_behind_the_recipe(front, backend, procs, tmp_path):
     nginx, _ = front(wx)
     for appid in (APP_A, APP_B):
         other = APP_B if appid == APP_A else APP_A
-        u = login_through(nginx, "ugina", headers=[("X-WX-AppID", appid)])
+        u = login_through(nginx, "ugina", headers=[("X-WX-AppID", appid)], app=appid)
         r = https(nginx.port, "GET", "/api/me",
                   headers=[bearer(u["token"]), ("X-WX-AppID", other)])
         assert r.status == 200, r

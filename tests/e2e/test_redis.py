@@ -737,8 +737,8 @@ def test_two_apps_bearer_routes_find_the_app_from_the_token(procs, redis, db, tm
     s = procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)],
                     env=redis_env(redis.url(db)))
     h = {"Content-Type": "application/json"}
-    a = post_json(s.port, "/v1/login", {"code": new_code("umax")}, headers={**h, "X-WX-AppID": app_a})
-    b = post_json(s.port, "/v1/login", {"code": new_code("nina")}, headers={**h, "X-WX-AppID": app_b})
+    a = post_json(s.port, "/v1/login", {"code": new_code("umax", app=app_a)}, headers={**h, "X-WX-AppID": app_a})
+    b = post_json(s.port, "/v1/login", {"code": new_code("nina", app=app_b)}, headers={**h, "X-WX-AppID": app_b})
     ta, tb = token_of(a), token_of(b)
     ra, rb = session(s.port, ta), session(s.port, tb)
     assert ra.status == 200 and rb.status == 200, (ra, rb)

@@ -139,6 +139,41 @@ void handle_admin_token(struct http_request *req, void *arg)
     get_token(req, arg, 0);
 }
 
+/*
+ * POST /admin/v1/access-token/invalidate {"access_token": "<the token WeChat rejected>"}: a
+ * service that got 40001/42001 with the central token reports it. The cached token is dropped
+ * only if it is still the one reported (compare-and-drop, here and, on Redis, for every
+ * instance), and the answer is the current token, fetched once for every caller: N services that
+ * report the same failure cause one fetch, and a report that arrives after the refresh changes
+ * nothing.
+ */
+void handle_admin_token_invalidate(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    if (ctx->cfg->admin_token == NULL) {
+        http_reply_error(req, 404, "not_found", "no such endpoint", "none");
+        return;
+    }
+    if (!admin_allowed(req, ctx))
+        return;
+    const struct handlers_app *app = handlers_app(req, ctx);
+    if (app == NULL)
+        return;
+    static const char *const fields[] = {"access_token", NULL};
+    const char *bad[1];
+    if (handlers_parse_fields(req, fields, bad) != 0)
+        return;
+    size_t n = strlen(bad[0]);
+    if (n == 0 || n > WECHAT_TOKEN_MAX) {
+        http_reply_error(req, 400, "bad_request", "access_token must be 1 to 512 characters",
+                         "none");
+        return;
+    }
+    token_invalidate(app->token, handlers_fetcher(ctx, app), bad[0]);
+    crypto_wipe((char *)bad[0], n);
+    get_token(req, ctx, 0);
+}
+
 void handle_admin_token_refresh(struct http_request *req, void *arg)
 {
     const char *force = http_request_query(req, "force");

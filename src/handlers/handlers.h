@@ -65,6 +65,7 @@ void handle_phone(struct http_request *req, void *arg);
 void handle_session_check(struct http_request *req, void *arg);
 void handle_admin_token(struct http_request *req, void *arg);
 void handle_admin_token_refresh(struct http_request *req, void *arg);
+void handle_admin_token_invalidate(struct http_request *req, void *arg);
 void handle_healthz(struct http_request *req, void *arg);
 void handle_readyz(struct http_request *req, void *arg);
 

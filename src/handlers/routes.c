@@ -16,6 +16,7 @@ const struct http_route handlers_routes[] = {
     {"GET", "/v1/session/check", handle_session_check},
     {"GET", "/admin/v1/access-token", handle_admin_token},
     {"POST", "/admin/v1/access-token/refresh", handle_admin_token_refresh},
+    {"POST", "/admin/v1/access-token/invalidate", handle_admin_token_invalidate},
     {"GET", "/healthz", handle_healthz},
     {"GET", "/readyz", handle_readyz},
 };

@@ -706,6 +706,41 @@ def test_admin_refresh_keeps_then_force_replaces(tsrv, tmock, tok):
     assert d["stable"] == 0 and d["phone"] == 1, d
 
 
+def admin_invalidate(port, body, auth=ADMIN):
+    h = {"Content-Type": "application/json"}
+    if auth is not None:
+        h["Authorization"] = f"Bearer {auth}"
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return request(port, "POST", "/admin/v1/access-token/invalidate", body=data, headers=h)
+
+
+def test_admin_invalidate_is_compare_and_drop_with_one_fetch(procs):
+    """20 services that saw the central token rejected report it at once: one fetch, every one
+    of them gets the same new token; a late report of the old token fetches nothing."""
+    m = delayed_mock(procs, 200)
+    s = procs.serve(mock=m, env={"WXLOGIN_ADMIN_TOKEN": ADMIN, "WXLOGIN_THREADS": "2"})
+    old = token_of(admin_get(s.port))
+    invalidate(m)  # WeChat stops accepting it
+    before = counts(m)
+    got = parallel([lambda: admin_invalidate(s.port, {"access_token": old})] * 20)
+    new = {token_of(r) for r in got}
+    assert len(new) == 1 and old not in new, new
+    assert delta(m, before)["stable"] == 1, delta(m, before)
+    before = counts(m)
+    assert token_of(admin_invalidate(s.port, {"access_token": old})) in new
+    assert token_of(admin_invalidate(s.port, {"access_token": "not-the-token"})) in new
+    assert delta(m, before)["stable"] == 0
+    assert old not in s.log_text() and next(iter(new)) not in s.log_text()
+
+
+def test_admin_invalidate_refuses_bad_requests(tsrv):
+    assert_admin_refused(admin_invalidate(tsrv.port, {"access_token": "x"}, auth=None))
+    for body in (b"nope", {"token": "x"}, {"access_token": 7}, {"access_token": ""},
+                 {"access_token": "x" * 513}):
+        r = admin_invalidate(tsrv.port, body)
+        assert r.status == 400 and r.json()["error"] == "bad_request", (body, r)
+
+
 def test_admin_force_refresh_during_a_fetch_still_forces(procs):
     """refresh?force=true while another fetch is on its way (here a plain refresh) must still
     end with a new token from WeChat (force_refresh), not with the one being fetched: it is

@@ -53,6 +53,12 @@ void handle_session(struct http_request *req, void *arg)
                       (int64_t)time(NULL), on_session, req);
 }
 
+void handle_session_limited(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    handlers_limit_client(req, ctx, ctx->limits->session, handle_session);
+}
+
 static void on_deleted(void *arg, int status)
 {
     struct http_request *req = arg;

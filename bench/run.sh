@@ -256,8 +256,8 @@ start_mock() {
 }
 
 # launch_serve PIDVAR PORTVAR NAME LOG THREADS [VAR=VALUE...]: starts `wxlogin serve` with the
-# common configuration (mock upstream, 127.0.0.1 port 0, everything else at its default: log
-# level info, one access line per request) plus the given settings (the store; LD_PRELOAD for the
+# common configuration (mock upstream, 127.0.0.1 port 0, rate limits too high to refuse,
+# everything else at its default: log level info, one access line per request) plus the given settings (the store; LD_PRELOAD for the
 # allocation count); THREADS empty keeps the service's default. Its log (stderr) goes to LOG,
 # opened O_APPEND. Sets the globals named PIDVAR (at once, so the cleanup stops it whatever
 # happens next) and PORTVAR, and returns once it answers /healthz.
@@ -275,6 +275,11 @@ launch_serve() {
         export WXLOGIN_APPID="$APPID" WXLOGIN_SECRET="$SECRET"
         export WXLOGIN_WECHAT_BASE="http://127.0.0.1:$MOCK_PORT"
         export WXLOGIN_SHUTDOWN_TIMEOUT_MS=2000
+        # One load generator on one address logging one user in thousands of times a second is
+        # what the rate limits exist to refuse: they stay on (their cost is measured) but far
+        # above anything the bench sends, so none ever refuses.
+        export WXLOGIN_RATE_LIMIT_ADDRESS=1000000/s WXLOGIN_RATE_LIMIT_OPENID=1000000/s
+        export WXLOGIN_RATE_LIMIT_WECHAT=1000000/s
         [[ -n $threads ]] && export WXLOGIN_THREADS="$threads"
         local kv
         for kv in "$@"; do export "${kv?}"; done

@@ -18,6 +18,7 @@
 #include "exchange/exchange.h"
 #include "handlers/handlers.h"
 #include "http/server.h"
+#include "limit/limit.h"
 #include "log/log.h"
 #include "login/login.h"
 #include "loop/loop.h"
@@ -53,6 +54,7 @@ struct serve {
     size_t napps;
     struct store_shared *store;
     struct lockout *admin_lockout;
+    struct handlers_limits limits;
     struct http_route routes[32]; /* the routes this configuration serves */
     size_t nroutes;
     unsigned conns_per_worker, conns_per_address; /* each worker's share */
@@ -243,6 +245,7 @@ static int serve_init(struct worker *w, void *arg)
     sw->ctx.napps = s->napps;
     sw->ctx.fetchers = sw->fetchers;
     sw->ctx.admin_lockout = s->admin_lockout;
+    sw->ctx.limits = &s->limits;
 
     char serr[STORE_ERR_MAX];
     if (store_open(s->store, w->loop, &sw->ctx.store, serr) != 0) {
@@ -259,7 +262,9 @@ static int serve_init(struct worker *w, void *arg)
     struct login_opts lo = {.session_ttl_s = cfg->session_ttl,
                             .outcome_keep_ms = CODE_LIFETIME_MS,
                             .reuse_window_ms = cfg->code_reuse_window * 1000,
-                            .token_key = s->token_key};
+                            .token_key = s->token_key,
+                            .user_limit = s->limits.openid,
+                            .wechat_limit = s->limits.wechat};
     if (sw->ctx.wx != NULL)
         sw->ctx.login = login_ctx_new(&lo, s->exchange, sw->ctx.wx, sw->ctx.store, w->loop);
     if (sw->ctx.wx == NULL || sw->ctx.login == NULL) {
@@ -284,6 +289,8 @@ static int serve_init(struct worker *w, void *arg)
         .read_timeout_ms = cfg->read_timeout * 1000,
         .body_memory = (size_t)cfg->max_body_memory / (size_t)s->nworkers,
         .request_timeout_ms = cfg->request_timeout_ms,
+        .trusted_proxies = cfg->trusted_proxies,
+        .ntrusted_proxies = cfg->ntrusted_proxies,
         .routes = s->routes,
         .nroutes = s->nroutes,
         .handler_arg = &sw->ctx,
@@ -305,6 +312,56 @@ static const struct worker_ops serve_ops = {
     .stop = serve_stop,
     .done = serve_done,
 };
+
+/* One limit of the configuration, or NULL when it is off. Returns 0, or -1 when out of memory. */
+static int make_limit(const struct config_rate *rate, char kind, bool shared, size_t capacity,
+                      const uint8_t key[LIMIT_KEY_LEN], struct limit **out)
+{
+    *out = NULL;
+    if (rate->count == 0)
+        return 0;
+    struct limit_opts o = {.kind = kind,
+                           .burst = (uint32_t)rate->count,
+                           .period_ms = (uint64_t)rate->period_ms,
+                           .shared = shared,
+                           .capacity = capacity,
+                           .key = key};
+    *out = limit_new(&o);
+    return *out != NULL ? 0 : -1;
+}
+
+/*
+ * The rate limits: in Redis when the store is shared (every instance draws from the same
+ * buckets), else in tables of this process, rate_limit_table_size buckets each. The WeChat
+ * ceiling has one bucket per app, so its table is exactly that big and never forgets one.
+ */
+static int make_limits(struct serve *s)
+{
+    const struct config *cfg = s->cfg;
+    uint8_t key[LIMIT_KEY_LEN];
+    bool shared = store_url_shared(cfg->store);
+    size_t table = (size_t)cfg->rate_limit_table_size;
+    int rc = -1;
+    if (limit_key(s->master_key, key) != 0)
+        goto out;
+    if (make_limit(&cfg->rate_limit_address, 'a', shared, table, key, &s->limits.address) != 0 ||
+        make_limit(&cfg->rate_limit_session, 's', shared, table, key, &s->limits.session) != 0 ||
+        make_limit(&cfg->rate_limit_openid, 'o', shared, table, key, &s->limits.openid) != 0 ||
+        make_limit(&cfg->rate_limit_wechat, 'w', shared, s->napps, key, &s->limits.wechat) != 0)
+        goto out;
+    rc = 0;
+out:
+    crypto_wipe(key, sizeof(key));
+    return rc;
+}
+
+static void free_limits(struct handlers_limits *l)
+{
+    limit_free(l->address);
+    limit_free(l->session);
+    limit_free(l->openid);
+    limit_free(l->wechat);
+}
 
 static void store_warn(const char *msg, void *arg)
 {
@@ -349,6 +406,10 @@ int serve_run(const struct config *cfg)
         if (s.admin_lockout == NULL)
             goto out;
     }
+    if (make_limits(&s) != 0) {
+        log_msg(LOG_ERROR, "cannot make the rate limits: out of memory");
+        goto out;
+    }
     const char *appids[CONFIG_MAX_APPS];
     for (size_t i = 0; i < s.napps; i++)
         appids[i] = s.apps[i].cred.appid;
@@ -371,6 +432,7 @@ out:
     store_shared_free(s.store);
     exchange_free(s.exchange);
     lockout_free(s.admin_lockout);
+    free_limits(&s.limits);
     for (size_t i = 0; i < s.napps; i++)
         token_free(s.apps[i].token);
     crypto_wipe(s.master_key, sizeof(s.master_key));

@@ -20,8 +20,19 @@
 #include "util/addr.h"
 
 #define SECRET_FILE_MAX 4096
+#define RATE_COUNT_MAX 1000000
+#define RATE_PERIOD_MAX_MS (24L * 3600 * 1000)
 
-enum cfg_type { CT_STRING, CT_SECRET, CT_URL, CT_LONG, CT_LOG_LEVEL, CT_LOG_FORMAT };
+enum cfg_type {
+    CT_STRING,
+    CT_SECRET,
+    CT_URL,
+    CT_LONG,
+    CT_LOG_LEVEL,
+    CT_LOG_FORMAT,
+    CT_RATE,    /* struct config_rate */
+    CT_PROXIES, /* trusted_proxies: a list of networks, "" for none */
+};
 
 struct cfg_key {
     const char *name;
@@ -66,6 +77,12 @@ static const struct cfg_key keys[] = {
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
     {"code_reuse_window", CT_LONG, OFF(code_reuse_window), "60", 0, 300},
     {"exchange_table_size", CT_LONG, OFF(exchange_table_size), "200000", 16, 16777216},
+    {"trusted_proxies", CT_PROXIES, OFF(trusted_proxies), "", 0, 0},
+    {"rate_limit_address", CT_RATE, OFF(rate_limit_address), "120/min", 0, 0},
+    {"rate_limit_openid", CT_RATE, OFF(rate_limit_openid), "30/min", 0, 0},
+    {"rate_limit_wechat", CT_RATE, OFF(rate_limit_wechat), "5000/min", 0, 0},
+    {"rate_limit_session", CT_RATE, OFF(rate_limit_session), "off", 0, 0},
+    {"rate_limit_table_size", CT_LONG, OFF(rate_limit_table_size), "65536", 64, 16777216},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -168,10 +185,65 @@ static int set_value(struct config *cfg, const struct cfg_key *k, const char *va
             return -1;
         }
         return 0;
+    case CT_RATE:
+        if (config_rate_parse(value, slot) != 0) {
+            snprintf(err, CONFIG_ERR_MAX,
+                     "%s: '%.100s' is not a rate: N/s, N/min, N/h or N/<K>s... (N 1 to %d, "
+                     "period 1 s to 24 h; e.g. 120/min, 5/10s), or off",
+                     k->name, value, RATE_COUNT_MAX);
+            return -1;
+        }
+        return 0;
+    case CT_PROXIES: {
+        const char *bad;
+        size_t bad_len, n;
+        if (ipaddr_net_list_parse(value, cfg->trusted_proxies, CONFIG_MAX_PROXIES, &n, &bad,
+                                  &bad_len) != 0) {
+            snprintf(err, CONFIG_ERR_MAX,
+                     "%s: '%.*s' is not an address or a network (ADDRESS/BITS, with no bit set "
+                     "past BITS), or there are more than %d",
+                     k->name, (int)(bad_len > 100 ? 100 : bad_len), bad, CONFIG_MAX_PROXIES);
+            return -1;
+        }
+        cfg->ntrusted_proxies = n;
+        return 0;
+    }
     }
 oom:
     snprintf(err, CONFIG_ERR_MAX, "%s: out of memory", k->name);
     return -1;
+}
+
+int config_rate_parse(const char *s, struct config_rate *out)
+{
+    if (strcmp(s, "off") == 0 || strcmp(s, "0") == 0) {
+        *out = (struct config_rate){0, 0};
+        return 0;
+    }
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    long n = strtol(s, &end, 10);
+    if (errno != 0 || n < 1 || n > RATE_COUNT_MAX || *end != '/')
+        return -1;
+    const char *p = end + 1;
+    long k = 1;
+    if (*p >= '0' && *p <= '9') {
+        errno = 0;
+        k = strtol(p, &end, 10);
+        if (errno != 0 || k < 1 || k > 86400)
+            return -1;
+        p = end;
+    }
+    long unit = strcmp(p, "s") == 0     ? 1000
+                : strcmp(p, "min") == 0 ? 60 * 1000
+                : strcmp(p, "h") == 0   ? 3600 * 1000
+                                        : 0;
+    if (unit == 0 || k > RATE_PERIOD_MAX_MS / unit)
+        return -1;
+    *out = (struct config_rate){n, k * unit};
+    return 0;
 }
 
 struct file_ctx {

@@ -13,10 +13,20 @@
 #include <stddef.h>
 
 #include "log/log.h"
+#include "util/ipaddr.h"
 
 #define CONFIG_ERR_MAX 512
 
 #define CONFIG_MAX_APPS 64
+/* Networks trusted_proxies may list. */
+#define CONFIG_MAX_PROXIES 64
+
+/* A rate limit: count requests per period_ms (a bucket of count tokens that refills over the
+ * period); count 0: off. Written "N/s", "N/min", "N/h" or "N/<K>s", "N/<K>min"... or "off". */
+struct config_rate {
+    long count;
+    long period_ms;
+};
 
 /* One Mini Program the service logs users in for. */
 struct config_app {
@@ -59,6 +69,16 @@ struct config {
     long request_timeout_ms;  /* a request still unanswered this long is answered 504 */
     long code_reuse_window;   /* seconds a repeat of a login code still gets its session */
     long exchange_table_size; /* login codes whose outcome is remembered */
+
+    /* Where a request comes from: the TCP peer, or X-Forwarded-For when the peer is one of
+     * these (http/server.h, http_request_client()). */
+    struct ipaddr_net trusted_proxies[CONFIG_MAX_PROXIES];
+    size_t ntrusted_proxies;
+    struct config_rate rate_limit_address; /* per client address: /openid, /v1/login, /v1/phone */
+    struct config_rate rate_limit_openid;  /* per user: logins, counted after the exchange */
+    struct config_rate rate_limit_wechat;  /* per app: calls to WeChat for clients */
+    struct config_rate rate_limit_session; /* per client address: GET /v1/session (off) */
+    long rate_limit_table_size;            /* buckets each limit keeps in memory (without Redis) */
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */
@@ -116,6 +136,9 @@ double config_token_entropy_bits(const char *s);
  * false, and *why (when why is not NULL) says which in a static string that never quotes s.
  */
 bool config_token_strong(const char *s, const char **why);
+
+/* Parses a rate limit's text (struct config_rate). Returns 0, or -1 when it is not one. */
+int config_rate_parse(const char *s, struct config_rate *out);
 
 /* Releases cfg's strings, wiping the secret. Accepts a zeroed cfg. */
 void config_done(struct config *cfg);

@@ -40,6 +40,8 @@ enum exchange_kind {
     EXCHANGE_WECHAT,  /* WeChat failed: status/errcode/http_status say how */
     EXCHANGE_STORE,   /* WeChat succeeded but the store failed */
     EXCHANGE_ABORTED, /* the leader was cancelled (shutdown, deadline) */
+    EXCHANGE_LIMITED, /* the app's ceiling on WeChat calls refused it: nothing was sent; never
+                         remembered nor published */
 };
 
 struct exchange_outcome {
@@ -53,6 +55,8 @@ struct exchange_outcome {
     enum wechat_status status;
     long errcode;
     long http_status;
+    /* EXCHANGE_LIMITED: µs until the ceiling has room again */
+    uint64_t wait_us;
 };
 
 enum exchange_role {

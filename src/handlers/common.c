@@ -5,7 +5,9 @@
 
 #include "config/config.h"
 #include "handlers/handlers.h"
+#include "limit/limit.h"
 #include "log/log.h"
+#include "util/ipaddr.h"
 #include "wechat/errcode.h"
 
 static const struct handlers_app *find_app(struct handlers_ctx *ctx, const char *appid, size_t len)
@@ -155,4 +157,70 @@ bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
         return false;
     }
     return true;
+}
+
+void handlers_reply_limited(struct http_request *req, enum handlers_limit which, uint64_t wait_us)
+{
+    static const struct {
+        const char *name, *message;
+    } limits[] = {
+        [HANDLERS_LIMIT_ADDRESS] = {"address", "too many requests from this address; retry after "
+                                               "Retry-After seconds"},
+        [HANDLERS_LIMIT_OPENID] = {"openid", "too many logins of this user; log in again after "
+                                             "Retry-After seconds"},
+        [HANDLERS_LIMIT_WECHAT] = {"wechat", "this app's calls to WeChat are at the service's "
+                                             "ceiling; retry after Retry-After seconds"},
+    };
+    char ra[16];
+    snprintf(ra, sizeof(ra), "%u", limit_retry_after_s(wait_us));
+    log_kv(LOG_DEBUG, "rate limited", "limit", limits[which].name, "retry_after", ra, "path",
+           http_request_path(req), "request_id", http_request_id(req), NULL);
+    http_add_header(req, "Retry-After", ra);
+    http_reply_error(req, 429, "rate_limited", limits[which].message, "retry");
+}
+
+/* A per-address step in the request's memory: the store may answer later. */
+struct limit_step {
+    struct http_request *req;
+    struct handlers_ctx *ctx;
+    http_handler_fn *next;
+};
+
+static void on_client_token(void *arg, int status, uint64_t wait_us)
+{
+    struct limit_step *ls = arg;
+    if (status != STORE_OK)
+        handlers_reply_store_error(ls->req, "rate_limit");
+    else if (wait_us > 0)
+        handlers_reply_limited(ls->req, HANDLERS_LIMIT_ADDRESS, wait_us);
+    else
+        ls->next(ls->req, ls->ctx);
+}
+
+void handlers_limit_client(struct http_request *req, struct handlers_ctx *ctx, struct limit *l,
+                           http_handler_fn *next)
+{
+    if (l == NULL) {
+        next(req, ctx);
+        return;
+    }
+    /* Buckets are per app, so the store's keys belong to apps. A request that names no app we
+     * serve is counted under none: what it is for is for next to decide (400 unknown_app, or
+     * the app its bearer token belongs to). */
+    bool named;
+    const struct handlers_app *app = request_app(req, ctx, &named);
+    struct ipaddr a;
+    memset(&a, 0, sizeof(a)); /* an unknown address (not on TCP): one bucket for them all */
+    if (http_request_client_addr(req, &a) && !ipaddr_is_v4(&a))
+        memset(a.b + 8, 0, 8); /* its /64 */
+    struct limit_step *ls = http_request_alloc(req, sizeof(*ls));
+    if (ls == NULL) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
+    ls->req = req;
+    ls->ctx = ctx;
+    ls->next = next;
+    limit_take(l, ctx->store, http_request_slot(req), app != NULL ? app->cred.appid : "", a.b,
+               sizeof(a.b), on_client_token, ls);
 }

@@ -23,6 +23,7 @@
 #include "wechat/api.h"
 
 struct config;
+struct limit;
 struct lockout;
 struct login_ctx;
 struct store;
@@ -37,16 +38,25 @@ struct handlers_app {
     struct token *token; /* this app's access token, shared by all workers */
 };
 
+/* The rate limits (limit/limit.h), made once and shared by the workers; NULL: that one is off. */
+struct handlers_limits {
+    struct limit *address; /* per client address: POST /openid, /v1/login, /v1/phone */
+    struct limit *session; /* per client address: GET /v1/session (off by default) */
+    struct limit *openid;  /* per user and app: logins, once the exchange names the user */
+    struct limit *wechat;  /* per app: each call to WeChat made for a client */
+};
+
 struct handlers_ctx {
     const struct config *cfg;        /* borrowed, outlives the workers */
     const struct handlers_app *apps; /* every configured app, shared */
     size_t napps;
-    struct wechat_client *wx;        /* this worker's */
-    struct store *store;             /* this worker's */
-    struct login_ctx *login;         /* this worker's */
-    struct token_fetcher **fetchers; /* this worker's, one per app (same order as apps) */
-    struct lockout *admin_lockout;   /* failed admin attempts per address, shared; NULL when
-                                        admin_token is not set */
+    struct wechat_client *wx;             /* this worker's */
+    struct store *store;                  /* this worker's */
+    struct login_ctx *login;              /* this worker's */
+    struct token_fetcher **fetchers;      /* this worker's, one per app (same order as apps) */
+    struct lockout *admin_lockout;        /* failed admin attempts per address, shared; NULL when
+                                             admin_token is not set */
+    const struct handlers_limits *limits; /* shared */
 };
 
 extern const struct http_route handlers_routes[];
@@ -58,6 +68,9 @@ size_t handlers_select_routes(const struct config *cfg, struct http_route *out, 
 void handle_openid(struct http_request *req, void *arg);
 void handle_login(struct http_request *req, void *arg);
 void handle_session(struct http_request *req, void *arg);
+/* GET /v1/session behind rate_limit_session: routed instead of handle_session only when that
+ * limit is on, so the unlimited route runs no code of the limits at all. */
+void handle_session_limited(struct http_request *req, void *arg);
 void handle_logout(struct http_request *req, void *arg);
 void handle_decrypt(struct http_request *req, void *arg);
 void handle_check_signature(struct http_request *req, void *arg);
@@ -80,6 +93,29 @@ const struct handlers_app *handlers_app(struct http_request *req, struct handler
 
 /* The configured app with this appid, or NULL. */
 const struct handlers_app *handlers_app_by_id(struct handlers_ctx *ctx, const char *appid);
+/*
+ * The per-address rate limit of a route: runs next(req, ctx) once the request's client address
+ * (http_request_client_addr(); an IPv6 client by its /64, which one host usually holds whole)
+ * got a token of l for the app the request names (as handlers_app() finds it; one naming none
+ * of ours is counted under no app and left to next to answer): at once with this process's
+ * buckets, when the store answers with shared ones. Otherwise answers 429 rate_limited with
+ * Retry-After (503 store_unavailable when the store failed). l NULL (the limit is off): next at
+ * once, nothing looked at. Every route limited per client address
+ * starts here: POST /openid, /v1/login, /v1/phone (and POST /v1/refresh, when it exists, with
+ * ctx->limits->address, as the issue asks).
+ */
+void handlers_limit_client(struct http_request *req, struct handlers_ctx *ctx, struct limit *l,
+                           http_handler_fn *next);
+
+enum handlers_limit {
+    HANDLERS_LIMIT_ADDRESS, /* the client address's bucket */
+    HANDLERS_LIMIT_OPENID,  /* the user's */
+    HANDLERS_LIMIT_WECHAT,  /* the app's calls to WeChat */
+};
+
+/* 429 {"error":"rate_limited","message":...,"action":"retry"} with Retry-After (seconds, rounded
+ * up) for wait_us; which limit is logged at debug (the access line shows the 429). */
+void handlers_reply_limited(struct http_request *req, enum handlers_limit which, uint64_t wait_us);
 
 /* This worker's token fetcher for app. */
 struct token_fetcher *handlers_fetcher(struct handlers_ctx *ctx, const struct handlers_app *app);

@@ -3,6 +3,9 @@
  *
  * Both record the user and their newest session_key; /v1/login also issues our own session
  * token. The answers are small and hot, so they are written without a JSON library.
+ *
+ * Rate limits: the client address's first (rate_limit_address), before the body is looked at;
+ * the app's ceiling on WeChat calls and the user's limit inside the login (login/login.h).
  */
 #include <stdio.h>
 #include <string.h>
@@ -62,6 +65,10 @@ static void on_login(void *arg, const struct login_result *r)
         handlers_reply_mapped(req, &e);
         return;
     }
+    case LOGIN_LIMITED:
+        handlers_reply_limited(req, r->limited_user ? HANDLERS_LIMIT_OPENID : HANDLERS_LIMIT_WECHAT,
+                               r->wait_us);
+        return;
     case LOGIN_INTERNAL: handlers_reply_internal(req, "cannot complete the login"); return;
     }
 }
@@ -91,12 +98,24 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     crypto_wipe(code, sizeof(code));
 }
 
-void handle_openid(struct http_request *req, void *arg)
+static void start_openid(struct http_request *req, void *arg)
 {
     start(req, arg, false);
 }
 
-void handle_login(struct http_request *req, void *arg)
+static void start_login(struct http_request *req, void *arg)
 {
     start(req, arg, true);
+}
+
+void handle_openid(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    handlers_limit_client(req, ctx, ctx->limits->address, start_openid);
+}
+
+void handle_login(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    handlers_limit_client(req, ctx, ctx->limits->address, start_login);
 }

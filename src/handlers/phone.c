@@ -49,7 +49,7 @@ static void phone_ready(struct user_op *op)
     user_op_with_token(op, phone_call);
 }
 
-void handle_phone(struct http_request *req, void *arg)
+static void start_phone(struct http_request *req, void *arg)
 {
     size_t len;
     const char *body = http_request_body(req, &len);
@@ -69,4 +69,10 @@ void handle_phone(struct http_request *req, void *arg)
     memcpy(copy, code, strlen(code) + 1);
     op->in[0] = copy;
     user_op_load(op, phone_ready);
+}
+
+void handle_phone(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    handlers_limit_client(req, ctx, ctx->limits->address, start_phone);
 }

@@ -32,7 +32,11 @@ size_t handlers_select_routes(const struct config *cfg, struct http_route *out, 
          * tell a prober they are there. */
         if (cfg->admin_token == NULL && strncmp(handlers_routes[i].path, "/admin/", 7) == 0)
             continue;
-        out[n++] = handlers_routes[i];
+        out[n] = handlers_routes[i];
+        /* A limit on the hot path only when configured: otherwise not one instruction of it. */
+        if (out[n].fn == handle_session && cfg->rate_limit_session.count > 0)
+            out[n].fn = handle_session_limited;
+        n++;
     }
     return n;
 }

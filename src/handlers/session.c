@@ -83,6 +83,12 @@ void handle_session(struct http_request *req, void *arg)
                       on_session_any_app, a);
 }
 
+void handle_session_limited(struct http_request *req, void *arg)
+{
+    struct handlers_ctx *ctx = arg;
+    handlers_limit_client(req, ctx, ctx->limits->session, handle_session);
+}
+
 struct logout {
     struct http_request *req;
     struct handlers_ctx *ctx;

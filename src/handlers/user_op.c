@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "config/config.h"
+#include "limit/limit.h"
 #include "log/log.h"
 #include "wechat/errcode.h"
 
@@ -154,14 +155,38 @@ static void on_token(void *arg, const struct token_result *res)
         handlers_reply_internal(op->req, "cannot start the WeChat call");
 }
 
-void user_op_with_token(struct user_op *op, user_op_call_fn *call)
+static void get_token(struct user_op *op)
 {
     struct token_result res;
-    op->call = call;
     if (token_get(op->app->token, handlers_fetcher(op->ctx, op->app), http_request_slot(op->req), 0,
                   on_token, op, &res) == TOKEN_READY)
         on_token(op, &res);
     crypto_wipe(&res, sizeof(res));
+}
+
+static void on_wechat_token(void *arg, int status, uint64_t wait_us)
+{
+    struct user_op *op = arg;
+    if (status != STORE_OK)
+        handlers_reply_store_error(op->req, "rate_limit");
+    else if (wait_us > 0)
+        handlers_reply_limited(op->req, HANDLERS_LIMIT_WECHAT, wait_us);
+    else
+        get_token(op);
+}
+
+void user_op_with_token(struct user_op *op, user_op_call_fn *call)
+{
+    op->call = call;
+    struct limit *l = op->ctx->limits->wechat;
+    if (l == NULL) {
+        get_token(op);
+        return;
+    }
+    /* The app's ceiling on calls to WeChat, before anything goes there (the token fetch is not
+     * counted: one at a time per app, with its own backoff). */
+    limit_take(l, op->ctx->store, http_request_slot(op->req), op->app->cred.appid, "", 0,
+               on_wechat_token, op);
 }
 
 bool user_op_rejected(struct user_op *op, enum wechat_api api, const struct wechat_reply *r)

@@ -3,7 +3,9 @@
  *
  *   user_op_load()         bearer token → session → user with their session keys (the
  *                          previous key too, inside session_key_grace);
- *   user_op_with_token()   gets the app's access token (token/token.h) for a WeChat call;
+ *   user_op_with_token()   takes a token of the app's ceiling on WeChat calls (rate_limit_wechat:
+ *                          429 rate_limited past it) and gets the app's access token
+ *                          (token/token.h) for the call;
  *   user_op_rejected()     in that call's callback: when WeChat rejected the token (the errcode
  *                          table's token-rejected rows), invalidates exactly that token and
  *                          starts over once with a fresh one.
@@ -52,7 +54,8 @@ struct user_op *user_op_new(struct http_request *req, struct handlers_ctx *ctx);
 /* Authenticates the request and loads the user's keys, then calls next(op). */
 void user_op_load(struct user_op *op, user_op_next_fn *next);
 
-/* Runs call with a valid access token; token failures are answered here. */
+/* Runs call with a valid access token, within the app's ceiling on WeChat calls; token
+ * failures and the ceiling are answered here. */
 void user_op_with_token(struct user_op *op, user_op_call_fn *call);
 
 /* First thing in the WeChat call's callback: true when the reply was a token rejection that is

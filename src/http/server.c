@@ -44,6 +44,7 @@
 #include "runtime/async.h"
 #include "util/addr.h"
 #include "util/arena.h"
+#include "util/ipaddr.h"
 #include "util/jsonw.h"
 #include "util/list.h"
 
@@ -75,6 +76,15 @@ enum req_state {
     REQ_ABORTED, /* answered by conn_abort(): MHD only has to close the connection */
 };
 
+enum client_state {
+    CLIENT_UNASKED, /* not computed yet */
+    CLIENT_KNOWN,
+    CLIENT_UNKNOWN, /* no peer address */
+};
+
+/* X-Forwarded-For lines looked at; a request with more is answered as if it had none. */
+#define XFF_LINES_MAX 8
+
 struct http_conn;
 
 struct reply_header {
@@ -87,6 +97,9 @@ struct http_request {
     struct http_conn *hc;      /* the connection's tracking, NULL when untracked (no memory) */
     const char *method, *path; /* owned by MHD, valid for the request */
     char *peer;                /* http_request_peer(), in the arena once asked for */
+    char *client_text;         /* http_request_client(), in the arena once asked for */
+    struct ipaddr client;      /* http_request_client_addr(), when client_state is CLIENT_KNOWN */
+    uint8_t client_state;      /* enum client_state */
     char id[40];
     struct timespec start;
     enum req_state state;
@@ -146,6 +159,10 @@ struct http_server {
     size_t nroutes;
     http_handler_fn *fallback;
     void *handler_arg;
+
+    const struct ipaddr_net *trusted;
+    size_t ntrusted;
+    bool warned_xff; /* X-Forwarded-For from an untrusted peer was logged once */
 
     struct list live; /* every request between first call and completion */
     struct list pool; /* finished requests kept for reuse */
@@ -934,6 +951,72 @@ const char *http_request_peer(struct http_request *req)
     return req->peer != NULL ? req->peer : "";
 }
 
+struct xff_lines {
+    const char *v[XFF_LINES_MAX];
+    size_t n;
+    bool too_many;
+};
+
+static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct xff_lines *x = cls;
+    (void)kind;
+    if (strcasecmp(key, "X-Forwarded-For") != 0)
+        return MHD_YES;
+    if (x->n == XFF_LINES_MAX) {
+        x->too_many = true;
+        return MHD_NO;
+    }
+    x->v[x->n++] = value;
+    return MHD_YES;
+}
+
+bool http_request_client_addr(struct http_request *req, struct ipaddr *out)
+{
+    if (req->client_state == CLIENT_UNASKED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        struct ipaddr peer;
+        req->client_state = CLIENT_UNKNOWN;
+        if (ci != NULL && ci->client_addr != NULL && ipaddr_from_sockaddr(ci->client_addr, &peer)) {
+            struct http_server *srv = req->srv;
+            struct xff_lines x = {.n = 0};
+            MHD_get_connection_values(req->conn, MHD_HEADER_KIND, collect_xff, &x);
+            if (x.too_many)
+                x.n = 0;
+            ipaddr_forwarded(&peer, srv->trusted, srv->ntrusted, x.v, x.n, &req->client);
+            req->client_state = CLIENT_KNOWN;
+            if (x.n > 0 && !srv->warned_xff && !ipaddr_in(&peer, srv->trusted, srv->ntrusted)) {
+                srv->warned_xff = true;
+                char p[IPADDR_TEXT_MAX];
+                ipaddr_format(&peer, p);
+                log_kv(LOG_WARN,
+                       "X-Forwarded-For ignored: the peer is not in trusted_proxies, so it is the "
+                       "client (behind a proxy, list the proxy in trusted_proxies, or every "
+                       "client shares its rate limits); logged once per worker",
+                       "peer", p, "request_id", req->id, NULL);
+            }
+        }
+    }
+    if (req->client_state != CLIENT_KNOWN)
+        return false;
+    *out = req->client;
+    return true;
+}
+
+const char *http_request_client(struct http_request *req)
+{
+    if (req->client_text != NULL)
+        return req->client_text;
+    struct ipaddr a;
+    char buf[IPADDR_TEXT_MAX] = "";
+    if (http_request_client_addr(req, &a))
+        ipaddr_format(&a, buf);
+    req->client_text = arena_strdup(&req->arena, buf);
+    return req->client_text != NULL ? req->client_text : "";
+}
+
 struct async_slot *http_request_slot(struct http_request *req)
 {
     return &req->pending;
@@ -1173,6 +1256,8 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     srv->nroutes = opts->nroutes;
     srv->fallback = opts->fallback;
     srv->handler_arg = opts->handler_arg;
+    srv->trusted = opts->trusted_proxies;
+    srv->ntrusted = opts->ntrusted_proxies;
     list_init(&srv->live);
     list_init(&srv->pool);
     list_init(&srv->reading);

@@ -43,6 +43,8 @@
 #include <stdint.h>
 
 struct async_slot;
+struct ipaddr;
+struct ipaddr_net;
 struct loop;
 struct http_server;
 struct http_request;
@@ -68,6 +70,10 @@ struct http_server_opts {
                                 or its previous answer is answered 408 and closed; 0 = 15 s */
     size_t body_memory;      /* bytes of request bodies this server buffers at once; 0 = no cap */
     long request_timeout_ms; /* a request still pending this long is answered 504 */
+    /* Proxies whose X-Forwarded-For is believed (http_request_client()); borrowed, must outlive
+     * the server. */
+    const struct ipaddr_net *trusted_proxies;
+    size_t ntrusted_proxies;
     const struct http_route *routes; /* borrowed, must outlive the server */
     size_t nroutes;
     /* Called instead of the 404/405 answers for a request no route takes (its path is unknown,
@@ -117,6 +123,18 @@ long http_request_age_ms(const struct http_request *req);
 /* The peer's address as text ("203.0.113.7", "2001:db8::1"): the TCP peer, which is the proxy
  * when one is in front. Computed once per request; "" when unknown. */
 const char *http_request_peer(struct http_request *req);
+/*
+ * The client's address: the TCP peer, unless the peer is one of the server's trusted_proxies;
+ * then the address X-Forwarded-For gives (every line of it, in order): the rightmost entry that
+ * is not itself a trusted proxy (util/ipaddr.h, ipaddr_forwarded(); a malformed header: the
+ * peer). Rate limits and anything else that must not be fooled by a client-sent header use
+ * this. Computed once per request, and only when asked for. False (out untouched) when the
+ * peer's address is unknown. The first time a worker sees X-Forwarded-For from a peer it does
+ * not trust, it logs a warning (a proxy missing from trusted_proxies makes every client one).
+ */
+bool http_request_client_addr(struct http_request *req, struct ipaddr *out);
+/* The same as text ("203.0.113.9"), "" when unknown. */
+const char *http_request_client(struct http_request *req);
 
 /* The request's one pending slot: every asynchronous operation a handler starts goes here. */
 struct async_slot *http_request_slot(struct http_request *req);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "limit/limit.h"
 #include "loop/loop.h"
 #include "runtime/async.h"
 #include "runtime/delay.h"
@@ -48,7 +49,9 @@ struct login_op {
     char owner[STORE_OWNER_LEN + 1];
     struct delay poll; /* another instance holds the claim: ask again (in op->inner) */
     uint64_t give_up_ms;
-    struct exchange_outcome out;      /* the identity to answer with */
+    struct exchange_outcome out;                  /* the identity to answer with */
+    char session_key[WECHAT_SESSION_KEY_LEN + 1]; /* from code2Session, until it is stored */
+    uint64_t user_wait_us;            /* the user's limit refused the session: for how long */
     char token[CRYPTO_TOKEN_LEN + 1]; /* the code's, with want_session */
     uint8_t token_hash[CRYPTO_HASH_LEN];
     int64_t expires_at;
@@ -138,6 +141,12 @@ static void reply_ok(struct login_op *op)
 static void reply_wechat(struct login_op *op, const struct wechat_reply *wr)
 {
     struct login_result r = {.status = LOGIN_WECHAT, .reply = wr};
+    reply(op, &r);
+}
+
+static void reply_limited(struct login_op *op, bool user, uint64_t wait_us)
+{
+    struct login_result r = {.status = LOGIN_LIMITED, .limited_user = user, .wait_us = wait_us};
     reply(op, &r);
 }
 
@@ -257,6 +266,7 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
     }
     case EXCHANGE_STORE: reply_status(op, LOGIN_STORE); return;
     case EXCHANGE_ABORTED: reply_status(op, LOGIN_ABORTED); return;
+    case EXCHANGE_LIMITED: reply_limited(op, false, o->wait_us); return;
     }
 }
 
@@ -278,7 +288,37 @@ static void on_stored(void *arg, int status)
         return;
     }
     lead_finish(op, &op->out, true);
-    reply_ok(op);
+    if (op->user_wait_us > 0)
+        reply_limited(op, true, op->user_wait_us);
+    else
+        reply_ok(op);
+}
+
+/* The user and their new session_key, and the code's session unless the user's limit said no. */
+static void store_user(struct login_op *op)
+{
+    bool session = op->want_session && op->user_wait_us == 0;
+    op->out.session = session;
+    struct store_login in = {.appid = op->app->appid,
+                             .openid = op->out.openid,
+                             .unionid = op->out.unionid,
+                             .session_key = op->session_key,
+                             .token_hash = session ? op->token_hash : NULL,
+                             .expires_at = op->expires_at,
+                             .now = (int64_t)time(NULL)};
+    store_login(op->lc->store, &op->inner, &in, on_stored, op);
+}
+
+static void on_user_token(void *arg, int status, uint64_t wait_us)
+{
+    struct login_op *op = arg;
+    if (status != STORE_OK) {
+        lead_abort(op, EXCHANGE_STORE);
+        reply_status(op, LOGIN_STORE);
+        return;
+    }
+    op->user_wait_us = wait_us;
+    store_user(op);
 }
 
 static void on_code2session(void *arg, const struct wechat_reply *wr,
@@ -297,28 +337,56 @@ static void on_code2session(void *arg, const struct wechat_reply *wr,
         reply_wechat(op, wr);
         return;
     }
+    struct login_ctx *lc = op->lc;
     op->out.kind = EXCHANGE_OK;
     snprintf(op->out.openid, sizeof(op->out.openid), "%s", s->openid);
     snprintf(op->out.unionid, sizeof(op->out.unionid), "%s", s->unionid);
-    op->out.session = op->want_session;
+    snprintf(op->session_key, sizeof(op->session_key), "%s", s->session_key);
     op->out.exchanged_ms = wall_ms();
-    op->expires_at = (int64_t)time(NULL) + op->lc->opts.session_ttl_s;
-    struct store_login in = {.appid = op->app->appid,
-                             .openid = s->openid,
-                             .unionid = s->unionid,
-                             .session_key = s->session_key,
-                             .token_hash = op->want_session ? op->token_hash : NULL,
-                             .expires_at = op->expires_at,
-                             .now = (int64_t)time(NULL)};
-    store_login(op->lc->store, &op->inner, &in, on_stored, op);
+    op->expires_at = (int64_t)time(NULL) + lc->opts.session_ttl_s;
+    if (lc->opts.user_limit == NULL) {
+        store_user(op);
+        return;
+    }
+    /* Counted now that WeChat named the user (the request could not say who it was for). */
+    limit_take(lc->opts.user_limit, lc->store, &op->inner, op->app->appid, op->out.openid,
+               strlen(op->out.openid), on_user_token, op);
 }
 
-static void call_wechat(struct login_op *op)
+static void send_code(struct login_op *op)
 {
     if (wechat_code2session(op->lc->wx, &op->inner, op->app, op->code, on_code2session, op) != 0) {
         lead_abort(op, EXCHANGE_ABORTED);
         reply_status(op, LOGIN_INTERNAL);
     }
+}
+
+static void on_ceiling(void *arg, int status, uint64_t wait_us)
+{
+    struct login_op *op = arg;
+    if (status != STORE_OK) {
+        lead_abort(op, EXCHANGE_STORE);
+        reply_status(op, LOGIN_STORE);
+    } else if (wait_us > 0) {
+        /* Nothing went to WeChat: the code is still good, for a retry after wait_us; the
+         * waiters are refused alike, and nothing is remembered. */
+        struct exchange_outcome o = {.kind = EXCHANGE_LIMITED, .wait_us = wait_us};
+        lead_finish(op, &o, false);
+        reply_limited(op, false, wait_us);
+    } else {
+        send_code(op);
+    }
+}
+
+/* code2Session, within the app's ceiling on WeChat calls. */
+static void call_wechat(struct login_op *op)
+{
+    struct login_ctx *lc = op->lc;
+    if (lc->opts.wechat_limit == NULL) {
+        send_code(op);
+        return;
+    }
+    limit_take(lc->opts.wechat_limit, lc->store, &op->inner, op->app->appid, "", 0, on_ceiling, op);
 }
 
 static void claim(struct login_op *op);

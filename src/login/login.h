@@ -23,6 +23,13 @@
  * wanting a session of a code whose leader made none (POST /openid first) is LOGIN_CODE_USED
  * too; repeats without a session (POST /openid) are answered the identity as before.
  *
+ * Two rate limits (limit/limit.h) apply here, where what they count happens: the app's ceiling
+ * on calls to WeChat is taken just before code2Session, so a repeat answered without WeChat
+ * takes nothing, and a refused leader sends nothing (its waiters are refused with it); the
+ * user's limit is taken once code2Session named the user, before the write: past it the user
+ * and their new session_key are still recorded (WeChat has moved on to that key) but no session
+ * is made and the login is refused.
+ *
  * Cancelling the operation (the request's deadline, shutdown) stops whatever step runs, tells
  * the waiters the exchange was aborted and releases the claim; its callback never runs.
  */
@@ -37,6 +44,7 @@
 #include "wechat/api.h"
 
 struct async_slot;
+struct limit;
 struct loop;
 struct store;
 struct login_ctx;
@@ -47,6 +55,8 @@ struct login_opts {
     long reuse_window_ms; /* how long after its exchange a repeat of a code gets its session */
     /* LOGIN_TOKEN_KEY_LEN bytes from login_token_key(), borrowed for the context's lifetime */
     const uint8_t *token_key;
+    struct limit *user_limit;   /* per app and openid, after the exchange; NULL: none */
+    struct limit *wechat_limit; /* per app, before code2Session; NULL: none */
 };
 
 #define LOGIN_TOKEN_KEY_LEN CRYPTO_HASH_LEN
@@ -58,6 +68,7 @@ enum login_status {
     LOGIN_BUSY,      /* another instance still holds the code's claim */
     LOGIN_ABORTED,   /* the request that exchanged the code was cancelled */
     LOGIN_CODE_USED, /* a repeat wants the code's session, which is gone or never was */
+    LOGIN_LIMITED,   /* a rate limit refused it: limited_user and wait_us say which and how long */
     LOGIN_INTERNAL   /* out of memory, no randomness */
 };
 
@@ -70,6 +81,10 @@ struct login_result {
     int64_t expires_at;
     /* LOGIN_WECHAT */
     const struct wechat_reply *reply;
+    /* LOGIN_LIMITED: true for the user's limit (the code was exchanged and the user recorded,
+     * without a session), false for the app's ceiling on WeChat calls (nothing was sent) */
+    bool limited_user;
+    uint64_t wait_us;
 };
 
 typedef void login_done_fn(void *arg, const struct login_result *r);

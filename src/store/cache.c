@@ -470,6 +470,7 @@ int store_cache_wrap(struct store_cache *c, struct store *inner, struct store **
     cs->base.ops = &cache_ops;
     cs->base.claims = inner->claims;
     cs->base.lease = inner->lease;
+    cs->base.limits = inner->limits;
     cs->inner = inner;
     cs->cache = c;
     list_init(&cs->started);

@@ -11,6 +11,11 @@
  *                                    then its outcome (JSON)
  *   wxlogin:<appid>:at               hash: token, exp; the app's access token (EXPIREAT exp)
  *   wxlogin:<appid>:at:lease         who may fetch a new access token (SET NX PX, random owner)
+ *   wxlogin:<appid>:rl:<kind>:<hex>  a rate limit's bucket (limit/limit.h): its theoretical
+ *                                    arrival time in µs, expiring when the bucket is full
+ *                                    again; <hex> is a keyed hash, never the address or openid
+ *                                    (wxlogin:rl:... for a bucket of no app: a request that names
+ *                                    none of several apps)
  * Writes that go together (the user upsert and the new session) are one Lua script, so they are
  * atomic; a login is acknowledged only after Redis answered the script. Scripts run by SHA-1
  * (EVALSHA; rconn loads them on each connection); a NOSCRIPT answer reloads them and sends the
@@ -100,6 +105,25 @@ static const char invalidate_token_lua[] =
     "if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
     "return 1\n";
 
+/* KEYS[1] bucket; ARGV interval µs, burst. GCRA on Redis's clock, so every instance agrees
+ * whatever its own: the key holds the time the bucket is next full (its theoretical arrival
+ * time, µs); a token is taken when that stays within burst intervals of now. Answers 0 when a
+ * token was taken, else the µs until one is due. Exactly limit_bucket_take() (limit/limit.c).
+ * TIME before a write needs effects replication, the default since Redis 5 (asked for below
+ * 5, where it is not). */
+static const char limit_lua[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local interval = tonumber(ARGV[1])\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
+    "if tat < now then tat = now end\n"
+    "local nxt = tat + interval\n"
+    "local wait = nxt - now - interval * tonumber(ARGV[2])\n"
+    "if wait > 0 then return wait end\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.ceil((nxt - now) / 1000))\n"
+    "return 0\n";
+
 enum script_id {
     S_LOGIN,
     S_PUT,
@@ -109,6 +133,7 @@ enum script_id {
     S_RELEASE,
     S_PUBLISH_TOKEN,
     S_INVALIDATE,
+    S_LIMIT,
     S_COUNT
 };
 
@@ -131,7 +156,7 @@ struct rd_store {
 };
 
 /* How a reply is turned into the owner's answer. */
-enum rop_kind { K_DONE, K_DEL, K_SESSION, K_USER, K_CLAIM, K_TOKEN, K_LEASE, K_NONE };
+enum rop_kind { K_DONE, K_DEL, K_SESSION, K_USER, K_CLAIM, K_TOKEN, K_LEASE, K_LIMIT, K_NONE };
 
 #define ARGV_MAX 12
 
@@ -155,6 +180,7 @@ struct rop {
         store_claim_fn *claim;
         store_token_fn *token;
         store_lease_fn *lease;
+        store_limit_fn *limit;
     } fn;
     void *arg;
     struct rop *next;
@@ -386,6 +412,12 @@ static void on_reply(const redisReply *r, void *arg)
             /* "OK" when set, nil when someone holds it */
             op->fn.lease(op->arg, is_error(r) ? STORE_ERROR : STORE_OK,
                          !is_error(r) && r->type == REDIS_REPLY_STATUS);
+            break;
+        case K_LIMIT:
+            if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= 0)
+                op->fn.limit(op->arg, STORE_OK, (uint64_t)r->integer);
+            else
+                op->fn.limit(op->arg, STORE_ERROR, 0);
             break;
         case K_NONE: break;
         }
@@ -639,6 +671,26 @@ static const struct store_lease_ops rd_lease_ops = {
     .invalidate = rd_lease_invalidate,
 };
 
+/* ---- rate limits ---- */
+
+static void rd_limit_take(struct store *s, struct async_slot *slot, const char *appid,
+                          const char *name, uint64_t interval_us, uint32_t burst,
+                          store_limit_fn *done, void *arg)
+{
+    struct rd_store *st = (struct rd_store *)s;
+    GET_OP(st, K_LIMIT, arg, done(arg, STORE_ERROR, 0));
+    op->fn.limit = done;
+    char k[KEY_MAX];
+    int n = appid[0] != '\0' ? snprintf(k, sizeof(k), "wxlogin:%s:rl:%s", appid, name)
+                             : snprintf(k, sizeof(k), "wxlogin:rl:%s", name);
+    start(op, slot,
+          n > 0 && (size_t)n < sizeof(k) && arg_script(op, S_LIMIT, 1) &&
+              arg_add(op, k, (size_t)n) && arg_num(op, (long long)interval_us) &&
+              arg_num(op, burst));
+}
+
+static const struct store_limit_ops rd_limit_ops = {.take = rd_limit_take};
+
 /* ---- opening ---- */
 
 static void rd_shared_free(struct store_shared *base)
@@ -660,6 +712,7 @@ static int rd_open(struct store_shared *base, struct loop *loop, struct store **
         st->base.ops = &rd_ops;
         st->base.claims = &rd_claim_ops;
         st->base.lease = &rd_lease_ops;
+        st->base.limits = &rd_limit_ops;
         st->sh = sh;
         list_init(&st->started);
         st->conn = rconn_new(loop, &sh->opts, sh->script_ptrs, S_COUNT);
@@ -714,6 +767,7 @@ int store_redis_shared_new(const char *url, const struct store_config *cfg,
         [S_RELEASE] = release_lua,
         [S_PUBLISH_TOKEN] = publish_token_lua,
         [S_INVALIDATE] = invalidate_token_lua,
+        [S_LIMIT] = limit_lua,
     };
     for (int i = 0; i < S_COUNT; i++) {
         rconn_script_init(&sh->scripts[i], texts[i]);

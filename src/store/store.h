@@ -10,6 +10,9 @@
  *   lease     how several instances share the app's access token: the shared token, a lease
  *             on fetching a new one, its publication and compare-and-swap invalidation. NULL
  *             for a store of one process.
+ *   limits    token buckets every instance draws from at once (limit/limit.h): the rate limits
+ *             shared by several instances. NULL for a store of one process, whose limits live
+ *             in its memory.
  * Callers use the inline wrappers below (store_get_session()...), never the tables, so a
  * decorator slots in without them knowing: the session cache (store/cache.c) wraps the SQLite
  * backend and keeps itself coherent with the logouts it sees.
@@ -169,11 +172,28 @@ struct store_lease_ops {
     void (*invalidate)(struct store *st, const char *appid, const char *bad);
 };
 
+/* ---- rate limits shared by several instances ---- */
+/* wait_us 0: a token was taken; otherwise none was, and the next one is due in wait_us. */
+typedef void store_limit_fn(void *arg, int status, uint64_t wait_us);
+struct store_limit_ops {
+    /*
+     * Takes a token of the bucket named name (of app appid; "" for a bucket of no app), atomically
+     * for every instance: a bucket holds burst tokens and gains one every interval_us (GCRA, the
+     * same arithmetic as limit_bucket_take(), on the store's clock). name is at most
+     * STORE_LIMIT_NAME_MAX characters of [a-z0-9:]. An idle bucket takes no room: its key expires
+     * when the bucket is full again.
+     */
+    void (*take)(struct store *st, struct async_slot *slot, const char *appid, const char *name,
+                 uint64_t interval_us, uint32_t burst, store_limit_fn *done, void *arg);
+};
+#define STORE_LIMIT_NAME_MAX 64
+
 /* Every backend's handle starts with this. */
 struct store {
     const struct store_ops *ops;
     const struct store_claim_ops *claims; /* NULL: one process */
     const struct store_lease_ops *lease;  /* NULL: one process */
+    const struct store_limit_ops *limits; /* NULL: one process */
 };
 
 /* ---- opening ---- */
@@ -319,6 +339,13 @@ static inline void store_lease_publish(struct store *st, const char *appid, cons
 static inline void store_lease_invalidate(struct store *st, const char *appid, const char *bad)
 {
     st->lease->invalidate(st, appid, bad);
+}
+
+static inline void store_limit_take(struct store *st, struct async_slot *slot, const char *appid,
+                                    const char *name, uint64_t interval_us, uint32_t burst,
+                                    store_limit_fn *done, void *arg)
+{
+    st->limits->take(st, slot, appid, name, interval_us, burst, done, arg);
 }
 
 /* A random owner id (STORE_OWNER_LEN hex characters and a NUL). Returns 0 or -1. */

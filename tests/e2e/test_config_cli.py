@@ -92,6 +92,11 @@ def test_missing_config_file(tmp_path, mock):
     ("WXLOGIN_LOG_LEVEL", "loud", "log_level"),
     ("WXLOGIN_LOG_FORMAT", "xml", "log_format"),
     ("WXLOGIN_WECHAT_BASE", "not a url", "wechat_base"),
+    ("WXLOGIN_RATE_LIMIT_ADDRESS", "120/minute", "rate_limit_address"),
+    ("WXLOGIN_RATE_LIMIT_OPENID", "0/min", "rate_limit_openid"),
+    ("WXLOGIN_RATE_LIMIT_WECHAT", "lots", "rate_limit_wechat"),
+    ("WXLOGIN_TRUSTED_PROXIES", "10.0.0.1/8", "trusted_proxies"),
+    ("WXLOGIN_TRUSTED_PROXIES", "proxy.internal", "trusted_proxies"),
 ])
 def test_bad_env_value_exits_2_naming_key(mock, var, value, key):
     cp = run_cli(["serve"], env=serve_env(mock, **{var: value}), timeout=10)

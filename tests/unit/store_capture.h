@@ -37,6 +37,7 @@ struct cap {
     char token[STORE_TOKEN_MAX + 1];
     int64_t expires_at;
     bool got;
+    uint64_t wait_us;
 };
 
 static inline void called(struct cap *c, int status)
@@ -100,6 +101,13 @@ static inline void on_lease(void *arg, int status, bool got)
 {
     struct cap *c = arg;
     c->got = got;
+    called(c, status);
+}
+
+static inline void on_limit(void *arg, int status, uint64_t wait_us)
+{
+    struct cap *c = arg;
+    c->wait_us = wait_us;
     called(c, status);
 }
 

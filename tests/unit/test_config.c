@@ -917,6 +917,120 @@ static void test_admin_lockout_keys(void **state)
     assert_contains(load_fails(f, NULL, many), "ADMIN_MAX_FAILURES");
 }
 
+/* ---- rate limits and trusted proxies ---- */
+
+static void test_rate_limit_defaults(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, NULL, no_env);
+    assert_int_equal(f->cfg.rate_limit_address.count, 120);
+    assert_int_equal(f->cfg.rate_limit_address.period_ms, 60000);
+    assert_int_equal(f->cfg.rate_limit_openid.count, 30);
+    assert_int_equal(f->cfg.rate_limit_openid.period_ms, 60000);
+    assert_int_equal(f->cfg.rate_limit_wechat.count, 5000);
+    assert_int_equal(f->cfg.rate_limit_wechat.period_ms, 60000);
+    assert_int_equal(f->cfg.rate_limit_session.count, 0); /* the auth_request hot path: off */
+    assert_int_equal(f->cfg.rate_limit_table_size, 65536);
+    assert_int_equal(f->cfg.ntrusted_proxies, 0);
+}
+
+static void test_rate_forms(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        long count, period_ms;
+    } good[] = {
+        {"10/s", 10, 1000},         {"120/min", 120, 60000}, {"1000/h", 1000, 3600000},
+        {"5/10s", 5, 10000},        {"1/24h", 1, 86400000},  {"1000000/min", 1000000, 60000},
+        {"3/1440min", 3, 86400000}, {"off", 0, 0},           {"0", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        struct config_rate r = {-1, -1};
+        if (config_rate_parse(good[i].text, &r) != 0)
+            fail_msg("'%s' was refused", good[i].text);
+        assert_int_equal(r.count, good[i].count);
+        assert_int_equal(r.period_ms, good[i].period_ms);
+    }
+    static const char *const bad[] = {"",          "10",
+                                      "10/",       "/min",
+                                      "0/min",     "-1/min",
+                                      "+5/min",    " 5/min",
+                                      "5/min ",    "10/day",
+                                      "10/0s",     "10/25h",
+                                      "10/86401s", "1000001/s",
+                                      "5/m",       "5/ min",
+                                      "5/-1s",     "5.5/s",
+                                      "off ",      "OFF",
+                                      "5/1e3s",    "99999999999999999999/s"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct config_rate r = {-1, -1};
+        if (config_rate_parse(bad[i], &r) == 0)
+            fail_msg("'%s' was accepted as a rate", bad[i]);
+        assert_int_equal(r.count, -1); /* untouched */
+    }
+}
+
+static void test_rate_limit_keys_from_file_and_env(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "w.conf",
+                                  "rate_limit_address = 5/10s\n"
+                                  "rate_limit_openid = off\n"
+                                  "rate_limit_session = 100/s\n");
+    char *const env[] = {"WXLOGIN_RATE_LIMIT_WECHAT=600/min", NULL};
+    load_ok(f, path, env);
+    assert_int_equal(f->cfg.rate_limit_address.count, 5);
+    assert_int_equal(f->cfg.rate_limit_address.period_ms, 10000);
+    assert_int_equal(f->cfg.rate_limit_openid.count, 0);
+    assert_int_equal(f->cfg.rate_limit_session.count, 100);
+    assert_int_equal(f->cfg.rate_limit_wechat.count, 600);
+    config_done(&f->cfg);
+    const char *bad = write_file(f, "b.conf", "\nrate_limit_address = 120/minute\n");
+    const char *err = load_fails(f, bad, no_env);
+    assert_names_line(err, bad, 2);
+    assert_contains(err, "rate_limit_address");
+    assert_contains(err, "120/minute");
+    char *const bad_env[] = {"WXLOGIN_RATE_LIMIT_OPENID=lots", NULL};
+    assert_contains(load_fails(f, NULL, bad_env), "RATE_LIMIT_OPENID");
+    char *const small[] = {"WXLOGIN_RATE_LIMIT_TABLE_SIZE=63", NULL};
+    assert_contains(load_fails(f, NULL, small), "RATE_LIMIT_TABLE_SIZE");
+}
+
+static void test_trusted_proxies(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"WXLOGIN_TRUSTED_PROXIES=10.0.0.0/8, 127.0.0.1 ::1/128,2001:db8::/32",
+                         NULL};
+    load_ok(f, NULL, env);
+    assert_int_equal(f->cfg.ntrusted_proxies, 4);
+    struct ipaddr a;
+    assert_true(ipaddr_parse("10.1.2.3", 8, &a));
+    assert_true(ipaddr_in(&a, f->cfg.trusted_proxies, f->cfg.ntrusted_proxies));
+    assert_true(ipaddr_parse("11.1.2.3", 8, &a));
+    assert_false(ipaddr_in(&a, f->cfg.trusted_proxies, f->cfg.ntrusted_proxies));
+    config_done(&f->cfg);
+    /* the environment replaces the file's list; empty means none */
+    const char *path = write_file(f, "p.conf", "trusted_proxies = 10.0.0.0/8\n");
+    char *const none[] = {"WXLOGIN_TRUSTED_PROXIES=", NULL};
+    load_ok(f, path, none);
+    assert_int_equal(f->cfg.ntrusted_proxies, 0);
+    config_done(&f->cfg);
+    /* host bits past the prefix: refused, naming the entry */
+    char *const typo[] = {"WXLOGIN_TRUSTED_PROXIES=127.0.0.1, 10.0.0.1/8", NULL};
+    const char *err = load_fails(f, NULL, typo);
+    assert_contains(err, "TRUSTED_PROXIES");
+    assert_contains(err, "'10.0.0.1/8'");
+    char *const name[] = {"WXLOGIN_TRUSTED_PROXIES=proxy.internal", NULL};
+    assert_contains(load_fails(f, NULL, name), "'proxy.internal'");
+    /* at most CONFIG_MAX_PROXIES */
+    char many[CONFIG_MAX_PROXIES * 16 + 64] = "WXLOGIN_TRUSTED_PROXIES=";
+    for (int i = 0; i <= CONFIG_MAX_PROXIES; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "10.0.%d.0/24 ", i);
+    char *const too_many[] = {many, NULL};
+    assert_contains(load_fails(f, NULL, too_many), "more than 64");
+}
+
 static void test_config_done_twice_is_safe(void **state)
 {
     struct fixture *f = *state;
@@ -1053,6 +1167,10 @@ int main(void)
         T(test_check_serve_names_admin_token_file),
         T(test_check_serve_accepts_a_strong_admin_token),
         T(test_admin_lockout_keys),
+        T(test_rate_limit_defaults),
+        T(test_rate_forms),
+        T(test_rate_limit_keys_from_file_and_env),
+        T(test_trusted_proxies),
         T(test_config_done_twice_is_safe),
         T(test_example_file_loads),
         T(test_example_file_keys_are_all_valid),

@@ -11,6 +11,10 @@
  * ran exactly once, with the slot empty. Every test arms an alarm first: an answer that never
  * comes kills the test instead of hanging it.
  *
+ * Rate limits shared by instances (store_limit_take) exist on Redis alone too: a bucket's burst,
+ * its refill, its name per app, two connections drawing from one bucket, and its key expiring
+ * once it is full again.
+ *
  * Also: cancellation (async_cancel on the pending slot: no callback, ever, and nothing leaks when
  * the store is closed right after; the ASan build checks), many operations in flight at once,
  * sealing at rest, and the URL helpers.
@@ -749,6 +753,7 @@ static void test_one_process_store_has_no_claims_or_lease(void **state)
     assert_false(store_is_shared(f->st));
     assert_null(f->st->claims);
     assert_null(f->st->lease);
+    assert_null(f->st->limits); /* its rate limits live in its memory */
 }
 
 /* ---- several instances (Redis): claims ---- */
@@ -765,6 +770,7 @@ static void test_shared_store_has_claims_and_lease(void **state)
     assert_true(store_is_shared(f->st));
     assert_non_null(f->st->claims);
     assert_non_null(f->st->lease);
+    assert_non_null(f->st->limits);
     assert_string_equal(f->st->ops->name, "redis");
 }
 
@@ -993,6 +999,71 @@ static void start_redis(void)
     redis_pid = pid;
     for (int i = 0; i < 250 && !redis_answers(); i++)
         usleep(20000);
+}
+
+/* ---- several instances (Redis): rate limits ---- */
+
+static uint64_t limit_take(struct fixture *f, struct store *st, const char *appid, const char *name,
+                           uint64_t interval_us, uint32_t burst)
+{
+    struct cap c = {.loop = f->loop};
+    store_limit_take(st, &c.slot, appid, name, interval_us, burst, on_limit, &c);
+    assert_int_equal(finish(f->loop, &c), STORE_OK);
+    return c.wait_us;
+}
+
+static void test_limit_buckets(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t second = 1000000;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(limit_take(f, f->st, APPID, "a:0123", second, 3), 0);
+    uint64_t wait = limit_take(f, f->st, APPID, "a:0123", second, 3);
+    assert_true(wait > 0 && wait <= second);
+    /* another name, another app, no app: their own buckets */
+    assert_int_equal(limit_take(f, f->st, APPID, "a:4567", second, 3), 0);
+    assert_int_equal(limit_take(f, f->st, OTHER, "a:0123", second, 3), 0);
+    assert_int_equal(limit_take(f, f->st, "", "a:0123", second, 3), 0);
+    /* a second connection (another worker, another instance) draws from the same bucket */
+    struct store *two = NULL;
+    char err[STORE_ERR_MAX];
+    assert_int_equal(store_open(f->sh, f->loop, &two, err), 0);
+    assert_true(limit_take(f, two, APPID, "a:0123", second, 3) > 0);
+    /* a token comes back after an interval, one only */
+    run_for(f->loop, (long)(wait / 1000) + 50);
+    assert_int_equal(limit_take(f, two, APPID, "a:0123", second, 3), 0);
+    assert_true(limit_take(f, f->st, APPID, "a:0123", second, 3) > 0);
+    store_close(two);
+}
+
+/* A bucket full again holds nothing: its key is gone. */
+static void test_limit_keys_expire_when_full(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(limit_take(f, f->st, APPID, "o:89ab", 100000, 2), 0);
+    assert_int_equal(limit_take(f, f->st, "", "a:89ab", 100000, 2), 0);
+    char cmd[256], buf[256];
+    snprintf(cmd, sizeof(cmd),
+             "SELECT %d\r\nEXISTS wxlogin:" APPID ":rl:o:89ab\r\nEXISTS wxlogin:rl:a:89ab\r\n",
+             f->db);
+    assert_true(redis_raw(cmd, buf, sizeof(buf), 13) > 0);
+    assert_string_equal(buf, "+OK\r\n:1\r\n:1\r\n");
+    run_for(f->loop, 350);
+    assert_true(redis_raw(cmd, buf, sizeof(buf), 13) > 0);
+    assert_string_equal(buf, "+OK\r\n:0\r\n:0\r\n");
+}
+
+static void test_cancelled_limit_take_never_calls_back(void **state)
+{
+    struct fixture *f = *state;
+    struct cap c = {.loop = f->loop};
+    store_limit_take(f->st, &c.slot, APPID, "a:cdef", 1000000, 1, on_limit, &c);
+    assert_true(async_pending(&c.slot));
+    async_cancel(&c.slot);
+    run_for(f->loop, 100);
+    assert_int_equal(c.calls, 0);
+    /* and it was taken all the same: a cancel stops the answer, not the script */
+    assert_true(limit_take(f, f->st, APPID, "a:cdef", 1000000, 1) > 0);
 }
 
 static void stop_redis(void)
@@ -1226,6 +1297,9 @@ int main(void)
         ON_REDIS(test_cancelled_claim_and_lease_never_call_back),
         ON_REDIS(test_redis_keys_sealed_at_rest),
         ON_REDIS(test_redis_survives_script_flush),
+        ON_REDIS(test_limit_buckets),
+        ON_REDIS(test_limit_keys_expire_when_full),
+        ON_REDIS(test_cancelled_limit_take_never_calls_back),
     };
     int failed = cmocka_run_group_tests_name("store: URLs and helpers", general, NULL, NULL);
     failed += cmocka_run_group_tests_name("store on SQLite", sqlite_tests, NULL, NULL);

@@ -249,7 +249,7 @@ def test_the_wechat_ceiling_is_per_app(procs, tmp_path):
                     env=limits(wechat="1/min"))
     ok(login(s.port, "pa", headers={"X-WX-AppID": a}))
     assert_limited(login(s.port, "pa", headers={"X-WX-AppID": a}), 60)
-    ok(login(s.port, "pb", headers={"X-WX-AppID": b}))
+    ok(login(s.port, "pb", headers={"X-WX-AppID": b}, code=new_code("pb", app=b)))
     # naming no app among several is still that error, whatever the limits
     assert_error_tuple(login(s.port, "pn"), 400, "unknown_app")
 

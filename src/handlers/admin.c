@@ -116,22 +116,35 @@ static void on_token(void *arg, const struct token_result *res)
     crypto_wipe(buf, sizeof(buf));
 }
 
-static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsigned flags)
+/* What every admin route starts with: 404 without an admin token configured, the admin token
+ * checked (and failures capped), the app. NULL when the request was answered. */
+static const struct handlers_app *admin_app(struct http_request *req, struct handlers_ctx *ctx)
 {
     if (ctx->cfg->admin_token == NULL) {
         http_reply_error(req, 404, "not_found", "no such endpoint", "none");
-        return;
+        return NULL;
     }
     if (!admin_allowed(req, ctx))
-        return;
-    const struct handlers_app *app = handlers_app(req, ctx);
-    if (app == NULL)
-        return;
+        return NULL;
+    return handlers_app(req, ctx);
+}
+
+/* Answers the app's current token (fetched first when there is none). */
+static void reply_token(struct http_request *req, struct handlers_ctx *ctx,
+                        const struct handlers_app *app, unsigned flags)
+{
     struct token_result res;
     if (token_get(app->token, handlers_fetcher(ctx, app), http_request_slot(req), flags, on_token,
                   req, &res) == TOKEN_READY)
         on_token(req, &res);
     crypto_wipe(&res, sizeof(res));
+}
+
+static void get_token(struct http_request *req, struct handlers_ctx *ctx, unsigned flags)
+{
+    const struct handlers_app *app = admin_app(req, ctx);
+    if (app != NULL)
+        reply_token(req, ctx, app, flags);
 }
 
 void handle_admin_token(struct http_request *req, void *arg)
@@ -150,13 +163,7 @@ void handle_admin_token(struct http_request *req, void *arg)
 void handle_admin_token_invalidate(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
-    if (ctx->cfg->admin_token == NULL) {
-        http_reply_error(req, 404, "not_found", "no such endpoint", "none");
-        return;
-    }
-    if (!admin_allowed(req, ctx))
-        return;
-    const struct handlers_app *app = handlers_app(req, ctx);
+    const struct handlers_app *app = admin_app(req, ctx);
     if (app == NULL)
         return;
     static const char *const fields[] = {"access_token", NULL};
@@ -171,7 +178,7 @@ void handle_admin_token_invalidate(struct http_request *req, void *arg)
     }
     token_invalidate(app->token, handlers_fetcher(ctx, app), bad[0]);
     crypto_wipe((char *)bad[0], n);
-    get_token(req, ctx, 0);
+    reply_token(req, ctx, app, 0);
 }
 
 void handle_admin_token_refresh(struct http_request *req, void *arg)

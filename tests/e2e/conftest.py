@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -605,6 +606,23 @@ def mock_factory(procs):
 @pytest.fixture
 def serve_factory(procs):
     return procs.serve
+
+
+def in_parallel(fns):
+    """Runs the callables at once (a barrier releases them together); returns their results."""
+    results = [None] * len(fns)
+    barrier = threading.Barrier(len(fns))
+
+    def run(i):
+        barrier.wait()
+        results[i] = fns[i]()
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    return results
 
 
 class Counter:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 
-from conftest import Counter, assert_error, new_code, post_json, request
+from conftest import in_parallel, Counter, assert_error, new_code, post_json, request
 from test_redis import db, keys, redis, redis_dir, redis_env  # noqa: F401 (fixtures)
 
 APPID = "wx1234567890abcdef"
@@ -58,22 +58,6 @@ def assert_code_used(resp):
     """Exactly how WeChat's 40163 is answered (docs/api.md, the errcode table)."""
     body = assert_error(resp, 400, "code_used", "relogin", 40163)
     assert body["message"] == "the login code was already used", body
-
-
-def in_parallel(fns):
-    results = [None] * len(fns)
-    barrier = threading.Barrier(len(fns))
-
-    def run(i):
-        barrier.wait()
-        results[i] = fns[i]()
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return results
 
 
 def sqlite_sessions(srv, tmp_path):

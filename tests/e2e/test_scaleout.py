@@ -3,7 +3,7 @@ code once, fetch the access token once, and keep several apps apart."""
 
 import threading
 
-from conftest import new_code, post_json, request
+from conftest import in_parallel, new_code, post_json, request
 from test_redis import MASTER_KEY, db, redis, redis_dir, redis_env  # noqa: F401 (fixtures)
 from test_token import delayed_mock
 
@@ -16,22 +16,6 @@ ADMIN = "55b047114b4ff5567acd7bb5efd684b3194045a69d41a3f7b9199f68de1e5477"
 def two_instances(procs, mock, redis, db, **env):
     e = redis_env(redis.url(db), WXLOGIN_ADMIN_TOKEN=ADMIN, **env)
     return procs.serve(mock=mock, env=e), procs.serve(mock=mock, env=e)
-
-
-def in_parallel(fns):
-    results = [None] * len(fns)
-    barrier = threading.Barrier(len(fns))
-
-    def run(i):
-        barrier.wait()
-        results[i] = fns[i]()
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return results
 
 
 def login(port, code, headers=None):

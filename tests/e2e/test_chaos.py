@@ -16,7 +16,7 @@ import threading
 import time
 
 from conftest import REPO, free_port, new_code, request, wait_until
-from loadgen import (CLIENTS, LOAD_S, SLACK_S, Load, histogram, kill9, login_and_session_ok,
+from loadgen import (CLIENTS, LOAD_S, NO_LIMITS, SLACK_S, Load, histogram, kill9, login_and_session_ok,
                      run_for, stop_loads, verify)  # noqa: F401 (fixture)
 
 UPSTREAM_TIMEOUT_MS = 300
@@ -120,7 +120,8 @@ def test_chaos_upstream_under_load(procs):
     mock = procs.mock()
     s = procs.serve(mock=mock, env={"WXLOGIN_UPSTREAM_TIMEOUT_MS": UPSTREAM_TIMEOUT_MS,
                                     "WXLOGIN_UPSTREAM_RETRIES": RETRIES,
-                                    "WXLOGIN_REQUEST_TIMEOUT_MS": REQUEST_TIMEOUT_MS})
+                                    "WXLOGIN_REQUEST_TIMEOUT_MS": REQUEST_TIMEOUT_MS,
+                                    **NO_LIMITS})
     load = run_for(Load(s.port, codes=chaos_codes(), paths=("/v1/login", "/openid")),
                    LOAD_S + 1).stop()
     outs = load.outcomes
@@ -168,7 +169,7 @@ def test_mock_killed_mid_load_then_restarted(procs):
     timeout_ms = 500
     s = procs.serve(mock=mock, env={"WXLOGIN_UPSTREAM_TIMEOUT_MS": timeout_ms,
                                     "WXLOGIN_UPSTREAM_RETRIES": RETRIES,
-                                    "WXLOGIN_REQUEST_TIMEOUT_MS": 4000})
+                                    "WXLOGIN_REQUEST_TIMEOUT_MS": 4000, **NO_LIMITS})
     load = run_for(Load(s.port, paths=("/v1/login", "/openid")), 1.0)
     kill_t = time.monotonic()
     kill9(mock)

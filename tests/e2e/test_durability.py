@@ -29,7 +29,7 @@ import time
 import pytest
 
 from conftest import new_code, request, wait_until
-from loadgen import (CLIENTS, LOAD_S, ROUNDS, SLACK_S, Load, histogram, kill9,
+from loadgen import (CLIENTS, LOAD_S, NO_LIMITS, ROUNDS, SLACK_S, Load, histogram, kill9,
                      login_and_session_ok, run_for, stop_loads, verify)  # noqa: F401 (fixture)
 from test_redis import MASTER_KEY, REDIS_SERVER, RedisServer, redis_env
 
@@ -164,7 +164,8 @@ def test_kill9_under_load_sqlite(procs, tmp_path):
     """A 200 from /v1/login is committed: SIGKILL mid-load loses none of them (WAL recovery on
     restart), round after round on the same database."""
     mock = procs.mock()
-    env = {"WXLOGIN_STORE": f"sqlite:{tmp_path / 'wxlogin.db'}", "WXLOGIN_MASTER_KEY": MASTER_KEY}
+    env = {"WXLOGIN_STORE": f"sqlite:{tmp_path / 'wxlogin.db'}", "WXLOGIN_MASTER_KEY": MASTER_KEY,
+           **NO_LIMITS}
     kill_rounds(procs, "sqlite, wxlogin killed", lambda: procs.serve(mock=mock, env=env))
 
 
@@ -172,7 +173,7 @@ def test_kill9_under_load_redis(procs, aof_redis):
     """Killing wxlogin loses no login Redis was told about: a 200 comes after Redis answered."""
     rd = aof_redis("everysec")
     mock = procs.mock()
-    env = redis_env(rd.url(0))
+    env = redis_env(rd.url(0), **NO_LIMITS)
     kill_rounds(procs, "redis everysec, wxlogin killed", lambda: procs.serve(mock=mock, env=env))
     assert rd.popen.poll() is None
 
@@ -196,7 +197,8 @@ def wait_recovered(s, timeout=10.0):
 
 def redis_serve(procs, rd):
     return procs.serve(mock=procs.mock(),
-                       env=redis_env(rd.url(0), WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
+                       env=redis_env(rd.url(0), WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS,
+                                     **NO_LIMITS))
 
 
 @pytest.mark.parametrize("fsync,rounds", [("everysec", ROUNDS), ("always", 1)])

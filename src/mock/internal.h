@@ -131,6 +131,9 @@ struct mock_app *mock_find_app(struct mock *m, const char *appid);
 long mock_check_app(struct mock *m, const char *appid, const char *secret, struct mock_app **app);
 /* The app whose valid token this is: 0, or 41001 (none), 42001 (expired), 40001. Takes mu. */
 long mock_check_access_token(struct mock *m, const char *token, struct mock_app **out);
+/* What every access-token API starts with: the query's access_token checked (*app set) and the
+ * body parsed as a JSON object (the caller releases it). NULL when it answered the errcode. */
+json_t *mock_token_api_body(struct mock *m, struct http_request *req, struct mock_app **app);
 /* The app a token is or was issued to, valid or not (NULL when unknown). With mu held. */
 struct mock_app *mock_token_owner(struct mock *m, const char *token);
 /* The user's latest session_key into out ("" when unknown). */

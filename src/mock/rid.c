@@ -171,20 +171,9 @@ void mock_handle_rid_get(struct http_request *req, void *arg)
     struct mock *m = arg;
     mock_count(m, MC_RID);
     struct mock_app *app = NULL;
-    long ec = mock_check_access_token(m, http_request_query(req, "access_token"), &app);
-    if (ec != 0) {
-        mock_reply_errcode(m, req, ec);
+    json_t *in = mock_token_api_body(m, req, &app);
+    if (in == NULL)
         return;
-    }
-    size_t len;
-    const char *body = http_request_body(req, &len);
-    json_error_t jerr;
-    json_t *in = json_loadb(body, len, 0, &jerr);
-    if (!json_is_object(in)) {
-        json_decref(in);
-        mock_reply_errcode(m, req, 47001);
-        return;
-    }
     char want[MOCK_RID_LEN + 1] = "";
     const char *rid = json_string_value(json_object_get(in, "rid"));
     bool shaped = rid != NULL && rid_shape(rid);
@@ -211,6 +200,7 @@ void mock_handle_rid_get(struct http_request *req, void *arg)
         }
     }
     pthread_mutex_unlock(&r->mu);
+    long ec = 0;
     if (!found || (int64_t)time(NULL) - e->invoke_time > RID_KEEP_S)
         ec = 76001;
     else if (e->sns)

@@ -323,3 +323,22 @@ void mock_handle_token_fail(struct http_request *req, void *arg)
     http_reply_json(req, 200,
                     json_pack("{s:s, s:i}", "status", "set", "directives", (int)faults.nd));
 }
+
+json_t *mock_token_api_body(struct mock *m, struct http_request *req, struct mock_app **app)
+{
+    long ec = mock_check_access_token(m, http_request_query(req, "access_token"), app);
+    if (ec != 0) {
+        mock_reply_errcode(m, req, ec);
+        return NULL;
+    }
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    json_error_t jerr;
+    json_t *in = json_loadb(body, len, 0, &jerr);
+    if (!json_is_object(in)) {
+        json_decref(in);
+        mock_reply_errcode(m, req, 47001);
+        return NULL;
+    }
+    return in;
+}

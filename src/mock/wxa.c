@@ -50,21 +50,10 @@ void mock_handle_phone(struct http_request *req, void *arg)
     struct mock *m = arg;
     mock_count(m, MC_PHONE);
     struct mock_app *app = NULL;
-    long ec = mock_check_access_token(m, http_request_query(req, "access_token"), &app);
-    if (ec != 0) {
-        mock_reply_errcode(m, req, ec);
+    json_t *in = mock_token_api_body(m, req, &app);
+    if (in == NULL)
         return;
-    }
-    size_t len;
-    const char *body = http_request_body(req, &len);
-    json_error_t jerr;
-    json_t *in = json_loadb(body, len, 0, &jerr);
     const char *code = json_string_value(json_object_get(in, "code"));
-    if (in == NULL || !json_is_object(in)) {
-        json_decref(in);
-        mock_reply_errcode(m, req, 47001);
-        return;
-    }
     if (code == NULL || *code == '\0') {
         json_decref(in);
         mock_reply_errcode(m, req, 40029);

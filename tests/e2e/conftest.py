@@ -344,6 +344,18 @@ class Proc:
     def log_lines(self):
         return [l for l in self.log_text().splitlines() if l.strip()]
 
+    def json_lines(self, pred=lambda d: True):
+        """The log lines that are JSON objects and satisfy pred, parsed."""
+        out = []
+        for line in self.log_lines():
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and pred(d):
+                out.append(d)
+        return out
+
     def wait_log(self, pred, timeout=5.0):
         """Poll the log until pred(text) is truthy; return the text."""
         text = wait_until(lambda: (lambda t: t if pred(t) else None)(self.log_text()),

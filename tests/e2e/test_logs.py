@@ -29,15 +29,7 @@ def num(v):
 
 
 def access_lines_json(proc, path):
-    out = []
-    for line in proc.log_lines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(d, dict) and d.get("path") == path:
-            out.append(d)
-    return out
+    return proc.json_lines(lambda d: d.get("path") == path)
 
 
 def test_json_log_every_line_parses_and_access_fields(procs, mock):

@@ -131,15 +131,7 @@ def phone(port, tok, user):
 
 
 def json_lines(proc, msg):
-    out = []
-    for line in proc.log_lines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if d.get("msg") == msg:
-            out.append(d)
-    return out
+    return proc.json_lines(lambda d: d.get("msg") == msg)
 
 
 def test_system_error_at_the_token_endpoint_is_retried(procs):

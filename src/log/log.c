@@ -379,6 +379,22 @@ void log_fields(enum log_level level, const char *msg, const struct log_field *f
     emit(level, &l);
 }
 
+void log_audit(const char *event, const char *client, const struct log_field *fields, size_t n)
+{
+    if (!log_enabled(LOG_INFO))
+        return;
+    struct log_field f[2 + LOG_AUDIT_FIELDS_MAX];
+    size_t k = 0;
+    f[k++] = LOG_STR("event", event);
+    f[k++] = LOG_STR("client", client);
+    bool more = n > LOG_AUDIT_FIELDS_MAX;
+    for (size_t i = 0; i < n && i < LOG_AUDIT_FIELDS_MAX; i++)
+        f[k++] = fields[i];
+    struct line l;
+    format_line(&l, LOG_INFO, "audit", f, k, more);
+    emit(LOG_INFO, &l);
+}
+
 static void emit_kv(enum log_level level, const char *msg, va_list ap)
 {
     struct log_field f[LOG_KV_MAX];

@@ -67,8 +67,8 @@ void log_fields(enum log_level level, const char *msg, const struct log_field *f
  * An audit event: an info line whose message is "audit", with "event" (one name per kind of
  * event, listed in docs/operations.md: "login", "logout", "session_revoked"...) and "client"
  * (the client address, NULL when there is none), then the fields. Operators keep these lines
- * (they say who did what to which user, and from where), at info like the access line (log_level
- * else; log_level warn silences them with the access lines); they never carry a secret.
+ * (they say who did what to which user, and from where). Written at info, like the access
+ * line (log_level warn silences both); they never carry a secret.
  */
 #define LOG_AUDIT_FIELDS_MAX 14
 void log_audit(const char *event, const char *client, const struct log_field *fields, size_t n);

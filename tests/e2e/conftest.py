@@ -35,6 +35,13 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer
 
 READY_TIMEOUT = 10.0
 
+# The suite runs once per build flavour (normal, ASan+UBSan, TSan). Tests of what does not
+# depend on the flavour (packages, documents, the unit file) run in the normal pass only:
+# decorate them with @normal_build_only.
+SANITIZED = bool(os.environ.get("WXLOGIN_TSAN")) or any(
+    f in Path(BIN).resolve().parent.name for f in ("asan", "tsan"))
+normal_build_only = pytest.mark.skipif(SANITIZED, reason="checked in the normal build's pass")
+
 
 # --------------------------------------------------------------------------
 # small utilities

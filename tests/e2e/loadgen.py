@@ -19,12 +19,10 @@ from typing import NamedTuple, Optional
 
 import pytest
 
-from conftest import BIN, new_code, request
+from conftest import SANITIZED, new_code, request
 
 # ASan and ThreadSanitizer builds (make test runs the suite under both) are 2-4x slower:
 # shorter rounds keep `make test` in its time budget.
-SANITIZED = bool(os.environ.get("WXLOGIN_TSAN")) or any(
-    d in BIN for d in ("build-asan", "build-tsan"))
 LOAD_S = float(os.environ.get("WXLOGIN_DURABILITY_LOAD_S", "1.5" if SANITIZED else "2"))
 ROUNDS = int(os.environ.get("WXLOGIN_DURABILITY_ROUNDS", "2" if SANITIZED else "3"))
 CLIENTS = 50

@@ -246,6 +246,8 @@ static int serve_init(struct worker *w, void *arg)
     sw->ctx.fetchers = sw->fetchers;
     sw->ctx.admin_lockout = s->admin_lockout;
     sw->ctx.limits = &s->limits;
+    sw->ctx.token_key = s->token_key;
+    sw->ctx.exchange = s->exchange;
 
     char serr[STORE_ERR_MAX];
     if (store_open(s->store, w->loop, &sw->ctx.store, serr) != 0) {
@@ -260,6 +262,7 @@ static int serve_init(struct worker *w, void *arg)
                                     .retries = (int)cfg->upstream_retries};
     sw->ctx.wx = wechat_client_new(w->loop, &wo);
     struct login_opts lo = {.session_ttl_s = cfg->session_ttl,
+                            .max_age_s = cfg->session_max_age,
                             .outcome_keep_ms = CODE_LIFETIME_MS,
                             .reuse_window_ms = cfg->code_reuse_window * 1000,
                             .token_key = s->token_key,
@@ -419,6 +422,7 @@ int serve_run(const struct config *cfg)
                               .cache_entries = (size_t)cfg->session_cache_size,
                               .apps = appids,
                               .napps = s.napps,
+                              .user_retention_s = cfg->user_retention,
                               .warn = store_warn};
     if (store_shared_new(&sc, &s.store, serr) != 0) {
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);

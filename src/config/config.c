@@ -76,6 +76,9 @@ static const struct cfg_key keys[] = {
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
     {"code_reuse_window", CT_LONG, OFF(code_reuse_window), "60", 0, 300},
+    {"refresh_grace", CT_LONG, OFF(refresh_grace), "60", 0, 3600},
+    {"session_max_age", CT_LONG, OFF(session_max_age), "2592000", 1, 31536000},
+    {"user_retention", CT_LONG, OFF(user_retention), "0", 0, 10L * 31536000},
     {"exchange_table_size", CT_LONG, OFF(exchange_table_size), "200000", 16, 16777216},
     {"trusted_proxies", CT_PROXIES, OFF(trusted_proxies), "", 0, 0},
     {"rate_limit_address", CT_RATE, OFF(rate_limit_address), "120/min", 0, 0},
@@ -664,6 +667,14 @@ int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
                          cfg->apps[i].appid);
             return -1;
         }
+    }
+    if (cfg->user_retention > 0 && cfg->user_retention < cfg->session_max_age) {
+        /* A purged user would still have live sessions, of a user the store no longer knows. */
+        snprintf(err, CONFIG_ERR_MAX,
+                 "user_retention: %ld is under session_max_age (%ld): users must be kept at "
+                 "least as long as their sessions may live (0 keeps them for good)",
+                 cfg->user_retention, cfg->session_max_age);
+        return -1;
     }
     const char *why;
     if (cfg->admin_token != NULL && !config_token_strong(cfg->admin_token, &why)) {

@@ -68,6 +68,9 @@ struct config {
     long store_timeout_ms;    /* Redis: connect and command deadline */
     long request_timeout_ms;  /* a request still unanswered this long is answered 504 */
     long code_reuse_window;   /* seconds a repeat of a login code still gets its session */
+    long refresh_grace;       /* seconds a refreshed token still works */
+    long session_max_age;     /* seconds a session (its refreshes included) may live */
+    long user_retention;      /* seconds a user not seen is kept; 0 = for good */
     long exchange_table_size; /* login codes whose outcome is remembered */
 
     /* Where a request comes from: the TCP peer, or X-Forwarded-For when the peer is one of

@@ -69,6 +69,7 @@ static void on_login(void *arg, const struct login_result *r)
         handlers_reply_limited(req, r->limited_user ? HANDLERS_LIMIT_OPENID : HANDLERS_LIMIT_WECHAT,
                                r->wait_us);
         return;
+    case LOGIN_BANNED: handlers_reply_banned(req); return;
     case LOGIN_INTERNAL: handlers_reply_internal(req, "cannot complete the login"); return;
     }
 }
@@ -92,8 +93,10 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
         return;
     }
     lr->req = req;
-    if (login_code(ctx->login, http_request_slot(req), &app->cred, code, want_session, on_login,
-                   lr) != 0)
+    struct login_origin origin = {.client = http_request_client(req),
+                                  .user_agent = http_request_header(req, "User-Agent")};
+    if (login_code(ctx->login, http_request_slot(req), &app->cred, code, want_session, &origin,
+                   on_login, lr) != 0)
         handlers_reply_internal(req, "cannot start the login");
     crypto_wipe(code, sizeof(code));
 }

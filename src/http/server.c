@@ -108,6 +108,8 @@ struct http_request {
     bool dispatched; /* counted in srv->nactive */
     bool headers_in; /* the access handler has seen the headers */
     unsigned refuse; /* decided from the raw request line: 400 (path) or 414 (arguments) */
+    const char *params[HTTP_MAX_PARAMS]; /* the path's "*" segments, in the arena */
+    size_t nparams;
 
     char *body; /* in the arena */
     size_t body_len, body_cap, discarded;
@@ -534,6 +536,50 @@ static enum MHD_Result queue_reply(struct http_request *req)
     return r;
 }
 
+/*
+ * Does path match pattern? Each "*" segment of the pattern takes one non-empty segment of the
+ * path; their spans go into start/len (HTTP_MAX_PARAMS at most).
+ */
+static bool path_match(const char *pattern, const char *path, const char **start, size_t *len,
+                       size_t *n)
+{
+    *n = 0;
+    for (;;) {
+        if (pattern[0] == '*' && (pattern[1] == '/' || pattern[1] == '\0')) {
+            size_t seg = strcspn(path, "/");
+            if (seg == 0 || *n == HTTP_MAX_PARAMS)
+                return false;
+            start[*n] = path;
+            len[(*n)++] = seg;
+            pattern++;
+            path += seg;
+        } else if (*pattern == *path) {
+            if (*pattern == '\0')
+                return true;
+            pattern++;
+            path++;
+        } else {
+            return false;
+        }
+    }
+}
+
+/* The route's path matches: its parameters, copied where handlers can keep them. */
+static bool take_params(struct http_request *req, const char *const *start, const size_t *len,
+                        size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *p = arena_alloc(&req->arena, len[i] + 1);
+        if (p == NULL)
+            return false;
+        memcpy(p, start[i], len[i]);
+        p[len[i]] = '\0';
+        req->params[i] = p;
+    }
+    req->nparams = n;
+    return true;
+}
+
 static void route(struct http_request *req)
 {
     struct http_server *srv = req->srv;
@@ -541,8 +587,14 @@ static void route(struct http_request *req)
     size_t alen = 0;
     for (size_t i = 0; i < srv->nroutes; i++) {
         const struct http_route *r = &srv->routes[i];
-        if (strcmp(r->path, req->path) != 0)
+        const char *start[HTTP_MAX_PARAMS];
+        size_t len[HTTP_MAX_PARAMS], nparams;
+        if (!path_match(r->path, req->path, start, len, &nparams))
             continue;
+        if (strcmp(r->method, req->method) == 0 && !take_params(req, start, len, nparams)) {
+            http_reply_error(req, 503, "internal", "out of memory", "retry");
+            return;
+        }
         if (strcmp(r->method, req->method) == 0) {
             r->fn(req, srv->handler_arg);
             return;
@@ -876,6 +928,11 @@ static void on_deadline(void *arg)
 const char *http_request_method(const struct http_request *req)
 {
     return req->method;
+}
+
+const char *http_request_param(const struct http_request *req, size_t i)
+{
+    return i < req->nparams ? req->params[i] : NULL;
 }
 
 const char *http_request_path(const struct http_request *req)

@@ -158,7 +158,7 @@ static int get_session(struct fixture *f, const char *appid, const uint8_t *hash
 static int delete_session(struct fixture *f, const char *appid, const uint8_t *hash)
 {
     struct cap c = {.loop = f->loop};
-    store_delete_session(f->st, &c.slot, appid, hash, on_done, &c);
+    cap_delete_session(f->st, &c, appid, hash);
     return finish(f->loop, &c);
 }
 
@@ -658,7 +658,7 @@ static void start_every_operation(struct fixture *f, struct cap c[NOPS])
     start_login(f, &c[1], APPID, "o-cancel", "u-cancel", KEY_A, h, f->now + HOUR, f->now);
     store_put_session(f->st, &c[2].slot, h2, APPID, "o-12", f->now + HOUR, f->now, on_done, &c[2]);
     store_get_session(f->st, &c[3].slot, APPID, h3, f->now, on_session, &c[3]);
-    store_delete_session(f->st, &c[4].slot, APPID, h3, on_done, &c[4]);
+    cap_delete_session(f->st, &c[4], APPID, h3);
     store_get_user(f->st, &c[5].slot, APPID, "o-12", on_user, &c[5]);
     store_purge_expired(f->st, &c[6].slot, f->now, 10, on_count, &c[6]);
     for (int i = 0; i < NOPS; i++)
@@ -784,7 +784,7 @@ static void test_code_claims(void **state)
     assert_int_equal(claim(f, APPID, k, a, 5000).claim, STORE_CLAIM_MINE);
     assert_int_equal(claim(f, APPID, k, b, 5000).claim, STORE_CLAIM_BUSY);
     const char outcome[] = "{\"openid\":\"o-1\",\"x\":1}";
-    store_claim_publish(f->st, APPID, k, outcome, strlen(outcome), 60000);
+    store_claim_publish(f->st, APPID, k, "o-1", outcome, strlen(outcome), 60000);
     struct cap c = claim(f, APPID, k, b, 5000);
     assert_int_equal(c.claim, STORE_CLAIM_KNOWN);
     assert_int_equal(c.outcome_len, strlen(outcome));
@@ -821,7 +821,7 @@ static void test_claims_lapse_and_outcomes_expire(void **state)
     /* A claim whose holder died lapses after hold_ms; a published outcome after keep_ms. */
     assert_int_equal(claim(f, APPID, k1, a, 100).claim, STORE_CLAIM_MINE);
     assert_int_equal(claim(f, APPID, k2, a, 5000).claim, STORE_CLAIM_MINE);
-    store_claim_publish(f->st, APPID, k2, "{}", 2, 100);
+    store_claim_publish(f->st, APPID, k2, "", "{}", 2, 100);
     assert_int_equal(claim(f, APPID, k2, b, 5000).claim, STORE_CLAIM_KNOWN);
     run_for(f->loop, 300);
     assert_int_equal(claim(f, APPID, k1, b, 5000).claim, STORE_CLAIM_MINE);

@@ -52,7 +52,7 @@
 #define KEY_B "QkJCQkJCQkJCQkJCQkJCQg=="
 #define KEY_C "Q0NDQ0NDQ0NDQ0NDQ0NDQw=="
 /* The number of migrations in store/sqlite.c. */
-#define SCHEMA_LATEST 2
+#define SCHEMA_LATEST 3
 
 extern char **environ;
 
@@ -141,7 +141,7 @@ static int get_session(struct worker *w, const uint8_t *hash, int64_t now, struc
 static int delete_session_of(struct worker *w, const char *appid, const uint8_t *hash)
 {
     struct cap c = {.loop = w->loop};
-    store_delete_session(w->st, &c.slot, appid, hash, on_done, &c);
+    cap_delete_session(w->st, &c, appid, hash);
     return finish(w, &c);
 }
 

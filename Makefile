@@ -132,7 +132,7 @@ run: deps
 
 bench: deps
 	$(MAKE) B=build $(B)/wxlogin $(B)/wxlogin-mock
-	bash bench/run.sh
+	/usr/bin/python3 bench/run.py
 
 FORMAT_FILES = $(shell find src tests/unit fuzz -name '*.[ch]' 2>/dev/null)
 format:

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -30,7 +31,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator, RefResolver
 
-from conftest import REPO, Resp, new_code
+from conftest import REPO, Resp, closed_port, new_code
 
 SPEC_FILE = REPO / "docs" / "openapi.yaml"
 ROUTES_C = REPO / "src" / "handlers" / "routes.c"
@@ -136,8 +137,11 @@ def srv(module_procs, tmp_path_factory):
     s = module_procs.serve(mock=m, appid=None, secret=None, args=["--config", str(conf)], env={
         "WXLOGIN_ADMIN_TOKEN": ADMIN,
         "WXLOGIN_ADMIN_MAX_FAILURES": "2",
-        "WXLOGIN_UPSTREAM_TIMEOUT_MS": "400",
+        # A hung WeChat call ends in 600 ms (504 upstream_timeout); a request still unanswered
+        # after 1 s ends (504 timeout): below the 3 attempts' budget on purpose.
+        "WXLOGIN_UPSTREAM_TIMEOUT_MS": "600",
         "WXLOGIN_UPSTREAM_RETRIES": "2",
+        "WXLOGIN_REQUEST_TIMEOUT_MS": "1000",
         "WXLOGIN_MAX_BODY_BYTES": str(MAX_BODY),
         # Every request below comes "through" 127.0.0.1 with an X-Forwarded-For of its own,
         # so the per-address limits are met only where a case means to meet them.
@@ -286,42 +290,8 @@ def check(op_id, resp, status=None, error=None):
 
 
 # --------------------------------------------------------------------------
-# 1. the document
+# 1. the document: its schemas, ids and parameters
 # --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def validated(tmp_path_factory):
-    """The validator's verdicts on the spec and on two broken copies of it (a parameter in a
-    place OpenAPI has not, a $ref to nothing), from one node process."""
-    assert (VALIDATOR.parent / "node_modules" / "@seriousme").is_dir(), \
-        f"the validator is not installed: run `make openapi-deps` (npm ci in {VALIDATOR.parent})"
-    d = tmp_path_factory.mktemp("openapi-broken")
-    text = SPEC_FILE.read_text()
-    broken = [text.replace("in: header", "in: body", 1),
-              text.replace("'#/components/responses/Timeout'", "'#/components/responses/Nope'", 1)]
-    files = [SPEC_FILE]
-    for i, b in enumerate(broken):
-        assert b != text
-        files.append(d / f"broken{i}.yaml")
-        files[-1].write_text(b)
-    cp = subprocess.run(["node", str(VALIDATOR)] + [str(f) for f in files], capture_output=True,
-                        text=True, timeout=60, cwd=VALIDATOR.parent)
-    out = json.loads(cp.stdout)
-    assert [r["file"] for r in out] == [str(f) for f in files], cp
-    return out
-
-
-def test_spec_is_valid_openapi_3_1(validated):
-    assert SPEC["openapi"].startswith("3.1."), SPEC["openapi"]
-    assert validated[0]["valid"] is True, \
-        f"docs/openapi.yaml is not valid OpenAPI 3.1:\n{json.dumps(validated[0], indent=1)[:4000]}"
-
-
-def test_validator_refuses_a_broken_spec(validated):
-    """The validator bites."""
-    for r in validated[1:]:
-        assert r["valid"] is False and r["errors"], r
-
 
 def all_schemas(node, where="#"):
     """Every Schema Object of the spec (components.schemas and every `schema` field)."""
@@ -513,6 +483,16 @@ def case_openid(port, mock):
     check("openid", call(port, "POST", P, {"code": new_code("x", "err40099")}), 502, "upstream_error")
     check("openid", call(port, "POST", P, {"code": new_code("x", "busy3")}), 503, "upstream_busy")
     check("openid", call(port, "POST", P, {"code": new_code("x", "hang")}), 504, "upstream_timeout")
+    # Three attempts of 400 ms each outlast the 1 s deadline: 504 timeout. A second request
+    # with the same code, waiting for the first one's exchange, is told it was abandoned.
+    slow = new_code("x", "delay400", "busy3")
+    second = []
+    t = threading.Thread(target=lambda: (time.sleep(0.3), second.append(
+        call(port, "POST", P, {"code": slow}))))
+    t.start()
+    check("openid", call(port, "POST", P, {"code": slow}), 504, "timeout")
+    t.join(5)
+    check("openid", second[0], 503, "aborted")
     check("openid", call(port, "POST", P, "x" * (MAX_BODY + 1)), 413, "payload_too_large")
     q = "&".join(f"a{i}=1" for i in range(33))
     check("openid", call(port, "POST", f"{P}?{q}", {"code": new_code("x")}), 414, "uri_too_long")
@@ -865,6 +845,59 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def dead_store(module_procs, srv):
+    """A serve whose store (Redis) never answers: every route that needs it answers 503."""
+    _, m = srv
+    return module_procs.serve(mock=m, appid=APP_A, secret=SECRET_A, env={
+        "WXLOGIN_STORE": f"redis://127.0.0.1:{closed_port()}/",
+        "WXLOGIN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "WXLOGIN_ADMIN_TOKEN": ADMIN,
+        # and for the transport's own refusals: a request must arrive within 1 s, and one body
+        # of 64 KiB is all the body memory there is
+        "WXLOGIN_READ_TIMEOUT": "1",
+        "WXLOGIN_MAX_BODY_MEMORY": "65536",
+    })
+
+
+def test_transport_refusals_where_the_spec_says(dead_store):
+    port = dead_store.port
+    slow = []
+    t = threading.Thread(target=lambda: slow.append(raw(port, (
+        b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"code\""))))
+    t.start()
+    body = json.dumps({"code": "a" * (65536 - 12)}).encode()
+    assert len(body) == 65536
+    check("openid", raw(port, b"POST /openid HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n"
+                        b"\r\n" + body), 503, "overloaded")
+    t.join(10)
+    check("login", slow[0], 408, "request_timeout")
+
+
+def test_store_unavailable_where_the_spec_says(dead_store):
+    port, tok = dead_store.port, bearer("wxl_" + "D" * 43)
+    sealed = {"encryptedData": base64.b64encode(bytes(32)).decode(),
+              "iv": base64.b64encode(bytes(16)).decode()}
+    for op_id, body, headers in [
+            ("openid", {"code": new_code("x")}, None),
+            ("login", {"code": new_code("x")}, None),
+            ("getSession", None, tok),
+            ("logout", None, tok),
+            ("refresh", None, tok),
+            ("decrypt", sealed, tok),
+            ("checkSignature", {"rawData": "{}", "signature": "0" * 40}, tok),
+            ("phone", {"code": new_code("x")}, tok),
+            ("checkSession", None, tok),
+            ("readyz", None, None),
+            ("getUser", None, admin()),
+            ("logoutUser", None, admin())]:
+        method, path, _ = op_by_id(op_id)
+        r = call(port, method, concrete(path), body, headers=headers, app=None)
+        if (method, path) in PENDING_ISSUE_11 and is_missing(r):
+            continue
+        check(op_id, r, 503, "store_unavailable")
+
+
 def test_every_operation_has_its_cases():
     assert set(CASES) == {op["operationId"] for _, _, op in operations()}
 
@@ -879,3 +912,57 @@ def test_operation_answers_as_described(srv, op_id):
         if is_missing(r):
             pytest.skip(f"{method.upper()} {path}: issue 11, not served yet (PENDING_ISSUE_11)")
     CASES[op_id](s.port, m)
+
+
+# --------------------------------------------------------------------------
+# 1. the document is valid OpenAPI 3.1 (last: the validator ran meanwhile)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def validator_run(tmp_path_factory):
+    """Starts the validator on the spec and on two broken copies of it (a parameter in a place
+    OpenAPI has not, a $ref to nothing), in one node process that runs while the server is
+    driven; `validated` collects its verdicts (the tests that use it come last)."""
+    if not (VALIDATOR.parent / "node_modules" / "@seriousme").is_dir():
+        yield None
+        return
+    d = tmp_path_factory.mktemp("openapi-broken")
+    text = SPEC_FILE.read_text()
+    broken = [text.replace("in: header", "in: body", 1),
+              text.replace("'#/components/responses/Timeout'", "'#/components/responses/Nope'", 1)]
+    files = [SPEC_FILE]
+    for i, b in enumerate(broken):
+        assert b != text
+        files.append(d / f"broken{i}.yaml")
+        files[-1].write_text(b)
+    p = subprocess.Popen(["node", str(VALIDATOR)] + [str(f) for f in files],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=VALIDATOR.parent)
+    yield p, files
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def validated(validator_run):
+    assert validator_run is not None, \
+        f"the validator is not installed: run `make openapi-deps` (npm ci in {VALIDATOR.parent})"
+    p, files = validator_run
+    out, err = p.communicate(timeout=60)
+    results = json.loads(out) if out.strip() else None
+    assert results is not None and [r["file"] for r in results] == [str(f) for f in files], \
+        (out, err)
+    return results
+
+
+def test_spec_is_valid_openapi_3_1(validated):
+    assert SPEC["openapi"].startswith("3.1."), SPEC["openapi"]
+    assert validated[0]["valid"] is True, \
+        f"docs/openapi.yaml is not valid OpenAPI 3.1:\n{json.dumps(validated[0], indent=1)[:4000]}"
+
+
+def test_validator_refuses_a_broken_spec(validated):
+    """The validator bites."""
+    for r in validated[1:]:
+        assert r["valid"] is False and r["errors"], r

@@ -376,6 +376,34 @@ def test_examples_of_error_slugs_are_slugs_the_route_lists():
     assert schema_errors(err, {"error": "bad_request", "message": "m", "action": "none", "x": 1})
 
 
+def listed_slugs(schema):
+    """The error slugs a response schema (allOf: Error + a narrowing) lets through."""
+    for part in deref(schema).get("allOf", []):
+        if "$ref" in part:   # the Error schema itself, every slug
+            continue
+        e = part.get("properties", {}).get("error", {})
+        if "enum" in e:
+            return set(e["enum"])
+        if "const" in e:
+            return {e["const"]}
+    return set()
+
+
+def test_every_slug_is_answered_somewhere_and_known():
+    known = set(SPEC["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+    used = set()
+    for method, path, op in operations():
+        for status, r in op["responses"].items():
+            for mt in (deref(r).get("content") or {}).values():
+                slugs = listed_slugs(mt["schema"])
+                if int(status) >= 400:
+                    assert slugs, f"{method} {path} {status}: which slugs? (allOf Error + enum)"
+                assert slugs <= known, f"{method} {path} {status}: unknown slugs {slugs - known}"
+                used |= slugs
+    # method_not_allowed answers methods no operation has (see the spec's description).
+    assert known - used == {"method_not_allowed"}, known - used
+
+
 # --------------------------------------------------------------------------
 # 3. routes
 # --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator, RefResolver
 
-from conftest import REPO, Resp, closed_port, new_code
+from conftest import REPO, Resp, closed_port, new_code, raw_exchange
 
 SPEC_FILE = REPO / "docs" / "openapi.yaml"
 ROUTES_C = REPO / "src" / "handlers" / "routes.c"
@@ -187,7 +187,6 @@ def call(port, method, path, body=None, headers=None, source="127.0.0.1", app=AP
 
 def raw(port, data):
     """Raw bytes on a fresh connection; the (status, headers, body) of the answer."""
-    from conftest import raw_exchange
     r = raw_exchange(port, data, timeout=5)
     assert r is not None, f"no answer to {data!r}"
     return Resp(*r)

@@ -44,13 +44,21 @@ MOCKLIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(MOCKLIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
-        fuzz fuzz-build fuzz-check tsan valgrind
+        fuzz fuzz-build fuzz-check tsan valgrind openapi-deps
 
 all: build
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/install-deps.sh
 	bash scripts/install-deps.sh
+	@touch $@
+
+# The OpenAPI 3.1 validator tests/e2e/test_openapi.py runs (an npm package: Debian has none).
+OPENAPI_NPM := tests/e2e/openapi-validator
+OPENAPI_STAMP := $(OPENAPI_NPM)/node_modules/.installed
+openapi-deps: $(OPENAPI_STAMP)
+$(OPENAPI_STAMP): $(OPENAPI_NPM)/package.json $(OPENAPI_NPM)/package-lock.json | $(DEPS_STAMP)
+	cd $(OPENAPI_NPM) && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 build: $(B)/wxlogin $(B)/wxlogin-mock $(UNIT_BIN)
@@ -102,7 +110,7 @@ fuzz-check: fuzz-build
 unit: build
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; (cd tests/unit && ../../$$t); done
 
-e2e: build
+e2e: build openapi-deps
 	WXLOGIN_BIN=$(CURDIR)/$(B)/wxlogin $(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # One flavour: build, unit tests, end-to-end tests.
@@ -143,6 +151,6 @@ format-check: | $(DEPS_STAMP)
 	    (echo "formatting differs from .clang-format: run 'make format'"; exit 1)
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz $(DEPS_STAMP)
+	rm -rf build build-asan build-tsan build-fuzz $(DEPS_STAMP) $(OPENAPI_NPM)/node_modules
 
 -include $(OBJ:.o=.d)

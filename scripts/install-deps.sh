@@ -9,7 +9,7 @@ PKGS=(
     libmicrohttpd-dev libcurl4-openssl-dev libssl-dev libjansson-dev
     libsqlite3-dev libhiredis-dev libinih-dev libcmocka-dev
     clang-format clang libclang-rt-14-dev
-    python3 python3-pytest redis-server
+    python3 python3-pytest python3-jsonschema python3-yaml redis-server
     curl wrk nginx-light iproute2 openssl golang-go strace
 )
 
@@ -19,6 +19,10 @@ for p in "${PKGS[@]}"; do
         missing+=("$p")
     fi
 done
+# node and npm run the OpenAPI 3.1 validator of tests/e2e/test_openapi.py (Debian packages
+# none): Debian's when the machine has no npm (a node that brings its own npm conflicts with
+# Debian's npm package, so only the command is looked for).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-deps: installing ${missing[*]}" >&2

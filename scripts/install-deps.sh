@@ -19,6 +19,13 @@ for p in "${PKGS[@]}"; do
         missing+=("$p")
     fi
 done
+# node and npm (the Mini Program client's tests and dev tools): Debian's nodejs and npm, unless
+# a node with its npm is already installed (another node package provides npm itself and
+# conflicts with Debian's, so the commands are asked for, not the package names).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-deps: installing ${missing[*]}" >&2

@@ -389,8 +389,8 @@ function createWxLogin(options) {
 
   // POST /v1/refresh for token, one at a time per token. Resolves the session to use: the new
   // one; a fresh login when wxlogin says the token is dead (401); the old one, still valid,
-  // when the refresh could not be had now (network, 429, 503). Rejects on action none
-  // (user_banned).
+  // when the refresh could not be had now (network, 429, 503, an older wxlogin's 404). Rejects
+  // on 403 user_banned.
   function refresh(old) {
     if (refreshInFlight && refreshOf === old.token) return refreshInFlight
     var p = wxRequest({
@@ -412,10 +412,12 @@ function createWxLogin(options) {
           dropIfCurrent(old.token)
           return login()
         }
-        if (err.action === 'none') {
+        if (err.action === 'none' && res.statusCode === 403) {
+          // The user is refused (user_banned): surfaced, not papered over with the old token.
           dropIfCurrent(old.token)
           throw err
         }
+        // Busy, rate limited, a wxlogin without the route: the token in hand is still good.
         return live(old) ? copySession(old) : login()
       },
       function () {

@@ -5,7 +5,7 @@ const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 
 const { createWxLogin, WxLoginError } = require('..')
-const { APPID, call, fakeWx, newCode, newUser, realSetTimeout, requestsTo, startStack } = require('./helpers')
+const { APPID, call, fakeWx, newCode, newUser, realSetTimeout, requestsTo, startStack, T } = require('./helpers')
 
 let stack
 
@@ -48,7 +48,7 @@ async function withCompressedWaits(fn) {
   }
 }
 
-test('none: user_blocked (WeChat 40226) is surfaced with its fields, not retried', async () => {
+test('none: user_blocked (WeChat 40226) is surfaced with its fields, not retried', T, async () => {
   const user = newUser()
   const wx = fakeWx({ user, codes: () => newCode(user, ['err40226']) })
   const a = auth(wx)
@@ -68,7 +68,7 @@ test('none: user_blocked (WeChat 40226) is surfaced with its fields, not retried
   assert.equal(a.session, null)
 })
 
-test('retry: WeChat 45011 is retried with the same code after Retry-After (60 s)', async () => {
+test('retry: WeChat 45011 is retried with the same code after Retry-After (60 s)', T, async () => {
   const user = newUser()
   // err45011x1: the first exchange of the code is rate limited, the next one succeeds
   const wx = fakeWx({ user, codes: () => newCode(user, ['err45011x1']) })
@@ -89,7 +89,7 @@ test('retry: WeChat 45011 is retried with the same code after Retry-After (60 s)
   assert.match(s.token, /^wxl_/)
 })
 
-test('retry: a second 45011 rejects (one retry only)', async () => {
+test('retry: a second 45011 rejects (one retry only)', T, async () => {
   const user = newUser()
   const wx = fakeWx({ user, codes: () => newCode(user, ['err45011']) })
   const a = auth(wx)
@@ -104,7 +104,7 @@ test('retry: a second 45011 rejects (one retry only)', async () => {
   assert.equal(wx.calls.login, 1)
 })
 
-test('retry: a Retry-After past maxRetryAfter rejects at once instead of retrying early', async () => {
+test('retry: a Retry-After past maxRetryAfter rejects at once instead of retrying early', T, async () => {
   const user = newUser()
   const wx = fakeWx({ user, codes: () => newCode(user, ['err45011x1']) })
   const a = auth(wx, { maxRetryAfter: 30 })
@@ -116,7 +116,7 @@ test('retry: a Retry-After past maxRetryAfter rejects at once instead of retryin
   assert.equal(requestsTo(wx, '/v1/login').length, 1)
 })
 
-test('retry: wxlogin\'s own rate limit, really waited out (Retry-After: 1 or 2)', async (t) => {
+test('retry: wxlogin\'s own rate limit, really waited out (Retry-After: 1 or 2)', T, async (t) => {
   const limited = await startStack({ env: { WXLOGIN_RATE_LIMIT_ADDRESS: '1/2s' } })
   t.after(() => limited.stop())
   const first = createWxLogin({ baseURL: limited.baseURL, wx: fakeWx(), appid: APPID })
@@ -141,7 +141,7 @@ test('retry: wxlogin\'s own rate limit, really waited out (Retry-After: 1 or 2)'
   assert.match(s.token, /^wxl_/)
 })
 
-test('relogin: a spent code (code_used) gets one fresh wx.login', async () => {
+test('relogin: a spent code (code_used) gets one fresh wx.login', T, async () => {
   const user = newUser()
   const spent = newCode(user)
   const r = await call(stack.serve.port, 'POST', '/openid', {
@@ -162,7 +162,7 @@ test('relogin: a spent code (code_used) gets one fresh wx.login', async () => {
   assert.equal(s.openid, r.body.openid)
 })
 
-test('relogin: codes that keep failing reject after one fresh wx.login, never a loop', async () => {
+test('relogin: codes that keep failing reject after one fresh wx.login, never a loop', T, async () => {
   const user = newUser()
   const wx = fakeWx({ user, codes: () => newCode(user, ['err40029']) })
   const a = auth(wx)
@@ -175,7 +175,7 @@ test('relogin: codes that keep failing reject after one fresh wx.login, never a 
   assert.equal(requestsTo(wx, '/v1/login').length, 2)
 })
 
-test('relogin: an upstream failure (WeChat HTTP 500, action relogin) is one more wx.login', async () => {
+test('relogin: an upstream failure (WeChat HTTP 500, action relogin) is one more wx.login', T, async () => {
   const user = newUser()
   let n = 0
   const wx = fakeWx({ user, codes: () => (n++ === 0 ? newCode(user, ['http500']) : newCode(user)) })

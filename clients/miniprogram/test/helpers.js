@@ -21,6 +21,9 @@ const APPID2 = 'wxbbbb000000000002'
 const SECRET2 = 'fedcba9876543210fedcba9876543210'
 
 const READY_TIMEOUT_MS = 15000
+// Every test's own bound: a promise the library left pending fails its test instead of
+// hanging the run (the slowest test takes a few seconds).
+const T = { timeout: 60000 }
 const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'LeakSanitizer', 'ThreadSanitizer']
 
 // The captured timer: tests may replace the global one to compress long waits.
@@ -363,4 +366,5 @@ module.exports = {
   requestsTo,
   sleep,
   startStack,
+  T,
 }

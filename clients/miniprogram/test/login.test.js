@@ -6,7 +6,7 @@ const assert = require('node:assert/strict')
 const net = require('node:net')
 
 const { createWxLogin, WxLoginError } = require('..')
-const { APPID, APPID2, call, fakeWx, newCode, newUser, requestsTo, startStack } = require('./helpers')
+const { APPID, APPID2, call, fakeWx, newCode, newUser, requestsTo, startStack, T } = require('./helpers')
 
 let stack
 
@@ -27,7 +27,7 @@ async function whoami(token) {
   return call(stack.serve.port, 'GET', '/v1/session', { headers: { Authorization: `Bearer ${token}` } })
 }
 
-test('1. silent login: stored under storageKey, found after a restart without wx.login', async () => {
+test('1. silent login: stored under storageKey, found after a restart without wx.login', T, async () => {
   const wx = fakeWx()
   const a = auth(wx, { storageKey: 'mykey' })
   assert.equal(a.session, null)
@@ -61,7 +61,7 @@ test('1. silent login: stored under storageKey, found after a restart without wx
   assert.equal(c.session, null)
 })
 
-test('1. an expired stored token is not used: wx.login and /v1/login', async () => {
+test('1. an expired stored token is not used: wx.login and /v1/login', T, async () => {
   const wx = fakeWx()
   const old = await auth(wx).login()
   const stale = Object.assign({}, old, { expiresAt: Date.now() - 1000 })
@@ -74,7 +74,7 @@ test('1. an expired stored token is not used: wx.login and /v1/login', async () 
   assert.deepEqual(wx2.getStorageSync('wxlogin'), s)
 })
 
-test('2. coalescing: 20 concurrent request() on a cold start make one wx.login and one exchange', async () => {
+test('2. coalescing: 20 concurrent request() on a cold start make one wx.login and one exchange', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
   const before = await stack.mockStats()
@@ -98,7 +98,7 @@ test('2. coalescing: 20 concurrent request() on a cold start make one wx.login a
   assert.equal(requestsTo(wx, '/v1/session').length, 16)
 })
 
-test('3. a token logged out elsewhere: one relogin shared by 5 concurrent callers, each retried once', async () => {
+test('3. a token logged out elsewhere: one relogin shared by 5 concurrent callers, each retried once', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
   const old = await a.login()
@@ -124,7 +124,7 @@ test('3. a token logged out elsewhere: one relogin shared by 5 concurrent caller
   assert.notEqual(a.session.token, old.token)
 })
 
-test('3. a second 401 rejects: one relogin, one retry, never a loop', async () => {
+test('3. a second 401 rejects: one relogin, one retry, never a loop', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
   await a.login()
@@ -145,7 +145,7 @@ test('3. a second 401 rejects: one relogin, one retry, never a loop', async () =
   assert.equal(r.statusCode, 200)
 })
 
-test('3. a non-wxlogin error body is resolved, a wxlogin error with action none rejects', async () => {
+test('3. a non-wxlogin error body is resolved, a wxlogin error with action none rejects', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
   await a.login()
@@ -169,7 +169,7 @@ test('3. a non-wxlogin error body is resolved, a wxlogin error with action none 
   assert.equal(requestsTo(wx, '/no/such/path').length, 1, 'action none is not retried')
 })
 
-test('6. ensureFreshSessionKey: wx.login only when wx.checkSession says the key is stale', async () => {
+test('6. ensureFreshSessionKey: wx.login only when wx.checkSession says the key is stale', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
   const port = stack.serve.port
@@ -207,7 +207,7 @@ test('6. ensureFreshSessionKey: wx.login only when wx.checkSession says the key 
   assert.deepEqual(check3.body, { valid: true }, 'wxlogin now holds the current session_key')
 })
 
-test('7. wx.login fail callback: every waiting caller rejects with a clear error, then it recovers', async () => {
+test('7. wx.login fail callback: every waiting caller rejects with a clear error, then it recovers', T, async () => {
   const wx = fakeWx()
   wx.loginMode = 'fail'
   const a = auth(wx)
@@ -224,7 +224,7 @@ test('7. wx.login fail callback: every waiting caller rejects with a clear error
   assert.equal(wx.calls.login, 2)
 })
 
-test('7. wx.login that never calls back: rejected after loginTimeout', async () => {
+test('7. wx.login that never calls back: rejected after loginTimeout', T, async () => {
   const wx = fakeWx()
   wx.loginMode = 'silent'
   const a = auth(wx, { loginTimeout: 200 })
@@ -238,7 +238,7 @@ test('7. wx.login that never calls back: rejected after loginTimeout', async () 
   await a.login()
 })
 
-test('7. wx.request fail (connection refused) and timeout reject; a silent wx.request is given up', async () => {
+test('7. wx.request fail (connection refused) and timeout reject; a silent wx.request is given up', T, async () => {
   // Refused: nothing listens on the port of a server just closed.
   const closed = net.createServer()
   await new Promise((resolve) => closed.listen(0, '127.0.0.1', resolve))
@@ -281,7 +281,7 @@ test('7. wx.request fail (connection refused) and timeout reject; a silent wx.re
   }
 })
 
-test('appid: sent as X-WX-AppID, so a second app served by the same wxlogin logs in', async () => {
+test('appid: sent as X-WX-AppID, so a second app served by the same wxlogin logs in', T, async () => {
   const user = newUser()
   const wx = fakeWx({ user, codes: () => newCode(user, [], APPID2) })
   const a = auth(wx, { appid: APPID2 })

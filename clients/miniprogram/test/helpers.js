@@ -20,7 +20,7 @@ const SECRET = '0123456789abcdef0123456789abcdef'
 const APPID2 = 'wxbbbb000000000002'
 const SECRET2 = 'fedcba9876543210fedcba9876543210'
 
-const READY_TIMEOUT_MS = 15000
+const READY_TIMEOUT_MS = 30000 // a loaded 2-core machine starts slowly
 // Every test's own bound: a promise the library left pending fails its test instead of
 // hanging the run (the slowest test takes a few seconds).
 const T = { timeout: 60000 }

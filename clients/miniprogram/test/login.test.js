@@ -3,6 +3,7 @@
 
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
+const http = require('node:http')
 const net = require('node:net')
 
 const { createWxLogin, WxLoginError } = require('..')
@@ -124,6 +125,37 @@ test('3. a token logged out elsewhere: one relogin shared by 5 concurrent caller
   assert.notEqual(a.session.token, old.token)
 })
 
+test('3. a 401 arriving after the relogin does not drop the new token (no second relogin)', T, async () => {
+  const wx = fakeWx()
+  const a = auth(wx)
+  const old = await a.login()
+  assert.equal((await call(stack.serve.port, 'POST', '/v1/logout', { headers: { Authorization: `Bearer ${old.token}` } })).status, 204)
+
+  // A slow path to wxlogin: it holds back answers to the old token until the gate opens.
+  let open
+  const gate = new Promise((resolve) => (open = resolve))
+  const proxy = http.createServer(async (req, res) => {
+    const r = await call(stack.serve.port, req.method, req.url, { headers: { Authorization: req.headers.authorization } })
+    if (req.headers.authorization === `Bearer ${old.token}`) await gate
+    res.writeHead(r.status, { 'Content-Type': 'application/json' })
+    res.end(JSON.stringify(r.body))
+  })
+  await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+  try {
+    const slow = a.request({ url: '/v1/session', baseURL: `http://127.0.0.1:${proxy.address().port}` })
+    const fast = await a.request({ url: '/v1/session' }) // 401, relogin, 200
+    assert.equal(fast.statusCode, 200)
+    const fresh = a.session.token
+    open()
+    const late = await slow // its 401 (old token) arrives now
+    assert.equal(late.statusCode, 200)
+    assert.equal(a.session.token, fresh, 'the new token was kept')
+    assert.equal(wx.calls.login, 2, 'one relogin for both')
+  } finally {
+    proxy.close()
+  }
+})
+
 test('3. a second 401 rejects: one relogin, one retry, never a loop', T, async () => {
   const wx = fakeWx()
   const a = auth(wx)
@@ -149,7 +181,7 @@ test('3. a non-wxlogin error body is resolved, a wxlogin error with action none 
   const wx = fakeWx()
   const a = auth(wx)
   await a.login()
-  const srv = require('node:http').createServer((req, res) => {
+  const srv = http.createServer((req, res) => {
     res.writeHead(404, { 'Content-Type': 'application/json' })
     res.end(JSON.stringify({ code: 'nope', auth: req.headers.authorization }))
   })

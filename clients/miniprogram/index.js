@@ -240,9 +240,19 @@ function createWxLogin(options) {
           },
         )
       } catch (e) {
-        finish(reject, WxLoginError({ error: 'request_failed', action: 'retry', message: what + ' threw: ' + e.message, cause: e }))
+        var failure = WxLoginError({
+          error: 'request_failed',
+          action: 'retry',
+          message: what + ' threw: ' + e.message,
+          cause: e,
+        })
+        finish(reject, failure)
       }
     })
+  }
+
+  function loginFailed(message, cause) {
+    return WxLoginError({ error: 'wx_login_failed', action: 'retry', message: message, cause: cause })
   }
 
   function wxLogin() {
@@ -251,11 +261,11 @@ function createWxLogin(options) {
         timeout: loginTimeout,
         success: function (res) {
           if (res && typeof res.code === 'string' && res.code !== '') resolve(res.code)
-          else reject(WxLoginError({ error: 'wx_login_failed', action: 'retry', message: 'wx.login gave no code' }))
+          else reject(loginFailed('wx.login gave no code', res))
         },
         fail: function (err) {
           var msg = err && err.errMsg ? err.errMsg : 'unknown error'
-          reject(WxLoginError({ error: 'wx_login_failed', action: 'retry', message: 'wx.login failed: ' + msg, cause: err }))
+          reject(loginFailed('wx.login failed: ' + msg, err))
         },
       })
     })
@@ -320,8 +330,19 @@ function createWxLogin(options) {
         d = null
       }
     }
-    if (!isObject(d) || typeof d.token !== 'string' || typeof d.openid !== 'string' || typeof d.expires_in !== 'number') {
-      throw WxLoginError({ statusCode: res.statusCode, error: 'bad_response', action: 'retry', message: 'wxlogin answered without a session', data: res.data })
+    if (
+      !isObject(d) ||
+      typeof d.token !== 'string' ||
+      typeof d.openid !== 'string' ||
+      typeof d.expires_in !== 'number'
+    ) {
+      throw WxLoginError({
+        statusCode: res.statusCode,
+        error: 'bad_response',
+        action: 'retry',
+        message: 'wxlogin answered without a session',
+        data: res.data,
+      })
     }
     var s = { token: d.token, openid: d.openid, expiresAt: Date.now() + d.expires_in * 1000 }
     if (typeof d.unionid === 'string') s.unionid = d.unionid
@@ -449,6 +470,9 @@ function createWxLogin(options) {
 
   function request(options) {
     var o = options || {}
+    if (typeof o.url !== 'string' || o.url === '') {
+      return Promise.reject(new TypeError('wxlogin: request() needs a url'))
+    }
     var url
     try {
       url = joinURL(o.baseURL || baseURL, o.url)
@@ -461,7 +485,9 @@ function createWxLogin(options) {
       var header = {}
       var h = o.header || {}
       for (var k in h) {
-        if (Object.prototype.hasOwnProperty.call(h, k) && k.toLowerCase() !== 'authorization') header[k] = h[k]
+        if (Object.prototype.hasOwnProperty.call(h, k) && k.toLowerCase() !== 'authorization') {
+          header[k] = h[k]
+        }
       }
       header.Authorization = 'Bearer ' + s.token
       var req = {}
@@ -495,6 +521,13 @@ function createWxLogin(options) {
 
   function logout(logoutOptions) {
     var all = !!(logoutOptions && logoutOptions.all)
+    // A login in flight would store its session after this logout: let it land, then end it.
+    if (loginInFlight) {
+      var again = function () {
+        return logout(logoutOptions)
+      }
+      return loginInFlight.then(again, again)
+    }
     var s = load()
     if (!s) return Promise.resolve()
     var retriesLeft = 1

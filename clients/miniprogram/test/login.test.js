@@ -57,6 +57,9 @@ test('1. silent login: stored under storageKey, found after a restart without wx
   assert.equal(requestsTo(wx2, '/v1/login').length, 0)
   assert.equal(requestsTo(wx2, '/v1/session')[0].headers.Authorization, `Bearer ${s.token}`)
 
+  // A request() without a url is refused before anything is sent.
+  await assert.rejects(b.request({}), /needs a url/)
+
   // Another storageKey is another session.
   const c = auth(fakeWx({ storage: wx.storage }), { storageKey: 'other' })
   assert.equal(c.session, null)

@@ -154,3 +154,15 @@ test('a banned user: the revoked token leads to one relogin, whose 403 user_bann
   assert.equal(requestsTo(wx, '/v1/login').length, 2)
   assert.equal(requestsTo(wx, '/v1/session').length, 1)
 })
+
+test('logout() during a login in flight ends the session that login makes', T, async () => {
+  const wx = fakeWx()
+  const a = auth(wx)
+  const pending = a.login()
+  await a.logout()
+  const s = await pending
+  assert.equal(a.session, null, 'not stored after the logout')
+  assert.equal(requestsTo(wx, '/v1/logout').length, 1)
+  assert.equal(requestsTo(wx, '/v1/logout')[0].headers.Authorization, `Bearer ${s.token}`)
+  assert.equal((await whoami(s.token)).status, 401)
+})

@@ -165,6 +165,8 @@ function createWxLogin(options) {
   var loginInFlight = null
   var refreshInFlight = null
   var refreshOf = null // the token refreshInFlight renews
+  // The lifetime wxlogin gave the token it issued last (not stored: the stored shape is fixed).
+  var issued = { token: null, lifetimeMs: 0 }
 
   function load() {
     if (current === undefined) {
@@ -345,6 +347,7 @@ function createWxLogin(options) {
       })
     }
     var s = { token: d.token, openid: d.openid, expiresAt: Date.now() + d.expires_in * 1000 }
+    issued = { token: d.token, lifetimeMs: d.expires_in * 1000 }
     if (typeof d.unionid === 'string') s.unionid = d.unionid
     return s
   }
@@ -462,7 +465,11 @@ function createWxLogin(options) {
     var s = load()
     if (loginInFlight) return loginInFlight
     if (!live(s)) return login()
-    if (s.expiresAt - Date.now() <= refreshBeforeMs) return refresh(s)
+    // Within refreshBefore of expiry, or half the token's life when that is shorter: a
+    // session_ttl under refreshBefore must not make every request renew.
+    var before = refreshBeforeMs
+    if (issued.token === s.token) before = Math.min(before, issued.lifetimeMs / 2)
+    if (s.expiresAt - Date.now() <= before) return refresh(s)
     return Promise.resolve(copySession(s))
   }
 

@@ -44,7 +44,7 @@ MOCKLIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(MOCKLIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
-        fuzz fuzz-build fuzz-check tsan valgrind openapi-deps
+        fuzz fuzz-build fuzz-check tsan valgrind openapi-deps client-test
 
 all: build
 
@@ -116,15 +116,25 @@ e2e: build openapi-deps
 # One flavour: build, unit tests, end-to-end tests.
 test-one: unit e2e
 
+# The Mini Program client library (clients/miniprogram): its dev tools pinned by package-lock.json
+# (npm ci), the declarations and the example type-checked, then node --test against this
+# flavour's wxlogin and wxlogin-mock. Runs once, against the normal build.
+CLIENT_DIR := clients/miniprogram
+client-test: build
+	cd $(CLIENT_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	cd $(CLIENT_DIR) && npm run --silent typecheck
+	cd $(CLIENT_DIR) && WXLOGIN_BIN=$(CURDIR)/$(B)/wxlogin npm test --silent
+
 # Everything, three times: the normal build, then the same suite under ASan+UBSan and under
 # ThreadSanitizer; then every fuzz driver over its corpus and for 10 s.
 test: deps format-check
 	$(MAKE) B=build test-one
+	$(MAKE) B=build client-test
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(MAKE) B=build-asan test-one
 	$(MAKE) tsan
 	$(MAKE) fuzz-check
-	@echo "make test: all suites passed (normal, ASan+UBSan and TSan builds, fuzz drivers)"
+	@echo "make test: all suites passed (normal, ASan+UBSan and TSan builds, fuzz drivers, Mini Program client)"
 
 asan:
 	$(MAKE) B=build-asan build

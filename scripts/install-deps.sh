@@ -19,10 +19,14 @@ for p in "${PKGS[@]}"; do
         missing+=("$p")
     fi
 done
-# node and npm run the OpenAPI 3.1 validator of tests/e2e/test_openapi.py (Debian packages
-# none): Debian's when the machine has no npm (a node that brings its own npm conflicts with
-# Debian's npm package, so only the command is looked for).
-command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# node and npm (the Mini Program client's tests and dev tools, and the OpenAPI 3.1 validator of
+# tests/e2e/test_openapi.py, which Debian packages none of): Debian's nodejs and npm, unless a
+# node with its npm is already installed (another node package provides npm itself and
+# conflicts with Debian's, so the commands are asked for, not the package names).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-deps: installing ${missing[*]}" >&2

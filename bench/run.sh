@@ -19,6 +19,7 @@
 #   BENCH_NGINX=/usr/sbin/nginx  the nginx for the baseline (Debian's nginx-light)
 #   BENCH_GO=go               the Go toolchain that builds the peer (Debian's golang-go)
 #   BENCH_REDIS=1             0 skips the Redis store scenario (two instances on one Redis)
+#   BENCH_METRICS=1           0 skips GET /v1/session with metrics_listen set (its cost)
 #   BENCH_REDIS_SERVER=/usr/bin/redis-server  the private Redis for it (redis-cli beside it)
 #   BENCH_REDIS_THREADS=1     WXLOGIN_THREADS of each of the two Redis-backed instances
 #   BENCH_ALLOC_N=2000        requests per allocation count (0 skips the counts)
@@ -49,6 +50,7 @@ SESSIONS=${BENCH_SESSIONS:-100000}
 USERS=${BENCH_USERS:-5000}
 NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 REDIS=${BENCH_REDIS:-1}
+METRICS=${BENCH_METRICS:-1}
 REDIS_SERVER=${BENCH_REDIS_SERVER:-/usr/bin/redis-server}
 REDIS_CLI=$(dirname -- "$REDIS_SERVER")/redis-cli
 REDIS_THREADS=${BENCH_REDIS_THREADS:-1}
@@ -68,6 +70,9 @@ MOCK_PORT=
 SERVE_PORT=
 NGINX_PORT=
 TOKENS=
+MS_PID= # the SQLite-backed service with metrics_listen set (on a copy of the seeded store)
+MS_PORT=
+MS_METRICS_PORT=
 REDIS_PID=
 REDIS_PORT=
 REDIS_URL=
@@ -149,6 +154,8 @@ cleanup() {
     # The services first, so they do not log upstream errors for a mock (or a Redis) that went away.
     stop_proc "$SERVE_PID" serve
     SERVE_PID=
+    stop_proc "$MS_PID" "serve (metrics)"
+    MS_PID=
     stop_proc "$RA_PID" "serve (redis A)"
     RA_PID=
     stop_proc "$RB_PID" "serve (redis B)"
@@ -199,10 +206,12 @@ free_port() {
     die "no free port found"
 }
 
-# listen_port PID: the TCP port PID listens on, per `ss -ltnp`; empty if none (yet).
+# listen_port PID [NOT]: the TCP port PID listens on, per `ss -ltnp`, other than NOT (a second
+# listener of it, e.g. metrics_listen); empty if none (yet).
 listen_port() {
     ss -Hltnp 2>/dev/null |
-        awk -v pat="pid=$1," 'index($0, pat) { n = split($4, a, ":"); print a[n]; exit }'
+        awk -v pat="pid=$1," -v not="${2:-}" \
+            'index($0, pat) { n = split($4, a, ":"); if (a[n] != not) { print a[n]; exit } }'
 }
 
 # wait_for NAME PID LOG CMD...: runs CMD (which prints something once ready) every 0.1 s for
@@ -287,7 +296,7 @@ launch_serve() {
     ) >>"$log" 2>&1 &
     pid_ref=$!
     if [[ ${listen##*:} == 0 ]]; then
-        port_ref=$(wait_for "$name" "$pid_ref" "$log" listen_port "$pid_ref")
+        port_ref=$(wait_for "$name" "$pid_ref" "$log" listen_port "$pid_ref" "${LISTEN_NOT:-}")
     else
         port_ref=${listen##*:}
     fi
@@ -302,6 +311,30 @@ launch_serve() {
 start_serve() {
     launch_serve SERVE_PID SERVE_PORT serve "$TMP/serve.log" "${BENCH_SERVER_THREADS:-}" \
         "WXLOGIN_STORE=sqlite:$TMP/wxlogin.db"
+}
+
+# start_metrics_serve: the same service with metrics_listen set, on a copy of the seeded store
+# (SQLite belongs to one process), for the cost of counting on GET /v1/session.
+start_metrics_serve() {
+    mkdir -p "$TMP/metrics"
+    cp -- "$TMP/wxlogin.db" "$TMP/wxlogin.db.key" "$TMP/metrics/"
+    MS_METRICS_PORT=$(free_port)
+    LISTEN_NOT=$MS_METRICS_PORT launch_serve MS_PID MS_PORT "serve (metrics)" \
+        "$TMP/serve-metrics.log" "${BENCH_SERVER_THREADS:-}" \
+        "WXLOGIN_STORE=sqlite:$TMP/metrics/wxlogin.db" \
+        "WXLOGIN_METRICS_LISTEN=127.0.0.1:$MS_METRICS_PORT"
+    [[ $MS_PORT != "$MS_METRICS_PORT" ]] || die "the metrics instance's ports got mixed up"
+}
+
+# check_metrics_serve: a seeded token verifies there too, and its scrape counts it.
+check_metrics_serve() {
+    local code n
+    code=$(get_session "$(head -n 1 "$TOKENS")" "$TMP/check-metrics.hdr" "$MS_PORT")
+    [[ $code == 200 ]] || die "sanity check: GET /v1/session on the metrics instance answered $code"
+    n=$(curl -sS --max-time 5 "http://127.0.0.1:$MS_METRICS_PORT/metrics" |
+        grep -c '^wxlogin_http_requests_total{method="GET",route="/v1/session",status="200"} [1-9]' || true)
+    [[ $n == 1 ]] || die "sanity check: the metrics instance's /metrics does not count GET /v1/session"
+    echo "bench: sanity check passed (metrics instance: seeded token 200, counted in /metrics)" >&2
 }
 
 # ---------------------------------------------------------------- the Go peer and the counter
@@ -1037,6 +1070,11 @@ warm_up() {
     wrk_to "$TMP/wrk-warmup-session.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" \
         -s "$BENCH_DIR/session.lua" "http://127.0.0.1:$SERVE_PORT/v1/session" ||
         die "session warm-up failed: $(cat "$TMP/wrk-warmup-session.txt")"
+    if [[ $METRICS == 1 ]]; then
+        wrk_to "$TMP/wrk-warmup-session-metrics.txt" -t"$WRK_THREADS" -c16 -d"${WARMUP}s" \
+            -s "$BENCH_DIR/session.lua" "http://127.0.0.1:$MS_PORT/v1/session" ||
+            die "session warm-up (metrics) failed: $(cat "$TMP/wrk-warmup-session-metrics.txt")"
+    fi
     # And the Redis-backed pair (its connections to Redis, Redis's script cache).
     if [[ $REDIS == 1 ]]; then
         wrk_pair "$TMP/wrk-warmup-redis-a.txt" "$TMP/wrk-warmup-redis-b.txt" 8 "$WARMUP" ||
@@ -1052,6 +1090,7 @@ ROW_OPENID_GO="POST /openid (go)"
 ROW_SESSION="GET /v1/session (wxlogin)"
 ROW_NGINX="nginx return 200"
 ROW_REDIS="GET /v1/session (redis, 2 inst)"
+ROW_SESSION_METRICS="GET /v1/session (metrics on)"
 
 # POST /openid: wxlogin and the Go peer, the same script, the same mock upstream.
 run_openid() {
@@ -1072,6 +1111,18 @@ run_session() {
     CPU_WATCH=("wxlogin=$SERVE_PID")
     SERVER_PIDS=$SERVE_PID
     run_wrk "$ROW_SESSION" "$1" "http://127.0.0.1:$SERVE_PORT/v1/session" bench/session.lua
+}
+
+# The same with metrics_listen set: counting on every request, and a scrape every second during
+# the run (as a Prometheus scraping this often would; it reads every worker's counters).
+run_session_metrics() {
+    CPU_WATCH=("wxlogin=$MS_PID")
+    SERVER_PIDS=$MS_PID
+    (while sleep 1; do curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$MS_METRICS_PORT/metrics"; done) &
+    local scraper=$!
+    run_wrk "$ROW_SESSION_METRICS" "$1" "http://127.0.0.1:$MS_PORT/v1/session" bench/session.lua
+    kill "$scraper" 2>/dev/null || true
+    wait "$scraper" 2>/dev/null || true
 }
 
 run_nginx() {
@@ -1100,11 +1151,13 @@ run_round() {
             run_openid "$conns"
             run_openid_go "$conns"
             run_session "$conns"
+            [[ $METRICS == 1 ]] && run_session_metrics "$conns"
             run_nginx "$conns"
         else
             run_openid_go "$conns"
             run_openid "$conns"
             run_nginx "$conns"
+            [[ $METRICS == 1 ]] && run_session_metrics "$conns"
             run_session "$conns"
         fi
         [[ $REDIS == 1 ]] && run_redis_pair "$conns"
@@ -1150,6 +1203,7 @@ ratio_lines() {
         ratio_line "wxlogin/go POST /openid" "$ROW_OPENID" "$ROW_OPENID_GO" "$conns" "$g1"
         ratio_line "wxlogin/nginx GET /v1/session" "$ROW_SESSION" "$ROW_NGINX" "$conns" "$g2"
         [[ $REDIS == 1 ]] && ratio_line "redis/sqlite GET /v1/session" "$ROW_REDIS" "$ROW_SESSION" "$conns"
+        [[ $METRICS == 1 ]] && ratio_line "metrics on/off GET /v1/session" "$ROW_SESSION_METRICS" "$ROW_SESSION" "$conns"
     done
     return 0
 }
@@ -1455,6 +1509,7 @@ main() {
     [[ -x $PY ]] || die "$PY not found (it seeds the session store)"
     [[ -x $NGINX ]] || die "$NGINX not found (Debian: apt-get install nginx-light, or 'make deps')"
     [[ $REDIS =~ ^[01]$ ]] || die "BENCH_REDIS must be 0 or 1"
+    [[ $METRICS =~ ^[01]$ ]] || die "BENCH_METRICS must be 0 or 1"
     if [[ $REDIS == 1 ]]; then
         [[ -x $REDIS_SERVER && -x $REDIS_CLI ]] || die "$REDIS_SERVER or $REDIS_CLI not found" \
             "(Debian: apt-get install redis-server; BENCH_REDIS=0 skips the Redis scenario)"
@@ -1477,11 +1532,13 @@ main() {
 
     start_mock
     seed_store
+    [[ $METRICS == 1 ]] && start_metrics_serve
     start_serve
     echo "bench: wxlogin on 127.0.0.1:$SERVE_PORT, mock on 127.0.0.1:$MOCK_PORT," \
         "$(nproc 2>/dev/null || echo '?') cores, wrk -t$WRK_THREADS, ${DURATION}s per run," \
         "$ROUNDS round(s) at $CONNS_LIST connections, fd limit $(ulimit -Sn)" >&2
     check_sessions
+    [[ $METRICS == 1 ]] && check_metrics_serve
     start_peer
     check_peer
     start_nginx

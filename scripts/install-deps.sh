@@ -11,6 +11,7 @@ PKGS=(
     clang-format clang libclang-rt-14-dev
     python3 python3-pytest python3-jsonschema python3-yaml redis-server
     curl wrk nginx-light iproute2 openssl golang-go strace
+    prometheus # promtool: tests check the /metrics scrape with it
 )
 
 missing=()

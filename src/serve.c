@@ -22,6 +22,7 @@
 #include "log/log.h"
 #include "login/login.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "runtime/workers.h"
 #include "store/store.h"
@@ -65,6 +66,7 @@ struct serve_worker {
     struct handlers_ctx ctx;
     struct token_fetcher *fetchers[CONFIG_MAX_APPS];
     struct http_server *http;
+    struct http_server *metrics_http; /* GET /metrics (worker 0, when metrics_listen is set) */
     struct loop_timer deadline;
     struct loop_timer purge;
     struct async_slot purging;
@@ -77,6 +79,8 @@ static void release(struct serve_worker *sw)
     /* The server first: it answers pending requests and cancels what they wait for. */
     http_server_free(sw->http);
     sw->http = NULL;
+    http_server_free(sw->metrics_http);
+    sw->metrics_http = NULL;
     /* A token fetch running here ends now; its waiters (on any worker) are told. */
     for (size_t i = 0; i < sw->ctx.napps; i++) {
         token_fetcher_free(sw->fetchers[i]);
@@ -297,6 +301,7 @@ static int serve_init(struct worker *w, void *arg)
         .routes = s->routes,
         .nroutes = s->nroutes,
         .handler_arg = &sw->ctx,
+        .metrics = true,
     };
     char err[HTTP_ERR_MAX];
     sw->http = http_server_new(w->loop, &ho, err);
@@ -305,6 +310,16 @@ static int serve_init(struct worker *w, void *arg)
         return -1;
     }
     s->port = http_server_port(sw->http);
+    if (w->id == 0 && metrics_enabled()) { /* scrapes are rare: one listener is enough */
+        sw->metrics_http = metrics_server_new(w->loop, cfg->metrics_listen, err);
+        if (sw->metrics_http == NULL) {
+            log_kv(LOG_ERROR, "cannot serve the metrics", "detail", err, NULL);
+            return -1;
+        }
+        char mport[8];
+        snprintf(mport, sizeof(mport), "%u", http_server_port(sw->metrics_http));
+        log_kv(LOG_INFO, "metrics served", "listen", cfg->metrics_listen, "port", mport, NULL);
+    }
     if (w->id == s->nworkers - 1)
         log_serving(s);
     return 0;
@@ -428,12 +443,18 @@ int serve_run(const struct config *cfg)
         log_kv(LOG_ERROR, "cannot open the session store", "detail", serr, NULL);
         goto out;
     }
+    if (cfg->metrics_listen != NULL && cfg->metrics_listen[0] != '\0' &&
+        metrics_start(s.routes, s.nroutes) != 0) {
+        log_msg(LOG_ERROR, "cannot start the metrics: out of memory");
+        goto out;
+    }
     if (workers_run(s.nworkers, &serve_ops, &s) != 0)
         goto out;
     log_msg(LOG_INFO, "stopped");
     rc = 0;
 out:
     store_shared_free(s.store);
+    metrics_stop();
     exchange_free(s.exchange);
     lockout_free(s.admin_lockout);
     free_limits(&s.limits);

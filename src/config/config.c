@@ -86,6 +86,7 @@ static const struct cfg_key keys[] = {
     {"rate_limit_wechat", CT_RATE, OFF(rate_limit_wechat), "5000/min", 0, 0},
     {"rate_limit_session", CT_RATE, OFF(rate_limit_session), "off", 0, 0},
     {"rate_limit_table_size", CT_LONG, OFF(rate_limit_table_size), "65536", 64, 16777216},
+    {"metrics_listen", CT_STRING, OFF(metrics_listen), NULL, 0, 0},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -553,6 +554,13 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
                  cfg->listen);
         goto fail;
     }
+    if (cfg->metrics_listen != NULL && cfg->metrics_listen[0] != '\0' &&
+        addr_parse(cfg->metrics_listen, &ss, &sslen) != 0) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "metrics_listen: '%.200s' is not host:port or does not resolve",
+                 cfg->metrics_listen);
+        goto fail;
+    }
     if (strcmp(cfg->access_token_api, "stable") != 0 &&
         strcmp(cfg->access_token_api, "classic") != 0) {
         snprintf(err, CONFIG_ERR_MAX, "access_token_api: '%.100s' is not one of stable, classic",
@@ -705,6 +713,7 @@ void config_done(struct config *cfg)
     free(cfg->access_token_api);
     wipe_free(cfg->admin_token);
     free(cfg->admin_token_file);
+    free(cfg->metrics_listen);
     for (size_t i = 0; i < cfg->napps; i++) {
         free(cfg->apps[i].appid);
         wipe_free(cfg->apps[i].secret);

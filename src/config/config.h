@@ -82,6 +82,8 @@ struct config {
     struct config_rate rate_limit_wechat;  /* per app: calls to WeChat for clients */
     struct config_rate rate_limit_session; /* per client address: GET /v1/session (off) */
     long rate_limit_table_size;            /* buckets each limit keeps in memory (without Redis) */
+    /* Where GET /metrics is served (host:port, its own listener); NULL or "": not served. */
+    char *metrics_listen;
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */

@@ -21,6 +21,7 @@
 #include "handlers/user_op.h"
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "util/jsonw.h"
 #include "util/lockout.h"
 
@@ -70,6 +71,7 @@ static bool admin_allowed(struct http_request *req, struct handlers_ctx *ctx)
         log_kv(LOG_DEBUG, "admin route refused: address locked out", "peer", peer, "path",
                http_request_path(req), "request_id", http_request_id(req), NULL);
         snprintf(num, sizeof(num), "%" PRIu64, (retry_ms + 999) / 1000);
+        metrics_rate_limited(METRICS_LIMIT_ADMIN);
         http_add_header(req, "Retry-After", num);
         http_reply_error(req, 429, "too_many_attempts",
                          "too many failed admin attempts from this address; retry after "

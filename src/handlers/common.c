@@ -7,6 +7,7 @@
 #include "handlers/handlers.h"
 #include "limit/limit.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "util/ipaddr.h"
 #include "wechat/errcode.h"
 
@@ -186,6 +187,9 @@ void handlers_reply_limited(struct http_request *req, enum handlers_limit which,
     };
     char ra[16];
     snprintf(ra, sizeof(ra), "%u", limit_retry_after_s(wait_us));
+    metrics_rate_limited(which == HANDLERS_LIMIT_OPENID   ? METRICS_LIMIT_OPENID
+                         : which == HANDLERS_LIMIT_WECHAT ? METRICS_LIMIT_WECHAT
+                                                          : METRICS_LIMIT_ADDRESS);
     log_kv(LOG_DEBUG, "rate limited", "limit", limits[which].name, "retry_after", ra, "path",
            http_request_path(req), "request_id", http_request_id(req), NULL);
     http_add_header(req, "Retry-After", ra);

@@ -41,6 +41,7 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "util/addr.h"
 #include "util/arena.h"
@@ -116,6 +117,7 @@ struct http_request {
     size_t body_mem; /* arena bytes taken for the body, counted in srv->body_mem */
 
     unsigned status;
+    size_t route; /* index of the route that took it; SIZE_MAX: none (for metrics) */
     struct MHD_Response *resp;
     struct reply_header headers[MAX_REPLY_HEADERS];
     size_t nheaders;
@@ -165,6 +167,7 @@ struct http_server {
     const struct ipaddr_net *trusted;
     size_t ntrusted;
     bool warned_xff; /* X-Forwarded-For from an untrusted peer was logged once */
+    bool metrics;    /* count requests in metrics/metrics.h */
 
     struct list live; /* every request between first call and completion */
     struct list pool; /* finished requests kept for reuse */
@@ -278,6 +281,7 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
     req->conn = conn;
     req->method = "";
     req->path = "";
+    req->route = SIZE_MAX;
     req->state = REQ_READING;
     arena_init(&req->arena, req->arena0, sizeof(req->arena0));
     loop_timer_init(&req->deadline, on_deadline, req);
@@ -508,6 +512,18 @@ static void log_request(const struct http_request *req)
     log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
 }
 
+/* Counted in metrics by route, status and duration (the service's server only). */
+static void count_request(const struct http_request *req)
+{
+    if (!req->srv->metrics || req->status == 0)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t us = (int64_t)(now.tv_sec - req->start.tv_sec) * 1000000 +
+                 (now.tv_nsec - req->start.tv_nsec) / 1000;
+    metrics_http_request(req->route, req->status, us > 0 ? (uint64_t)us : 0);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -519,6 +535,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     struct http_conn *c = req->hc;
     log_request(req);
+    count_request(req);
     request_free(req);
     /* Kept alive: the next request's clock starts now (an error closes the connection). */
     if (c != NULL && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -596,6 +613,7 @@ static void route(struct http_request *req)
             return;
         }
         if (strcmp(r->method, req->method) == 0) {
+            req->route = i;
             r->fn(req, srv->handler_arg);
             return;
         }
@@ -1315,6 +1333,7 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     srv->handler_arg = opts->handler_arg;
     srv->trusted = opts->trusted_proxies;
     srv->ntrusted = opts->ntrusted_proxies;
+    srv->metrics = opts->metrics;
     list_init(&srv->live);
     list_init(&srv->pool);
     list_init(&srv->reading);

@@ -82,6 +82,9 @@ struct http_server_opts {
      * way WeChat does (HTTP 200 and an errcode). */
     http_handler_fn *fallback;
     void *handler_arg; /* passed to every handler */
+    /* Count every request in metrics/metrics.h by its route's index in routes, its status and
+     * its duration (the service's own server; not the one serving /metrics). */
+    bool metrics;
 };
 
 #define HTTP_ERR_MAX 256

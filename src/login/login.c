@@ -15,6 +15,7 @@
 
 #include "limit/limit.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "runtime/delay.h"
 #include "store/store.h"
@@ -435,6 +436,10 @@ static void on_claim(void *arg, int status, enum store_claim state, const char *
 {
     struct login_op *op = arg;
     struct exchange_outcome o;
+    metrics_claim(status != STORE_OK          ? METRICS_CLAIM_ERROR
+                  : state == STORE_CLAIM_MINE ? METRICS_CLAIM_MINE
+                  : state == STORE_CLAIM_BUSY ? METRICS_CLAIM_BUSY
+                                              : METRICS_CLAIM_KNOWN);
     if (status != STORE_OK) {
         lead_abort(op, EXCHANGE_STORE);
         reply_status(op, LOGIN_STORE);
@@ -504,9 +509,12 @@ int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wecha
 
     struct exchange_outcome known;
     switch (exchange_begin(lc->x, op->key, lc->loop, &op->inner, on_wake, op, &known)) {
-    case EXCHANGE_KNOWN: follow(op, &known); return 0;
-    case EXCHANGE_WAIT: return 0;
-    case EXCHANGE_LEAD: break;
+    case EXCHANGE_KNOWN:
+        metrics_exchange(METRICS_EXCHANGE_REMEMBERED);
+        follow(op, &known);
+        return 0;
+    case EXCHANGE_WAIT: metrics_exchange(METRICS_EXCHANGE_WAITED); return 0;
+    case EXCHANGE_LEAD: metrics_exchange(METRICS_EXCHANGE_LEAD); break;
     }
     op->leading = true;
     memcpy(op->code, code, n + 1);

@@ -8,6 +8,7 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "util/arena.h"
 
 struct thread {
@@ -40,6 +41,9 @@ static void *thread_main(void *arg)
 {
     struct thread *t = arg;
     log_batch(true);
+    /* This thread's own counters, before it serves anything (no-op with metrics off). */
+    if (metrics_thread_attach() != 0)
+        log_msg(LOG_WARN, "worker %d: no memory for its own metrics; sharing", t->w.id);
     loop_set_idle_hook(t->w.loop, flush_log, NULL);
     int rc = loop_run(t->w.loop);
     log_batch(false);

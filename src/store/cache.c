@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "store/backend.h"
 #include "util/list.h"
@@ -335,7 +336,9 @@ static void c_get_session(struct store *st, struct async_slot *slot, const char 
         done(arg, STORE_ERROR, NULL);
         return;
     }
-    if (store_cache_get(cs->cache, hash, now, &s)) {
+    bool hit = store_cache_get(cs->cache, hash, now, &s);
+    metrics_cache_lookup(hit);
+    if (hit) {
         /* Tokens are bound to their app, in memory as in the store (NULL: any app). */
         if (appid != NULL && strcmp(s.appid, appid) != 0)
             done(arg, STORE_NOT_FOUND, NULL);

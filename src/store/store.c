@@ -8,7 +8,9 @@
 #include "redis/rconn.h"
 #include "store/backend.h"
 #include "store/cache.h"
+#include "store/timed.h"
 #include "util/utf8.h"
+#include "metrics/metrics.h"
 
 const char *store_sqlite_path(const char *url)
 {
@@ -106,6 +108,16 @@ int store_open(struct store_shared *sh, struct loop *loop, struct store **out,
     struct store *st = NULL;
     if (sh->ops->open(sh, loop, &st, err) != 0)
         return -1;
+    /* Metrics time the store itself: under the cache, so a cache hit is not a store operation. */
+    struct store *timed;
+    if (metrics_enabled()) {
+        if (store_timed_wrap(st, &timed) != 0) {
+            store_close(st);
+            snprintf(err, STORE_ERR_MAX, "store: out of memory");
+            return -1;
+        }
+        st = timed;
+    }
     if (sh->cache != NULL && store_cache_wrap(sh->cache, st, out) != 0) {
         store_close(st);
         snprintf(err, STORE_ERR_MAX, "store: out of memory");

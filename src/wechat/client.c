@@ -16,9 +16,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "util/list.h"
 #include "version.h"
@@ -64,6 +66,7 @@ struct wechat_call {
     bool is_post;
     bool in_multi;
     int attempts;
+    uint64_t start_us; /* monotonic, when the call began (for metrics) */
     struct loop_timer backoff;
     wechat_accept_fn *accept;
     wechat_decode_fn *decode;
@@ -72,6 +75,13 @@ struct wechat_call {
     char errbuf[CURL_ERROR_SIZE];
     struct list node; /* the client's active list or pool */
 };
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 /* ---- buffers and URLs ---- */
 
@@ -486,6 +496,7 @@ static int attempt(struct wechat_call *call)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
     }
     call->attempts++;
+    metrics_wechat_attempt(call->api);
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
         return -1;
     call->in_multi = true;
@@ -495,6 +506,9 @@ static int attempt(struct wechat_call *call)
 static void finish(struct wechat_call *call, struct wechat_reply *r)
 {
     r->attempts = call->attempts;
+    uint64_t now = mono_us();
+    metrics_wechat_call(call->api, r->status, r->errcode,
+                        now > call->start_us ? now - call->start_us : 0);
     wechat_decode_fn *decode = call->decode;
     void (*done)(void) = call->done;
     void *arg = call->arg;
@@ -583,6 +597,7 @@ int wechat_call(struct wechat_client *c, struct async_slot *slot, enum wechat_ap
     }
     call->api = api;
     call->attempts = 0;
+    call->start_us = mono_us();
     call->accept = accept;
     call->decode = decode;
     call->done = done;

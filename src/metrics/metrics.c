@@ -244,7 +244,8 @@ void metrics_store_op(enum metrics_store_op op, int status, uint64_t us)
     struct shard *s = mine(&own);
     if (s == NULL || (unsigned)op >= METRICS_STORE_NOPS)
         return;
-    int r = status == STORE_OK ? 0 : status == STORE_NOT_FOUND ? 1 : 2;
+    /* A login refused for a ban is the store answering, as it should: "ok". */
+    int r = status == STORE_OK || status == STORE_BANNED ? 0 : status == STORE_NOT_FOUND ? 1 : 2;
     add(&s->store[op][r], 1, own);
     observe(&s->store_latency[op], us, own);
 }
@@ -458,9 +459,11 @@ static void render_wechat(struct out *o, const struct shard *t)
 static const char *const exchange_names[] = {"lead", "waited", "remembered"};
 static const char *const claim_names[] = {"mine", "busy", "known", "error"};
 static const char *const store_op_names[] = {
-    "ping",       "login",         "put_session",   "get_session",      "delete_session",
-    "get_user",   "purge_expired", "claim",         "claim_publish",    "claim_release",
-    "lease_read", "lease_take",    "lease_publish", "lease_invalidate", "limit_take"};
+    "ping",          "login",      "put_session",   "get_session",
+    "refresh",       "revoke",     "user_info",     "get_user",
+    "purge_expired", "claim",      "claim_publish", "claim_release",
+    "lease_read",    "lease_take", "lease_publish", "lease_invalidate",
+    "limit_take"};
 static const char *const store_results[] = {"ok", "not_found", "error", "sent"};
 static const char *const token_results[] = {"ok", "failed", "aborted"};
 static const char *const limit_names[] = {"address", "openid", "wechat", "admin"};

@@ -47,6 +47,8 @@ struct timed_op {
         store_token_fn *token;
         store_lease_fn *lease;
         store_limit_fn *limit;
+        store_revoke_fn *revoke;
+        store_info_fn *info;
     } fn;
     void *arg;
     struct timed_op *next;
@@ -186,16 +188,54 @@ static void t_get_session(struct store *st, struct async_slot *slot, const char 
     store_get_session(inner_of(st), &op->inner, appid, hash, now, on_session, op);
 }
 
-static void t_delete_session(struct store *st, struct async_slot *slot, const char *appid,
-                             const uint8_t hash[CRYPTO_HASH_LEN], store_done_fn *done, void *arg)
+static void t_refresh(struct store *st, struct async_slot *slot, const struct store_refresh *in,
+                      store_session_fn *done, void *arg)
 {
-    struct timed_op *op = op_begin(st, slot, METRICS_STORE_DELETE_SESSION, arg);
+    struct timed_op *op = op_begin(st, slot, METRICS_STORE_REFRESH, arg);
     if (op == NULL) {
-        store_delete_session(inner_of(st), slot, appid, hash, done, arg);
+        store_refresh(inner_of(st), slot, in, done, arg);
         return;
     }
-    op->fn.done = done;
-    store_delete_session(inner_of(st), &op->inner, appid, hash, on_done, op);
+    op->fn.session = done;
+    store_refresh(inner_of(st), &op->inner, in, on_session, op);
+}
+
+static void on_revoked(void *arg, int status, const struct store_revoked *r)
+{
+    struct timed_op *op = arg;
+    store_revoke_fn *fn = op->fn.revoke;
+    fn(op_end(op, status), status, r);
+}
+
+static void t_revoke(struct store *st, struct async_slot *slot, const struct store_revoke *in,
+                     store_revoke_fn *done, void *arg)
+{
+    struct timed_op *op = op_begin(st, slot, METRICS_STORE_REVOKE, arg);
+    if (op == NULL) {
+        store_revoke(inner_of(st), slot, in, done, arg);
+        return;
+    }
+    op->fn.revoke = done;
+    store_revoke(inner_of(st), &op->inner, in, on_revoked, op);
+}
+
+static void on_info(void *arg, int status, const struct store_user_info *u)
+{
+    struct timed_op *op = arg;
+    store_info_fn *fn = op->fn.info;
+    fn(op_end(op, status), status, u);
+}
+
+static void t_user_info(struct store *st, struct async_slot *slot, const char *appid,
+                        const char *openid, int64_t now, store_info_fn *done, void *arg)
+{
+    struct timed_op *op = op_begin(st, slot, METRICS_STORE_USER_INFO, arg);
+    if (op == NULL) {
+        store_user_info(inner_of(st), slot, appid, openid, now, done, arg);
+        return;
+    }
+    op->fn.info = done;
+    store_user_info(inner_of(st), &op->inner, appid, openid, now, on_info, op);
 }
 
 static void on_user(void *arg, int status, const struct store_user *u)
@@ -270,7 +310,9 @@ static const struct store_ops timed_ops = {
     .login = t_login,
     .put_session = t_put_session,
     .get_session = t_get_session,
-    .delete_session = t_delete_session,
+    .refresh = t_refresh,
+    .revoke = t_revoke,
+    .user_info = t_user_info,
     .get_user = t_get_user,
     .purge_expired = t_purge_expired,
     .broken = t_broken,
@@ -299,10 +341,10 @@ static void t_claim(struct store *st, struct async_slot *slot, const char *appid
 }
 
 static void t_claim_publish(struct store *st, const char *appid, const uint8_t key[CRYPTO_HASH_LEN],
-                            const char *outcome, size_t len, long keep_ms)
+                            const char *openid, const char *outcome, size_t len, long keep_ms)
 {
     metrics_store_sent(METRICS_STORE_CLAIM_PUBLISH);
-    store_claim_publish(inner_of(st), appid, key, outcome, len, keep_ms);
+    store_claim_publish(inner_of(st), appid, key, openid, outcome, len, keep_ms);
 }
 
 static void t_claim_release(struct store *st, const char *appid, const uint8_t key[CRYPTO_HASH_LEN],

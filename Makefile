@@ -53,7 +53,7 @@ $(DEPS_STAMP): scripts/install-deps.sh
 	bash scripts/install-deps.sh
 	@touch $@
 
-build: $(B)/wxlogin $(B)/wxlogin-mock $(UNIT_BIN)
+build: $(B)/wxlogin $(B)/wxlogin-mock $(B)/wxlogin-failalloc $(UNIT_BIN)
 
 $(B)/obj/%.o: src/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -72,6 +72,20 @@ $(B)/wxlogin: $(B)/obj/main.o $(B)/libwxlogin.a
 
 $(B)/wxlogin-mock: $(B)/obj/mock/main.o $(B)/libwxlogin-mock.a $(B)/libwxlogin.a
 	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+# wxlogin with allocation-failure injection (tests/alloc/failalloc.c; tests/e2e/
+# test_alloc_failure.py): the same objects, our calls to the allocating functions below wrapped.
+FAILALLOC_WRAP := malloc calloc realloc strdup aligned_alloc asprintf json_loadb json_dumps \
+    json_pack json_string json_array json_array_append_new EVP_MD_CTX_new EVP_CIPHER_CTX_new \
+    curl_easy_init curl_slist_append curl_url MHD_create_response_from_buffer \
+    MHD_add_response_header
+$(B)/obj/failalloc.o: tests/alloc/failalloc.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
+
+$(B)/wxlogin-failalloc: $(B)/obj/main.o $(B)/obj/failalloc.o $(B)/libwxlogin.a
+	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS) \
+	    $(foreach f,$(FAILALLOC_WRAP),-Wl,--wrap=$(f))
 
 $(B)/tests/%: tests/unit/%.c $(B)/libwxlogin-mock.a $(B)/libwxlogin.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -134,7 +148,7 @@ bench: deps
 	$(MAKE) B=build $(B)/wxlogin $(B)/wxlogin-mock
 	bash bench/run.sh
 
-FORMAT_FILES = $(shell find src tests/unit fuzz -name '*.[ch]' 2>/dev/null)
+FORMAT_FILES = $(shell find src tests/unit tests/alloc fuzz -name '*.[ch]' 2>/dev/null)
 format:
 	clang-format -i $(FORMAT_FILES)
 

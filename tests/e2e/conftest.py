@@ -495,8 +495,10 @@ class ProcessGroup:
         return p
 
     def serve(self, mock=None, env=None, args=None, appid=DEFAULT_APPID,
-              secret=DEFAULT_SECRET, wechat_base=None, config_port=None):
+              secret=DEFAULT_SECRET, wechat_base=None, config_port=None, bin=None):
         """Start `wxlogin serve` configured by environment.
+
+        bin: another wxlogin binary (e.g. wxlogin-failalloc) instead of WXLOGIN_BIN.
 
         env: extra WXLOGIN_* (or other) variables; a value of None removes it.
         appid/secret/wechat_base: None leaves the variable unset.
@@ -514,7 +516,7 @@ class ProcessGroup:
             elif mock is not None:
                 e["WXLOGIN_WECHAT_BASE"] = mock.base
             e.update(env or {})
-            return [BIN, "serve"] + list(args or []), base_env(**e)
+            return [bin or BIN, "serve"] + list(args or []), base_env(**e)
         p = _start(ServeProc, self._name("serve"), mk, self.log_dir, "/healthz",
                    fixed_port=config_port)
         self.procs.append(p)

@@ -61,7 +61,7 @@ $(OPENAPI_STAMP): $(OPENAPI_NPM)/package.json $(OPENAPI_NPM)/package-lock.json |
 	cd $(OPENAPI_NPM) && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-build: $(B)/wxlogin $(B)/wxlogin-mock $(UNIT_BIN)
+build: $(B)/wxlogin $(B)/wxlogin-mock $(B)/wxlogin-failalloc $(UNIT_BIN)
 
 $(B)/obj/%.o: src/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -80,6 +80,20 @@ $(B)/wxlogin: $(B)/obj/main.o $(B)/libwxlogin.a
 
 $(B)/wxlogin-mock: $(B)/obj/mock/main.o $(B)/libwxlogin-mock.a $(B)/libwxlogin.a
 	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+# wxlogin with allocation-failure injection (tests/alloc/failalloc.c; tests/e2e/
+# test_alloc_failure.py): the same objects, our calls to the allocating functions below wrapped.
+FAILALLOC_WRAP := malloc calloc realloc strdup aligned_alloc asprintf json_loadb json_dumps \
+    json_pack json_string json_array json_array_append_new EVP_MD_CTX_new EVP_CIPHER_CTX_new \
+    curl_easy_init curl_slist_append curl_url MHD_create_response_from_buffer \
+    MHD_add_response_header
+$(B)/obj/failalloc.o: tests/alloc/failalloc.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
+
+$(B)/wxlogin-failalloc: $(B)/obj/main.o $(B)/obj/failalloc.o $(B)/libwxlogin.a
+	$(CC) $(OPT) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS) \
+	    $(foreach f,$(FAILALLOC_WRAP),-Wl,--wrap=$(f))
 
 $(B)/tests/%: tests/unit/%.c $(B)/libwxlogin-mock.a $(B)/libwxlogin.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -152,7 +166,7 @@ bench: deps
 	$(MAKE) B=build $(B)/wxlogin $(B)/wxlogin-mock
 	/usr/bin/python3 bench/run.py
 
-FORMAT_FILES = $(shell find src tests/unit fuzz -name '*.[ch]' 2>/dev/null)
+FORMAT_FILES = $(shell find src tests/unit tests/alloc fuzz -name '*.[ch]' 2>/dev/null)
 format:
 	clang-format -i $(FORMAT_FILES)
 

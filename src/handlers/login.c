@@ -7,6 +7,7 @@
  * Rate limits: the client address's first (rate_limit_address), before the body is looked at;
  * the app's ceiling on WeChat calls and the user's limit inside the login (login/login.h).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -83,7 +84,12 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     const char *why;
     size_t len;
     const char *body = http_request_body(req, &len);
-    if (login_request_parse(body, len, code, &why) != 0) {
+    int prc = login_request_parse(body, len, code, &why);
+    if (prc == -ENOMEM) {
+        handlers_reply_internal(req, why);
+        return;
+    }
+    if (prc != 0) {
         http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }

@@ -246,7 +246,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
     struct waiter *w = waiter_new(&t->mu, f->loop, token_trampoline, (void (*)(void))fn, arg,
                                   sizeof(struct token_result));
     if (w == NULL) {
-        out->status = TOKEN_ABORTED;
+        out->status = TOKEN_NOMEM;
         goto out;
     }
     /* A forced fetch asked while an ordinary one runs must not be answered by that one: it

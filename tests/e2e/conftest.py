@@ -374,13 +374,28 @@ class Counter:
     def delta(self):
         return self.mock.requests() - self.before
 
-    def assert_delta(self, expected, settle=0.1):
-        # The mock counts a request when it arrives; give a late (wrong) retry a
-        # moment to show up, and a slow counter a moment to catch up.
-        wait_until(lambda: self.delta() >= expected, timeout=2.0)
-        time.sleep(settle)
-        got = self.delta()
-        assert got == expected, f"expected exactly {expected} upstream request(s), mock saw {got}"
+    def assert_delta(self, expected, settle=0.15, timeout=10.0):
+        # The mock counts a request when it arrives. Wait for the expected count (a loaded
+        # machine may be slow to get there: no fixed sleep decides it), failing as soon as it
+        # is passed; then hold it for `settle` seconds, watching, so a late (wrong) retry shows
+        # up as one more instead of passing early (the first retry's backoff is 50-100 ms).
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.delta()
+            assert got <= expected, f"expected exactly {expected} upstream request(s), mock saw {got}"
+            if got == expected:
+                break
+            assert time.monotonic() < deadline, (
+                f"expected {expected} upstream request(s), mock saw {got} after {timeout} s"
+            )
+            time.sleep(0.01)
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            time.sleep(0.02)
+            got = self.delta()
+            assert got == expected, (
+                f"expected exactly {expected} upstream request(s), mock saw {got} (one came late)"
+            )
 
 
 # --------------------------------------------------------------------------

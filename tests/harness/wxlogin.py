@@ -84,8 +84,10 @@ class ProcessGroup:
         return self.add(p)
 
     def serve(self, mock=None, env=None, args=None, appid=DEFAULT_APPID,
-              secret=DEFAULT_SECRET, wechat_base=None, config_port=None, name=None):
+              secret=DEFAULT_SECRET, wechat_base=None, config_port=None, name=None, bin=None):
         """Start `wxlogin serve` configured by environment; returns once /healthz answers 200.
+
+        bin: another wxlogin binary (e.g. wxlogin-failalloc) instead of WXLOGIN_BIN.
 
         env: extra WXLOGIN_* (or other) variables; a value of None removes it.
         appid/secret/wechat_base: None leaves the variable unset.
@@ -103,7 +105,7 @@ class ProcessGroup:
             elif mock is not None:
                 e["WXLOGIN_WECHAT_BASE"] = mock.base
             e.update(env or {})
-            return [BIN, "serve"] + list(args or []), base_env(**e)
+            return [bin or BIN, "serve"] + list(args or []), base_env(**e)
         p = start(ServeProc, name or self._name("serve"), mk, self.log_dir,
                   _http_ready("/healthz"), fixed_port=config_port)
         return self.add(p)

@@ -18,7 +18,9 @@ const struct http_route handlers_routes[] = {
     {"POST", "/admin/v1/access-token/refresh", handle_admin_token_refresh},
     {"POST", "/admin/v1/access-token/invalidate", handle_admin_token_invalidate},
     {"GET", "/healthz", handle_healthz},
+    {"HEAD", "/healthz", handle_healthz}, /* MHD sends a HEAD answer's headers, not its body */
     {"GET", "/readyz", handle_readyz},
+    {"HEAD", "/readyz", handle_readyz},
 };
 /* clang-format on */
 

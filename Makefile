@@ -1,7 +1,7 @@
 # wxlogin — see README.md. `make run` and `make test` are the two commands that matter.
 
 CC      ?= cc
-PKGS    := libmicrohttpd libcurl jansson inih libcrypto sqlite3 hiredis
+PKGS    := libmicrohttpd libcurl jansson inih libcrypto sqlite3 hiredis libsystemd
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -pthread -Isrc $(WARN) -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -67,7 +67,20 @@ $(B)/obj/%.o: src/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
 
-$(B)/libwxlogin.a: $(LIB_OBJ)
+# The commit, for --version: rewritten only when it changes, so nothing relinks for nothing.
+# Outside a git checkout (or without git) it is "unknown"; the build never fails for it.
+GIT_COMMIT := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+.PHONY: FORCE
+$(B)/commit.c: FORCE
+	@mkdir -p $(B)
+	@echo 'const char wxlogin_commit[] = "$(GIT_COMMIT)";' > $@.tmp
+	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+
+$(B)/obj/commit.o: $(B)/commit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) -c $< -o $@
+
+$(B)/libwxlogin.a: $(LIB_OBJ) $(B)/obj/commit.o
 	@rm -f $@
 	ar rcs $@ $^
 

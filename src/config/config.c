@@ -730,3 +730,162 @@ int config_thread_count(const struct config *cfg)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+/* ---- reload and `serve --check` ---- */
+
+/* The size of a key's value in struct config, for the types compared byte for byte. */
+static size_t value_size(enum cfg_type t)
+{
+    switch (t) {
+    case CT_LONG: return sizeof(long);
+    case CT_LOG_LEVEL: return sizeof(enum log_level);
+    case CT_LOG_FORMAT: return sizeof(enum log_format);
+    case CT_RATE: return sizeof(struct config_rate);
+    default: return 0;
+    }
+}
+
+static bool str_equal(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static bool key_equal(const struct config *a, const struct config *b, const struct cfg_key *k)
+{
+    const void *sa = (const char *)a + k->offset, *sb = (const char *)b + k->offset;
+    switch (k->type) {
+    case CT_STRING:
+    case CT_SECRET:
+    case CT_URL: return str_equal(*(char *const *)sa, *(char *const *)sb);
+    case CT_PROXIES:
+        return a->ntrusted_proxies == b->ntrusted_proxies &&
+               memcmp(a->trusted_proxies, b->trusted_proxies,
+                      a->ntrusted_proxies * sizeof(a->trusted_proxies[0])) == 0;
+    default: return memcmp(sa, sb, value_size(k->type)) == 0;
+    }
+}
+
+void config_diff(const struct config *a, const struct config *b, config_diff_fn *fn, void *arg)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (!key_equal(a, b, &keys[i]))
+            fn(keys[i].name, arg);
+    /* The flat app (apps[0] when appid is set) is covered by the keys above. */
+    bool apps_differ = a->napps != b->napps;
+    for (size_t i = b->appid != NULL ? 1 : 0; i < b->napps; i++) {
+        const struct config_app *nb = &b->apps[i];
+        const struct config_app *na = config_app_find(a, nb->appid);
+        if (na == NULL || (a->appid != NULL && strcmp(a->appid, nb->appid) == 0)) {
+            apps_differ = true;
+            continue;
+        }
+        char name[STORE_ID_MAX + 48];
+        if (!str_equal(na->secret, nb->secret)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] secret", nb->appid);
+            fn(name, arg);
+        }
+        if (!str_equal(na->secret_file, nb->secret_file)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] secret_file", nb->appid);
+            fn(name, arg);
+        }
+        if (!str_equal(na->access_token_api, nb->access_token_api)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] access_token_api", nb->appid);
+            fn(name, arg);
+        }
+    }
+    if (apps_differ)
+        fn("apps", arg);
+}
+
+int config_keep(struct config *dst, const struct config *src, const char *name)
+{
+    const struct cfg_key *k = find_key(name);
+    if (k == NULL)
+        return -1;
+    void *sd = (char *)dst + k->offset;
+    const void *ss = (const char *)src + k->offset;
+    switch (k->type) {
+    case CT_STRING:
+    case CT_SECRET:
+    case CT_URL: {
+        const char *v = *(char *const *)ss;
+        char *copy = v != NULL ? strdup(v) : NULL;
+        if (v != NULL && copy == NULL)
+            return -1;
+        wipe_free(*(char **)sd);
+        *(char **)sd = copy;
+        return 0;
+    }
+    case CT_PROXIES:
+        memcpy(dst->trusted_proxies, src->trusted_proxies, sizeof(dst->trusted_proxies));
+        dst->ntrusted_proxies = src->ntrusted_proxies;
+        return 0;
+    default: memcpy(sd, ss, value_size(k->type)); return 0;
+    }
+}
+
+static void print_rate(FILE *out, const char *name, const struct config_rate *r)
+{
+    if (r->count == 0)
+        fprintf(out, "%s = off\n", name);
+    else if (r->period_ms % 1000 == 0)
+        fprintf(out, "%s = %ld/%lds\n", name, r->count, r->period_ms / 1000);
+    else
+        fprintf(out, "%s = %ld/%ldms\n", name, r->count, r->period_ms);
+}
+
+static void print_proxies(FILE *out, const struct config *cfg)
+{
+    fputs("trusted_proxies =", out);
+    for (size_t i = 0; i < cfg->ntrusted_proxies; i++) {
+        const struct ipaddr_net *n = &cfg->trusted_proxies[i];
+        char text[IPADDR_TEXT_MAX];
+        ipaddr_format(&n->addr, text);
+        bool v4 = ipaddr_is_v4(&n->addr);
+        fprintf(out, "%s%s/%u", i ? ", " : " ", text, v4 ? n->bits - 96 : n->bits);
+    }
+    fputc('\n', out);
+}
+
+void config_print(const struct config *cfg, FILE *out)
+{
+    fputs("# the effective configuration (file, then environment); secrets are shown as ***\n",
+          out);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct cfg_key *k = &keys[i];
+        const void *slot = (const char *)cfg + k->offset;
+        const char *s = NULL;
+        char url[512];
+        switch (k->type) {
+        case CT_STRING:
+        case CT_URL:
+            s = *(char *const *)slot;
+            if (s != NULL && (k->type == CT_URL || strcmp(k->name, "store") == 0)) {
+                store_url_redacted(s, url, sizeof(url)); /* a password in the URL */
+                s = url;
+            }
+            break;
+        case CT_SECRET: s = *(char *const *)slot != NULL ? "***" : NULL; break;
+        case CT_LONG: fprintf(out, "%s = %ld\n", k->name, *(const long *)slot); continue;
+        case CT_LOG_LEVEL: s = log_level_name(cfg->log_level); break;
+        case CT_LOG_FORMAT: s = cfg->log_format == LOG_FORMAT_TEXT ? "text" : "json"; break;
+        case CT_RATE: print_rate(out, k->name, slot); continue;
+        case CT_PROXIES: print_proxies(out, cfg); continue;
+        }
+        if (s == NULL)
+            fprintf(out, "# %s is not set\n", k->name);
+        else
+            fprintf(out, "%s = %s\n", k->name, s);
+    }
+    for (size_t i = cfg->appid != NULL ? 1 : 0; i < cfg->napps; i++) {
+        const struct config_app *a = &cfg->apps[i];
+        fprintf(out, "\n[app \"%s\"]\n", a->appid);
+        if (a->secret != NULL)
+            fputs("secret = ***\n", out);
+        if (a->secret_file != NULL)
+            fprintf(out, "secret_file = %s\n", a->secret_file);
+        fprintf(out, "access_token_api = %s\n", a->access_token_api);
+    }
+}

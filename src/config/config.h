@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "log/log.h"
 #include "util/ipaddr.h"
@@ -150,5 +151,23 @@ void config_done(struct config *cfg);
 
 /* Number of worker threads to run: cfg->threads, or the number of online cores. */
 int config_thread_count(const struct config *cfg);
+
+typedef void config_diff_fn(const char *name, void *arg);
+
+/*
+ * Calls fn(name, arg) for each key whose value differs between a and b (a reload: the running
+ * configuration and the file read again). Secrets are compared, never passed on: fn gets names
+ * only. An app section's keys are named `[app "<appid>"] secret` (secret_file,
+ * access_token_api); "apps" when apps were added or removed.
+ */
+void config_diff(const struct config *a, const struct config *b, config_diff_fn *fn, void *arg);
+
+/* Sets the key called name in dst to its value in src (a reload keeps the running value of a
+ * key that needs a restart). Returns 0, or -1 (unknown key, out of memory). */
+int config_keep(struct config *dst, const struct config *src, const char *name);
+
+/* Writes cfg as a configuration file to out, every secret (secrets, admin token, master key,
+ * passwords in URLs) replaced by "***" (`wxlogin serve --check`). */
+void config_print(const struct config *cfg, FILE *out);
 
 #endif

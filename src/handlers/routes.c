@@ -25,7 +25,9 @@ const struct http_route handlers_routes[] = {
     {"DELETE", "/admin/v1/apps/*/users/*/ban", handle_admin_user_unban},
     {"DELETE", "/admin/v1/apps/*/sessions/*", handle_admin_session_end},
     {"GET", "/healthz", handle_healthz},
+    {"HEAD", "/healthz", handle_healthz}, /* MHD sends a HEAD answer's headers, not its body */
     {"GET", "/readyz", handle_readyz},
+    {"HEAD", "/readyz", handle_readyz},
 };
 /* clang-format on */
 

@@ -1379,6 +1379,13 @@ fail:
     return NULL;
 }
 
+void http_server_set_routes(struct http_server *srv, const struct http_route *routes,
+                            size_t nroutes)
+{
+    srv->routes = routes;
+    srv->nroutes = nroutes;
+}
+
 uint16_t http_server_port(const struct http_server *srv)
 {
     return srv->port;

@@ -98,6 +98,10 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
                                     char err[HTTP_ERR_MAX]);
 /* Port actually bound (useful with port 0). */
 uint16_t http_server_port(const struct http_server *srv);
+/* Routes requests by this table from now on (a reload); from the server's thread. Borrowed: it
+ * must outlive the server or the next call. A request already routed is not affected. */
+void http_server_set_routes(struct http_server *srv, const struct http_route *routes,
+                            size_t nroutes);
 /*
  * Stops accepting connections; requests already received are still answered and every response
  * from now on closes its connection. drained(arg) runs (from the loop, once) when no request

@@ -104,6 +104,13 @@ struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *
     return lc;
 }
 
+void login_ctx_set_limits(struct login_ctx *lc, struct limit *user_limit,
+                          struct limit *wechat_limit)
+{
+    lc->opts.user_limit = user_limit;
+    lc->opts.wechat_limit = wechat_limit;
+}
+
 void login_ctx_free(struct login_ctx *lc)
 {
     if (lc == NULL)

@@ -115,6 +115,10 @@ struct login_origin {
 struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
                                 struct wechat_client *wx, struct store *store, struct loop *loop);
 void login_ctx_free(struct login_ctx *lc);
+/* A reload turned a limit on or off (NULL: off); from the context's thread. The limits must
+ * outlive the context: a login in flight may be taking from the one it replaces. */
+void login_ctx_set_limits(struct login_ctx *lc, struct limit *user_limit,
+                          struct limit *wechat_limit);
 
 /*
  * Exchanges code (already validated by the caller) for app; with want_session also answers the

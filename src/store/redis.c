@@ -1040,6 +1040,79 @@ static int rd_open(struct store_shared *base, struct loop *loop, struct store **
 
 static const struct store_shared_ops rd_shared_ops = {.open = rd_open, .free = rd_shared_free};
 
+/* One command on the blocking connection of check_master_key(); NULL when it failed. */
+static redisReply *sync_command(redisContext *c, int argc, const char **argv)
+{
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+/*
+ * The master key's check value (store/seal.h), one key per app in the URL's db (the prefix its
+ * sealed keys live under, wxlogin:<appid>:master_key_check): set if absent, then compared. Checked
+ * once at start on a blocking connection of its own, before the workers' connections exist. A Redis
+ * that cannot be asked now (down, refusing AUTH) is not a reason to refuse to start, as the service
+ * waits for it anyway: that is only warned. Returns 0 or STORE_WRONG_KEY with err.
+ */
+static int check_master_key(const struct rconn_opts *o, const struct store_config *cfg,
+                            char err[STORE_ERR_MAX])
+{
+    uint8_t want[CRYPTO_HASH_LEN];
+    char hex[2 * CRYPTO_HASH_LEN + 1];
+    if (store_key_check_value(cfg->master_key, want) != 0)
+        return 0;
+    crypto_hex(want, sizeof(want), hex);
+    struct timeval tv = {.tv_sec = o->timeout_ms / 1000, .tv_usec = (o->timeout_ms % 1000) * 1000};
+    redisContext *c = o->unix_path != NULL ? redisConnectUnixWithTimeout(o->unix_path, tv)
+                                           : redisConnectWithTimeout(o->host, o->port, tv);
+    redisReply *r = NULL;
+    const char *why = c == NULL ? "out of memory" : c->err ? c->errstr : NULL;
+    int rc = 0;
+    if (why == NULL && redisSetTimeout(c, tv) != REDIS_OK)
+        why = "cannot set a timeout";
+    if (why == NULL && o->password != NULL) {
+        const char *argv[] = {"AUTH", o->password};
+        r = sync_command(c, 2, argv);
+        why = r == NULL ? "AUTH refused" : NULL;
+        freeReplyObject(r);
+    }
+    if (why == NULL && o->db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", o->db);
+        const char *argv[] = {"SELECT", db};
+        r = sync_command(c, 2, argv);
+        why = r == NULL ? "SELECT refused" : NULL;
+        freeReplyObject(r);
+    }
+    for (size_t i = 0; why == NULL && rc == 0 && i < cfg->napps; i++) {
+        char key[KEY_MAX];
+        snprintf(key, sizeof(key), "wxlogin:%s:master_key_check", cfg->apps[i]);
+        const char *set[] = {"SET", key, hex, "NX"};
+        const char *get[] = {"GET", key};
+        freeReplyObject(sync_command(c, 4, set));
+        r = sync_command(c, 2, get);
+        if (r == NULL || r->type != REDIS_REPLY_STRING)
+            why = "no answer to GET";
+        else if (r->len != sizeof(hex) - 1 || !crypto_equal(r->str, hex, sizeof(hex) - 1)) {
+            snprintf(err, STORE_ERR_MAX, STORE_WRONG_KEY_MSG("this Redis db"));
+            rc = STORE_WRONG_KEY;
+        }
+        freeReplyObject(r);
+    }
+    if (why != NULL && cfg->warn != NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "cannot check the master key against Redis now (%.100s); starting anyway", why);
+        cfg->warn(msg, cfg->warn_arg);
+    }
+    redisFree(c);
+    return rc;
+}
+
 int store_redis_shared_new(const char *url, const struct store_config *cfg,
                            struct store_shared **out, char err[STORE_ERR_MAX])
 {
@@ -1089,6 +1162,11 @@ int store_redis_shared_new(const char *url, const struct store_config *cfg,
     for (int i = 0; i < S_COUNT; i++) {
         rconn_script_init(&sh->scripts[i], texts[i]);
         sh->script_ptrs[i] = &sh->scripts[i];
+    }
+    int kc = check_master_key(&sh->opts, cfg, err);
+    if (kc != 0) {
+        rd_shared_free(&sh->base);
+        return kc;
     }
     *out = &sh->base;
     return 0;

@@ -1422,6 +1422,52 @@ static int make_private(const char *path, const struct store_config *cfg, char e
     return 0;
 }
 
+/*
+ * The master key's check value (store/seal.h) is kept in the table meta: recorded on the first
+ * start (a database from before it records the key it is next started with), compared on every
+ * later one. The table is made here rather than by a migration, so it is there whatever the
+ * schema version. Returns 0, -1 or STORE_WRONG_KEY, with err.
+ */
+static int check_master_key(sqlite3 *db, const char *path, const uint8_t *master,
+                            char err[STORE_ERR_MAX])
+{
+    uint8_t want[CRYPTO_HASH_LEN];
+    sqlite3_stmt *ins = NULL, *sel = NULL;
+    int rc = -1;
+    if (store_key_check_value(master, want) != 0) {
+        snprintf(err, STORE_ERR_MAX, "store: cannot compute the master key's check value");
+        return -1;
+    }
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+                     " WITHOUT ROWID",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(
+            db, "INSERT OR IGNORE INTO meta (name, value) VALUES ('master_key_check', ?1)", -1,
+            &ins, NULL) != SQLITE_OK ||
+        sqlite3_bind_blob(ins, 1, want, sizeof(want), SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_step(ins) != SQLITE_DONE ||
+        sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE name = 'master_key_check'", -1, &sel,
+                           NULL) != SQLITE_OK ||
+        sqlite3_step(sel) != SQLITE_ROW) {
+        snprintf(err, STORE_ERR_MAX, "store: cannot check the master key in '%.100s': %s", path,
+                 sqlite3_errmsg(db));
+        goto out;
+    }
+    const void *have = sqlite3_column_blob(sel, 0);
+    if (have == NULL || sqlite3_column_bytes(sel, 0) != (int)sizeof(want) ||
+        !crypto_equal(have, want, sizeof(want))) {
+        snprintf(err, STORE_ERR_MAX, STORE_WRONG_KEY_MSG("the database"));
+        rc = STORE_WRONG_KEY;
+        goto out;
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(ins);
+    sqlite3_finalize(sel);
+    return rc;
+}
+
 int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
                             struct store_shared **out, char err[STORE_ERR_MAX])
 {
@@ -1476,6 +1522,11 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
         if (msg != NULL) /* else migrate() said what failed */
             snprintf(err, STORE_ERR_MAX, "store: cannot set up '%s': %s", path, msg);
         goto fail;
+    }
+    int kc = check_master_key(sh->db, path, cfg->master_key, err);
+    if (kc != 0) {
+        sq_shared_free(&sh->base);
+        return kc;
     }
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(sh->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &sh->stmt[i],

@@ -323,6 +323,9 @@ struct store_config {
  * files found wider are tightened, and cfg->warn told. */
 int store_shared_new(const struct store_config *cfg, struct store_shared **out,
                      char err[STORE_ERR_MAX]);
+/* store_shared_new()'s answer when the store was sealed with another master key (its check
+ * value, store/seal.h, differs): the caller exits 2. */
+#define STORE_WRONG_KEY (-2)
 /* After every store of it is closed. Accepts NULL. */
 void store_shared_free(struct store_shared *sh);
 /* A worker's store on its loop. Returns 0 or -1 with err. */

@@ -748,6 +748,14 @@ def case_healthz(port, mock):
     check("healthz", call(port, "GET", "/healthz", "x" * (MAX_BODY + 1)), 413, "payload_too_large")
 
 
+def case_healthz_head(port, mock):
+    check("healthzHead", call(port, "HEAD", "/healthz", app=None), 200)
+
+
+def case_readyz_head(port, mock):
+    check("readyzHead", call(port, "HEAD", "/readyz", app=None), 200)
+
+
 def case_readyz(port, mock):
     check("readyz", call(port, "GET", "/readyz", app=None), 200)
     q = "&".join(f"a{i}=1" for i in range(33))
@@ -855,6 +863,8 @@ CASES = {
     "invalidateAccessToken": case_invalidate_access_token,
     "healthz": case_healthz,
     "readyz": case_readyz,
+    "healthzHead": case_healthz_head,
+    "readyzHead": case_readyz_head,
     "getUser": case_get_user,
     "eraseUser": case_erase_user,
     "revokeSession": case_revoke_session,

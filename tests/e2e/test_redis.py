@@ -449,6 +449,10 @@ def test_other_master_key_cannot_open_session_keys(procs, mock, redis, db):
     are hashes) but cannot open the sealed session_key, and must not crash or leak it."""
     a = procs.serve(mock=mock, env=redis_env(redis.url(db)))
     other = base64.b64encode(os.urandom(32)).decode()
+    # Such an instance is now refused at start (test_other_master_key_refused_at_start); with
+    # the check value gone (deleted by hand), the sealed keys must still not open.
+    with redis.client(db) as c:
+        assert c.cmd("DEL", f"wxlogin:{DEFAULT_APPID}:master_key_check") == 1
     b = procs.serve(mock=mock, env=redis_env(redis.url(db), WXLOGIN_MASTER_KEY=other))
     r = login(a.port, new_code("wanda"))
     tok = token_of(r)
@@ -460,6 +464,37 @@ def test_other_master_key_cannot_open_session_keys(procs, mock, redis, db):
     assert d.json()["error"] == "invalid_token" and d.json()["action"] == "relogin", d
     assert b.alive()
     assert other not in b.log_text()
+
+
+def test_other_master_key_refused_at_start(procs, mock, redis, db):
+    """The check value of the app's prefix (wxlogin:<appid>:master_key_check, set by the first
+    instance) is not the key nor its hash; an instance with another key exits 2 and says why."""
+    a = procs.serve(mock=mock, env=redis_env(redis.url(db)))
+    assert login(a.port, new_code("mkr")).status == 200
+    with redis.client(db) as c:
+        check = c.cmd("GET", f"wxlogin:{DEFAULT_APPID}:master_key_check")
+    assert check and len(check) == 64 and MASTER_KEY.encode() not in check
+    assert hashlib.sha256(base64.b64decode(MASTER_KEY)).hexdigest().encode() != check
+    other = base64.b64encode(os.urandom(32)).decode()
+    env = base_env(**redis_env(redis.url(db), WXLOGIN_MASTER_KEY=other,
+                               WXLOGIN_APPID=DEFAULT_APPID, WXLOGIN_SECRET="x" * 32,
+                               WXLOGIN_LISTEN=f"127.0.0.1:{free_port()}"))
+    cp = run_cli(["serve"], env=env)
+    assert cp.returncode == 2, (cp.returncode, cp.stderr)
+    assert "different master key" in cp.stderr, cp.stderr
+    assert other not in cp.stderr and MASTER_KEY not in cp.stderr
+    with redis.client(db) as c:  # untouched
+        assert c.cmd("GET", f"wxlogin:{DEFAULT_APPID}:master_key_check") == check
+
+
+def test_master_key_check_skipped_while_redis_is_down(procs, mock, own_redis):
+    """Redis down at start is not a reason to refuse (the service waits for it): warned."""
+    rd = own_redis()
+    url = rd.url(1)
+    rd.stop()
+    s = procs.serve(mock=mock, env=redis_env(url, WXLOGIN_STORE_TIMEOUT_MS=300))
+    assert "cannot check the master key against Redis" in s.log_text()
+    assert s.alive()
 
 
 # --------------------------------------------------------------------------

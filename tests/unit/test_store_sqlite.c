@@ -1358,6 +1358,24 @@ static void test_logins_from_several_worker_threads(void **state)
     assert_int_equal(count_closed(f, "SELECT count(*) FROM sessions"), THREADS * PER_THREAD);
 }
 
+/* The database remembers the master key's check value: another key is refused with
+ * STORE_WRONG_KEY (the caller exits 2), the same key opens it again; the value stored is
+ * neither the key nor its hash. */
+static void test_another_master_key_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    close_store(f);
+    uint8_t other[CRYPTO_KEY_LEN] = {1, 2, 3};
+    struct store_config cfg = {.url = f->url, .timeout_ms = 1000, .master_key = other};
+    struct store_shared *sh = NULL;
+    char err[STORE_ERR_MAX] = "";
+    assert_int_equal(store_shared_new(&cfg, &sh, err), STORE_WRONG_KEY);
+    assert_null(sh);
+    assert_non_null(strstr(err, "different master key"));
+    assert_int_equal(open_store(f), 0);
+    assert_int_equal(ping(&f->w), STORE_OK);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--second-process") == 0)
@@ -1368,6 +1386,7 @@ int main(int argc, char **argv)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_ping_ok),
+        T(test_another_master_key_is_refused),
         T(test_login_with_token_then_get_session_finds_user),
         T(test_get_session_without_unionid_reports_empty),
         T(test_get_session_with_other_hash_is_not_found),

@@ -11,6 +11,7 @@ PKGS=(
     clang-format clang libclang-rt-14-dev
     python3 python3-pytest redis-server
     curl wrk nginx-light iproute2 openssl golang-go strace
+    debhelper dpkg-dev systemd man-db
 )
 
 missing=()

@@ -2,9 +2,10 @@
 `systemd-analyze` sees it, the man page, `make deb` and the packaged binary run from an
 extracted tree, and the default database in systemd's $STATE_DIRECTORY.
 
-These check files and the normal build's packaging, not the binary's behaviour under a
-sanitizer: they run in the normal build's pass only (@normal_build_only). The .deb is built
-once per run (`make deb`: Debian's flags, its own build directory); its time is printed.
+Most check files and the packaging, not the binary's behaviour under a sanitizer: they run in
+the normal build's pass only (@normal_build_only). The two that run the service with the
+shipped configuration run in every pass. The .deb is built once per run (`make deb`: Debian's
+flags, its own build directory); its time is printed.
 """
 import os
 import re
@@ -17,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (BIN, DEFAULT_APPID, DEFAULT_SECRET, REPO, MockProc, ServeProc, _start,
-                      base_env, new_code, normal_build_only, post_json, request)
-
-pytestmark = normal_build_only
+                      base_env, new_code, normal_build_only, post_json, request, run_cli)
 
 # The build directory of the binary under test, as the Makefile's B (install copies from it).
 B = os.path.relpath(Path(BIN).resolve().parent, REPO)
@@ -75,6 +74,7 @@ INSTALLED = {  # path in the tree: mode
 }
 
 
+@normal_build_only
 def test_install_tree_files_and_modes(tree):
     for rel, m in INSTALLED.items():
         p = tree / rel
@@ -89,6 +89,7 @@ def test_install_tree_files_and_modes(tree):
     run([str(tree / "usr/bin/wxlogin-mock"), "--help"])
 
 
+@normal_build_only
 def test_install_unit_names_this_install(tree, tmp_path):
     unit = (tree / "usr/lib/systemd/system/wxlogin.service").read_text()
     assert "ExecStart=/usr/bin/wxlogin serve --config /etc/wxlogin/wxlogin.conf\n" in unit
@@ -101,6 +102,7 @@ def test_install_unit_names_this_install(tree, tmp_path):
     assert (tmp_path / "etc/wxlogin/wxlogin.conf").is_file()
 
 
+@normal_build_only
 def test_install_keeps_an_edited_config_and_uninstall_leaves_it(tmp_path):
     make_install(tmp_path, "PREFIX=/usr")
     conf = tmp_path / "etc/wxlogin/wxlogin.conf"
@@ -121,6 +123,7 @@ def unit_settings(text):
             if l and not l.startswith(("#", "[")) and "=" in l]
 
 
+@normal_build_only
 def test_unit_has_the_contract_and_the_hardening():
     s = unit_settings((REPO / "contrib/systemd/wxlogin.service").read_text())
     d = {}
@@ -141,6 +144,7 @@ def test_unit_has_the_contract_and_the_hardening():
     assert d["ExecStart"] == ["/usr/bin/wxlogin serve --config /etc/wxlogin/wxlogin.conf"]
 
 
+@normal_build_only
 def test_systemd_analyze_verify_and_security(tree, tmp_path):
     """The installed unit, with ExecStart at the tree's binary (verify needs it to exist) and
     the tree's man page for Documentation=man:wxlogin(8): no output at all, exit 0."""
@@ -185,6 +189,7 @@ def help_options():
     return opts
 
 
+@normal_build_only
 def test_man_page_renders_and_describes_every_option():
     page = REPO / "docs/wxlogin.8"
     env = base_env(MANWIDTH="100", LANG="C", LC_ALL="C", MAN_KEEP_FORMATTING="")
@@ -229,9 +234,8 @@ def test_shipped_config_holds_no_secret_and_asks_for_an_appid(tmp_path):
     live = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith(";")]
     for l in live:
         assert not re.match(r"(secret|admin_token|master_key)\s*=", l), l
-    cp = subprocess.run([BIN, "serve", "--config", str(REPO / "contrib/systemd/wxlogin.conf")],
-                        capture_output=True, text=True, timeout=15, cwd=tmp_path,
-                        env=base_env(STATE_DIRECTORY=str(tmp_path)))
+    cp = run_cli(["serve", "--config", str(REPO / "contrib/systemd/wxlogin.conf")],
+                 env=base_env(STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path)
     assert cp.returncode == 2, cp.stderr
     assert "appid: not set" in cp.stderr
 
@@ -267,6 +271,7 @@ def deb_listing(deb):
     return files
 
 
+@normal_build_only
 def test_deb_control_depends_and_conffile(debs, tmp_path):
     deb = debs["wxlogin"]
     info = run(["dpkg-deb", "-I", str(deb)]).stdout
@@ -292,6 +297,7 @@ def test_deb_control_depends_and_conffile(debs, tmp_path):
     assert "deb-systemd-helper debian-installed 'wxlogin.service'" in postinst
 
 
+@normal_build_only
 def test_deb_contents(debs):
     files = deb_listing(debs["wxlogin"])
     expected = {
@@ -301,8 +307,10 @@ def test_deb_contents(debs):
         "usr/lib/sysusers.d/wxlogin.conf": "-rw-r--r--",
         "usr/share/man/man8/wxlogin.8.gz": "-rw-r--r--",
         "usr/share/doc/wxlogin/copyright": "-rw-r--r--",
-        "usr/share/doc/wxlogin/operations.md.gz": "-rw-r--r--",
-        "usr/share/doc/wxlogin/wxlogin.conf.example.gz": "-rw-r--r--",
+        "usr/share/doc/wxlogin/operations.md": "-rw-r--r--",
+        "usr/share/doc/wxlogin/api.md": "-rw-r--r--",
+        "usr/share/doc/wxlogin/wxlogin.conf.example": "-rw-r--r--",
+        "usr/share/doc/wxlogin/wxlogin-auth.conf": "-rw-r--r--",
     }
     for path, m in expected.items():
         assert path in files, f"{path} not in the package: {sorted(files)}"
@@ -312,6 +320,7 @@ def test_deb_contents(debs):
     assert mock_files["usr/bin/wxlogin-mock"][0] == "-rwxr-xr-x"
 
 
+@normal_build_only
 def test_deb_binary_runs_from_an_extracted_tree(debs, procs, tmp_path):
     root = tmp_path / "root"
     for deb in debs.values():

@@ -44,7 +44,7 @@ MOCKLIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(MOCKLIB_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps build unit e2e test test-one asan run bench format format-check clean \
-        fuzz fuzz-build fuzz-check tsan valgrind openapi-deps client-test
+        fuzz fuzz-build fuzz-check tsan valgrind openapi-deps client-test install uninstall deb
 
 all: build
 
@@ -189,5 +189,60 @@ format-check: | $(DEPS_STAMP)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz $(DEPS_STAMP) $(OPENAPI_NPM)/node_modules
+
+# ---- make install / uninstall / deb (README.md, "Install"; docs/operations.md) ----
+# GNU-style directories. The configuration goes to /etc/wxlogin whatever the PREFIX: the
+# systemd unit reads it there (ConfigurationDirectory=). systemd also reads units and sysusers
+# files under /usr/local/lib.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+SYSCONFDIR  ?= /etc
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/wxlogin
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+INSTALL     ?= install
+DOC_FILES   := README.md CHANGELOG.md SECURITY.md LICENSE wxlogin.conf.example \
+               $(sort $(wildcard docs/*.md docs/*.yaml)) contrib/nginx/wxlogin-auth.conf
+
+# The binaries, the unit (its paths made those of this install), the sysusers file, the man
+# page and the docs. An existing wxlogin.conf is kept (it is the operator's), and no user is
+# created: run systemd-sysusers for that (docs/operations.md).
+install: $(B)/wxlogin $(B)/wxlogin-mock
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/wxlogin
+	$(INSTALL) -m 0755 $(B)/wxlogin $(B)/wxlogin-mock $(DESTDIR)$(BINDIR)/
+	sed -e 's#/usr/bin/wxlogin#$(BINDIR)/wxlogin#g' -e 's#/etc/wxlogin/#$(SYSCONFDIR)/wxlogin/#g' \
+	    contrib/systemd/wxlogin.service > $(DESTDIR)$(SYSTEMDUNITDIR)/wxlogin.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/wxlogin.service
+	$(INSTALL) -m 0644 contrib/systemd/wxlogin.sysusers $(DESTDIR)$(SYSUSERSDIR)/wxlogin.conf
+	$(INSTALL) -m 0644 docs/wxlogin.8 $(DESTDIR)$(MANDIR)/man8/wxlogin.8
+	$(INSTALL) -m 0644 $(DOC_FILES) $(DESTDIR)$(DOCDIR)/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/wxlogin/wxlogin.conf ]; then \
+	    echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/wxlogin/wxlogin.conf"; \
+	else \
+	    $(INSTALL) -m 0640 contrib/systemd/wxlogin.conf $(DESTDIR)$(SYSCONFDIR)/wxlogin/wxlogin.conf; \
+	fi
+
+# Removes what install put there, except the configuration and the state (the database).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/wxlogin $(DESTDIR)$(BINDIR)/wxlogin-mock \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)/wxlogin.service $(DESTDIR)$(SYSUSERSDIR)/wxlogin.conf \
+	    $(DESTDIR)$(MANDIR)/man8/wxlogin.8
+	rm -rf $(DESTDIR)$(DOCDIR)
+
+# The Debian packages (wxlogin, wxlogin-mock), built by dpkg-buildpackage from a copy of the
+# sources with contrib/debian/ as its debian/, so that dpkg-buildpackage's output (written to
+# the parent of the source tree) lands in build/deb/ and debian/rules cleans nothing here.
+DEB_DIR     := build/deb
+DEB_SOURCES := Makefile src docs contrib scripts wxlogin.conf.example README.md CHANGELOG.md \
+               SECURITY.md LICENSE
+deb: | $(DEPS_STAMP)
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	tar -c $(DEB_SOURCES) | tar -x -C $(DEB_DIR)/src
+	cp -r contrib/debian $(DEB_DIR)/src/debian
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc -Jauto
+	@ls -l $(DEB_DIR)/*.deb
 
 -include $(OBJ:.o=.d)

@@ -12,6 +12,7 @@ PKGS=(
     python3 python3-pytest python3-jsonschema python3-yaml redis-server
     curl wrk nginx-light iproute2 openssl golang-go strace
     prometheus # promtool: tests check the /metrics scrape with it
+    debhelper dpkg-dev systemd man-db
 )
 
 missing=()

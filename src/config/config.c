@@ -424,6 +424,33 @@ static int load_env(struct config *cfg, char *const *envp, config_warn_fn *warn,
     return 0;
 }
 
+/* Under systemd with StateDirectory= (contrib/systemd/wxlogin.service) the working directory is
+ * "/", read-only under ProtectSystem=strict, so the default database (and the key file created
+ * beside it) goes into $STATE_DIRECTORY instead. This is the default layer: a store named in the
+ * file or the environment is kept as written. systemd separates several directories with ':'
+ * when a unit names several; the first is the service's. */
+static int state_directory_store(struct config *cfg, char *const *envp, char err[CONFIG_ERR_MAX])
+{
+    static const char var[] = "STATE_DIRECTORY=";
+    const char *dir = NULL;
+    for (; envp != NULL && *envp != NULL; envp++)
+        if (strncmp(*envp, var, sizeof(var) - 1) == 0)
+            dir = *envp + sizeof(var) - 1;
+    if (dir == NULL || dir[0] != '/')
+        return 0;
+    size_t n = strcspn(dir, ":");
+    while (n > 0 && dir[n - 1] == '/')
+        n--;
+    char *store = NULL;
+    if (asprintf(&store, "sqlite:%.*s/wxlogin.db", (int)n, dir) < 0) {
+        snprintf(err, CONFIG_ERR_MAX, "store: out of memory");
+        return -1;
+    }
+    free(cfg->store);
+    cfg->store = store;
+    return 0;
+}
+
 /* Reads a secret from a file; trailing whitespace (the usual newline) is not part of it. */
 static int read_secret_file(const char *key, const char *path, char **slot,
                             char err[CONFIG_ERR_MAX])
@@ -537,6 +564,8 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
         if (keys[i].def != NULL && set_value(cfg, &keys[i], keys[i].def, err) != 0)
             goto fail;
     }
+    if (state_directory_store(cfg, envp, err) != 0)
+        goto fail;
     if (path != NULL && load_file(cfg, path, err) != 0)
         goto fail;
     if (load_env(cfg, envp, warn, warn_arg, err) != 0)

@@ -674,6 +674,46 @@ static void test_store_sqlite_without_path_rejected(void **state)
     assert_contains(err, "store");
 }
 
+/* systemd's StateDirectory=: the default database moves there (contrib/systemd/wxlogin.service
+ * runs with "/" as its working directory, read-only); a store that is named stays put. */
+static void test_store_default_in_state_directory(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:/var/lib/wxlogin/wxlogin.db");
+}
+
+static void test_store_state_directory_first_of_several_no_trailing_slash(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin//:/var/lib/other", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:/var/lib/wxlogin/wxlogin.db");
+}
+
+static void test_store_state_directory_relative_ignored(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=var/lib/wxlogin", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:wxlogin.db");
+}
+
+static void test_store_named_in_file_or_env_wins_over_state_directory(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "store.conf", "store = sqlite:/srv/sessions.db\n");
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin", NULL};
+    load_ok(f, path, env);
+    assert_string_equal(f->cfg.store, "sqlite:/srv/sessions.db");
+    config_done(&f->cfg);
+    char *const env2[] = {"STATE_DIRECTORY=/var/lib/wxlogin", "WXLOGIN_STORE=sqlite:other.db",
+                          NULL};
+    load_ok(f, NULL, env2);
+    assert_string_equal(f->cfg.store, "sqlite:other.db");
+}
+
 static void test_request_timeout_bounds(void **state)
 {
     struct fixture *f = *state;
@@ -1235,6 +1275,10 @@ int main(void)
         T(test_error_never_contains_master_key),
         T(test_store_other_than_sqlite_rejected),
         T(test_store_sqlite_without_path_rejected),
+        T(test_store_default_in_state_directory),
+        T(test_store_state_directory_first_of_several_no_trailing_slash),
+        T(test_store_state_directory_relative_ignored),
+        T(test_store_named_in_file_or_env_wins_over_state_directory),
         T(test_session_ttl_out_of_range_rejected),
         T(test_code_reuse_window_and_exchange_table_size_bounds),
         T(test_request_timeout_bounds),

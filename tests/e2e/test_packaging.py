@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BIN, DEFAULT_APPID, DEFAULT_SECRET, REPO, MockProc, ServeProc, _start,
-                      base_env, new_code, normal_build_only, post_json, request, run_cli)
+from conftest import (BIN, DEFAULT_APPID, DEFAULT_SECRET, REPO, MockProc, ServeProc, base_env,
+                      new_code, normal_build_only, post_json, request, run_cli)
+from harness.procs import start
+from harness.wxlogin import _http_ready
 
 # The build directory of the binary under test, as the Makefile's B (install copies from it).
 B = os.path.relpath(Path(BIN).resolve().parent, REPO)
@@ -337,17 +339,16 @@ def test_deb_binary_runs_from_an_extracted_tree(debs, procs, tmp_path):
     assert re.search(r"__\w+_chk\b", syms.replace("__stack_chk_fail", "")), "no _FORTIFY_SOURCE"
 
     # the packaged service, with its packaged configuration, against the packaged mock
-    m = _start(MockProc, "pkg-mock", lambda p: ([str(wxmock), "--listen", f"127.0.0.1:{p}"],
-                                                 base_env()), tmp_path, "/mock/stats")
-    procs.procs.append(m)
+    m = procs.add(start(MockProc, "pkg-mock",
+                        lambda p: ([str(wxmock), "--listen", f"127.0.0.1:{p}"], base_env()),
+                        tmp_path, _http_ready("/mock/stats")))
     state = tmp_path / "state"
     state.mkdir()
     env = lambda p: ([str(wx), "serve", "--config", str(root / "etc/wxlogin/wxlogin.conf")],
                      base_env(WXLOGIN_LISTEN=f"127.0.0.1:{p}", WXLOGIN_APPID=DEFAULT_APPID,
                               WXLOGIN_SECRET=DEFAULT_SECRET, WXLOGIN_WECHAT_BASE=m.base,
                               STATE_DIRECTORY=str(state)))
-    s = _start(ServeProc, "pkg-serve", env, tmp_path, "/healthz")
-    procs.procs.append(s)
+    s = procs.add(start(ServeProc, "pkg-serve", env, tmp_path, _http_ready("/healthz")))
     r = request(s.port, "GET", "/healthz")
     assert r.status == 200, r
     r = post_json(s.port, "/openid", {"code": new_code("pkguser")})

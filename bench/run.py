@@ -20,6 +20,7 @@ Environment (all optional):
   BENCH_NGINX=/usr/sbin/nginx  the nginx for the baseline (Debian's nginx-light)
   BENCH_GO=go               the Go toolchain that builds the peer (Debian's golang-go)
   BENCH_REDIS=1             0 skips the Redis store scenario (two instances on one Redis)
+  BENCH_METRICS=1           0 skips GET /v1/session with metrics_listen set (its cost)
   BENCH_REDIS_SERVER=/usr/bin/redis-server  the private Redis for it
   BENCH_REDIS_THREADS=1     WXLOGIN_THREADS of each of the two Redis-backed instances
   BENCH_ALLOC_N=2000        requests per allocation count (0 skips the counts)
@@ -47,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +72,9 @@ ROW_OPENID_GO = "POST /openid (go)"
 ROW_SESSION = "GET /v1/session (wxlogin)"
 ROW_NGINX = "nginx return 200"
 ROW_REDIS = "GET /v1/session (redis, 2 inst)"
+ROW_SESSION_METRICS = "GET /v1/session (metrics on)"
+SESSION_200 = re.compile(r'^wxlogin_http_requests_total\{method="GET",route="/v1/session",'
+                         r'status="200"\} [1-9]', re.M)
 
 
 class BenchError(Exception):
@@ -125,6 +130,10 @@ class Settings:
         self.redis = self.redis == "1"
         self.redis_server = e("BENCH_REDIS_SERVER", "") or "/usr/bin/redis-server"
         self.redis_threads = env_int("BENCH_REDIS_THREADS", 1, 1)
+        self.metrics = e("BENCH_METRICS", "") or "1"
+        if self.metrics not in ("0", "1"):
+            die("BENCH_METRICS must be 0 or 1")
+        self.metrics = self.metrics == "1"
         self.alloc_n = env_int("BENCH_ALLOC_N", 2000, 0)
         self.strace_n = env_int("BENCH_STRACE_N", 1000, 0)
         self.soak_n = env_int("BENCH_SOAK_N", 1000000, 0)
@@ -238,6 +247,8 @@ class Bench:
         self.row_keys = []
         self.mock = self.serve = self.peer = self.nginx = self.redis = None
         self.ra = self.rb = None
+        self.ms = None  # the SQLite-backed service with metrics_listen set (a copy of the store)
+        self.ms_metrics_port = None
         self.nginx_workers = []
         self.peer_bin = OUT_DIR / "openidpeer"
         self.alloc_so = OUT_DIR / "alloccount.so"
@@ -512,14 +523,47 @@ http {{
             die("seeding the store failed:\n" + indent(log.read_text()))
         for l in log.read_text().splitlines():
             say(l)
-        if s.soak_n:  # the soak instance gets its own copy of the seeded store
-            (self.tmp / "soak").mkdir()
-            for f in self.tmp.glob("wxlogin.db*"):
-                shutil.copy2(f, self.tmp / "soak" / f.name)
+        # The soak and metrics instances get their own copies of the seeded store (SQLite
+        # belongs to one process), taken while nothing has it open.
+        for want, d in ((s.soak_n, "soak"), (s.metrics, "metrics")):
+            if want:
+                (self.tmp / d).mkdir()
+                for f in self.tmp.glob("wxlogin.db*"):
+                    shutil.copy2(f, self.tmp / d / f.name)
 
     def start_serve(self):
         self.serve = self.launch_serve("serve", self.s.server_threads,
                                        WXLOGIN_STORE=f"sqlite:{self.tmp}/wxlogin.db")
+
+    def start_metrics_serve(self):
+        """The same service with metrics_listen set, on its copy of the seeded store, for the
+        cost of counting on GET /v1/session. The metrics listener takes port 0: the port it got
+        is in its "metrics served" log line (no free port to race for)."""
+        p = self.launch_serve("serve-metrics", self.s.server_threads,
+                              WXLOGIN_STORE=f"sqlite:{self.tmp}/metrics/wxlogin.db",
+                              WXLOGIN_METRICS_LISTEN="127.0.0.1:0")
+        self.ms = p
+        lines = H.wait_until(lambda: p.json_lines(lambda d: d.get("msg") == "metrics served"),
+                             5)
+        if not lines or not str(lines[0].get("port", "")).isdigit():
+            die(f"the metrics instance did not log the port of its metrics listener (log: "
+                f"{p.log_path})")
+        self.ms_metrics_port = int(lines[0]["port"])
+        if self.ms_metrics_port == p.port or not p.owns_port(self.ms_metrics_port):
+            die(f"the metrics instance's ports got mixed up ({p.port}, metrics "
+                f"{self.ms_metrics_port})")
+        say(f"wxlogin with metrics on 127.0.0.1:{p.port}, /metrics on 127.0.0.1:"
+            f"{self.ms_metrics_port}")
+
+    def check_metrics_serve(self):
+        """A seeded token verifies there too, and its scrape counts it."""
+        r = self.get_session(self.ms.port, self.tokens.read_text().split()[0])
+        if r.status != 200:
+            die(f"sanity check: GET /v1/session on the metrics instance answered {r.status}")
+        m = H.request(self.ms_metrics_port, "GET", "/metrics", timeout=5)
+        if m.status != 200 or len(SESSION_200.findall(m.body.decode(errors="replace"))) != 1:
+            die("sanity check: the metrics instance's /metrics does not count GET /v1/session")
+        say("sanity check passed (metrics instance: seeded token 200, counted in /metrics)")
 
     def check_sessions(self):
         """A real login's token and a seeded one verify (200, identity headers); an unknown
@@ -665,7 +709,8 @@ http {{
         for p, what in ((self.serve, "the service"), (self.mock, "the mock"),
                         (self.peer, "the Go peer"), (self.nginx, "nginx"),
                         (self.redis, "redis-server"), (self.ra, "Redis-backed instance A"),
-                        (self.rb, "Redis-backed instance B")):
+                        (self.rb, "Redis-backed instance B"),
+                        (self.ms, "the metrics instance")):
             if p is not None and not p.alive():
                 die(f"{what} died during {name} @{conns} (log: {p.log_path})")
 
@@ -774,6 +819,8 @@ http {{
         runs = [(self.serve.port, "openid.lua", "/openid"), (self.peer.port, "openid.lua",
                                                               "/openid"),
                 (self.serve.port, "session.lua", "/v1/session")]
+        if self.s.metrics:
+            runs.append((self.ms.port, "session.lua", "/v1/session"))
         for port, script, path in runs:
             out = self.tmp / f"wrk-warmup-{port}{path.replace('/', '-')}.txt"
             if self.run_child(self.wrk_argv(self.s.wrk_threads, 16, self.s.warmup,
@@ -801,6 +848,29 @@ http {{
         self.run_wrk(ROW_SESSION, conns, f"http://127.0.0.1:{self.serve.port}/v1/session",
                      "bench/session.lua", [("wxlogin", [self.serve.pid])], [self.serve.pid])
 
+    def run_session_metrics(self, conns):
+        """The same with metrics_listen set: counting on every request, and a scrape every
+        second during the run (as a Prometheus scraping this often would; it reads every
+        worker's counters)."""
+        stop = threading.Event()
+
+        def scrape():
+            while not stop.wait(1):
+                try:
+                    H.request(self.ms_metrics_port, "GET", "/metrics", timeout=2)
+                except OSError:
+                    pass  # a failed scrape is not the row's business; check_alive is
+
+        t = threading.Thread(target=scrape, name="scraper", daemon=True)
+        t.start()
+        try:
+            self.run_wrk(ROW_SESSION_METRICS, conns,
+                         f"http://127.0.0.1:{self.ms.port}/v1/session", "bench/session.lua",
+                         [("wxlogin", [self.ms.pid])], [self.ms.pid])
+        finally:
+            stop.set()
+            t.join()
+
     def run_nginx(self, conns):
         w = self.nginx_workers
         self.run_wrk(ROW_NGINX, conns, f"http://127.0.0.1:{self.nginx.port}/v1/session",
@@ -819,10 +889,15 @@ http {{
         self.round = r
         say(f"round {r} of {self.s.rounds}")
         for conns in self.s.conns:
+            # metrics on goes on the far side of GET /v1/session (wxlogin) from nginx, so both
+            # of that row's ratios compare runs that went back to back
+            m = (self.run_session_metrics,) if self.s.metrics else ()
             if r % 2:
-                order = (self.run_openid, self.run_openid_go, self.run_session, self.run_nginx)
+                order = (self.run_openid, self.run_openid_go) + m + (self.run_session,
+                                                                     self.run_nginx)
             else:
-                order = (self.run_openid_go, self.run_openid, self.run_nginx, self.run_session)
+                order = (self.run_openid_go, self.run_openid, self.run_nginx,
+                         self.run_session) + m
             for f in order:
                 f(conns)
             if self.s.redis:
@@ -1092,6 +1167,9 @@ http {{
             if s.redis:
                 print(self.ratio_line("redis/sqlite GET /v1/session", ROW_REDIS, ROW_SESSION,
                                       conns))
+            if s.metrics:
+                print(self.ratio_line("metrics on/off GET /v1/session", ROW_SESSION_METRICS,
+                                      ROW_SESSION, conns))
         if self.summary_lines:
             print()
             for l in self.summary_lines:
@@ -1131,6 +1209,8 @@ http {{
         except Exception:  # noqa: BLE001 - the report goes on without it
             print("mock /mock/stats: (unavailable)")
         self.log_summary("serve", self.serve.log_path)
+        if s.metrics:
+            self.log_summary("serve (metrics)", self.ms.log_path)
         if s.redis:
             self.log_summary("serve (redis A)", self.ra.log_path)
             self.log_summary("serve (redis B)", self.rb.log_path)
@@ -1199,6 +1279,9 @@ http {{
             f"{os.cpu_count()} cores, wrk -t{s.wrk_threads}, {s.duration}s per run, "
             f"{s.rounds} round(s) at {' '.join(map(str, s.conns))} connections, fd limit {fds}")
         self.check_sessions()
+        if s.metrics:
+            self.start_metrics_serve()
+            self.check_metrics_serve()
         self.start_peer()
         self.check_peer()
         self.start_nginx()

@@ -137,8 +137,13 @@ fuzz-check: fuzz-build
 unit: build
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; (cd tests/unit && ../../$$t); done
 
+# The end-to-end files run E2E_JOBS at a time (pytest-xdist; a file's tests stay together, on
+# one worker, with their module's processes): most of the suite's time is spent waiting on
+# timeouts and deadlines, not on the CPU. E2E_JOBS=0 runs them one after the other.
+E2E_JOBS ?= 4
+E2E_XDIST = $(if $(filter 0,$(E2E_JOBS)),,-n $(E2E_JOBS) --dist loadfile)
 e2e: build openapi-deps
-	WXLOGIN_BIN=$(CURDIR)/$(B)/wxlogin $(PY) -m pytest -q -p no:cacheprovider tests/e2e
+	WXLOGIN_BIN=$(CURDIR)/$(B)/wxlogin $(PY) -m pytest -q -p no:cacheprovider $(E2E_XDIST) tests/e2e
 
 # One flavour: build, unit tests, end-to-end tests.
 test-one: unit e2e

@@ -9,7 +9,7 @@ PKGS=(
     libmicrohttpd-dev libcurl4-openssl-dev libssl-dev libjansson-dev
     libsqlite3-dev libhiredis-dev libinih-dev libcmocka-dev libsystemd-dev
     clang-format clang libclang-rt-14-dev
-    python3 python3-pytest python3-jsonschema python3-yaml redis-server
+    python3 python3-pytest python3-pytest-xdist python3-jsonschema python3-yaml redis-server
     curl wrk nginx-light iproute2 openssl golang-go strace
     prometheus # promtool: tests check the /metrics scrape with it
     debhelper dpkg-dev systemd man-db

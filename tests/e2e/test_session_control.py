@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import (DEFAULT_APPID, assert_error, in_parallel, new_code, post_json,
-                      request, wait_until)
+                      request, run_cli, wait_until)
 from test_redis import db, keys, redis, redis_dir, redis_env  # noqa: F401 (fixtures)
 
 ADMIN = "k7Qx2mP9vR4tY8wZ3nB6cF1hJ5dL0sGaE"
@@ -355,3 +355,25 @@ def test_erasure_leaves_no_trace_and_the_next_login_is_a_new_user(make, store_ki
     again = login(p.a.port, "uerase")
     info = admin(p.a.port, "GET", f"/users/{again['openid']}").json()
     assert info["banned"] is False and len(info["sessions"]) == 1
+
+
+# --------------------------------------------------------------------------
+# retention
+# --------------------------------------------------------------------------
+
+def test_user_retention_must_cover_session_max_age(procs, tmp_path):
+    r = run_cli(["serve", "--check"], env={"WXLOGIN_APPID": DEFAULT_APPID,
+                                          "WXLOGIN_SECRET": "0123456789abcdef0123456789abcdef",
+                                          "WXLOGIN_STORE": f"sqlite:{tmp_path}/wx.db",
+                                          "WXLOGIN_SESSION_MAX_AGE": "100",
+                                          "WXLOGIN_USER_RETENTION": "99"})
+    assert r.returncode == 2 and "user_retention" in r.stderr, r
+
+
+def test_redis_user_records_expire_after_user_retention(procs, mock, redis, db):
+    p = start_pair("redis", procs, mock, None, redis=redis, db=db,
+                   WXLOGIN_SESSION_MAX_AGE=50, WXLOGIN_USER_RETENTION=60)
+    u = login(p.a.port, "uretain")
+    with redis.client(db) as c:
+        ttl = c.cmd("TTL", f"wxlogin:{DEFAULT_APPID}:u:{u['openid']}")
+    assert 0 < int(ttl) <= 60, ttl

@@ -388,6 +388,27 @@ static void drain_inotify(struct sq_shared *sh)
 
 /* ---- the writer ---- */
 
+/* The live session of hash (of app appid; NULL: of any app) into *out; a store status. */
+static int read_session(struct sq_shared *sh, const uint8_t *hash, const char *appid, int64_t now,
+                        struct store_session *out)
+{
+    sqlite3_stmt *q = stmt(sh, appid == NULL ? ST_FIND_SESSION : ST_GET_SESSION);
+    sqlite3_bind_blob(q, 1, hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, now);
+    if (appid != NULL)
+        bind_text(q, 3, appid);
+    int rc = sqlite3_step(q), status = rc == SQLITE_DONE ? STORE_NOT_FOUND : STORE_ERROR;
+    if (rc == SQLITE_ROW) {
+        copy_col(q, 0, out->appid);
+        copy_col(q, 1, out->openid);
+        copy_col(q, 2, out->unionid);
+        out->expires_at = sqlite3_column_int64(q, 3);
+        status = STORE_OK;
+    }
+    sqlite3_reset(q);
+    return status;
+}
+
 /* The user, their ban in force and their live sessions, into j->info. */
 static void read_info(struct sq_shared *sh, struct sq_job *j)
 {
@@ -457,22 +478,8 @@ static void run_read(struct sq_shared *sh, struct sq_job *j)
         sqlite3_reset(q);
         return;
     case OP_GET_SESSION:
-        q = stmt(sh, j->any_app ? ST_FIND_SESSION : ST_GET_SESSION);
-        sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 2, j->now);
-        if (!j->any_app)
-            bind_text(q, 3, j->appid);
-        rc = sqlite3_step(q);
-        if (rc == SQLITE_ROW) {
-            copy_col(q, 0, j->out.session.appid);
-            copy_col(q, 1, j->out.session.openid);
-            copy_col(q, 2, j->out.session.unionid);
-            j->out.session.expires_at = sqlite3_column_int64(q, 3);
-            j->status = STORE_OK;
-        } else {
-            j->status = rc == SQLITE_DONE ? STORE_NOT_FOUND : STORE_ERROR;
-        }
-        sqlite3_reset(q);
+        j->status =
+            read_session(sh, j->hash, j->any_app ? NULL : j->appid, j->now, &j->out.session);
         return;
     case OP_GET_USER:
         q = stmt(sh, ST_GET_USER);
@@ -581,20 +588,7 @@ static void run_refresh(struct sq_shared *sh, struct sq_job *j)
                  * predecessors, so treat it as spent */
     }
     /* The new token's session, as a look-up would answer it. */
-    q = stmt(sh, ST_FIND_SESSION);
-    sqlite3_bind_blob(q, 1, j->new_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_int64(q, 2, j->now);
-    rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW) {
-        copy_col(q, 0, j->out.session.appid);
-        copy_col(q, 1, j->out.session.openid);
-        copy_col(q, 2, j->out.session.unionid);
-        j->out.session.expires_at = sqlite3_column_int64(q, 3);
-        j->status = STORE_OK;
-    } else {
-        j->status = rc == SQLITE_DONE ? STORE_NOT_FOUND : STORE_ERROR;
-    }
-    sqlite3_reset(q);
+    j->status = read_session(sh, j->new_hash, NULL, j->now, &j->out.session);
 }
 
 /* Runs a revoking DELETE ... RETURNING token_hash, next_hash, expires_at into r. */

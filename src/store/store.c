@@ -138,17 +138,19 @@ void store_text_cut(char *out, size_t cap, const char *s)
 {
     size_t o = 0, n = s != NULL ? strlen(s) : 0;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_char_len((const unsigned char *)s + i, n - i);
-        bool ok = len > 0 && !utf8_is_control(utf8_decode((const unsigned char *)s + i, len));
-        size_t take = ok ? len : 1;
-        if (o + (ok ? len : 1) >= cap)
+        const unsigned char *c = (const unsigned char *)s + i;
+        size_t len = utf8_char_len(c, n - i);
+        if (len > 0 && utf8_is_control(utf8_decode(c, len)))
+            len = 0;
+        size_t w = len > 0 ? len : 1; /* a bad byte is written as one '?' */
+        if (o + w >= cap)
             break;
-        if (ok)
-            memcpy(out + o, s + i, len);
+        if (len > 0)
+            memcpy(out + o, c, len);
         else
             out[o] = '?';
-        o += ok ? len : 1;
-        i += take;
+        o += w;
+        i += w;
     }
     out[o] = '\0';
 }

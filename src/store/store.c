@@ -140,17 +140,16 @@ void store_text_cut(char *out, size_t cap, const char *s)
     for (size_t i = 0; i < n;) {
         const unsigned char *c = (const unsigned char *)s + i;
         size_t len = utf8_char_len(c, n - i);
-        if (len > 0 && utf8_is_control(utf8_decode(c, len)))
-            len = 0;
-        size_t w = len > 0 ? len : 1; /* a bad byte is written as one '?' */
+        bool ok = len > 0 && !utf8_is_control(utf8_decode(c, len));
+        size_t w = ok ? len : 1; /* a bad byte, or a control character, is written as one '?' */
         if (o + w >= cap)
             break;
-        if (len > 0)
+        if (ok)
             memcpy(out + o, c, len);
         else
             out[o] = '?';
         o += w;
-        i += w;
+        i += len > 0 ? len : 1;
     }
     out[o] = '\0';
 }

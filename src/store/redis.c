@@ -631,8 +631,9 @@ static void deliver_token(struct rop *op, const redisReply *r)
         return;
     }
     const redisReply *tok = r->element[0], *exp = r->element[1];
+    /* A token with a NUL inside would be handed on cut, as another token. */
     if (tok->type != REDIS_REPLY_STRING || exp->type != REDIS_REPLY_STRING ||
-        tok->len > STORE_TOKEN_MAX) {
+        tok->len > STORE_TOKEN_MAX || strlen(tok->str) != tok->len) {
         op->fn.token(op->arg, STORE_OK, "", 0);
         return;
     }

@@ -14,7 +14,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -29,12 +28,9 @@
  * timing. */
 static bool admin_authorized(struct http_request *req, const char *admin_token)
 {
-    const char *h = http_request_header(req, "Authorization");
-    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+    const char *h = handlers_bearer_credentials(http_request_header(req, "Authorization"));
+    if (h == NULL)
         return false;
-    h += 7;
-    while (*h == ' ')
-        h++;
     uint8_t a[CRYPTO_HASH_LEN], b[CRYPTO_HASH_LEN];
     crypto_sha256(h, strlen(h), a);
     crypto_sha256(admin_token, strlen(admin_token), b);

@@ -9,6 +9,7 @@
 #include "log/log.h"
 #include "metrics/metrics.h"
 #include "util/ipaddr.h"
+#include "wechat/api.h"
 #include "wechat/errcode.h"
 
 static const struct handlers_app *find_app(struct handlers_ctx *ctx, const char *appid, size_t len)
@@ -25,20 +26,35 @@ const struct handlers_app *handlers_app_by_id(struct handlers_ctx *ctx, const ch
     return find_app(ctx, appid, strlen(appid));
 }
 
+bool handlers_referer_appid(const char *referer, const char **appid, size_t *len)
+{
+    static const char wechat_referer[] = "https://servicewechat.com/";
+    *appid = NULL;
+    *len = 0;
+    if (referer == NULL || strncmp(referer, wechat_referer, sizeof(wechat_referer) - 1) != 0)
+        return false;
+    const char *id = referer + sizeof(wechat_referer) - 1;
+    size_t n = strcspn(id, "/");
+    if (wechat_id_valid(id, n)) {
+        *appid = id;
+        *len = n;
+    }
+    return true;
+}
+
 /* The app the request names (or the only one). *named: whether it names one at all. */
 static const struct handlers_app *request_app(struct http_request *req, struct handlers_ctx *ctx,
                                               bool *named)
 {
-    static const char wechat_referer[] = "https://servicewechat.com/";
     const char *h = http_request_header(req, "X-WX-AppID");
     const char *ref = h == NULL ? http_request_header(req, "Referer") : NULL;
+    const char *id;
+    size_t n;
     *named = true;
     if (h != NULL)
         return find_app(ctx, h, strlen(h));
-    if (ref != NULL && strncmp(ref, wechat_referer, sizeof(wechat_referer) - 1) == 0) {
-        const char *id = ref + sizeof(wechat_referer) - 1;
-        return find_app(ctx, id, strcspn(id, "/"));
-    }
+    if (handlers_referer_appid(ref, &id, &n))
+        return id != NULL ? find_app(ctx, id, n) : NULL;
     *named = false;
     return ctx->napps == 1 ? &ctx->apps[0] : NULL;
 }
@@ -119,26 +135,35 @@ void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
     handlers_reply_mapped(req, &e);
 }
 
-const char *handlers_bearer_token(struct http_request *req, const char **why)
+const char *handlers_bearer_credentials(const char *header)
 {
-    const char *h = http_request_header(req, "Authorization");
-    if (h == NULL) {
-        *why = "missing Authorization: Bearer token";
-        return NULL;
-    }
     /* RFC 6750: the scheme is case-insensitive; one or more spaces follow it. */
-    if (strncasecmp(h, "Bearer ", 7) != 0) {
-        *why = "Authorization must use the Bearer scheme";
+    if (header == NULL || strncasecmp(header, "Bearer ", 7) != 0)
+        return NULL;
+    header += 7;
+    while (*header == ' ')
+        header++;
+    return header;
+}
+
+const char *handlers_bearer_parse(const char *header, const char **why)
+{
+    const char *t = handlers_bearer_credentials(header);
+    if (t == NULL) {
+        *why = header == NULL ? "missing Authorization: Bearer token"
+                              : "Authorization must use the Bearer scheme";
         return NULL;
     }
-    h += 7;
-    while (*h == ' ')
-        h++;
-    if (!crypto_token_well_formed(h)) {
+    if (!crypto_token_well_formed(t)) {
         *why = "malformed token";
         return NULL;
     }
-    return h;
+    return t;
+}
+
+const char *handlers_bearer_token(struct http_request *req, const char **why)
+{
+    return handlers_bearer_parse(http_request_header(req, "Authorization"), why);
 }
 
 int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)

@@ -175,6 +175,20 @@ int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN]
 /* The well-formed token of "Authorization: Bearer <token>" (borrowed from the request), or NULL
  * with *why. */
 const char *handlers_bearer_token(struct http_request *req, const char **why);
+/* handlers_bearer_token()'s parser, on the header's value (NULL: no header): the well-formed
+ * token in it (borrowed from header), or NULL with *why. Pure. */
+const char *handlers_bearer_parse(const char *header, const char **why);
+/* The credentials of a Bearer Authorization header: what follows "Bearer" (any case) and its
+ * spaces, borrowed from header; NULL when header is NULL or of another scheme. Pure: the
+ * admin token's check reads them as they are, handlers_bearer_parse() wants one of our tokens. */
+const char *handlers_bearer_credentials(const char *header);
+/*
+ * Whether referer is a Referer WeChat sets on wx.request (it starts with
+ * https://servicewechat.com/); if so, *appid and *len are the appid it names (borrowed from
+ * referer: the path's first segment), or NULL and 0 when that segment is not a valid appid
+ * (wechat_id_valid()). Pure.
+ */
+bool handlers_referer_appid(const char *referer, const char **appid, size_t *len);
 
 /* 403 user_banned, action none: a banned user's login (distinct from WeChat's own 40226,
  * user_blocked). */

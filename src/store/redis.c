@@ -457,14 +457,23 @@ static bool arg_script(struct rop *op, enum script_id s, int nkeys)
     return arg_str(op, "EVALSHA") && arg_str(op, op->st->sh->scripts[s].sha) && arg_num(op, nkeys);
 }
 
-static void copy_str(const redisReply *r, char out[STORE_ID_MAX + 1])
+/* An id of a record (appid, openid, unionid) into out; nil is "". False, with out "", when the
+ * element is no id: not a string, longer than STORE_ID_MAX, or with a byte that is not printable
+ * ASCII or is a space (ids go into response headers, X-WX-OpenID). Never cut: a part of an id
+ * is someone else's. */
+static bool copy_id(const redisReply *r, char out[STORE_ID_MAX + 1])
 {
-    size_t n = r != NULL && r->type == REDIS_REPLY_STRING ? r->len : 0;
-    if (n > STORE_ID_MAX)
-        n = 0;
-    if (n > 0)
-        memcpy(out, r->str, n);
-    out[n] = '\0';
+    out[0] = '\0';
+    if (r == NULL || r->type == REDIS_REPLY_NIL)
+        return true;
+    if (r->type != REDIS_REPLY_STRING || r->len > STORE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < r->len; i++)
+        if ((unsigned char)r->str[i] <= ' ' || (unsigned char)r->str[i] >= 0x7f)
+            return false;
+    memcpy(out, r->str, r->len);
+    out[r->len] = '\0';
+    return true;
 }
 
 static bool is_error(const redisReply *r)
@@ -484,10 +493,11 @@ static void deliver_user(struct rop *op, const redisReply *r)
         const uint8_t *mk = op->st->sh->master_key;
         memcpy(u.appid, op->appid, sizeof(u.appid));
         memcpy(u.openid, op->openid, sizeof(u.openid));
-        copy_str(r->element[0], u.unionid);
         const redisReply *sk = r->element[1], *prev = r->element[2], *at = r->element[3];
         bool has_prev = prev->type == REDIS_REPLY_STRING && at->type == REDIS_REPLY_STRING;
-        if (!store_user_open(mk, &u, (const uint8_t *)sk->str, sk->len,
+        /* A record we cannot read whole is as good as none, as is a key that does not open. */
+        if (!copy_id(r->element[0], u.unionid) ||
+            !store_user_open(mk, &u, (const uint8_t *)sk->str, sk->len,
                              has_prev ? (const uint8_t *)prev->str : NULL, has_prev ? prev->len : 0,
                              has_prev ? strtoll(at->str, NULL, 10) : 0))
             status = STORE_NOT_FOUND;
@@ -503,14 +513,21 @@ static void deliver_session(struct rop *op, const redisReply *r)
     int status = is_error(r) ? STORE_ERROR : STORE_OK;
     if (status == STORE_OK && r->type == REDIS_REPLY_ARRAY &&
         (r->elements == 3 || r->elements == 4)) {
+        bool ok = true;
         if (r->elements == 4) /* find_lua: the app it was found in */
-            copy_str(r->element[3], s.appid);
+            ok = copy_id(r->element[3], s.appid) && s.appid[0] != '\0';
         else
             memcpy(s.appid, op->appid, sizeof(s.appid));
-        copy_str(r->element[0], s.openid);
-        copy_str(r->element[2], s.unionid);
+        /* A session whose ids do not read back whole is not one we can answer for (it would
+         * name someone, or no one): the client logs in again, which writes a good one. */
+        ok = ok && copy_id(r->element[0], s.openid) && s.openid[0] != '\0' &&
+             copy_id(r->element[2], s.unionid);
         const redisReply *e = r->element[1];
         s.expires_at = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
+        if (!ok) {
+            memset(&s, 0, sizeof(s));
+            status = STORE_NOT_FOUND;
+        }
     } else if (status == STORE_OK) {
         status = STORE_NOT_FOUND; /* the script answers nil */
     }
@@ -562,7 +579,7 @@ static void deliver_info(struct rop *op, const redisReply *r)
     }
     redisReply **e = r->element;
     u->known = reply_int(e[0]) == 1;
-    copy_str(e[1], u->unionid);
+    (void)copy_id(e[1], u->unionid); /* one that is no id is shown as none */
     u->first_login = reply_int(e[2]);
     u->last_login = reply_int(e[3]);
     copy_text(e[4], u->ban_reason, sizeof(u->ban_reason));
@@ -614,8 +631,9 @@ static void deliver_token(struct rop *op, const redisReply *r)
         return;
     }
     const redisReply *tok = r->element[0], *exp = r->element[1];
+    /* A token with a NUL inside would be handed on cut, as another token. */
     if (tok->type != REDIS_REPLY_STRING || exp->type != REDIS_REPLY_STRING ||
-        tok->len > STORE_TOKEN_MAX) {
+        tok->len > STORE_TOKEN_MAX || strlen(tok->str) != tok->len) {
         op->fn.token(op->arg, STORE_OK, "", 0);
         return;
     }

@@ -306,7 +306,9 @@ bool token_fetching_on(struct token *t, const struct token_fetcher *f)
 
 bool token_usable(struct token *t, const char *token, int64_t expires_at, int64_t now)
 {
-    if (token == NULL || token[0] == '\0' || strlen(token) > WECHAT_TOKEN_MAX ||
+    /* The shared store's token is handed to WeChat and to the admin route's clients: only one
+     * WeChat could have issued (a record written by something else is fetched anew). */
+    if (token == NULL || !wechat_token_valid(token, strlen(token)) ||
         expires_at - now < REFRESH_MARGIN_S)
         return false;
     pthread_mutex_lock(&t->mu);

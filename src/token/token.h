@@ -112,7 +112,8 @@ unsigned long token_fetches(struct token *t);
 
 /* For fetchers: the fetch start() began has ended with res. From the fetcher's loop. */
 void token_fetched(struct token_fetcher *f, const struct token_result *res);
-/* For fetchers: is a token found elsewhere (the store shared by instances) worth taking? */
+/* For fetchers: is a token found elsewhere (the store shared by instances) worth taking? Only
+ * one of WeChat's shape (wechat_token_valid()), not the last rejected, and not about to expire. */
 bool token_usable(struct token *t, const char *token, int64_t expires_at, int64_t now);
 
 #endif

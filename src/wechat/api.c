@@ -23,6 +23,17 @@ bool wechat_id_valid(const char *id, size_t len)
     return true;
 }
 
+bool wechat_token_valid(const char *token, size_t len)
+{
+    /* The token goes into URLs, Redis and the admin route's answer: printable ASCII only. */
+    if (len == 0 || len > WECHAT_TOKEN_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)token[i] <= 0x20 || (unsigned char)token[i] >= 0x7f)
+            return false;
+    return true;
+}
+
 bool wechat_session_key_valid(const char *sk, size_t len)
 {
     uint8_t raw[18];
@@ -272,12 +283,9 @@ static bool accept_token(const json_t *body)
 bool wechat_token_parse(const json_t *body, struct wechat_token_grant *g, const char **why)
 {
     memset(g, 0, sizeof(*g));
-    /* The token goes into URLs, Redis and the admin route's answer: printable ASCII only. */
     bool ok =
         take_text(json_object_get(body, "access_token"), g->token, sizeof(g->token)) == TAKE_OK &&
-        g->token[0] != '\0';
-    for (const char *c = g->token; ok && *c != '\0'; c++)
-        ok = *c > 0x20 && *c < 0x7f;
+        wechat_token_valid(g->token, strlen(g->token));
     if (!ok) {
         *why = "access_token missing, too long or malformed";
         goto bad;

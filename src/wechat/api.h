@@ -92,6 +92,9 @@ bool wechat_session_parse(const json_t *body, struct wechat_session *out, const 
 bool wechat_phone_parse(const json_t *body, struct wechat_phone *out, const char **why);
 bool wechat_token_parse(const json_t *body, struct wechat_token_grant *out, const char **why);
 
+/* An access token of WeChat's shape: 1 to WECHAT_TOKEN_MAX printable ASCII characters, no
+ * space (wechat_token_parse's rule, for tokens that come from elsewhere: the shared store). */
+bool wechat_token_valid(const char *token, size_t len);
 /* A session_key of WeChat's shape: strict base64 of exactly 16 bytes (24 characters). */
 bool wechat_session_key_valid(const char *sk, size_t len);
 /* [A-Za-z0-9_-]: the characters of login and phone codes and of ids. */

@@ -1127,6 +1127,30 @@ static void test_redis_keys_sealed_at_rest(void **state)
     assert_false(store_unseal(master, APPID, "o-14", blob, len, out));
 }
 
+/* A session record whose openid does not read back whole (over-long, or not fit for a header)
+ * is not found, rather than found with an empty or cut openid; the record as written is. */
+static void test_redis_session_with_bad_openid_not_found(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h[CRYPTO_HASH_LEN];
+    char hex[2 * CRYPTO_HASH_LEN + 1], cmd[512], buf[64], longest[STORE_ID_MAX + 2];
+    token_hash("wxl_badid", h);
+    crypto_hex(h, CRYPTO_HASH_LEN, hex);
+    assert_int_equal(login(f, APPID, "o-16", "", KEY_A, h, f->now + HOUR, f->now), STORE_OK);
+    memset(longest, 'o', STORE_ID_MAX + 1);
+    longest[STORE_ID_MAX + 1] = '\0';
+    const char *bad[] = {longest, "\"o 16\"", "\"o-16\\r\\nX: 1\"", "o-16"};
+    int want[] = {STORE_NOT_FOUND, STORE_NOT_FOUND, STORE_NOT_FOUND, STORE_OK};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "SELECT %d\r\nHSET wxlogin:" APPID ":s:%s openid %s\r\n", f->db,
+                 hex, bad[i]);
+        assert_int_equal(redis_raw(cmd, buf, sizeof(buf), 9), 9); /* +OK, :0 */
+        struct store_session s;
+        assert_int_equal(get_session(f, APPID, h, &s), want[i]);
+        assert_int_equal(get_session(f, NULL, h, &s), want[i]);
+    }
+}
+
 /* The server forgets the scripts (SCRIPT FLUSH, a restart behind a proxy): the next operations
  * load them again and succeed. */
 static void test_redis_survives_script_flush(void **state)
@@ -1328,6 +1352,7 @@ int main(void)
         ON_REDIS(test_cancelled_claim_and_lease_never_call_back),
         ON_REDIS(test_redis_keys_sealed_at_rest),
         ON_REDIS(test_redis_survives_script_flush),
+        ON_REDIS(test_redis_session_with_bad_openid_not_found),
         ON_REDIS(test_limit_buckets),
         ON_REDIS(test_limit_keys_expire_when_full),
         ON_REDIS(test_cancelled_limit_take_never_calls_back),

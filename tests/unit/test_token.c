@@ -1342,6 +1342,11 @@ static void test_token_usable(void **state)
     assert_false(token_usable(f->t, longest, now + LONG_S, now)); /* too long */
     assert_false(token_usable(f->t, "", now + LONG_S, now));
     assert_false(token_usable(f->t, NULL, now + LONG_S, now));
+    /* Not of WeChat's shape (a shared record written by something else): never handed on. */
+    assert_false(token_usable(f->t, "tok 1", now + LONG_S, now));
+    assert_false(token_usable(f->t, "tok-1\r\nX-Evil: 1", now + LONG_S, now));
+    assert_false(token_usable(f->t, "tok-\x01", now + LONG_S, now));
+    assert_false(token_usable(f->t, "tok-\xc3\xa9", now + LONG_S, now));
     /* Short: it would be refreshed at once. */
     assert_true(token_usable(f->t, "tok-1", now + 300, now));
     assert_false(token_usable(f->t, "tok-1", now + 299, now));

@@ -9,10 +9,12 @@
  * into a stack buffer). With several apps, a request that names none is looked up by its
  * token alone, still one store call; only then is a little request memory taken.
  */
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "handlers/handlers.h"
+#include "log/log.h"
 #include "store/store.h"
 #include "util/jsonw.h"
 
@@ -27,6 +29,7 @@ static void reply_session(struct http_request *req, const struct store_session *
         jsonw_str(&w, "unionid", s->unionid);
     jsonw_str(&w, "appid", s->appid);
     jsonw_num(&w, "expires_in", left > 0 ? left : 0);
+    http_request_set_user(req, s->appid, s->openid);
     http_add_header(req, "X-WX-OpenID", s->openid);
     http_add_header(req, "X-WX-AppID", s->appid);
     if (s->unionid[0] != '\0')
@@ -94,17 +97,25 @@ struct logout {
     struct handlers_ctx *ctx;
     const struct handlers_app *app;
     uint8_t hash[CRYPTO_HASH_LEN];
+    char openid[STORE_ID_MAX + 1]; /* the session's, for the audit line */
 };
 
 static void on_deleted(void *arg, int status)
 {
     struct logout *lo = arg;
-    if (status == STORE_ERROR)
+    if (status == STORE_ERROR) {
         handlers_reply_store_error(lo->req, "delete_session");
-    else if (status != STORE_OK) /* logged out meanwhile */
+    } else if (status != STORE_OK) { /* logged out meanwhile */
         handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
-    else
+    } else {
+        const struct log_field f[] = {
+            LOG_STR("app", lo->app->cred.appid),
+            LOG_STR("openid", lo->openid),
+            LOG_STR("request_id", http_request_id(lo->req)),
+        };
+        log_audit("logout", http_request_client(lo->req), f, sizeof(f) / sizeof(f[0]));
         http_reply(lo->req, 204, NULL, NULL, 0);
+    }
 }
 
 /* Only a live session is logged out: an expired one not yet purged is as dead as an unknown
@@ -122,6 +133,8 @@ static void on_live(void *arg, int status, const struct store_session *s)
         handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
         return;
     }
+    http_request_set_user(lo->req, s->appid, s->openid);
+    snprintf(lo->openid, sizeof(lo->openid), "%s", s->openid);
     store_delete_session(lo->ctx->store, http_request_slot(lo->req), lo->app->cred.appid, lo->hash,
                          on_deleted, lo);
 }

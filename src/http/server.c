@@ -114,6 +114,8 @@ struct http_request {
     size_t body_mem; /* arena bytes taken for the body, counted in srv->body_mem */
 
     unsigned status;
+    size_t bytes; /* of the answer's body, for the access line */
+    char app[HTTP_USER_ID_MAX + 1], openid[HTTP_USER_ID_MAX + 1]; /* http_request_set_user() */
     struct MHD_Response *resp;
     struct reply_header headers[MAX_REPLY_HEADERS];
     size_t nheaders;
@@ -364,6 +366,7 @@ static void conn_abort(struct http_conn *c, unsigned status, const char *slug, c
         if (n > 0 && (size_t)n < sizeof(out))
             (void)!send(c->fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         req->status = status;
+        req->bytes = blen;
         req->state = REQ_ABORTED;
     }
     char sink[4096];
@@ -490,7 +493,20 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     return req;
 }
 
-static void log_request(const struct http_request *req)
+/* The TCP peer's address, false when unknown. */
+static bool peer_addr(struct http_request *req, struct ipaddr *out)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    return ci != NULL && ci->client_addr != NULL && ipaddr_from_sockaddr(ci->client_addr, out);
+}
+
+/*
+ * The access line. The client address is the one the rate limits use (X-Forwarded-For believed
+ * only from trusted_proxies); the peer is added when it differs (the proxy that forwarded it).
+ * Addresses are formatted on the stack: nothing is allocated for the line.
+ */
+static void log_request(struct http_request *req)
 {
     if (!log_enabled(LOG_INFO) || req->status == 0)
         return;
@@ -498,9 +514,24 @@ static void log_request(const struct http_request *req)
     clock_gettime(CLOCK_MONOTONIC, &now);
     long long us = (long long)(now.tv_sec - req->start.tv_sec) * 1000000 +
                    (now.tv_nsec - req->start.tv_nsec) / 1000;
+    struct ipaddr client, peer;
+    char client_text[IPADDR_TEXT_MAX], peer_text[IPADDR_TEXT_MAX];
+    bool has_client = http_request_client_addr(req, &client);
+    bool forwarded = has_client && peer_addr(req, &peer) && memcmp(&peer, &client, sizeof(peer));
+    if (has_client)
+        ipaddr_format(&client, client_text);
+    if (forwarded)
+        ipaddr_format(&peer, peer_text);
     const struct log_field f[] = {
-        LOG_STR("method", req->method), LOG_STR("path", req->path),
-        LOG_INT("status", req->status), LOG_MS("duration_ms", us),
+        LOG_STR("method", req->method),
+        LOG_STR("path", req->path),
+        LOG_INT("status", req->status),
+        LOG_MS("duration_ms", us),
+        LOG_INT("bytes", (long long)req->bytes),
+        LOG_STR("client", has_client ? client_text : NULL),
+        LOG_STR("peer", forwarded ? peer_text : NULL),
+        LOG_STR("app", req->app[0] != '\0' ? req->app : NULL),
+        LOG_STR("openid", req->openid[0] != '\0' ? req->openid : NULL),
         LOG_STR("request_id", req->id),
     };
     log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
@@ -1017,6 +1048,22 @@ const char *http_request_client(struct http_request *req)
     return req->client_text != NULL ? req->client_text : "";
 }
 
+/* Copies s into out (HTTP_USER_ID_MAX bytes and the NUL), cut if longer. */
+static void copy_id(char out[HTTP_USER_ID_MAX + 1], const char *s)
+{
+    size_t n = strnlen(s, HTTP_USER_ID_MAX);
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+void http_request_set_user(struct http_request *req, const char *appid, const char *openid)
+{
+    if (appid != NULL)
+        copy_id(req->app, appid);
+    if (openid != NULL)
+        copy_id(req->openid, openid);
+}
+
 struct async_slot *http_request_slot(struct http_request *req)
 {
     return &req->pending;
@@ -1051,10 +1098,11 @@ static void finish(struct http_request *req)
 }
 
 /* The answer when the real one cannot be built: a header MHD refused, or no memory. */
-static struct MHD_Response *internal_error_response(void)
+static struct MHD_Response *internal_error_response(size_t *len)
 {
     static const char err[] = "{\"error\":\"internal\",\"message\":\"the answer could not be "
                               "built\",\"action\":\"retry\"}";
+    *len = sizeof(err) - 1;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(sizeof(err) - 1, (void *)err, MHD_RESPMEM_PERSISTENT);
     if (resp != NULL)
@@ -1096,7 +1144,7 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         rc = -ENOMEM;
     }
     if (resp == NULL) {
-        resp = internal_error_response();
+        resp = internal_error_response(&len);
         status = 500;
         if (resp == NULL) {
             /* Out of memory: the best left is to drop the connection. */
@@ -1109,6 +1157,7 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     req->resp = resp;
     req->status = status;
+    req->bytes = len;
     req->state = REQ_REPLIED;
     finish(req);
     return rc;

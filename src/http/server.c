@@ -99,6 +99,7 @@ struct http_request {
     char *peer;                /* http_request_peer(), in the arena once asked for */
     char *client_text;         /* http_request_client(), in the arena once asked for */
     struct ipaddr client;      /* http_request_client_addr(), when client_state is CLIENT_KNOWN */
+    struct ipaddr peer_ip;     /* the TCP peer, when client_state is CLIENT_KNOWN */
     uint8_t client_state;      /* enum client_state */
     char id[40];
     struct timespec start;
@@ -493,14 +494,6 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     return req;
 }
 
-/* The TCP peer's address, false when unknown. */
-static bool peer_addr(struct http_request *req, struct ipaddr *out)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    return ci != NULL && ci->client_addr != NULL && ipaddr_from_sockaddr(ci->client_addr, out);
-}
-
 /*
  * The access line. The client address is the one the rate limits use (X-Forwarded-For believed
  * only from trusted_proxies); the peer is added when it differs (the proxy that forwarded it).
@@ -514,14 +507,14 @@ static void log_request(struct http_request *req)
     clock_gettime(CLOCK_MONOTONIC, &now);
     long long us = (long long)(now.tv_sec - req->start.tv_sec) * 1000000 +
                    (now.tv_nsec - req->start.tv_nsec) / 1000;
-    struct ipaddr client, peer;
+    struct ipaddr client;
     char client_text[IPADDR_TEXT_MAX], peer_text[IPADDR_TEXT_MAX];
     bool has_client = http_request_client_addr(req, &client);
-    bool forwarded = has_client && peer_addr(req, &peer) && memcmp(&peer, &client, sizeof(peer));
+    bool forwarded = has_client && memcmp(&req->peer_ip, &client, sizeof(client)) != 0;
     if (has_client)
         ipaddr_format(&client, client_text);
     if (forwarded)
-        ipaddr_format(&peer, peer_text);
+        ipaddr_format(&req->peer_ip, peer_text);
     const struct log_field f[] = {
         LOG_STR("method", req->method),
         LOG_STR("path", req->path),
@@ -1017,6 +1010,7 @@ bool http_request_client_addr(struct http_request *req, struct ipaddr *out)
             if (x.too_many)
                 x.n = 0;
             ipaddr_forwarded(&peer, srv->trusted, srv->ntrusted, x.v, x.n, &req->client);
+            req->peer_ip = peer;
             req->client_state = CLIENT_KNOWN;
             if (x.n > 0 && !srv->warned_xff && !ipaddr_in(&peer, srv->trusted, srv->ntrusted)) {
                 srv->warned_xff = true;

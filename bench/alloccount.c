@@ -1,5 +1,5 @@
 /*
- * bench/alloccount.c: an LD_PRELOAD allocation counter for bench/run.sh.
+ * bench/alloccount.c: an LD_PRELOAD allocation counter for bench/run.py.
  *
  *   cc -O2 -shared -fPIC -o alloccount.so alloccount.c -ldl
  *   LD_PRELOAD=./alloccount.so build/wxlogin serve ...     then: kill -USR2 <pid>
@@ -14,7 +14,7 @@
  *
  *   ALLOCMHD <calls made on behalf of libmicrohttpd>
  *
- * run.sh reads the lines from the service's log before and after N requests: (after - before) / N
+ * run.py reads the lines from the service's log before and after N requests: (after - before) / N
  * is allocations per request. An allocation is libmicrohttpd's when the first frame of its
  * stack outside libc and this file is in libmicrohttpd (so its strdup()s count as its own):
  * what the service's own code allocates is the difference.
@@ -259,7 +259,7 @@ static void on_usr2(int sig)
     (void)sig;
     int saved = errno;
     char buf[96];
-    /* The MHD count first: the total's line is what run.sh waits for. */
+    /* The MHD count first: the total's line is what run.py waits for. */
     size_t len = put_line(buf, "ALLOCMHD ", __atomic_load_n(&count_mhd, __ATOMIC_RELAXED));
     len += put_line(buf + len, "ALLOCCOUNT ", __atomic_load_n(&count, __ATOMIC_RELAXED));
     ssize_t w = write(STDERR_FILENO, buf, len); /* one write: whole lines in the log */

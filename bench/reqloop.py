@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""bench/reqloop.py: N sequential requests on one keep-alive connection, for run.sh's allocation
+"""bench/reqloop.py: N sequential requests on one keep-alive connection, for run.py's allocation
 and syscall counts (wrk would keep many connections busy; this keeps exactly one request in
 flight, so a count over the run divided by N is a count per request).
 

@@ -17,7 +17,7 @@ which only a login of that user or the session-key routes would notice).
 The commands go out in batches of a few thousand, each batch's replies read and checked before
 the next (every reply must be the integer the command answers for a new key: an error or a
 surprise fails the seeding). Then DBSIZE must equal sessions + users, and the first token's key
-must read back with a TTL. The database must be empty to start with (run.sh's Redis is private
+must read back with a TTL. The database must be empty to start with (run.py's Redis is private
 and new). The tokens go to TOKENS_FILE, one per line, in random order. Stdlib only.
 """
 

@@ -3,7 +3,7 @@
 
     seed_sessions.py DB TOKENS_FILE --sessions N [--users N] [--appid APPID] [--ttl SECONDS]
 
-DB must already have wxlogin's schema (the service creates it when it starts; run.sh starts it
+DB must already have wxlogin's schema (the service creates it when it starts; run.py starts it
 once and stops it before calling this), and no process may have it open while this runs. Writes
 N sessions for --users distinct users of --appid, in one transaction, the way the service does:
 

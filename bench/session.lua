@@ -1,6 +1,6 @@
 -- wrk script: GET /v1/session with a valid bearer token, a different one on every request.
 --
--- The tokens come from the file named by BENCH_TOKENS (one per line; run.sh writes it when it
+-- The tokens come from the file named by BENCH_TOKENS (one per line; run.py writes it when it
 -- seeds the store, see seed_sessions.py). Every wrk thread loads the whole file in init() and
 -- builds each request once, up front, so request() only hands out a prepared string: the
 -- client spends as little as possible per request (the same script drives the nginx baseline,
@@ -60,7 +60,7 @@ function init(args)
     if nreqs == 0 then
         error("session.lua: no tokens in " .. tokens_path)
     end
-    -- The thread count is not known here; setup() numbered the threads, and run.sh passes it.
+    -- The thread count is not known here; setup() numbered the threads, and run.py passes it.
     local n = tonumber(os.getenv("BENCH_WRK_THREADS") or "") or 2
     pos = math.floor(((tid or 1) - 1) * nreqs / n) % nreqs
 end
@@ -75,3 +75,19 @@ end
 
 -- response() and done(): shared with the other scripts.
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "report.lua")
+
+-- BENCH_MAX_REQUESTS (run.py's soak line): each thread stops after its share of that many
+-- answers. wrk's main thread still sleeps out -d; run.py interrupts it once the threads are gone.
+local max_requests = tonumber(os.getenv("BENCH_MAX_REQUESTS") or "")
+if max_requests ~= nil then
+    local share = math.ceil(max_requests / (tonumber(os.getenv("BENCH_WRK_THREADS") or "") or 2))
+    local count_response = response
+    local answered = 0
+    function response(status, hdrs, body)
+        count_response(status, hdrs, body)
+        answered = answered + 1
+        if answered == share then
+            wrk.thread:stop()
+        end
+    end
+end

@@ -76,6 +76,9 @@ static const struct cfg_key keys[] = {
     {"store_timeout_ms", CT_LONG, OFF(store_timeout_ms), "1000", 10, 60000},
     {"request_timeout_ms", CT_LONG, OFF(request_timeout_ms), "60000", 100, 600000},
     {"code_reuse_window", CT_LONG, OFF(code_reuse_window), "60", 0, 300},
+    {"refresh_grace", CT_LONG, OFF(refresh_grace), "60", 0, 3600},
+    {"session_max_age", CT_LONG, OFF(session_max_age), "2592000", 1, 31536000},
+    {"user_retention", CT_LONG, OFF(user_retention), "0", 0, 10L * 31536000},
     {"exchange_table_size", CT_LONG, OFF(exchange_table_size), "200000", 16, 16777216},
     {"trusted_proxies", CT_PROXIES, OFF(trusted_proxies), "", 0, 0},
     {"rate_limit_address", CT_RATE, OFF(rate_limit_address), "120/min", 0, 0},
@@ -83,6 +86,7 @@ static const struct cfg_key keys[] = {
     {"rate_limit_wechat", CT_RATE, OFF(rate_limit_wechat), "5000/min", 0, 0},
     {"rate_limit_session", CT_RATE, OFF(rate_limit_session), "off", 0, 0},
     {"rate_limit_table_size", CT_LONG, OFF(rate_limit_table_size), "65536", 64, 16777216},
+    {"metrics_listen", CT_STRING, OFF(metrics_listen), NULL, 0, 0},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -420,6 +424,33 @@ static int load_env(struct config *cfg, char *const *envp, config_warn_fn *warn,
     return 0;
 }
 
+/* Under systemd with StateDirectory= (contrib/systemd/wxlogin.service) the working directory is
+ * "/", read-only under ProtectSystem=strict, so the default database (and the key file created
+ * beside it) goes into $STATE_DIRECTORY instead. This is the default layer: a store named in the
+ * file or the environment is kept as written. systemd separates several directories with ':'
+ * when a unit names several; the first is the service's. */
+static int state_directory_store(struct config *cfg, char *const *envp, char err[CONFIG_ERR_MAX])
+{
+    static const char var[] = "STATE_DIRECTORY=";
+    const char *dir = NULL;
+    for (; envp != NULL && *envp != NULL; envp++)
+        if (strncmp(*envp, var, sizeof(var) - 1) == 0)
+            dir = *envp + sizeof(var) - 1;
+    if (dir == NULL || dir[0] != '/')
+        return 0;
+    size_t n = strcspn(dir, ":");
+    while (n > 0 && dir[n - 1] == '/')
+        n--;
+    char *store = NULL;
+    if (asprintf(&store, "sqlite:%.*s/wxlogin.db", (int)n, dir) < 0) {
+        snprintf(err, CONFIG_ERR_MAX, "store: out of memory");
+        return -1;
+    }
+    free(cfg->store);
+    cfg->store = store;
+    return 0;
+}
+
 /* Reads a secret from a file; trailing whitespace (the usual newline) is not part of it. */
 static int read_secret_file(const char *key, const char *path, char **slot,
                             char err[CONFIG_ERR_MAX])
@@ -533,6 +564,8 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
         if (keys[i].def != NULL && set_value(cfg, &keys[i], keys[i].def, err) != 0)
             goto fail;
     }
+    if (state_directory_store(cfg, envp, err) != 0)
+        goto fail;
     if (path != NULL && load_file(cfg, path, err) != 0)
         goto fail;
     if (load_env(cfg, envp, warn, warn_arg, err) != 0)
@@ -548,6 +581,13 @@ int config_load(struct config *cfg, const char *path, char *const *envp, config_
     if (addr_parse(cfg->listen, &ss, &sslen) != 0) {
         snprintf(err, CONFIG_ERR_MAX, "listen: '%.200s' is not host:port or does not resolve",
                  cfg->listen);
+        goto fail;
+    }
+    if (cfg->metrics_listen != NULL && cfg->metrics_listen[0] != '\0' &&
+        addr_parse(cfg->metrics_listen, &ss, &sslen) != 0) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "metrics_listen: '%.200s' is not host:port or does not resolve",
+                 cfg->metrics_listen);
         goto fail;
     }
     if (strcmp(cfg->access_token_api, "stable") != 0 &&
@@ -665,6 +705,14 @@ int config_check_serve(const struct config *cfg, char err[CONFIG_ERR_MAX])
             return -1;
         }
     }
+    if (cfg->user_retention > 0 && cfg->user_retention < cfg->session_max_age) {
+        /* A purged user would still have live sessions, of a user the store no longer knows. */
+        snprintf(err, CONFIG_ERR_MAX,
+                 "user_retention: %ld is under session_max_age (%ld): users must be kept at "
+                 "least as long as their sessions may live (0 keeps them for good)",
+                 cfg->user_retention, cfg->session_max_age);
+        return -1;
+    }
     const char *why;
     if (cfg->admin_token != NULL && !config_token_strong(cfg->admin_token, &why)) {
         /* Name where the token came from, never the token (nor its length). */
@@ -694,6 +742,7 @@ void config_done(struct config *cfg)
     free(cfg->access_token_api);
     wipe_free(cfg->admin_token);
     free(cfg->admin_token_file);
+    free(cfg->metrics_listen);
     for (size_t i = 0; i < cfg->napps; i++) {
         free(cfg->apps[i].appid);
         wipe_free(cfg->apps[i].secret);
@@ -709,4 +758,163 @@ int config_thread_count(const struct config *cfg)
         return (int)cfg->threads;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* ---- reload and `serve --check` ---- */
+
+/* The size of a key's value in struct config, for the types compared byte for byte. */
+static size_t value_size(enum cfg_type t)
+{
+    switch (t) {
+    case CT_LONG: return sizeof(long);
+    case CT_LOG_LEVEL: return sizeof(enum log_level);
+    case CT_LOG_FORMAT: return sizeof(enum log_format);
+    case CT_RATE: return sizeof(struct config_rate);
+    default: return 0;
+    }
+}
+
+static bool str_equal(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static bool key_equal(const struct config *a, const struct config *b, const struct cfg_key *k)
+{
+    const void *sa = (const char *)a + k->offset, *sb = (const char *)b + k->offset;
+    switch (k->type) {
+    case CT_STRING:
+    case CT_SECRET:
+    case CT_URL: return str_equal(*(char *const *)sa, *(char *const *)sb);
+    case CT_PROXIES:
+        return a->ntrusted_proxies == b->ntrusted_proxies &&
+               memcmp(a->trusted_proxies, b->trusted_proxies,
+                      a->ntrusted_proxies * sizeof(a->trusted_proxies[0])) == 0;
+    default: return memcmp(sa, sb, value_size(k->type)) == 0;
+    }
+}
+
+void config_diff(const struct config *a, const struct config *b, config_diff_fn *fn, void *arg)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (!key_equal(a, b, &keys[i]))
+            fn(keys[i].name, arg);
+    /* The flat app (apps[0] when appid is set) is covered by the keys above. */
+    bool apps_differ = a->napps != b->napps;
+    for (size_t i = b->appid != NULL ? 1 : 0; i < b->napps; i++) {
+        const struct config_app *nb = &b->apps[i];
+        const struct config_app *na = config_app_find(a, nb->appid);
+        if (na == NULL || (a->appid != NULL && strcmp(a->appid, nb->appid) == 0)) {
+            apps_differ = true;
+            continue;
+        }
+        char name[STORE_ID_MAX + 48];
+        if (!str_equal(na->secret, nb->secret)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] secret", nb->appid);
+            fn(name, arg);
+        }
+        if (!str_equal(na->secret_file, nb->secret_file)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] secret_file", nb->appid);
+            fn(name, arg);
+        }
+        if (!str_equal(na->access_token_api, nb->access_token_api)) {
+            snprintf(name, sizeof(name), "[app \"%s\"] access_token_api", nb->appid);
+            fn(name, arg);
+        }
+    }
+    if (apps_differ)
+        fn("apps", arg);
+}
+
+int config_keep(struct config *dst, const struct config *src, const char *name)
+{
+    const struct cfg_key *k = find_key(name);
+    if (k == NULL)
+        return -1;
+    void *sd = (char *)dst + k->offset;
+    const void *ss = (const char *)src + k->offset;
+    switch (k->type) {
+    case CT_STRING:
+    case CT_SECRET:
+    case CT_URL: {
+        const char *v = *(char *const *)ss;
+        char *copy = v != NULL ? strdup(v) : NULL;
+        if (v != NULL && copy == NULL)
+            return -1;
+        wipe_free(*(char **)sd);
+        *(char **)sd = copy;
+        return 0;
+    }
+    case CT_PROXIES:
+        memcpy(dst->trusted_proxies, src->trusted_proxies, sizeof(dst->trusted_proxies));
+        dst->ntrusted_proxies = src->ntrusted_proxies;
+        return 0;
+    default: memcpy(sd, ss, value_size(k->type)); return 0;
+    }
+}
+
+static void print_rate(FILE *out, const char *name, const struct config_rate *r)
+{
+    if (r->count == 0)
+        fprintf(out, "%s = off\n", name);
+    else if (r->period_ms % 1000 == 0)
+        fprintf(out, "%s = %ld/%lds\n", name, r->count, r->period_ms / 1000);
+    else
+        fprintf(out, "%s = %ld/%ldms\n", name, r->count, r->period_ms);
+}
+
+static void print_proxies(FILE *out, const struct config *cfg)
+{
+    fputs("trusted_proxies =", out);
+    for (size_t i = 0; i < cfg->ntrusted_proxies; i++) {
+        const struct ipaddr_net *n = &cfg->trusted_proxies[i];
+        char text[IPADDR_TEXT_MAX];
+        ipaddr_format(&n->addr, text);
+        bool v4 = ipaddr_is_v4(&n->addr);
+        fprintf(out, "%s%s/%u", i ? ", " : " ", text, v4 ? n->bits - 96 : n->bits);
+    }
+    fputc('\n', out);
+}
+
+void config_print(const struct config *cfg, FILE *out)
+{
+    fputs("# the effective configuration (file, then environment); secrets are shown as ***\n",
+          out);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct cfg_key *k = &keys[i];
+        const void *slot = (const char *)cfg + k->offset;
+        const char *s = NULL;
+        char url[512];
+        switch (k->type) {
+        case CT_STRING:
+        case CT_URL:
+            s = *(char *const *)slot;
+            if (s != NULL && (k->type == CT_URL || strcmp(k->name, "store") == 0)) {
+                store_url_redacted(s, url, sizeof(url)); /* a password in the URL */
+                s = url;
+            }
+            break;
+        case CT_SECRET: s = *(char *const *)slot != NULL ? "***" : NULL; break;
+        case CT_LONG: fprintf(out, "%s = %ld\n", k->name, *(const long *)slot); continue;
+        case CT_LOG_LEVEL: s = log_level_name(cfg->log_level); break;
+        case CT_LOG_FORMAT: s = cfg->log_format == LOG_FORMAT_TEXT ? "text" : "json"; break;
+        case CT_RATE: print_rate(out, k->name, slot); continue;
+        case CT_PROXIES: print_proxies(out, cfg); continue;
+        }
+        if (s == NULL)
+            fprintf(out, "# %s is not set\n", k->name);
+        else
+            fprintf(out, "%s = %s\n", k->name, s);
+    }
+    for (size_t i = cfg->appid != NULL ? 1 : 0; i < cfg->napps; i++) {
+        const struct config_app *a = &cfg->apps[i];
+        fprintf(out, "\n[app \"%s\"]\n", a->appid);
+        if (a->secret != NULL)
+            fputs("secret = ***\n", out);
+        if (a->secret_file != NULL)
+            fprintf(out, "secret_file = %s\n", a->secret_file);
+        fprintf(out, "access_token_api = %s\n", a->access_token_api);
+    }
 }

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "log/log.h"
 #include "util/ipaddr.h"
@@ -68,6 +69,9 @@ struct config {
     long store_timeout_ms;    /* Redis: connect and command deadline */
     long request_timeout_ms;  /* a request still unanswered this long is answered 504 */
     long code_reuse_window;   /* seconds a repeat of a login code still gets its session */
+    long refresh_grace;       /* seconds a refreshed token still works */
+    long session_max_age;     /* seconds a session (its refreshes included) may live */
+    long user_retention;      /* seconds a user not seen is kept; 0 = for good */
     long exchange_table_size; /* login codes whose outcome is remembered */
 
     /* Where a request comes from: the TCP peer, or X-Forwarded-For when the peer is one of
@@ -79,6 +83,8 @@ struct config {
     struct config_rate rate_limit_wechat;  /* per app: calls to WeChat for clients */
     struct config_rate rate_limit_session; /* per client address: GET /v1/session (off) */
     long rate_limit_table_size;            /* buckets each limit keeps in memory (without Redis) */
+    /* Where GET /metrics is served (host:port, its own listener); NULL or "": not served. */
+    char *metrics_listen;
 
     /* Every app: the flat appid/secret one first (the single-app shorthand), then each
      * [app "<appid>"] section in file order. */
@@ -145,5 +151,23 @@ void config_done(struct config *cfg);
 
 /* Number of worker threads to run: cfg->threads, or the number of online cores. */
 int config_thread_count(const struct config *cfg);
+
+typedef void config_diff_fn(const char *name, void *arg);
+
+/*
+ * Calls fn(name, arg) for each key whose value differs between a and b (a reload: the running
+ * configuration and the file read again). Secrets are compared, never passed on: fn gets names
+ * only. An app section's keys are named `[app "<appid>"] secret` (secret_file,
+ * access_token_api); "apps" when apps were added or removed.
+ */
+void config_diff(const struct config *a, const struct config *b, config_diff_fn *fn, void *arg);
+
+/* Sets the key called name in dst to its value in src (a reload keeps the running value of a
+ * key that needs a restart). Returns 0, or -1 (unknown key, out of memory). */
+int config_keep(struct config *dst, const struct config *src, const char *name);
+
+/* Writes cfg as a configuration file to out, every secret (secrets, admin token, master key,
+ * passwords in URLs) replaced by "***" (`wxlogin serve --check`). */
+void config_print(const struct config *cfg, FILE *out);
 
 #endif

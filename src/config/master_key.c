@@ -98,3 +98,19 @@ int master_key_load(const struct config *cfg, uint8_t key[CRYPTO_KEY_LEN], char 
                  strerror(errno));
     return rc;
 }
+
+int master_key_peek(const struct config *cfg, uint8_t key[CRYPTO_KEY_LEN], char err[CONFIG_ERR_MAX])
+{
+    err[0] = '\0';
+    const char *db = strncmp(cfg->store, "sqlite:", 7) == 0 ? cfg->store + 7 : NULL;
+    if (cfg->master_key != NULL || cfg->master_key_file != NULL || db == NULL)
+        return master_key_load(cfg, key, err);
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s.key", db) >= sizeof(path)) {
+        snprintf(err, CONFIG_ERR_MAX, "store: path too long");
+        return -1;
+    }
+    if (access(path, F_OK) != 0 && errno == ENOENT)
+        return 1;
+    return read_file(path, "master_key (key file beside the database)", key, err);
+}

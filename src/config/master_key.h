@@ -18,4 +18,9 @@
 int master_key_load(const struct config *cfg, uint8_t key[CRYPTO_KEY_LEN],
                     char err[CONFIG_ERR_MAX]);
 
+/* As master_key_load(), but creates nothing (`serve --check`): returns 1, key untouched, when
+ * the key file beside the database does not exist yet (the first start creates it). */
+int master_key_peek(const struct config *cfg, uint8_t key[CRYPTO_KEY_LEN],
+                    char err[CONFIG_ERR_MAX]);
+
 #endif

@@ -255,6 +255,17 @@ void crypto_hex(const uint8_t *md, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+int crypto_unhex(const char *s, size_t len, uint8_t *out, size_t n)
+{
+    char text[2 * 64 + 1];
+    size_t got = 0;
+    if (len != 2 * n || len >= sizeof(text))
+        return -1;
+    memcpy(text, s, len); /* OpenSSL wants it NUL-terminated */
+    text[len] = '\0';
+    return OPENSSL_hexstr2buf_ex(out, n, &got, text, '\0') == 1 && got == n ? 0 : -1;
+}
+
 void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
 {
     uint8_t md[20];

@@ -168,6 +168,23 @@ static void make_room(struct exchange *x)
     }
 }
 
+size_t exchange_forget_user(struct exchange *x, const char *openid)
+{
+    size_t n = strlen(openid), gone = 0;
+    pthread_mutex_lock(&x->mu);
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &x->ok)
+    {
+        struct entry *e = list_item(pos, struct entry, node);
+        if (e->openid_len == n && memcmp(e->ids, openid, n) == 0) {
+            unlink_entry(x, e);
+            gone++;
+        }
+    }
+    pthread_mutex_unlock(&x->mu);
+    return gone;
+}
+
 void exchange_free(struct exchange *x)
 {
     if (x == NULL)

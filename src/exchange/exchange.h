@@ -42,6 +42,8 @@ enum exchange_kind {
     EXCHANGE_ABORTED, /* the leader was cancelled (shutdown, deadline) */
     EXCHANGE_LIMITED, /* the app's ceiling on WeChat calls refused it: nothing was sent; never
                          remembered nor published */
+    EXCHANGE_BANNED,  /* WeChat named a user who is banned here: nothing was stored; never
+                         remembered nor published */
 };
 
 struct exchange_outcome {
@@ -106,6 +108,11 @@ void exchange_finish(struct exchange *x, const uint8_t key[CRYPTO_HASH_LEN],
  */
 size_t exchange_outcome_encode(const struct exchange_outcome *o, char *out, size_t cap);
 int exchange_outcome_decode(const char *s, size_t len, struct exchange_outcome *out);
+
+/* Forgets every remembered success that names openid (an erased user: nothing of them stays,
+ * and a repeat of their code is then refused as used). A scan of the remembered successes,
+ * for a rare operator action. Returns how many went. */
+size_t exchange_forget_user(struct exchange *x, const char *openid);
 
 /* Number of codes in the table (in flight or remembered). */
 size_t exchange_size(struct exchange *x);

@@ -21,6 +21,7 @@
 #include "handlers/user_op.h"
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "util/jsonw.h"
 #include "util/lockout.h"
 
@@ -101,6 +102,7 @@ static bool admin_allowed(struct http_request *req, struct handlers_ctx *ctx)
         log_kv(LOG_DEBUG, "admin route refused: address locked out", "peer", peer, "path",
                http_request_path(req), "request_id", http_request_id(req), NULL);
         snprintf(num, sizeof(num), "%" PRIu64, (retry_ms + 999) / 1000);
+        metrics_rate_limited(METRICS_LIMIT_ADMIN);
         http_add_header(req, "Retry-After", num);
         audit_refused(req, "locked_out");
         http_reply_error(req, 429, "too_many_attempts",
@@ -152,17 +154,20 @@ static void on_token(void *arg, const struct token_result *res)
     crypto_wipe(buf, sizeof(buf));
 }
 
-/* What every admin route starts with: 404 without an admin token configured, the admin token
- * checked (and failures capped), the app. NULL when the request was answered. */
-static const struct handlers_app *admin_app(struct http_request *req, struct handlers_ctx *ctx)
+bool handlers_admin_check(struct http_request *req, struct handlers_ctx *ctx)
 {
     if (ctx->cfg->admin_token == NULL) {
         http_reply_error(req, 404, "not_found", "no such endpoint", "none");
-        return NULL;
+        return false;
     }
-    if (!admin_allowed(req, ctx))
-        return NULL;
-    return handlers_app(req, ctx);
+    return admin_allowed(req, ctx);
+}
+
+/* What the access-token routes start with: the admin check, then the app. NULL when the request
+ * was answered. */
+static const struct handlers_app *admin_app(struct http_request *req, struct handlers_ctx *ctx)
+{
+    return handlers_admin_check(req, ctx) ? handlers_app(req, ctx) : NULL;
 }
 
 /* Answers the app's current token (fetched first when there is none). */

@@ -7,6 +7,7 @@
 #include "handlers/handlers.h"
 #include "limit/limit.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "util/ipaddr.h"
 #include "wechat/errcode.h"
 
@@ -124,27 +125,40 @@ void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
     handlers_reply_mapped(req, &e);
 }
 
-int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)
+const char *handlers_bearer_token(struct http_request *req, const char **why)
 {
     const char *h = http_request_header(req, "Authorization");
     if (h == NULL) {
         *why = "missing Authorization: Bearer token";
-        return -1;
+        return NULL;
     }
     /* RFC 6750: the scheme is case-insensitive; one or more spaces follow it. */
     if (strncasecmp(h, "Bearer ", 7) != 0) {
         *why = "Authorization must use the Bearer scheme";
-        return -1;
+        return NULL;
     }
     h += 7;
     while (*h == ' ')
         h++;
     if (!crypto_token_well_formed(h)) {
         *why = "malformed token";
-        return -1;
+        return NULL;
     }
-    crypto_sha256(h, CRYPTO_TOKEN_LEN, hash);
+    return h;
+}
+
+int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why)
+{
+    const char *t = handlers_bearer_token(req, why);
+    if (t == NULL)
+        return -1;
+    crypto_sha256(t, CRYPTO_TOKEN_LEN, hash);
     return 0;
+}
+
+void handlers_reply_banned(struct http_request *req)
+{
+    http_reply_error(req, 403, "user_banned", "this user is banned from this app", "none");
 }
 
 bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
@@ -181,6 +195,9 @@ void handlers_reply_limited(struct http_request *req, enum handlers_limit which,
     };
     char ra[16];
     snprintf(ra, sizeof(ra), "%u", limit_retry_after_s(wait_us));
+    metrics_rate_limited(which == HANDLERS_LIMIT_OPENID   ? METRICS_LIMIT_OPENID
+                         : which == HANDLERS_LIMIT_WECHAT ? METRICS_LIMIT_WECHAT
+                                                          : METRICS_LIMIT_ADDRESS);
     const struct log_field f[] = {
         LOG_STR("limit", limits[which].name),
         LOG_INT("retry_after", limit_retry_after_s(wait_us)),

@@ -23,6 +23,7 @@
 #include "wechat/api.h"
 
 struct config;
+struct exchange;
 struct limit;
 struct lockout;
 struct login_ctx;
@@ -57,6 +58,8 @@ struct handlers_ctx {
     struct lockout *admin_lockout;        /* failed admin attempts per address, shared; NULL when
                                              admin_token is not set */
     const struct handlers_limits *limits; /* shared */
+    const uint8_t *token_key;             /* derives tokens (login/login.h), shared */
+    struct exchange *exchange;            /* the code-exchange table, shared (erasure) */
 };
 
 extern const struct http_route handlers_routes[];
@@ -79,6 +82,13 @@ void handle_session_check(struct http_request *req, void *arg);
 void handle_admin_token(struct http_request *req, void *arg);
 void handle_admin_token_refresh(struct http_request *req, void *arg);
 void handle_admin_token_invalidate(struct http_request *req, void *arg);
+void handle_refresh(struct http_request *req, void *arg);
+void handle_admin_user(struct http_request *req, void *arg);
+void handle_admin_user_erase(struct http_request *req, void *arg);
+void handle_admin_user_logout(struct http_request *req, void *arg);
+void handle_admin_user_ban(struct http_request *req, void *arg);
+void handle_admin_user_unban(struct http_request *req, void *arg);
+void handle_admin_session_end(struct http_request *req, void *arg);
 void handle_healthz(struct http_request *req, void *arg);
 void handle_readyz(struct http_request *req, void *arg);
 
@@ -116,6 +126,13 @@ enum handlers_limit {
 /* 429 {"error":"rate_limited","message":...,"action":"retry"} with Retry-After (seconds, rounded
  * up) for wait_us; which limit is logged at debug (the access line shows the 429). */
 void handlers_reply_limited(struct http_request *req, enum handlers_limit which, uint64_t wait_us);
+
+/*
+ * What every admin route starts with: 404 when no admin token is configured (the routes do not
+ * exist), then the admin token checked, failures capped per address (429 too_many_attempts).
+ * False when the request was answered.
+ */
+bool handlers_admin_check(struct http_request *req, struct handlers_ctx *ctx);
 
 /* This worker's token fetcher for app. */
 struct token_fetcher *handlers_fetcher(struct handlers_ctx *ctx, const struct handlers_app *app);
@@ -155,5 +172,12 @@ bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
  * -1 with *why set when the header is missing, not Bearer, or not one of our tokens.
  */
 int handlers_bearer_hash(struct http_request *req, uint8_t hash[CRYPTO_HASH_LEN], const char **why);
+/* The well-formed token of "Authorization: Bearer <token>" (borrowed from the request), or NULL
+ * with *why. */
+const char *handlers_bearer_token(struct http_request *req, const char **why);
+
+/* 403 user_banned, action none: a banned user's login (distinct from WeChat's own 40226,
+ * user_blocked). */
+void handlers_reply_banned(struct http_request *req);
 
 #endif

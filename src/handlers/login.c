@@ -7,6 +7,7 @@
  * Rate limits: the client address's first (rate_limit_address), before the body is looked at;
  * the app's ceiling on WeChat calls and the user's limit inside the login (login/login.h).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -90,6 +91,7 @@ static void on_login(void *arg, const struct login_result *r)
         handlers_reply_limited(req, r->limited_user ? HANDLERS_LIMIT_OPENID : HANDLERS_LIMIT_WECHAT,
                                r->wait_us);
         return;
+    case LOGIN_BANNED: handlers_reply_banned(req); return;
     case LOGIN_INTERNAL: handlers_reply_internal(req, "cannot complete the login"); return;
     }
 }
@@ -103,7 +105,12 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     const char *why;
     size_t len;
     const char *body = http_request_body(req, &len);
-    if (login_request_parse(body, len, code, &why) != 0) {
+    int prc = login_request_parse(body, len, code, &why);
+    if (prc == -ENOMEM) {
+        handlers_reply_internal(req, why);
+        return;
+    }
+    if (prc != 0) {
         http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }
@@ -114,8 +121,10 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     }
     lr->req = req;
     lr->app = app;
-    if (login_code(ctx->login, http_request_slot(req), &app->cred, code, want_session, on_login,
-                   lr) != 0)
+    struct login_origin origin = {.client = http_request_client(req),
+                                  .user_agent = http_request_header(req, "User-Agent")};
+    if (login_code(ctx->login, http_request_slot(req), &app->cred, code, want_session, &origin,
+                   on_login, lr) != 0)
         handlers_reply_internal(req, "cannot start the login");
     crypto_wipe(code, sizeof(code));
 }

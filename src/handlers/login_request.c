@@ -1,5 +1,6 @@
 #include "handlers/login_request.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <string.h>
 
@@ -12,6 +13,10 @@ int login_request_parse(const char *body, size_t len, char code_out[LOGIN_CODE_M
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     int rc = -1;
     if (root == NULL) {
+        if (json_error_code(&jerr) == json_error_out_of_memory) {
+            *why = "out of memory";
+            return -ENOMEM;
+        }
         *why = "body is not valid JSON";
         return -1;
     }

@@ -2,6 +2,7 @@
  * POST /v1/phone: the user's phone number from a getPhoneNumber button code, through
  * /wxa/business/getuserphonenumber with the central access token.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "crypto/crypto.h"
@@ -56,7 +57,12 @@ static void start_phone(struct http_request *req, void *arg)
     char code[LOGIN_CODE_MAX + 1];
     const char *why;
     /* Phone codes have the shape of login codes. */
-    if (login_request_parse(body, len, code, &why) != 0) {
+    int prc = login_request_parse(body, len, code, &why);
+    if (prc == -ENOMEM) {
+        handlers_reply_internal(req, why);
+        return;
+    }
+    if (prc != 0) {
         http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }

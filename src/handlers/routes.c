@@ -14,11 +14,20 @@ const struct http_route handlers_routes[] = {
     {"POST", "/v1/check-signature", handle_check_signature},
     {"POST", "/v1/phone", handle_phone},
     {"GET", "/v1/session/check", handle_session_check},
+    {"POST", "/v1/refresh", handle_refresh},
     {"GET", "/admin/v1/access-token", handle_admin_token},
     {"POST", "/admin/v1/access-token/refresh", handle_admin_token_refresh},
     {"POST", "/admin/v1/access-token/invalidate", handle_admin_token_invalidate},
+    {"GET", "/admin/v1/apps/*/users/*", handle_admin_user},
+    {"DELETE", "/admin/v1/apps/*/users/*", handle_admin_user_erase},
+    {"POST", "/admin/v1/apps/*/users/*/logout", handle_admin_user_logout},
+    {"POST", "/admin/v1/apps/*/users/*/ban", handle_admin_user_ban},
+    {"DELETE", "/admin/v1/apps/*/users/*/ban", handle_admin_user_unban},
+    {"DELETE", "/admin/v1/apps/*/sessions/*", handle_admin_session_end},
     {"GET", "/healthz", handle_healthz},
+    {"HEAD", "/healthz", handle_healthz}, /* MHD sends a HEAD answer's headers, not its body */
     {"GET", "/readyz", handle_readyz},
+    {"HEAD", "/readyz", handle_readyz},
 };
 /* clang-format on */
 

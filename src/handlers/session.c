@@ -1,17 +1,20 @@
 /*
  * GET /v1/session: verifies a session token for other services (an nginx auth_request target:
- * the identity is also in X-WX-* response headers). POST /v1/logout: ends a live session (a
- * look-up, then the delete: logout is not the hot path, and an expired session not yet purged
- * must answer 401 as an unknown token does).
+ * the identity is also in X-WX-* response headers). POST /v1/logout: ends a live session, every
+ * token of its chain, or with {"all": true} every session of its user (a look-up, then the
+ * revocation: logout is not the hot path, and an expired session not yet purged must answer 401
+ * as an unknown token does).
  *
  * The hot path: a cached session is answered before store_get_session() returns, with no
  * allocation of ours (the request itself is the callback's argument; the reply is written
  * into a stack buffer). With several apps, a request that names none is looked up by its
  * token alone, still one store call; only then is a little request memory taken.
  */
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include <jansson.h>
+#include <stdio.h>
 
 #include "handlers/handlers.h"
 #include "log/log.h"
@@ -96,26 +99,27 @@ struct logout {
     struct http_request *req;
     struct handlers_ctx *ctx;
     const struct handlers_app *app;
+    bool all; /* {"all": true}: every session of the user */
     uint8_t hash[CRYPTO_HASH_LEN];
-    char openid[STORE_ID_MAX + 1]; /* the session's, for the audit line */
+    char openid[STORE_ID_MAX + 1];
 };
 
-static void on_deleted(void *arg, int status)
+static void on_revoked(void *arg, int status, const struct store_revoked *r)
 {
     struct logout *lo = arg;
     if (status == STORE_ERROR) {
-        handlers_reply_store_error(lo->req, "delete_session");
-    } else if (status != STORE_OK) { /* logged out meanwhile */
-        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
-    } else {
-        const struct log_field f[] = {
-            LOG_STR("app", lo->app->cred.appid),
-            LOG_STR("openid", lo->openid),
-            LOG_STR("request_id", http_request_id(lo->req)),
-        };
-        log_audit("logout", http_request_client(lo->req), f, sizeof(f) / sizeof(f[0]));
-        http_reply(lo->req, 204, NULL, NULL, 0);
+        handlers_reply_store_error(lo->req, "revoke");
+        return;
     }
+    if (status != STORE_OK && !lo->all) { /* logged out meanwhile */
+        handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
+        return;
+    }
+    struct log_field f[] = {LOG_STR("app", lo->app->cred.appid), LOG_STR("openid", lo->openid),
+                            LOG_INT("sessions", r != NULL ? r->count : 0),
+                            LOG_STR("request_id", http_request_id(lo->req))};
+    log_audit(lo->all ? "user_logout_all" : "logout", http_request_client(lo->req), f, 4);
+    http_reply(lo->req, 204, NULL, NULL, 0);
 }
 
 /* Only a live session is logged out: an expired one not yet purged is as dead as an unknown
@@ -135,8 +139,28 @@ static void on_live(void *arg, int status, const struct store_session *s)
     }
     http_request_set_user(lo->req, s->appid, s->openid);
     snprintf(lo->openid, sizeof(lo->openid), "%s", s->openid);
-    store_delete_session(lo->ctx->store, http_request_slot(lo->req), lo->app->cred.appid, lo->hash,
-                         on_deleted, lo);
+    struct store_revoke rv = {.what = lo->all ? STORE_REVOKE_USER : STORE_REVOKE_TOKEN,
+                              .appid = lo->app->cred.appid,
+                              .openid = lo->openid,
+                              .hash = lo->hash,
+                              .now = (int64_t)time(NULL)};
+    store_revoke(lo->ctx->store, http_request_slot(lo->req), &rv, on_revoked, lo);
+}
+
+/* The body: none, or an object whose one known member is "all" (a boolean). 0 or -1. */
+static int logout_body(struct http_request *req, bool *all)
+{
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    *all = false;
+    if (len == 0)
+        return 0;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *a = json_is_object(j) ? json_object_get(j, "all") : NULL;
+    int rc = json_is_object(j) && (a == NULL || json_is_boolean(a)) ? 0 : -1;
+    *all = rc == 0 && json_is_true(a);
+    json_decref(j);
+    return rc;
 }
 
 void handle_logout(struct http_request *req, void *arg)
@@ -151,6 +175,11 @@ void handle_logout(struct http_request *req, void *arg)
     lo->ctx = ctx;
     if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
         return;
+    if (logout_body(req, &lo->all) != 0) {
+        http_reply_error(req, 400, "bad_request",
+                         "the body must be empty or a JSON object such as {\"all\": true}", "none");
+        return;
+    }
     store_get_session(ctx->store, http_request_slot(req),
                       lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
                       on_live, lo);

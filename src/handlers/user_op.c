@@ -115,6 +115,10 @@ void user_op_load(struct user_op *op, user_op_next_fn *next)
 
 void handlers_reply_token_error(struct http_request *req, const struct token_result *res)
 {
+    if (res->status == TOKEN_NOMEM) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
     if (res->status == TOKEN_ABORTED) {
         log_kv(LOG_WARN, "no access token", "reason", "aborted", "request_id", http_request_id(req),
                NULL);

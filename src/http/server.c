@@ -41,6 +41,7 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "util/addr.h"
 #include "util/arena.h"
@@ -109,6 +110,8 @@ struct http_request {
     bool dispatched; /* counted in srv->nactive */
     bool headers_in; /* the access handler has seen the headers */
     unsigned refuse; /* decided from the raw request line: 400 (path) or 414 (arguments) */
+    const char *params[HTTP_MAX_PARAMS]; /* the path's "*" segments, in the arena */
+    size_t nparams;
 
     char *body; /* in the arena */
     size_t body_len, body_cap, discarded;
@@ -117,6 +120,7 @@ struct http_request {
     unsigned status;
     size_t bytes; /* of the answer's body, for the access line */
     char app[HTTP_USER_ID_MAX + 1], openid[HTTP_USER_ID_MAX + 1]; /* http_request_set_user() */
+    size_t route; /* index of the route that took it; SIZE_MAX: none (for metrics) */
     struct MHD_Response *resp;
     struct reply_header headers[MAX_REPLY_HEADERS];
     size_t nheaders;
@@ -166,6 +170,7 @@ struct http_server {
     const struct ipaddr_net *trusted;
     size_t ntrusted;
     bool warned_xff; /* X-Forwarded-For from an untrusted peer was logged once */
+    bool metrics;    /* count requests in metrics/metrics.h */
 
     struct list live; /* every request between first call and completion */
     struct list pool; /* finished requests kept for reuse */
@@ -279,6 +284,7 @@ static struct http_request *request_new(struct http_server *srv, struct MHD_Conn
     req->conn = conn;
     req->method = "";
     req->path = "";
+    req->route = SIZE_MAX;
     req->state = REQ_READING;
     arena_init(&req->arena, req->arena0, sizeof(req->arena0));
     loop_timer_init(&req->deadline, on_deadline, req);
@@ -530,6 +536,18 @@ static void log_request(struct http_request *req)
     log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
 }
 
+/* Counted in metrics by route, status and duration (the service's server only). */
+static void count_request(const struct http_request *req)
+{
+    if (!req->srv->metrics || req->status == 0)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t us = (int64_t)(now.tv_sec - req->start.tv_sec) * 1000000 +
+                 (now.tv_nsec - req->start.tv_nsec) / 1000;
+    metrics_http_request(req->route, req->status, us > 0 ? (uint64_t)us : 0);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -541,6 +559,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     struct http_conn *c = req->hc;
     log_request(req);
+    count_request(req);
     request_free(req);
     /* Kept alive: the next request's clock starts now (an error closes the connection). */
     if (c != NULL && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -558,6 +577,50 @@ static enum MHD_Result queue_reply(struct http_request *req)
     return r;
 }
 
+/*
+ * Does path match pattern? Each "*" segment of the pattern takes one non-empty segment of the
+ * path; their spans go into start/len (HTTP_MAX_PARAMS at most).
+ */
+static bool path_match(const char *pattern, const char *path, const char **start, size_t *len,
+                       size_t *n)
+{
+    *n = 0;
+    for (;;) {
+        if (pattern[0] == '*' && (pattern[1] == '/' || pattern[1] == '\0')) {
+            size_t seg = strcspn(path, "/");
+            if (seg == 0 || *n == HTTP_MAX_PARAMS)
+                return false;
+            start[*n] = path;
+            len[(*n)++] = seg;
+            pattern++;
+            path += seg;
+        } else if (*pattern == *path) {
+            if (*pattern == '\0')
+                return true;
+            pattern++;
+            path++;
+        } else {
+            return false;
+        }
+    }
+}
+
+/* The route's path matches: its parameters, copied where handlers can keep them. */
+static bool take_params(struct http_request *req, const char *const *start, const size_t *len,
+                        size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *p = arena_alloc(&req->arena, len[i] + 1);
+        if (p == NULL)
+            return false;
+        memcpy(p, start[i], len[i]);
+        p[len[i]] = '\0';
+        req->params[i] = p;
+    }
+    req->nparams = n;
+    return true;
+}
+
 static void route(struct http_request *req)
 {
     struct http_server *srv = req->srv;
@@ -565,9 +628,16 @@ static void route(struct http_request *req)
     size_t alen = 0;
     for (size_t i = 0; i < srv->nroutes; i++) {
         const struct http_route *r = &srv->routes[i];
-        if (strcmp(r->path, req->path) != 0)
+        const char *start[HTTP_MAX_PARAMS];
+        size_t len[HTTP_MAX_PARAMS], nparams;
+        if (!path_match(r->path, req->path, start, len, &nparams))
             continue;
+        if (strcmp(r->method, req->method) == 0 && !take_params(req, start, len, nparams)) {
+            http_reply_error(req, 503, "internal", "out of memory", "retry");
+            return;
+        }
         if (strcmp(r->method, req->method) == 0) {
+            req->route = i;
             r->fn(req, srv->handler_arg);
             return;
         }
@@ -900,6 +970,11 @@ static void on_deadline(void *arg)
 const char *http_request_method(const struct http_request *req)
 {
     return req->method;
+}
+
+const char *http_request_param(const struct http_request *req, size_t i)
+{
+    return i < req->nparams ? req->params[i] : NULL;
 }
 
 const char *http_request_path(const struct http_request *req)
@@ -1301,6 +1376,7 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
     srv->handler_arg = opts->handler_arg;
     srv->trusted = opts->trusted_proxies;
     srv->ntrusted = opts->ntrusted_proxies;
+    srv->metrics = opts->metrics;
     list_init(&srv->live);
     list_init(&srv->pool);
     list_init(&srv->reading);
@@ -1344,6 +1420,13 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
 fail:
     http_server_free(srv);
     return NULL;
+}
+
+void http_server_set_routes(struct http_server *srv, const struct http_route *routes,
+                            size_t nroutes)
+{
+    srv->routes = routes;
+    srv->nroutes = nroutes;
 }
 
 uint16_t http_server_port(const struct http_server *srv)

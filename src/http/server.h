@@ -5,7 +5,7 @@
  * watched by our loop, so MHD never runs a thread of its own. Every daemon of the process binds
  * the same address with SO_REUSEPORT and the kernel spreads connections across them.
  *
- * The server reads the whole request body (up to max_body), routes by exact path and method, and
+ * The server reads the whole request body (up to max_body), routes by path and method, and
  * calls the route's handler once. The handler answers with http_reply*() either before it returns
  * or later from the same thread: meanwhile the connection is suspended and the request's one
  * pending slot (http_request_slot()) holds the asynchronous operation it waits for.
@@ -55,7 +55,8 @@ typedef void http_drained_fn(void *arg);
 
 struct http_route {
     const char *method; /* "GET", "POST", ... */
-    const char *path;   /* exact path */
+    const char *path;   /* exact path; a "*" segment takes any one non-empty segment of the
+                           request's (http_request_param()) */
     http_handler_fn *fn;
 };
 
@@ -81,6 +82,9 @@ struct http_server_opts {
      * way WeChat does (HTTP 200 and an errcode). */
     http_handler_fn *fallback;
     void *handler_arg; /* passed to every handler */
+    /* Count every request in metrics/metrics.h by its route's index in routes, its status and
+     * its duration (the service's own server; not the one serving /metrics). */
+    bool metrics;
 };
 
 #define HTTP_ERR_MAX 256
@@ -94,6 +98,10 @@ struct http_server *http_server_new(struct loop *loop, const struct http_server_
                                     char err[HTTP_ERR_MAX]);
 /* Port actually bound (useful with port 0). */
 uint16_t http_server_port(const struct http_server *srv);
+/* Routes requests by this table from now on (a reload); from the server's thread. Borrowed: it
+ * must outlive the server or the next call. A request already routed is not affected. */
+void http_server_set_routes(struct http_server *srv, const struct http_route *routes,
+                            size_t nroutes);
 /*
  * Stops accepting connections; requests already received are still answered and every response
  * from now on closes its connection. drained(arg) runs (from the loop, once) when no request
@@ -115,6 +123,9 @@ const char *http_request_id(const struct http_request *req);
 const char *http_request_body(const struct http_request *req, size_t *len);
 /* Request header or NULL, without trailing whitespace. */
 const char *http_request_header(struct http_request *req, const char *name);
+/* The request path's segment that the route's i-th "*" took (from 0), or NULL. */
+#define HTTP_MAX_PARAMS 4
+const char *http_request_param(const struct http_request *req, size_t i);
 /* Query-string argument or NULL. */
 const char *http_request_query(const struct http_request *req, const char *name);
 struct loop *http_request_loop(const struct http_request *req);

@@ -5,6 +5,7 @@
 #include "limit/limit.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,8 +33,9 @@ struct lock {
 struct limit {
     char kind;
     bool shared;
-    uint32_t burst;
-    uint64_t interval_us;
+    /* Atomic: a reload (limit_set_rate()) changes them while workers take tokens. */
+    _Atomic uint32_t burst;
+    _Atomic uint64_t interval_us;
     uint8_t key[LIMIT_KEY_LEN];
     size_t nsets, ways; /* nsets a power of two */
     struct lock *locks;
@@ -176,7 +178,9 @@ static uint64_t take_tagged(struct limit *l, const uint8_t tag[TAG_LEN], uint64_
         memcpy(b->tag, tag, TAG_LEN);
         b->tat_us = 0;
     }
-    if (limit_bucket_take(&b->tat_us, now_us, l->interval_us, l->burst, &wait))
+    if (limit_bucket_take(&b->tat_us, now_us,
+                          atomic_load_explicit(&l->interval_us, memory_order_relaxed),
+                          atomic_load_explicit(&l->burst, memory_order_relaxed), &wait))
         wait = 0;
     pthread_mutex_unlock(mu);
     return wait;
@@ -227,5 +231,17 @@ void limit_take(struct limit *l, struct store *st, struct async_slot *slot, cons
     name[0] = l->kind;
     name[1] = ':';
     crypto_hex(tag, TAG_LEN, name + 2);
-    store_limit_take(st, slot, appid, name, l->interval_us, l->burst, done, arg);
+    store_limit_take(st, slot, appid, name,
+                     atomic_load_explicit(&l->interval_us, memory_order_relaxed),
+                     atomic_load_explicit(&l->burst, memory_order_relaxed), done, arg);
+}
+
+int limit_set_rate(struct limit *l, uint32_t burst, uint64_t period_ms)
+{
+    if (burst == 0 || period_ms == 0)
+        return -1;
+    atomic_store_explicit(&l->burst, burst, memory_order_relaxed);
+    atomic_store_explicit(&l->interval_us, limit_interval_us(burst, period_ms),
+                          memory_order_relaxed);
+    return 0;
 }

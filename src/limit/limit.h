@@ -83,6 +83,9 @@ struct limit_opts {
 struct limit *limit_new(const struct limit_opts *opts);
 /* Accepts NULL. */
 void limit_free(struct limit *l);
+/* Changes the rate (a reload): the buckets stay, each now refills at the new rate. From any
+ * thread; a take racing with it sees either rate. Returns 0, or -1 when out of range. */
+int limit_set_rate(struct limit *l, uint32_t burst, uint64_t period_ms);
 
 /*
  * Takes a token of the bucket of (appid, key) (appid "" for buckets of no app; key len bytes,

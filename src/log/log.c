@@ -13,6 +13,7 @@
 #include "log/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,7 +28,8 @@
 #define LOG_KV_MAX 32     /* pairs in one log_kv line */
 #define FIELD_RESERVE 128 /* room a value leaves for each field after it */
 
-static enum log_level g_level = LOG_INFO;
+/* Atomic: a reload (SIGHUP) changes it on the main thread while workers log. */
+static _Atomic int g_level = LOG_INFO;
 static enum log_format g_format = LOG_FORMAT_JSON;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -47,13 +49,24 @@ static _Thread_local char t_sec_text[24]; /* "2026-12-01T09:27:14" */
 
 void log_setup(enum log_level level, enum log_format format)
 {
-    g_level = level;
+    atomic_store_explicit(&g_level, (int)level, memory_order_relaxed);
     g_format = format;
+}
+
+void log_set_level(enum log_level level)
+{
+    atomic_store_explicit(&g_level, (int)level, memory_order_relaxed);
+}
+
+const char *log_level_name(enum log_level level)
+{
+    return (unsigned)level < sizeof(level_names) / sizeof(level_names[0]) ? level_names[level]
+                                                                          : "?";
 }
 
 bool log_enabled(enum log_level level)
 {
-    return level >= g_level;
+    return (int)level >= atomic_load_explicit(&g_level, memory_order_relaxed);
 }
 
 int log_level_parse(const char *s, enum log_level *out)

@@ -27,6 +27,10 @@ enum log_format { LOG_FORMAT_JSON, LOG_FORMAT_TEXT };
 
 /* Sets the threshold and format. Call before starting threads. */
 void log_setup(enum log_level level, enum log_format format);
+/* Changes the level while threads log (a reload). */
+void log_set_level(enum log_level level);
+/* "debug", "info", "warn" or "error". */
+const char *log_level_name(enum log_level level);
 bool log_enabled(enum log_level level);
 
 /* Parses "debug|info|warn|error" / "json|text". Return 0 or -1. */

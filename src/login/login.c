@@ -15,6 +15,7 @@
 
 #include "limit/limit.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "runtime/delay.h"
 #include "store/store.h"
@@ -54,6 +55,9 @@ struct login_op {
     uint64_t user_wait_us;            /* the user's limit refused the session: for how long */
     char token[CRYPTO_TOKEN_LEN + 1]; /* the code's, with want_session */
     uint8_t token_hash[CRYPTO_HASH_LEN];
+    uint8_t sid[STORE_SID_LEN]; /* the new session's id */
+    char client[STORE_CLIENT_MAX + 1];
+    char user_agent[STORE_UA_MAX + 1];
     int64_t expires_at;
     login_done_fn *done;
     void *arg;
@@ -64,6 +68,24 @@ int login_token_key(const uint8_t master_key[CRYPTO_KEY_LEN], uint8_t out[LOGIN_
 {
     return crypto_hmac_sha256(master_key, CRYPTO_KEY_LEN, TOKEN_KEY_LABEL,
                               sizeof(TOKEN_KEY_LABEL) - 1, out);
+}
+
+int login_next_token(const uint8_t token_key[LOGIN_TOKEN_KEY_LEN], const char *token,
+                     char next[CRYPTO_TOKEN_LEN + 1], uint8_t next_hash[CRYPTO_HASH_LEN])
+{
+    char msg[sizeof("refresh\n") + CRYPTO_TOKEN_LEN];
+    uint8_t raw[CRYPTO_HASH_LEN];
+    int rc = -1;
+    int n = snprintf(msg, sizeof(msg), "refresh\n%s", token);
+    if (n > 0 && (size_t)n < sizeof(msg) &&
+        crypto_hmac_sha256(token_key, LOGIN_TOKEN_KEY_LEN, msg, (size_t)n, raw) == 0) {
+        crypto_token_encode(raw, next);
+        crypto_sha256(next, CRYPTO_TOKEN_LEN, next_hash);
+        rc = 0;
+    }
+    crypto_wipe(msg, sizeof(msg)); /* the old token */
+    crypto_wipe(raw, sizeof(raw)); /* the new one */
+    return rc;
 }
 
 struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
@@ -80,6 +102,13 @@ struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *
     lc->store = store;
     lc->loop = loop;
     return lc;
+}
+
+void login_ctx_set_limits(struct login_ctx *lc, struct limit *user_limit,
+                          struct limit *wechat_limit)
+{
+    lc->opts.user_limit = user_limit;
+    lc->opts.wechat_limit = wechat_limit;
 }
 
 void login_ctx_free(struct login_ctx *lc)
@@ -169,7 +198,9 @@ static void lead_finish(struct login_op *op, const struct exchange_outcome *o, b
     char text[STORE_OUTCOME_MAX];
     size_t n = remember ? exchange_outcome_encode(o, text, sizeof(text)) : 0;
     if (n > 0)
-        store_claim_publish(lc->store, op->app->appid, op->key, text, n, lc->opts.outcome_keep_ms);
+        store_claim_publish(lc->store, op->app->appid, op->key,
+                            o->kind == EXCHANGE_OK ? o->openid : "", text, n,
+                            lc->opts.outcome_keep_ms);
     else
         store_claim_release(lc->store, op->app->appid, op->key, op->owner);
 }
@@ -268,6 +299,7 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
     case EXCHANGE_STORE: reply_status(op, LOGIN_STORE); return;
     case EXCHANGE_ABORTED: reply_status(op, LOGIN_ABORTED); return;
     case EXCHANGE_LIMITED: reply_limited(op, false, o->wait_us); return;
+    case EXCHANGE_BANNED: reply_status(op, LOGIN_BANNED); return;
     }
 }
 
@@ -281,6 +313,12 @@ static void on_wake(const struct exchange_outcome *o, void *arg)
 static void on_stored(void *arg, int status)
 {
     struct login_op *op = arg;
+    if (status == STORE_BANNED) {
+        /* Told to the waiters, not remembered: the ban may be lifted before the code expires. */
+        lead_abort(op, EXCHANGE_BANNED);
+        reply_status(op, LOGIN_BANNED);
+        return;
+    }
     if (status != STORE_OK) {
         /* Not remembered: the store may be back for a retry (though WeChat will then say the
          * code was used, and the client gets a clear relogin). */
@@ -305,6 +343,9 @@ static void store_user(struct login_op *op)
                              .unionid = op->out.unionid,
                              .session_key = op->session_key,
                              .token_hash = session ? op->token_hash : NULL,
+                             .sid = op->sid,
+                             .client = op->client,
+                             .user_agent = op->user_agent,
                              .expires_at = op->expires_at,
                              .now = (int64_t)time(NULL)};
     store_login(op->lc->store, &op->inner, &in, on_stored, op);
@@ -344,7 +385,9 @@ static void on_code2session(void *arg, const struct wechat_reply *wr,
     snprintf(op->out.unionid, sizeof(op->out.unionid), "%s", s->unionid);
     snprintf(op->session_key, sizeof(op->session_key), "%s", s->session_key);
     op->out.exchanged_ms = wall_ms();
-    op->expires_at = (int64_t)time(NULL) + lc->opts.session_ttl_s;
+    op->expires_at =
+        (int64_t)time(NULL) +
+        (lc->opts.session_ttl_s < lc->opts.max_age_s ? lc->opts.session_ttl_s : lc->opts.max_age_s);
     if (lc->opts.user_limit == NULL) {
         store_user(op);
         return;
@@ -401,6 +444,10 @@ static void on_claim(void *arg, int status, enum store_claim state, const char *
 {
     struct login_op *op = arg;
     struct exchange_outcome o;
+    metrics_claim(status != STORE_OK          ? METRICS_CLAIM_ERROR
+                  : state == STORE_CLAIM_MINE ? METRICS_CLAIM_MINE
+                  : state == STORE_CLAIM_BUSY ? METRICS_CLAIM_BUSY
+                                              : METRICS_CLAIM_KNOWN);
     if (status != STORE_OK) {
         lead_abort(op, EXCHANGE_STORE);
         reply_status(op, LOGIN_STORE);
@@ -435,7 +482,8 @@ static void claim(struct login_op *op)
 }
 
 int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
-               const char *code, bool want_session, login_done_fn *done, void *arg)
+               const char *code, bool want_session, const struct login_origin *origin,
+               login_done_fn *done, void *arg)
 {
     size_t n = strlen(code);
     if (n > WECHAT_CODE_MAX)
@@ -455,18 +503,26 @@ int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wecha
     op->want_session = want_session;
     op->done = done;
     op->arg = arg;
-    if (want_session && code_token(op, code) != 0) {
+    if (want_session && (code_token(op, code) != 0 || store_sid_new(op->sid) != 0)) {
         op_free(op);
         return -1;
     }
+    /* Cut to what the store keeps (a character cut in two is cleaned by the store). */
+    if (origin != NULL && origin->client != NULL)
+        snprintf(op->client, sizeof(op->client), "%s", origin->client);
+    if (origin != NULL && origin->user_agent != NULL)
+        snprintf(op->user_agent, sizeof(op->user_agent), "%s", origin->user_agent);
     exchange_key(app->appid, code, op->key);
     async_begin(&op->async, slot, op_cancel);
 
     struct exchange_outcome known;
     switch (exchange_begin(lc->x, op->key, lc->loop, &op->inner, on_wake, op, &known)) {
-    case EXCHANGE_KNOWN: follow(op, &known); return 0;
-    case EXCHANGE_WAIT: return 0;
-    case EXCHANGE_LEAD: break;
+    case EXCHANGE_KNOWN:
+        metrics_exchange(METRICS_EXCHANGE_REMEMBERED);
+        follow(op, &known);
+        return 0;
+    case EXCHANGE_WAIT: metrics_exchange(METRICS_EXCHANGE_WAITED); return 0;
+    case EXCHANGE_LEAD: metrics_exchange(METRICS_EXCHANGE_LEAD); break;
     }
     op->leading = true;
     memcpy(op->code, code, n + 1);

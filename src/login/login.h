@@ -50,7 +50,8 @@ struct store;
 struct login_ctx;
 
 struct login_opts {
-    long session_ttl_s;   /* lifetime of a new session */
+    long session_ttl_s;   /* lifetime of a new session's token... */
+    long max_age_s;       /* ...within its chain's (refreshes included) */
     long outcome_keep_ms; /* how long other instances may reuse a published outcome */
     long reuse_window_ms; /* how long after its exchange a repeat of a code gets its session */
     /* LOGIN_TOKEN_KEY_LEN bytes from login_token_key(), borrowed for the context's lifetime */
@@ -69,6 +70,7 @@ enum login_status {
     LOGIN_ABORTED,   /* the request that exchanged the code was cancelled */
     LOGIN_CODE_USED, /* a repeat wants the code's session, which is gone or never was */
     LOGIN_LIMITED,   /* a rate limit refused it: limited_user and wait_us say which and how long */
+    LOGIN_BANNED,    /* the user is banned here: nothing was stored */
     LOGIN_INTERNAL   /* out of memory, no randomness */
 };
 
@@ -94,10 +96,30 @@ typedef void login_done_fn(void *arg, const struct login_result *r);
  * is independent of the sealing that uses the master key itself). Returns 0 or -1. */
 int login_token_key(const uint8_t master_key[CRYPTO_KEY_LEN], uint8_t out[LOGIN_TOKEN_KEY_LEN]);
 
+/*
+ * The token that follows token in its session's chain (POST /v1/refresh): derived, like a
+ * code's, under the token key, HMAC-SHA256(token key, "refresh\n" token), so every request
+ * refreshing one token computes the same successor and the store keeps one chain. Writes it and
+ * its hash. Returns 0 or -1.
+ */
+int login_next_token(const uint8_t token_key[LOGIN_TOKEN_KEY_LEN], const char *token,
+                     char next[CRYPTO_TOKEN_LEN + 1], uint8_t next_hash[CRYPTO_HASH_LEN]);
+
+/* Where a login comes from, kept with its session for the operator (borrowed for the call;
+ * NULL: unknown). */
+struct login_origin {
+    const char *client;     /* the client's address */
+    const char *user_agent; /* its User-Agent */
+};
+
 /* One per worker: its WeChat client and store, the process's exchange table. NULL on failure. */
 struct login_ctx *login_ctx_new(const struct login_opts *opts, struct exchange *x,
                                 struct wechat_client *wx, struct store *store, struct loop *loop);
 void login_ctx_free(struct login_ctx *lc);
+/* A reload turned a limit on or off (NULL: off); from the context's thread. The limits must
+ * outlive the context: a login in flight may be taking from the one it replaces. */
+void login_ctx_set_limits(struct login_ctx *lc, struct limit *user_limit,
+                          struct limit *wechat_limit);
 
 /*
  * Exchanges code (already validated by the caller) for app; with want_session also answers the
@@ -105,6 +127,7 @@ void login_ctx_free(struct login_ctx *lc);
  * unless slot is cancelled first. Returns 0, or -1 when it could not start (done is not called).
  */
 int login_code(struct login_ctx *lc, struct async_slot *slot, const struct wechat_app *app,
-               const char *code, bool want_session, login_done_fn *done, void *arg);
+               const char *code, bool want_session, const struct login_origin *origin,
+               login_done_fn *done, void *arg);
 
 #endif

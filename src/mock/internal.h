@@ -68,6 +68,7 @@ struct mock {
     struct mock_app apps[MOCK_MAX_APPS];
     size_t napps;
     const char *listen;
+    const char *port_file; /* --port-file: NULL, or where the bound port is written */
     uint16_t port;
     int nworkers;
     long token_delay_ms;

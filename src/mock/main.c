@@ -28,7 +28,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strcmp(argv[i], "--version") == 0) {
-            printf("wxlogin-mock %s\n", WXLOGIN_VERSION);
+            printf("wxlogin-mock %s (commit %s)\n", WXLOGIN_VERSION, wxlogin_commit);
             return 0;
         }
     }

@@ -12,6 +12,7 @@
 #include "mock/mock.h"
 #include "mock/internal.h"
 
+#include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -29,6 +30,7 @@
 #include "mock/code.h"
 #include "mock/codeset.h"
 #include "runtime/workers.h"
+#include "util/portfile.h"
 
 #define CODESET_SLOTS (1u << 19)
 /* Spent and seen codes are remembered at least this long, whatever --code-ttl says. */
@@ -488,6 +490,11 @@ static int mock_init(struct worker *w, void *arg)
         char port[8];
         snprintf(port, sizeof(port), "%u", m->port);
         log_kv(LOG_WARN, "wxlogin-mock serving", "listen", m->listen, "port", port, NULL);
+        if (m->port_file != NULL && portfile_write(m->port_file, m->port) != 0) {
+            fprintf(stderr, "wxlogin-mock: cannot write the port file '%s': %s\n", m->port_file,
+                    strerror(errno));
+            return -1;
+        }
     }
     return 0;
 }
@@ -519,6 +526,7 @@ const char mock_usage[] =
     "  --app APPID:SECRET      an app the mock knows; repeat for several (the first owns codes\n"
     "                          that name no app). Default wx1234567890abcdef with secret\n"
     "                          0123456789abcdef0123456789abcdef\n"
+    "  --port-file FILE        once listening, write the bound port to FILE (atomically)\n"
     "  --threads N             worker threads (default: number of cores)\n"
     "  --log-level LEVEL       debug, info, warn (default), error\n"
     "\n"
@@ -581,11 +589,16 @@ int mock_main(int argc, char **argv)
         }
         i += 2; /* every other option takes a value */
         if (val == NULL) {
-            fprintf(stderr, "wxlogin-mock: unknown argument '%s'\n%s", a, mock_usage);
+            if (strncmp(a, "--", 2) == 0 && strstr(mock_usage, a) != NULL)
+                fprintf(stderr, "wxlogin-mock: option %s needs a value\n", a);
+            else
+                fprintf(stderr, "wxlogin-mock: unknown argument '%s'\n%s", a, mock_usage);
             goto out;
         }
         if (strcmp(a, "--listen") == 0) {
             m.listen = val;
+        } else if (strcmp(a, "--port-file") == 0) {
+            m.port_file = val;
         } else if (strcmp(a, "--app") == 0) {
             if (add_app(&m, val) != 0) {
                 fprintf(stderr, "wxlogin-mock: --app wants APPID:SECRET\n");

@@ -8,6 +8,7 @@
 
 #include "log/log.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "util/arena.h"
 
 struct thread {
@@ -24,6 +25,7 @@ void workers_block_signals(void)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     /* Writes to closed sockets must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
@@ -40,6 +42,9 @@ static void *thread_main(void *arg)
 {
     struct thread *t = arg;
     log_batch(true);
+    /* This thread's own counters, before it serves anything (no-op with metrics off). */
+    if (metrics_thread_attach() != 0)
+        log_msg(LOG_WARN, "worker %d: no memory for its own metrics; sharing", t->w.id);
     loop_set_idle_hook(t->w.loop, flush_log, NULL);
     int rc = loop_run(t->w.loop);
     log_batch(false);
@@ -89,10 +94,20 @@ int workers_run(int n, const struct worker_ops *ops, void *arg)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     int sig = 0;
-    if (ts[n - 1].started)
-        sigwait(&set, &sig);
+    if (ts[n - 1].started) {
+        if (ops->ready != NULL)
+            ops->ready(arg);
+        /* SIGHUP without a reload hook is ignored rather than fatal. */
+        while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+            if (ops->reload != NULL)
+                ops->reload(arg);
+        }
+    }
     log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
+    if (ts[n - 1].started && ops->stopping != NULL)
+        ops->stopping(arg);
     for (int i = 0; i < n; i++)
         if (ts[i].started)
             loop_post_item(ts[i].w.loop, &ts[i].stop, post_stop, &ts[i]);

@@ -3,8 +3,9 @@
  *
  * Workers are set up one by one on the main thread (so a bad listen address is reported before
  * anything runs, and workers after the first can join the port the first one bound), then each
- * runs its loop on its own thread. SIGINT/SIGTERM are taken by the main thread with sigwait();
- * it asks every worker, through loop_post(), to stop, and joins them.
+ * runs its loop on its own thread. SIGINT/SIGTERM/SIGHUP are taken by the main thread with
+ * sigwait(): SIGHUP calls the service's reload hook there (the workers run on); SIGINT/SIGTERM
+ * ask every worker, through loop_post(), to stop, and it joins them.
  */
 #ifndef WXLOGIN_RUNTIME_WORKERS_H
 #define WXLOGIN_RUNTIME_WORKERS_H
@@ -25,15 +26,23 @@ struct worker_ops {
     void (*stop)(struct worker *w);
     /* On the main thread after the worker's loop returned; frees w->data. */
     void (*done)(struct worker *w);
+    /* Optional, on the main thread (arg as given to workers_run()): every worker's thread runs,
+     * after every init() bound its listener; the service is ready. */
+    void (*ready)(void *arg);
+    /* Optional, on the main thread: SIGHUP arrived (reload). */
+    void (*reload)(void *arg);
+    /* Optional, on the main thread: SIGINT/SIGTERM arrived, before the workers are told. */
+    void (*stopping)(void *arg);
 };
 
 /*
- * Blocks SIGINT/SIGTERM/SIGPIPE for every thread; call first thing in main, before any thread
- * (libcurl's resolver threads included) exists.
+ * Blocks SIGINT/SIGTERM/SIGHUP for every thread and ignores SIGPIPE; call first thing in main,
+ * before any thread (libcurl's resolver threads included) exists.
  */
 void workers_block_signals(void);
 
-/* Runs n workers until SIGINT or SIGTERM. Returns 0 on a clean stop, -1 if setup failed. */
+/* Runs n workers until SIGINT or SIGTERM (SIGHUP: ops->reload). Returns 0 on a clean stop, -1 if
+ * setup failed. */
 int workers_run(int n, const struct worker_ops *ops, void *arg);
 
 #endif

@@ -25,4 +25,9 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
 int store_redis_shared_new(const char *url, const struct store_config *cfg,
                            struct store_shared **out, char err[STORE_ERR_MAX]);
 
+/* Copies text from outside (a User-Agent, a ban's reason; NULL reads "") into out (cap bytes):
+ * whole characters while they fit, any byte that is not valid UTF-8 or is a control character
+ * read as '?', so what the store keeps and later shows is always clean text. */
+void store_text_cut(char *out, size_t cap, const char *s);
+
 #endif

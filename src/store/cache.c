@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "store/backend.h"
 #include "util/list.h"
@@ -42,6 +43,8 @@ struct store_cache {
     /* Bumped by every login that stores a unionid: a session cached without one may belong to
      * a user who has one now, and is then read from the store again. */
     atomic_uint_fast64_t unionid_epoch;
+    /* The epoch of the last flush: a record read before it is not cached. */
+    atomic_uint_fast64_t flush_epoch;
 };
 
 struct store_cache *store_cache_new(size_t entries)
@@ -166,7 +169,7 @@ void store_cache_put_read_at(struct store_cache *c, const uint8_t hash[CRYPTO_HA
                              const struct store_session *rec, uint64_t epoch)
 {
     if (c == NULL || strlen(rec->appid) > ID_MAX || strlen(rec->openid) > ID_MAX ||
-        strlen(rec->unionid) > ID_MAX)
+        strlen(rec->unionid) > ID_MAX || epoch < atomic_load(&c->flush_epoch))
         return;
     pthread_mutex_t *lock;
     struct slot *set = set_of(c, hash, &lock);
@@ -220,6 +223,20 @@ void store_cache_del(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN])
     pthread_mutex_unlock(lock);
 }
 
+void store_cache_flush(struct store_cache *c)
+{
+    if (c == NULL)
+        return;
+    /* Records read before now must not come back: they may be of a revoked session. */
+    atomic_store(&c->flush_epoch, atomic_fetch_add(&c->unionid_epoch, 1) + 1);
+    for (size_t l = 0; l < c->nlocks; l++) {
+        pthread_mutex_lock(&c->locks[l]);
+        for (size_t i = l * SETS_PER_LOCK * WAYS; i < (l + 1) * SETS_PER_LOCK * WAYS; i++)
+            c->slots[i].used = false;
+        pthread_mutex_unlock(&c->locks[l]);
+    }
+}
+
 /* ---- the decorator ---- */
 
 #define OP_POOL_MAX 256
@@ -243,9 +260,13 @@ struct cache_op {
     union {
         store_session_fn *session;
         store_done_fn *done;
+        store_revoke_fn *revoke;
     } fn;
     void *arg;
     uint64_t epoch; /* the cache's unionid epoch when a miss asked the store */
+    /* A revocation: cancelling it only detaches its owner, for the store may commit it anyway,
+     * and the cache must then still forget its tokens. */
+    bool revoking, detached;
     struct cache_op *next;
     struct list node; /* its store's started operations */
 };
@@ -284,6 +305,10 @@ static void op_put(struct cache_op *op)
 static void op_cancel(struct async *a)
 {
     struct cache_op *op = (struct cache_op *)(void *)a;
+    if (op->revoking) {
+        op->detached = true; /* on_inner_revoke still runs, and tells nobody */
+        return;
+    }
     async_cancel(&op->inner);
     op_put(op);
 }
@@ -311,7 +336,9 @@ static void c_get_session(struct store *st, struct async_slot *slot, const char 
         done(arg, STORE_ERROR, NULL);
         return;
     }
-    if (store_cache_get(cs->cache, hash, now, &s)) {
+    bool hit = store_cache_get(cs->cache, hash, now, &s);
+    metrics_cache_lookup(hit);
+    if (hit) {
         /* Tokens are bound to their app, in memory as in the store (NULL: any app). */
         if (appid != NULL && strcmp(s.appid, appid) != 0)
             done(arg, STORE_NOT_FOUND, NULL);
@@ -331,13 +358,63 @@ static void c_get_session(struct store *st, struct async_slot *slot, const char 
     store_get_session(cs->inner, &op->inner, appid, hash, now, on_inner_session, op);
 }
 
-static void c_delete_session(struct store *st, struct async_slot *slot, const char *appid,
-                             const uint8_t hash[CRYPTO_HASH_LEN], store_done_fn *done, void *arg)
+static void c_refresh(struct store *st, struct async_slot *slot, const struct store_refresh *in,
+                      store_session_fn *done, void *arg)
 {
     struct cache_store *cs = (struct cache_store *)st;
-    /* Forget it here first: from now on no lookup may be answered from memory. */
-    store_cache_del(cs->cache, hash);
-    store_delete_session(cs->inner, slot, appid, hash, done, arg);
+    /* The old token's expiry is about to shrink to its grace: forget it, so the next check
+     * reads the new expiry from the store. */
+    store_cache_del(cs->cache, in->old_hash);
+    store_refresh(cs->inner, slot, in, done, arg);
+}
+
+static void on_inner_revoke(void *arg, int status, const struct store_revoked *r)
+{
+    struct cache_op *op = arg;
+    /* Every token the store removed is forgotten here too, before anyone hears of it; a
+     * lookup that read the store before the revocation cannot bring one back (tombstones). */
+    if (r != NULL) {
+        for (size_t i = 0; i < r->nhashes; i++)
+            store_cache_del(op->cs->cache, r->hashes[i]);
+        if (r->more)
+            store_cache_flush(op->cs->cache);
+    }
+    if (op->detached) {
+        op_put(op);
+        return;
+    }
+    async_end(&op->async);
+    store_revoke_fn *fn = op->fn.revoke;
+    void *a = op->arg;
+    op_put(op);
+    fn(a, status, r);
+}
+
+static void c_revoke(struct store *st, struct async_slot *slot, const struct store_revoke *in,
+                     store_revoke_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    /* A logout's own token is forgotten before the store is asked (the tombstone rule); the
+     * other tokens of its chain, and every token of the other revocations, once the store
+     * says which they were. */
+    if (in->what == STORE_REVOKE_TOKEN)
+        store_cache_del(cs->cache, in->hash);
+    struct cache_op *op = op_get(cs, arg);
+    if (op == NULL) {
+        done(arg, STORE_ERROR, NULL);
+        return;
+    }
+    op->fn.revoke = done;
+    op->revoking = true;
+    async_begin(&op->async, slot, op_cancel);
+    store_revoke(cs->inner, &op->inner, in, on_inner_revoke, op);
+}
+
+static void c_user_info(struct store *st, struct async_slot *slot, const char *appid,
+                        const char *openid, int64_t now, store_info_fn *done, void *arg)
+{
+    struct cache_store *cs = (struct cache_store *)st;
+    store_user_info(cs->inner, slot, appid, openid, now, done, arg);
 }
 
 static void on_inner_login(void *arg, int status)
@@ -456,7 +533,9 @@ static const struct store_ops cache_ops = {
     .login = c_login,
     .put_session = c_put_session,
     .get_session = c_get_session,
-    .delete_session = c_delete_session,
+    .refresh = c_refresh,
+    .revoke = c_revoke,
+    .user_info = c_user_info,
     .get_user = c_get_user,
     .purge_expired = c_purge_expired,
     .broken = c_broken,

@@ -51,6 +51,10 @@ void store_cache_unionid_stored(struct store_cache *c);
 /* Forgets hash for good (a tombstone). Accepts NULL c. */
 void store_cache_del(struct store_cache *c, const uint8_t hash[CRYPTO_HASH_LEN]);
 
+/* Forgets every entry; a record read from the store before the call is not cached after it (a
+ * revocation too large to name its tokens one by one). Accepts NULL c. */
+void store_cache_flush(struct store_cache *c);
+
 /* A store that answers get_session from c when it can and keeps c coherent with the writes it
  * passes to inner. Closing it closes inner. Returns 0 or -1 (out of memory). */
 int store_cache_wrap(struct store_cache *c, struct store *inner, struct store **out);

@@ -50,3 +50,20 @@ bool store_user_open(const uint8_t master[CRYPTO_KEY_LEN], struct store_user *u,
         u->prev_replaced_at = prev_at;
     return true;
 }
+
+/* Two steps, so the stored value is not a MAC under the master key itself: a key derived for
+ * this use only, then a MAC of a fixed label under it. */
+#define CHECK_DERIVE_LABEL "wxlogin master-key check v1"
+#define CHECK_VALUE_LABEL "wxlogin: the key this store was sealed with"
+
+int store_key_check_value(const uint8_t master[CRYPTO_KEY_LEN], uint8_t out[CRYPTO_HASH_LEN])
+{
+    uint8_t k[CRYPTO_HASH_LEN];
+    int rc = crypto_hmac_sha256(master, CRYPTO_KEY_LEN, CHECK_DERIVE_LABEL,
+                                sizeof(CHECK_DERIVE_LABEL) - 1, k);
+    if (rc == 0)
+        rc =
+            crypto_hmac_sha256(k, sizeof(k), CHECK_VALUE_LABEL, sizeof(CHECK_VALUE_LABEL) - 1, out);
+    crypto_wipe(k, sizeof(k));
+    return rc;
+}

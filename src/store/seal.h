@@ -33,4 +33,17 @@ bool store_unseal(const uint8_t master[CRYPTO_KEY_LEN], const char *appid, const
 bool store_user_open(const uint8_t master[CRYPTO_KEY_LEN], struct store_user *u, const uint8_t *key,
                      size_t key_len, const uint8_t *prev, size_t prev_len, int64_t prev_at);
 
+/*
+ * The master key's check value: HMAC-SHA256 of a fixed label under a key derived from the master
+ * key (never the key, nor a plain hash of it). A store keeps the value of the key it was first
+ * sealed with and refuses to start with another (store_shared_new(): STORE_WRONG_KEY), instead
+ * of answering every decrypt 401. Returns 0 or -1.
+ */
+int store_key_check_value(const uint8_t master[CRYPTO_KEY_LEN], uint8_t out[CRYPTO_HASH_LEN]);
+
+/* The message for STORE_WRONG_KEY: what happened and how to fix it (what names the store). */
+#define STORE_WRONG_KEY_MSG(what)                                                                  \
+    "store: " what " was sealed with a different master key; start with the key it was sealed "    \
+    "with, or move it aside to start empty (docs/operations.md, master key rotation)"
+
 #endif

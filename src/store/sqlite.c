@@ -70,6 +70,21 @@ static const char *const migrations[] = {
     /* 2: the previous session_key, for the grace period after a re-login */
     "ALTER TABLE users ADD COLUMN prev_session_key BLOB;"
     "ALTER TABLE users ADD COLUMN prev_replaced_at INTEGER;",
+    /* 3: sessions an operator can see and end (ids, chains, where they began), bans */
+    "ALTER TABLE sessions ADD COLUMN sid BLOB;"
+    "ALTER TABLE sessions ADD COLUMN chain_start INTEGER;"
+    "ALTER TABLE sessions ADD COLUMN refreshed_at INTEGER;"
+    "ALTER TABLE sessions ADD COLUMN next_hash BLOB;"
+    "ALTER TABLE sessions ADD COLUMN client TEXT;"
+    "ALTER TABLE sessions ADD COLUMN user_agent TEXT;"
+    "UPDATE sessions SET sid = randomblob(16), chain_start = created_at;"
+    "CREATE INDEX sessions_user ON sessions (appid, openid);"
+    "CREATE INDEX sessions_sid ON sessions (sid);"
+    "CREATE INDEX users_seen ON users (updated_at);"
+    "CREATE TABLE bans ("
+    "  appid TEXT NOT NULL, openid TEXT NOT NULL, reason TEXT NOT NULL,"
+    "  since INTEGER NOT NULL, until INTEGER,"
+    "  PRIMARY KEY (appid, openid)) WITHOUT ROWID;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -86,9 +101,22 @@ enum stmt_id {
     ST_INSERT_SESSION,
     ST_GET_SESSION,
     ST_FIND_SESSION,
-    ST_DELETE_SESSION,
     ST_GET_USER,
     ST_PURGE,
+    ST_BANNED,
+    ST_REFRESH_GET,
+    ST_REFRESH_MARK,
+    ST_REVOKE_CHAIN,
+    ST_REVOKE_SID,
+    ST_REVOKE_USER,
+    ST_BAN,
+    ST_UNBAN,
+    ST_ERASE_USER,
+    ST_INFO_USER,
+    ST_INFO_BAN,
+    ST_INFO_SESSIONS,
+    ST_PURGE_USER_SESSIONS,
+    ST_PURGE_USERS,
     ST_COUNT
 };
 
@@ -106,8 +134,9 @@ static const char *const stmt_sql[ST_COUNT] = {
         " ON CONFLICT (appid, openid) DO UPDATE SET session_key = excluded.session_key,"
         " prev_session_key = users.session_key, prev_replaced_at = excluded.updated_at,"
         " unionid = COALESCE(excluded.unionid, users.unionid), updated_at = excluded.updated_at",
-    [ST_INSERT_SESSION] = "INSERT INTO sessions (token_hash, appid, openid, created_at, "
-                          "expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_INSERT_SESSION] = "INSERT INTO sessions (token_hash, appid, openid, created_at, expires_at,"
+                          " sid, chain_start, refreshed_at, client, user_agent)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     [ST_GET_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
                        " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
                        " WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND s.appid = ?3",
@@ -115,21 +144,58 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FIND_SESSION] = "SELECT s.appid, s.openid, u.unionid, s.expires_at FROM sessions s"
                         " LEFT JOIN users u ON u.appid = s.appid AND u.openid = s.openid"
                         " WHERE s.token_hash = ?1 AND s.expires_at > ?2",
-    [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE token_hash = ?1 AND appid = ?2",
     [ST_GET_USER] = "SELECT unionid, session_key, prev_session_key, prev_replaced_at FROM users"
                     " WHERE appid = ?1 AND openid = ?2",
     [ST_PURGE] = "DELETE FROM sessions WHERE token_hash IN"
                  " (SELECT token_hash FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
+    [ST_BANNED] = "SELECT 1 FROM bans WHERE appid = ?1 AND openid = ?2"
+                  " AND (until IS NULL OR until > ?3)",
+    [ST_REFRESH_GET] = "SELECT appid, openid, sid, chain_start, next_hash, client, user_agent"
+                       " FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
+    [ST_REFRESH_MARK] = "UPDATE sessions SET next_hash = ?2, expires_at = min(expires_at, ?3)"
+                        " WHERE token_hash = ?1",
+    /* Each revocation answers the hashes it removed (for the session cache), and what tells
+     * whether each was the live head of its chain (what the caller counts as a session ended).
+     * Raw columns: SQLite 3.40 evaluates "next_hash IS NULL" in the RETURNING of a DELETE from a
+     * WITHOUT ROWID table as false whatever the row holds. */
+    [ST_REVOKE_CHAIN] = "DELETE FROM sessions WHERE sid ="
+                        " (SELECT sid FROM sessions WHERE token_hash = ?1 AND appid = ?2)"
+                        " RETURNING token_hash, next_hash, expires_at",
+    [ST_REVOKE_SID] = "DELETE FROM sessions WHERE sid = ?1 AND appid = ?2"
+                      " RETURNING token_hash, next_hash, expires_at",
+    [ST_REVOKE_USER] = "DELETE FROM sessions WHERE appid = ?1 AND openid = ?2"
+                       " RETURNING token_hash, next_hash, expires_at",
+    [ST_BAN] = "INSERT INTO bans (appid, openid, reason, since, until) VALUES (?1, ?2, ?3, ?4, ?5)"
+               " ON CONFLICT (appid, openid) DO UPDATE SET reason = excluded.reason,"
+               " since = excluded.since, until = excluded.until",
+    [ST_UNBAN] = "DELETE FROM bans WHERE appid = ?1 AND openid = ?2",
+    [ST_ERASE_USER] = "DELETE FROM users WHERE appid = ?1 AND openid = ?2",
+    [ST_INFO_USER] = "SELECT unionid, created_at, updated_at FROM users"
+                     " WHERE appid = ?1 AND openid = ?2",
+    [ST_INFO_BAN] = "SELECT reason, since, until FROM bans WHERE appid = ?1 AND openid = ?2"
+                    " AND (until IS NULL OR until > ?3)",
+    /* A chain's head is its newest token: the session as the operator knows it. */
+    [ST_INFO_SESSIONS] = "SELECT sid, chain_start, expires_at, refreshed_at, client, user_agent"
+                         " FROM sessions WHERE appid = ?1 AND openid = ?2 AND expires_at > ?3"
+                         " AND next_hash IS NULL ORDER BY chain_start, sid LIMIT ?4",
+    /* Users not seen since ?1, with whatever sessions they still have (expired ones: the
+     * retention is never under the sessions' max age). */
+    [ST_PURGE_USER_SESSIONS] = "DELETE FROM sessions WHERE (appid, openid) IN"
+                               " (SELECT appid, openid FROM users WHERE updated_at < ?1 LIMIT ?2)",
+    [ST_PURGE_USERS] = "DELETE FROM users WHERE (appid, openid) IN"
+                       " (SELECT appid, openid FROM users WHERE updated_at < ?1 LIMIT ?2)",
 };
 
 enum sq_op {
     OP_PING,
     OP_GET_SESSION,
     OP_GET_USER,
+    OP_USER_INFO,
     /* writes from here on */
     OP_LOGIN,
     OP_PUT_SESSION,
-    OP_DELETE_SESSION,
+    OP_REFRESH,
+    OP_REVOKE,
     OP_PURGE,
 };
 
@@ -170,19 +236,31 @@ struct sq_job {
     size_t sealed_len;
     int64_t expires_at, now;
     long limit;
+    uint8_t sid[STORE_SID_LEN];
+    char client[STORE_CLIENT_MAX + 1];
+    char user_agent[STORE_UA_MAX + 1];
+    uint8_t new_hash[CRYPTO_HASH_LEN]; /* refresh */
+    long grace_s, ttl_s, max_age_s;    /* refresh */
+    enum store_revoke_what what;       /* revoke */
+    char reason[STORE_REASON_MAX + 1]; /* ban */
     /* what came of it */
     int status;
+    bool erased; /* the batch must leave no trace of the user in the files */
     union {
         struct store_session session;
         struct sq_user_out user;
         long count;
+        struct store_revoked revoked;
     } out;
+    struct store_user_info *info; /* user_info's answer: allocated with the job, it is large */
     /* who to tell */
     union {
         store_done_fn *done;
         store_session_fn *session;
         store_user_fn *user;
         store_count_fn *count;
+        store_revoke_fn *revoke;
+        store_info_fn *info;
     } fn;
     void *arg;
     struct sq_job *next; /* the writer's queue */
@@ -194,6 +272,7 @@ struct sq_shared {
     struct store_shared base;
     char *path;
     const uint8_t *master_key;
+    long user_retention_s;
     sqlite3 *db;
     sqlite3_stmt *stmt[ST_COUNT];
     dev_t dev;
@@ -248,6 +327,28 @@ static void copy_col(sqlite3_stmt *st, int i, char out[STORE_ID_MAX + 1])
     out[n] = '\0';
 }
 
+/* A text column of at most cap - 1 bytes ("" when NULL or longer: we wrote it, cut to fit). */
+static void copy_text(sqlite3_stmt *st, int i, char *out, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    int n = sqlite3_column_bytes(st, i);
+    if (t == NULL || n < 0 || (size_t)n >= cap)
+        n = 0;
+    if (n > 0)
+        memcpy(out, t, (size_t)n);
+    out[n] = '\0';
+}
+
+/* A blob column of exactly n bytes into out; false otherwise. */
+static bool copy_fixed(sqlite3_stmt *st, int i, uint8_t *out, size_t n)
+{
+    const void *b = sqlite3_column_blob(st, i);
+    if (b == NULL || sqlite3_column_bytes(st, i) != (int)n)
+        return false;
+    memcpy(out, b, n);
+    return true;
+}
+
 static size_t copy_blob(sqlite3_stmt *st, int i, uint8_t out[STORE_SEALED_MAX])
 {
     const void *b = sqlite3_column_blob(st, i);
@@ -286,6 +387,64 @@ static void drain_inotify(struct sq_shared *sh)
 }
 
 /* ---- the writer ---- */
+
+/* The user, their ban in force and their live sessions, into j->info. */
+static void read_info(struct sq_shared *sh, struct sq_job *j)
+{
+    struct store_user_info *u = j->info;
+    j->status = STORE_ERROR;
+    sqlite3_stmt *q = stmt(sh, ST_INFO_USER);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        u->known = true;
+        copy_col(q, 0, u->unionid);
+        u->first_login = sqlite3_column_int64(q, 1);
+        u->last_login = sqlite3_column_int64(q, 2);
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return;
+    q = stmt(sh, ST_INFO_BAN);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    sqlite3_bind_int64(q, 3, j->now);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        u->banned = true;
+        copy_text(q, 0, u->ban_reason, sizeof(u->ban_reason));
+        u->ban_since = sqlite3_column_int64(q, 1);
+        u->ban_until = sqlite3_column_int64(q, 2); /* NULL reads 0: for good */
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return;
+    q = stmt(sh, ST_INFO_SESSIONS);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    sqlite3_bind_int64(q, 3, j->now);
+    sqlite3_bind_int64(q, 4, STORE_SESSIONS_MAX + 1);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (u->nsessions == STORE_SESSIONS_MAX) {
+            u->more_sessions = true;
+            continue;
+        }
+        struct store_session_info *si = &u->sessions[u->nsessions];
+        if (!copy_fixed(q, 0, si->sid, STORE_SID_LEN))
+            continue; /* cannot be: every session has one since migration 3 */
+        si->created = sqlite3_column_int64(q, 1);
+        si->expires = sqlite3_column_int64(q, 2);
+        si->refreshed = sqlite3_column_int64(q, 3);
+        copy_text(q, 4, si->client, sizeof(si->client));
+        copy_text(q, 5, si->user_agent, sizeof(si->user_agent));
+        u->nsessions++;
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE)
+        return;
+    j->status = u->known || u->banned ? STORE_OK : STORE_NOT_FOUND;
+}
 
 static void run_read(struct sq_shared *sh, struct sq_job *j)
 {
@@ -331,22 +490,191 @@ static void run_read(struct sq_shared *sh, struct sq_job *j)
         }
         sqlite3_reset(q);
         return;
+    case OP_USER_INFO: read_info(sh, j); return;
     case OP_LOGIN:
     case OP_PUT_SESSION:
-    case OP_DELETE_SESSION:
+    case OP_REFRESH:
+    case OP_REVOKE:
     case OP_PURGE: break;
     }
 }
 
-static int insert_session(struct sq_shared *sh, const struct sq_job *j)
+/* A session of j's user: a new chain (chain_start now) or, with refreshed, the next token of one
+ * whose start and origin the job carries. */
+static int insert_session(struct sq_shared *sh, const struct sq_job *j, const uint8_t *hash,
+                          int64_t chain_start, bool refreshed)
 {
     sqlite3_stmt *q = stmt(sh, ST_INSERT_SESSION);
-    sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(q, 1, hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
     bind_text(q, 2, j->appid);
     bind_text(q, 3, j->openid);
     sqlite3_bind_int64(q, 4, j->now);
     sqlite3_bind_int64(q, 5, j->expires_at);
+    sqlite3_bind_blob(q, 6, j->sid, STORE_SID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 7, chain_start);
+    if (refreshed)
+        sqlite3_bind_int64(q, 8, j->now);
+    bind_text(q, 9, j->client);
+    bind_text(q, 10, j->user_agent);
     return exec_stmt(q);
+}
+
+/* Is a ban of j's user in force? 1 yes, 0 no, -1 the store failed. */
+static int banned(struct sq_shared *sh, const struct sq_job *j)
+{
+    sqlite3_stmt *q = stmt(sh, ST_BANNED);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    sqlite3_bind_int64(q, 3, j->now);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/*
+ * The refresh of j->hash by j->new_hash (inside the batch's transaction): the old token must be
+ * live; replaced already, it answers its successor (the same new token: it is derived from the
+ * old); else the chain gets the new token and the old one a grace period.
+ */
+static void run_refresh(struct sq_shared *sh, struct sq_job *j)
+{
+    sqlite3_stmt *q = stmt(sh, ST_REFRESH_GET);
+    sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, j->now);
+    int rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(q);
+        j->status = rc == SQLITE_DONE ? STORE_NOT_FOUND : STORE_ERROR;
+        return;
+    }
+    char appid[STORE_ID_MAX + 1];
+    uint8_t next[CRYPTO_HASH_LEN];
+    copy_col(q, 0, appid);
+    copy_col(q, 1, j->openid);
+    bool has_sid = copy_fixed(q, 2, j->sid, STORE_SID_LEN);
+    int64_t chain_start = sqlite3_column_int64(q, 3);
+    bool replaced = sqlite3_column_type(q, 4) != SQLITE_NULL;
+    bool same_next = replaced && copy_fixed(q, 4, next, CRYPTO_HASH_LEN) &&
+                     memcmp(next, j->new_hash, CRYPTO_HASH_LEN) == 0;
+    copy_text(q, 5, j->client, sizeof(j->client));
+    copy_text(q, 6, j->user_agent, sizeof(j->user_agent));
+    sqlite3_reset(q);
+    j->status = STORE_NOT_FOUND;
+    if ((!j->any_app && strcmp(appid, j->appid) != 0) || !has_sid)
+        return;
+    memcpy(j->appid, appid, sizeof(appid));
+    if (!replaced) {
+        int64_t last = chain_start + j->max_age_s;
+        if (j->now >= last)
+            return; /* the chain is as old as it may get: log in again */
+        j->expires_at = j->now + j->ttl_s < last ? j->now + j->ttl_s : last;
+        q = stmt(sh, ST_REFRESH_MARK);
+        sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+        sqlite3_bind_blob(q, 2, j->new_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 3, j->now + j->grace_s);
+        if (exec_stmt(q) != 0 || insert_session(sh, j, j->new_hash, chain_start, true) != 0) {
+            j->status = STORE_ERROR;
+            return;
+        }
+    } else if (!same_next) {
+        return; /* replaced by another token: cannot be with tokens derived from their
+                 * predecessors, so treat it as spent */
+    }
+    /* The new token's session, as a look-up would answer it. */
+    q = stmt(sh, ST_FIND_SESSION);
+    sqlite3_bind_blob(q, 1, j->new_hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, j->now);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        copy_col(q, 0, j->out.session.appid);
+        copy_col(q, 1, j->out.session.openid);
+        copy_col(q, 2, j->out.session.unionid);
+        j->out.session.expires_at = sqlite3_column_int64(q, 3);
+        j->status = STORE_OK;
+    } else {
+        j->status = rc == SQLITE_DONE ? STORE_NOT_FOUND : STORE_ERROR;
+    }
+    sqlite3_reset(q);
+}
+
+/* Runs a revoking DELETE ... RETURNING token_hash, next_hash, expires_at into r. */
+static int collect_revoked(sqlite3_stmt *q, int64_t now, struct store_revoked *r)
+{
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (sqlite3_column_type(q, 1) == SQLITE_NULL && sqlite3_column_int64(q, 2) > now)
+            r->count++;
+        if (r->nhashes == STORE_REVOKED_MAX)
+            r->more = true;
+        else if (copy_fixed(q, 0, r->hashes[r->nhashes], CRYPTO_HASH_LEN))
+            r->nhashes++;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int revoke_user_sessions(struct sq_shared *sh, struct sq_job *j)
+{
+    sqlite3_stmt *q = stmt(sh, ST_REVOKE_USER);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    return collect_revoked(q, j->now, &j->out.revoked);
+}
+
+/* Runs a statement keyed by (appid, openid); -1, or how many rows it changed. */
+static int exec_user(struct sq_shared *sh, enum stmt_id id, const struct sq_job *j)
+{
+    sqlite3_stmt *q = stmt(sh, id);
+    bind_text(q, 1, j->appid);
+    bind_text(q, 2, j->openid);
+    return exec_stmt(q) == 0 ? sqlite3_changes(sh->db) : -1;
+}
+
+static void run_revoke(struct sq_shared *sh, struct sq_job *j)
+{
+    struct store_revoked *r = &j->out.revoked;
+    sqlite3_stmt *q;
+    int rc = -1, n;
+    memset(r, 0, sizeof(*r));
+    switch (j->what) {
+    case STORE_REVOKE_TOKEN:
+    case STORE_REVOKE_SID:
+        q = stmt(sh, j->what == STORE_REVOKE_TOKEN ? ST_REVOKE_CHAIN : ST_REVOKE_SID);
+        if (j->what == STORE_REVOKE_TOKEN)
+            sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
+        else
+            sqlite3_bind_blob(q, 1, j->sid, STORE_SID_LEN, SQLITE_STATIC);
+        bind_text(q, 2, j->appid);
+        rc = collect_revoked(q, j->now, r);
+        if (rc == 0 && r->nhashes == 0 && !r->more)
+            rc = 1;
+        break;
+    case STORE_REVOKE_USER: rc = revoke_user_sessions(sh, j); break;
+    case STORE_BAN:
+        q = stmt(sh, ST_BAN);
+        bind_text(q, 1, j->appid);
+        bind_text(q, 2, j->openid);
+        bind_text(q, 3, j->reason);
+        sqlite3_bind_int64(q, 4, j->now);
+        if (j->expires_at > 0)
+            sqlite3_bind_int64(q, 5, j->expires_at);
+        rc = exec_stmt(q) == 0 ? revoke_user_sessions(sh, j) : -1;
+        break;
+    case STORE_UNBAN:
+        n = exec_user(sh, ST_UNBAN, j);
+        rc = n < 0 ? -1 : n == 0 ? 1 : 0;
+        r->count = n > 0;
+        break;
+    case STORE_ERASE:
+        n = exec_user(sh, ST_ERASE_USER, j);
+        int b = n < 0 ? -1 : exec_user(sh, ST_UNBAN, j);
+        rc = b < 0 || revoke_user_sessions(sh, j) != 0 ? -1 : 0;
+        if (rc == 0 && n == 0 && b == 0 && r->nhashes == 0 && !r->more)
+            rc = 1; /* nothing of the openid was there */
+        j->erased = rc == 0;
+        break;
+    }
+    j->status = rc < 0 ? STORE_ERROR : rc == 1 ? STORE_NOT_FOUND : STORE_OK;
 }
 
 /* Inside the batch's transaction. */
@@ -356,6 +684,11 @@ static void run_write(struct sq_shared *sh, struct sq_job *j)
     j->status = STORE_ERROR;
     switch (j->op) {
     case OP_LOGIN: {
+        int ban = banned(sh, j);
+        if (ban != 0) {
+            j->status = ban > 0 ? STORE_BANNED : STORE_ERROR;
+            return;
+        }
         /* Two statements that go together: a savepoint undoes the first if the second fails,
          * without touching the other jobs of the batch. */
         bool sp = j->has_hash;
@@ -367,7 +700,8 @@ static void run_write(struct sq_shared *sh, struct sq_job *j)
         bind_text(q, 3, j->unionid);
         sqlite3_bind_blob(q, 4, j->sealed, (int)j->sealed_len, SQLITE_STATIC);
         sqlite3_bind_int64(q, 5, j->now);
-        bool ok = exec_stmt(q) == 0 && (!j->has_hash || insert_session(sh, j) == 0);
+        bool ok = exec_stmt(q) == 0 &&
+                  (!j->has_hash || insert_session(sh, j, j->hash, j->now, false) == 0);
         if (sp && !ok)
             exec_stmt(stmt(sh, ST_ROLLBACK_TO));
         if (sp)
@@ -375,26 +709,34 @@ static void run_write(struct sq_shared *sh, struct sq_job *j)
         j->status = ok ? STORE_OK : STORE_ERROR;
         return;
     }
-    case OP_PUT_SESSION: j->status = insert_session(sh, j) == 0 ? STORE_OK : STORE_ERROR; return;
-    case OP_DELETE_SESSION:
-        q = stmt(sh, ST_DELETE_SESSION);
-        sqlite3_bind_blob(q, 1, j->hash, CRYPTO_HASH_LEN, SQLITE_STATIC);
-        bind_text(q, 2, j->appid);
-        if (exec_stmt(q) == 0)
-            j->status = sqlite3_changes(sh->db) > 0 ? STORE_OK : STORE_NOT_FOUND;
+    case OP_PUT_SESSION:
+        j->status = insert_session(sh, j, j->hash, j->now, false) == 0 ? STORE_OK : STORE_ERROR;
         return;
+    case OP_REFRESH: run_refresh(sh, j); return;
+    case OP_REVOKE: run_revoke(sh, j); return;
     case OP_PURGE:
         q = stmt(sh, ST_PURGE);
         sqlite3_bind_int64(q, 1, j->now);
         sqlite3_bind_int64(q, 2, j->limit);
-        if (exec_stmt(q) == 0) {
-            j->out.count = sqlite3_changes(sh->db);
-            j->status = STORE_OK;
+        if (exec_stmt(q) != 0)
+            return;
+        j->out.count = sqlite3_changes(sh->db);
+        if (sh->user_retention_s > 0) {
+            for (enum stmt_id id = ST_PURGE_USER_SESSIONS; id <= ST_PURGE_USERS; id++) {
+                q = stmt(sh, id);
+                sqlite3_bind_int64(q, 1, j->now - sh->user_retention_s);
+                sqlite3_bind_int64(q, 2, j->limit);
+                if (exec_stmt(q) != 0)
+                    return;
+                j->out.count += sqlite3_changes(sh->db);
+            }
         }
+        j->status = STORE_OK;
         return;
     case OP_PING:
     case OP_GET_SESSION:
-    case OP_GET_USER: break;
+    case OP_GET_USER:
+    case OP_USER_INFO: break;
     }
 }
 
@@ -427,14 +769,25 @@ static void run_batch(struct sq_shared *sh, struct sq_job *batch)
             break;
         run_write(sh, j);
     }
-    if (exec_stmt(stmt(sh, ST_COMMIT)) == 0)
+    if (exec_stmt(stmt(sh, ST_COMMIT)) == 0) {
+        /* An erasure must leave the openid nowhere in the files: secure_delete zeroed what the
+         * transaction deleted, and the WAL, which still holds the earlier page images, is
+         * written back and truncated. */
+        for (struct sq_job *j = batch; j != NULL; j = j->next)
+            if (j->erased) {
+                sqlite3_exec(sh->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+                break;
+            }
         return;
+    }
     /* Nothing of the batch is durable: every write failed. */
     if (!sqlite3_get_autocommit(sh->db))
         exec_stmt(stmt(sh, ST_ROLLBACK));
     for (struct sq_job *j = batch; j != NULL; j = j->next)
-        if (j->op >= OP_LOGIN)
+        if (j->op >= OP_LOGIN) {
             j->status = STORE_ERROR;
+            j->erased = false;
+        }
 }
 
 static void job_done(void *arg);
@@ -540,6 +893,8 @@ static void job_put(struct sq_job *j)
     crypto_wipe(j->sealed, j->sealed_len);
     if (j->op == OP_GET_USER)
         crypto_wipe(&j->out.user, sizeof(j->out.user));
+    free(j->info);
+    j->info = NULL;
     if (st->npool < POOL_MAX) {
         j->next = st->pool;
         st->pool = j;
@@ -565,6 +920,7 @@ static struct sq_job *job_get(struct sq_store *st, enum sq_op op, void *arg)
         j = malloc(sizeof(*j));
         if (j == NULL)
             return NULL;
+        j->info = NULL;
     }
     j->st = st;
     j->op = op;
@@ -573,7 +929,9 @@ static struct sq_job *job_get(struct sq_store *st, enum sq_op op, void *arg)
     j->has_hash = false;
     j->any_app = false;
     j->sealed_len = 0;
+    j->erased = false;
     j->appid[0] = j->openid[0] = j->unionid[0] = '\0';
+    j->client[0] = j->user_agent[0] = j->reason[0] = '\0';
     j->arg = arg;
     return j;
 }
@@ -611,10 +969,18 @@ static void job_done(void *arg)
         case OP_PURGE:
             j->fn.count(j->arg, j->status, j->status == STORE_OK ? j->out.count : 0);
             break;
+        case OP_REFRESH:
+            j->fn.session(j->arg, j->status, j->status == STORE_OK ? &j->out.session : NULL);
+            break;
+        case OP_REVOKE:
+            j->fn.revoke(j->arg, j->status, j->status == STORE_OK ? &j->out.revoked : NULL);
+            break;
+        case OP_USER_INFO:
+            j->fn.info(j->arg, j->status, j->status == STORE_OK ? j->info : NULL);
+            break;
         case OP_PING:
         case OP_LOGIN:
         case OP_PUT_SESSION:
-        case OP_DELETE_SESSION:
             if (j->fn.done != NULL)
                 j->fn.done(j->arg, j->status);
             break;
@@ -678,6 +1044,9 @@ static void sq_login(struct store *s, struct async_slot *slot, const struct stor
     j->sealed_len = (size_t)sealed;
     if (in->token_hash != NULL) {
         memcpy(j->hash, in->token_hash, CRYPTO_HASH_LEN);
+        memcpy(j->sid, in->sid, STORE_SID_LEN);
+        store_text_cut(j->client, sizeof(j->client), in->client);
+        store_text_cut(j->user_agent, sizeof(j->user_agent), in->user_agent);
         j->has_hash = true;
     }
     j->expires_at = in->expires_at;
@@ -726,19 +1095,67 @@ static void sq_get_session(struct store *s, struct async_slot *slot, const char 
     start(st, j, slot);
 }
 
-static void sq_delete_session(struct store *s, struct async_slot *slot, const char *appid,
-                              const uint8_t hash[CRYPTO_HASH_LEN], store_done_fn *done, void *arg)
+static void sq_refresh(struct store *s, struct async_slot *slot, const struct store_refresh *in,
+                       store_session_fn *done, void *arg)
 {
     struct sq_store *st = (struct sq_store *)s;
-    struct sq_job *j = atomic_load(&st->sh->broken) ? NULL : job_get(st, OP_DELETE_SESSION, arg);
-    if (j == NULL || !copy_id(j->appid, appid)) {
+    struct sq_job *j = atomic_load(&st->sh->broken) ? NULL : job_get(st, OP_REFRESH, arg);
+    if (j == NULL || (in->appid != NULL && !copy_id(j->appid, in->appid))) {
         if (j != NULL)
             job_put(j);
-        done(arg, STORE_ERROR);
+        done(arg, STORE_ERROR, NULL);
         return;
     }
-    memcpy(j->hash, hash, CRYPTO_HASH_LEN);
-    j->fn.done = done;
+    j->any_app = in->appid == NULL;
+    memcpy(j->hash, in->old_hash, CRYPTO_HASH_LEN);
+    memcpy(j->new_hash, in->new_hash, CRYPTO_HASH_LEN);
+    j->now = in->now;
+    j->grace_s = in->grace_s;
+    j->ttl_s = in->ttl_s;
+    j->max_age_s = in->max_age_s;
+    j->fn.session = done;
+    start(st, j, slot);
+}
+
+static void sq_revoke(struct store *s, struct async_slot *slot, const struct store_revoke *in,
+                      store_revoke_fn *done, void *arg)
+{
+    struct sq_store *st = (struct sq_store *)s;
+    struct sq_job *j = atomic_load(&st->sh->broken) ? NULL : job_get(st, OP_REVOKE, arg);
+    if (j == NULL || !copy_id(j->appid, in->appid) ||
+        (in->openid != NULL && !copy_id(j->openid, in->openid))) {
+        if (j != NULL)
+            job_put(j);
+        done(arg, STORE_ERROR, NULL);
+        return;
+    }
+    j->what = in->what;
+    if (in->hash != NULL)
+        memcpy(j->hash, in->hash, CRYPTO_HASH_LEN);
+    if (in->sid != NULL)
+        memcpy(j->sid, in->sid, STORE_SID_LEN);
+    store_text_cut(j->reason, sizeof(j->reason), in->reason);
+    j->expires_at = in->until;
+    j->now = in->now;
+    j->fn.revoke = done;
+    start(st, j, slot);
+}
+
+static void sq_user_info(struct store *s, struct async_slot *slot, const char *appid,
+                         const char *openid, int64_t now, store_info_fn *done, void *arg)
+{
+    struct sq_store *st = (struct sq_store *)s;
+    struct sq_job *j = atomic_load(&st->sh->broken) ? NULL : job_get(st, OP_USER_INFO, arg);
+    if (j != NULL)
+        j->info = calloc(1, sizeof(*j->info));
+    if (j == NULL || j->info == NULL || !copy_id(j->appid, appid) || !copy_id(j->openid, openid)) {
+        if (j != NULL)
+            job_put(j);
+        done(arg, STORE_ERROR, NULL);
+        return;
+    }
+    j->now = now;
+    j->fn.info = done;
     start(st, j, slot);
 }
 
@@ -811,7 +1228,9 @@ static const struct store_ops sq_ops = {
     .login = sq_login,
     .put_session = sq_put_session,
     .get_session = sq_get_session,
-    .delete_session = sq_delete_session,
+    .refresh = sq_refresh,
+    .revoke = sq_revoke,
+    .user_info = sq_user_info,
     .get_user = sq_get_user,
     .purge_expired = sq_purge_expired,
     .broken = sq_broken,
@@ -1003,6 +1422,52 @@ static int make_private(const char *path, const struct store_config *cfg, char e
     return 0;
 }
 
+/*
+ * The master key's check value (store/seal.h) is kept in the table meta: recorded on the first
+ * start (a database from before it records the key it is next started with), compared on every
+ * later one. The table is made here rather than by a migration, so it is there whatever the
+ * schema version. Returns 0, -1 or STORE_WRONG_KEY, with err.
+ */
+static int check_master_key(sqlite3 *db, const char *path, const uint8_t *master,
+                            char err[STORE_ERR_MAX])
+{
+    uint8_t want[CRYPTO_HASH_LEN];
+    sqlite3_stmt *ins = NULL, *sel = NULL;
+    int rc = -1;
+    if (store_key_check_value(master, want) != 0) {
+        snprintf(err, STORE_ERR_MAX, "store: cannot compute the master key's check value");
+        return -1;
+    }
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+                     " WITHOUT ROWID",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(
+            db, "INSERT OR IGNORE INTO meta (name, value) VALUES ('master_key_check', ?1)", -1,
+            &ins, NULL) != SQLITE_OK ||
+        sqlite3_bind_blob(ins, 1, want, sizeof(want), SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_step(ins) != SQLITE_DONE ||
+        sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE name = 'master_key_check'", -1, &sel,
+                           NULL) != SQLITE_OK ||
+        sqlite3_step(sel) != SQLITE_ROW) {
+        snprintf(err, STORE_ERR_MAX, "store: cannot check the master key in '%.100s': %s", path,
+                 sqlite3_errmsg(db));
+        goto out;
+    }
+    const void *have = sqlite3_column_blob(sel, 0);
+    if (have == NULL || sqlite3_column_bytes(sel, 0) != (int)sizeof(want) ||
+        !crypto_equal(have, want, sizeof(want))) {
+        snprintf(err, STORE_ERR_MAX, STORE_WRONG_KEY_MSG("the database"));
+        rc = STORE_WRONG_KEY;
+        goto out;
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(ins);
+    sqlite3_finalize(sel);
+    return rc;
+}
+
 int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
                             struct store_shared **out, char err[STORE_ERR_MAX])
 {
@@ -1018,6 +1483,7 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
     }
     sh->base.ops = &sq_shared_ops;
     sh->master_key = cfg->master_key;
+    sh->user_retention_s = cfg->user_retention_s;
     sh->wakefd = -1;
     sh->inotify_fd = -1;
     pthread_mutex_init(&sh->mu, NULL);
@@ -1038,7 +1504,10 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
     sqlite3_busy_timeout(sh->db, 0);
     rc = sqlite3_exec(sh->db,
                       "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;"
-                      " PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456;",
+                      " PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456;"
+                      /* deleted rows are zeroed, not left in free pages: an erased user
+                       * leaves no bytes behind */
+                      " PRAGMA secure_delete = ON;",
                       NULL, NULL, &msg);
     if (rc == SQLITE_OK)
         rc = migrate(sh->db, err);
@@ -1053,6 +1522,11 @@ int store_sqlite_shared_new(const char *path, const struct store_config *cfg,
         if (msg != NULL) /* else migrate() said what failed */
             snprintf(err, STORE_ERR_MAX, "store: cannot set up '%s': %s", path, msg);
         goto fail;
+    }
+    int kc = check_master_key(sh->db, path, cfg->master_key, err);
+    if (kc != 0) {
+        sq_shared_free(&sh->base);
+        return kc;
     }
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(sh->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &sh->stmt[i],

@@ -8,6 +8,9 @@
 #include "redis/rconn.h"
 #include "store/backend.h"
 #include "store/cache.h"
+#include "store/timed.h"
+#include "util/utf8.h"
+#include "metrics/metrics.h"
 
 const char *store_sqlite_path(const char *url)
 {
@@ -105,6 +108,16 @@ int store_open(struct store_shared *sh, struct loop *loop, struct store **out,
     struct store *st = NULL;
     if (sh->ops->open(sh, loop, &st, err) != 0)
         return -1;
+    /* Metrics time the store itself: under the cache, so a cache hit is not a store operation. */
+    struct store *timed;
+    if (metrics_enabled()) {
+        if (store_timed_wrap(st, &timed) != 0) {
+            store_close(st);
+            snprintf(err, STORE_ERR_MAX, "store: out of memory");
+            return -1;
+        }
+        st = timed;
+    }
     if (sh->cache != NULL && store_cache_wrap(sh->cache, st, out) != 0) {
         store_close(st);
         snprintf(err, STORE_ERR_MAX, "store: out of memory");
@@ -119,6 +132,64 @@ void store_close(struct store *st)
 {
     if (st != NULL)
         st->ops->close(st);
+}
+
+void store_text_cut(char *out, size_t cap, const char *s)
+{
+    size_t o = 0, n = s != NULL ? strlen(s) : 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_char_len((const unsigned char *)s + i, n - i);
+        bool ok = len > 0 && !utf8_is_control(utf8_decode((const unsigned char *)s + i, len));
+        size_t take = ok ? len : 1;
+        if (o + (ok ? len : 1) >= cap)
+            break;
+        if (ok)
+            memcpy(out + o, s + i, len);
+        else
+            out[o] = '?';
+        o += ok ? len : 1;
+        i += take;
+    }
+    out[o] = '\0';
+}
+
+void store_sid_text(const uint8_t sid[STORE_SID_LEN], char out[STORE_SID_TEXT_LEN + 1])
+{
+    char b64[4 * ((STORE_SID_LEN + 2) / 3) + 1];
+    crypto_b64_encode(sid, STORE_SID_LEN, b64);
+    out[0] = 's';
+    out[1] = '_';
+    /* base64url without its padding: 16 bytes are 22 characters */
+    for (size_t i = 0; i < STORE_SID_TEXT_LEN - 2; i++)
+        out[2 + i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+    out[STORE_SID_TEXT_LEN] = '\0';
+}
+
+int store_sid_parse(const char *s, uint8_t sid[STORE_SID_LEN])
+{
+    if (strlen(s) != STORE_SID_TEXT_LEN || s[0] != 's' || s[1] != '_')
+        return -1;
+    char b64[STORE_SID_TEXT_LEN + 1];
+    for (size_t i = 0; i < STORE_SID_TEXT_LEN - 2; i++) {
+        char c = s[2 + i];
+        if (c == '+' || c == '/' || c == '=')
+            return -1; /* base64url only */
+        b64[i] = c == '-' ? '+' : c == '_' ? '/' : c;
+    }
+    b64[STORE_SID_TEXT_LEN - 2] = '=';
+    b64[STORE_SID_TEXT_LEN - 1] = '=';
+    b64[STORE_SID_TEXT_LEN] = '\0';
+    uint8_t out[18];
+    /* Strict: the one text of each id, so an id shown is the id that parses back. */
+    if (crypto_b64_decode(b64, STORE_SID_TEXT_LEN, out) != STORE_SID_LEN)
+        return -1;
+    memcpy(sid, out, STORE_SID_LEN);
+    return 0;
+}
+
+int store_sid_new(uint8_t sid[STORE_SID_LEN])
+{
+    return crypto_random(sid, STORE_SID_LEN);
 }
 
 int store_owner_new(char out[STORE_OWNER_LEN + 1])

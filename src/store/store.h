@@ -2,8 +2,11 @@
  * store: the state wxlogin keeps, behind one API with a backend per kind of store.
  *
  * Three contracts, each an ops table:
- *   sessions  users (appid, openid → unionid, session_key, the previous session_key) and their
- *             sessions (SHA-256(token) → appid, openid, expiry). Every store has them.
+ *   sessions  users (appid, openid → unionid, session_key, the previous session_key, first and
+ *             last login), their sessions (SHA-256(token) → appid, openid, expiry, the session's
+ *             id, where and when it began) and bans. A session is a chain of tokens: a refresh
+ *             replaces its token by the next one (the old one lives on for a grace period),
+ *             and revoking a session ends every token of its chain. Every store has them.
  *   claims    who exchanges a login code when several instances share the store, and the
  *             outcome they publish for the others. NULL for a store of one process, whose
  *             in-memory exchange table is the whole truth.
@@ -52,8 +55,16 @@ struct store_shared;
 enum store_status {
     STORE_OK = 0,
     STORE_NOT_FOUND = 1, /* no such (or expired) session or user */
+    STORE_BANNED = 2,    /* login: the user is banned; nothing was written */
     STORE_ERROR = -1,    /* the store failed: the caller answers 503 store_unavailable */
 };
+
+#define STORE_SID_LEN 16      /* bytes of a session's id (random, drawn at login) */
+#define STORE_CLIENT_MAX 45   /* a client address as text (INET6_ADDRSTRLEN - 1) */
+#define STORE_UA_MAX 255      /* bytes of a User-Agent kept (cut at a character boundary) */
+#define STORE_REASON_MAX 256  /* bytes of a ban's reason */
+#define STORE_SESSIONS_MAX 50 /* sessions a user's record lists */
+#define STORE_REVOKED_MAX 32  /* token hashes a revocation reports (for caches) */
 
 /* A live session and its user's unionid. */
 struct store_session {
@@ -76,19 +87,91 @@ struct store_user {
 };
 
 /* What a login writes: the user, with their newest session_key (plain text, sealed by the
- * store), and optionally a new session. */
+ * store), and optionally a new session, which starts a chain at now. */
 struct store_login {
     const char *appid, *openid, *unionid; /* unionid "" when unknown */
     const char *session_key;
     const uint8_t *token_hash; /* CRYPTO_HASH_LEN bytes, or NULL: no session */
+    const uint8_t *sid;        /* STORE_SID_LEN bytes, with token_hash */
+    const char *client;        /* the client's address and User-Agent, kept with the session for */
+    const char *user_agent;    /* the operator (NULL: unknown; cut to fit) */
     int64_t expires_at;
     int64_t now;
+};
+
+/* A refresh: old_hash's token is replaced by new_hash's, in the same chain. */
+struct store_refresh {
+    const char *appid; /* NULL: whatever the old token's app (see get_session) */
+    const uint8_t *old_hash, *new_hash;
+    int64_t now;
+    long grace_s;   /* the old token lives this much longer (or less, if it expires sooner) */
+    long ttl_s;     /* the new token's lifetime... */
+    long max_age_s; /* ...within the chain's: no token outlives chain start + max_age_s */
+};
+
+/* One live session of a user, as an operator sees it. */
+struct store_session_info {
+    uint8_t sid[STORE_SID_LEN];
+    int64_t created;   /* the login that started the chain */
+    int64_t expires;   /* its newest token's expiry */
+    int64_t refreshed; /* its newest token's refresh; 0: never refreshed */
+    char client[STORE_CLIENT_MAX + 1];
+    char user_agent[STORE_UA_MAX + 1];
+};
+
+/* A user as an operator sees them (no session key). */
+struct store_user_info {
+    bool known; /* the user has logged in (false: only a ban names them) */
+    char unionid[STORE_ID_MAX + 1];
+    int64_t first_login, last_login;
+    bool banned; /* a ban in force */
+    char ban_reason[STORE_REASON_MAX + 1];
+    int64_t ban_since, ban_until; /* until 0: for good */
+    size_t nsessions;             /* live sessions listed (oldest first), at most... */
+    struct store_session_info sessions[STORE_SESSIONS_MAX];
+    bool more_sessions; /* ...and there were more */
+};
+
+/* What a revocation does. Each is atomic, and a session it ends ends with every token of its
+ * chain. */
+enum store_revoke_what {
+    STORE_REVOKE_TOKEN, /* the session of token hash (a logout) */
+    STORE_REVOKE_SID,   /* the session whose id is sid */
+    STORE_REVOKE_USER,  /* every session of the user ("log out everywhere") */
+    STORE_BAN,          /* bans the user (reason, until; a user never seen may be banned) and
+                           ends their sessions */
+    STORE_UNBAN,        /* lifts the user's ban, if any */
+    STORE_ERASE,        /* the user, their keys, sessions and ban, and the outcomes of their
+                           codes a shared store published: nothing of the openid stays */
+};
+
+struct store_revoke {
+    enum store_revoke_what what;
+    const char *appid;
+    const char *openid;  /* USER, BAN, UNBAN, ERASE */
+    const uint8_t *hash; /* TOKEN */
+    const uint8_t *sid;  /* SID: STORE_SID_LEN bytes */
+    const char *reason;  /* BAN */
+    int64_t until;       /* BAN: 0 for good */
+    int64_t now;
+};
+
+/* What a revocation did: count is the live sessions it ended (ERASE, UNBAN: 1 when there was
+ * something to erase or lift, else STORE_NOT_FOUND). hashes are token hashes it removed, for
+ * a cache to forget (up to STORE_REVOKED_MAX; more: there were others). */
+struct store_revoked {
+    long count;
+    size_t nhashes;
+    bool more;
+    uint8_t hashes[STORE_REVOKED_MAX][CRYPTO_HASH_LEN];
 };
 
 typedef void store_done_fn(void *arg, int status);
 typedef void store_session_fn(void *arg, int status, const struct store_session *s);
 typedef void store_user_fn(void *arg, int status, const struct store_user *u);
 typedef void store_count_fn(void *arg, int status, long count);
+typedef void store_info_fn(void *arg, int status, const struct store_user_info *u);
+typedef void store_revoke_fn(void *arg, int status, const struct store_revoked *r);
 
 /* ---- sessions and users ---- */
 struct store_ops {
@@ -118,14 +201,29 @@ struct store_ops {
     void (*get_session)(struct store *st, struct async_slot *slot, const char *appid,
                         const uint8_t hash[CRYPTO_HASH_LEN], int64_t now, store_session_fn *done,
                         void *arg);
-    /* Deletes a session of app appid; STORE_NOT_FOUND when there was none. */
-    void (*delete_session)(struct store *st, struct async_slot *slot, const char *appid,
-                           const uint8_t hash[CRYPTO_HASH_LEN], store_done_fn *done, void *arg);
+    /*
+     * Replaces a live token by the next one of its chain, atomically: the old one then expires
+     * within grace_s; the new one gets ttl_s, cut to the chain's max_age_s. A token already
+     * replaced answers its successor again (the caller derives the new token from the old, so
+     * concurrent refreshes of one token agree on one chain). done gets the new token's session;
+     * STORE_NOT_FOUND when the old token is not live or the chain has reached its max age.
+     */
+    void (*refresh)(struct store *st, struct async_slot *slot, const struct store_refresh *in,
+                    store_session_fn *done, void *arg);
+    /* Ends sessions, bans, lifts bans, erases (struct store_revoke); STORE_NOT_FOUND when there
+     * was nothing to end (TOKEN, SID), lift or erase. */
+    void (*revoke)(struct store *st, struct async_slot *slot, const struct store_revoke *in,
+                   store_revoke_fn *done, void *arg);
+    /* The user's record, their ban and their live sessions; STORE_NOT_FOUND when neither a
+     * user nor a ban is known. */
+    void (*user_info)(struct store *st, struct async_slot *slot, const char *appid,
+                      const char *openid, int64_t now, store_info_fn *done, void *arg);
     /* The user with their keys opened; STORE_NOT_FOUND when unknown or the key does not open
      * (e.g. another master key). */
     void (*get_user)(struct store *st, struct async_slot *slot, const char *appid,
                      const char *openid, store_user_fn *done, void *arg);
-    /* Deletes up to limit expired sessions; reports how many. */
+    /* Deletes up to limit expired sessions, and up to limit users who have not logged in since
+     * user_retention_s (when set); reports how many rows went. */
     void (*purge_expired)(struct store *st, struct async_slot *slot, int64_t now, long limit,
                           store_count_fn *done, void *arg);
     /* True when the store knows it cannot serve (its file was replaced); cheap. May be NULL. */
@@ -146,9 +244,10 @@ struct store_claim_ops {
     void (*claim)(struct store *st, struct async_slot *slot, const char *appid,
                   const uint8_t key[CRYPTO_HASH_LEN], const char *owner, long hold_ms,
                   store_claim_fn *done, void *arg);
-    /* Publishes the outcome of owner's claim for keep_ms (fire and forget). */
+    /* Publishes the outcome of owner's claim for keep_ms (fire and forget); openid ("" for
+     * none) is the user it names, so erasing the user removes it too. */
     void (*publish)(struct store *st, const char *appid, const uint8_t key[CRYPTO_HASH_LEN],
-                    const char *outcome, size_t len, long keep_ms);
+                    const char *openid, const char *outcome, size_t len, long keep_ms);
     /* Releases owner's claim, if it still holds it, so the next request tries again (fire and
      * forget; safe to send whether or not the claim was granted). */
     void (*release)(struct store *st, const char *appid, const uint8_t key[CRYPTO_HASH_LEN],
@@ -211,6 +310,9 @@ struct store_config {
      * on stores that keep each app's sessions apart. */
     const char *const *apps;
     size_t napps;
+    /* Users not seen for this long are purged (0: kept); never under the sessions' max age, so
+     * a purged user has no live session. */
+    long user_retention_s;
     store_warn_fn *warn; /* may be NULL */
     void *warn_arg;
 };
@@ -221,6 +323,9 @@ struct store_config {
  * files found wider are tightened, and cfg->warn told. */
 int store_shared_new(const struct store_config *cfg, struct store_shared **out,
                      char err[STORE_ERR_MAX]);
+/* store_shared_new()'s answer when the store was sealed with another master key (its check
+ * value, store/seal.h, differs): the caller exits 2. */
+#define STORE_WRONG_KEY (-2)
 /* After every store of it is closed. Accepts NULL. */
 void store_shared_free(struct store_shared *sh);
 /* A worker's store on its loop. Returns 0 or -1 with err. */
@@ -273,11 +378,22 @@ static inline void store_get_session(struct store *st, struct async_slot *slot, 
     st->ops->get_session(st, slot, appid, hash, now, done, arg);
 }
 
-static inline void store_delete_session(struct store *st, struct async_slot *slot,
-                                        const char *appid, const uint8_t hash[CRYPTO_HASH_LEN],
-                                        store_done_fn *done, void *arg)
+static inline void store_refresh(struct store *st, struct async_slot *slot,
+                                 const struct store_refresh *in, store_session_fn *done, void *arg)
 {
-    st->ops->delete_session(st, slot, appid, hash, done, arg);
+    st->ops->refresh(st, slot, in, done, arg);
+}
+
+static inline void store_revoke(struct store *st, struct async_slot *slot,
+                                const struct store_revoke *in, store_revoke_fn *done, void *arg)
+{
+    st->ops->revoke(st, slot, in, done, arg);
+}
+
+static inline void store_user_info(struct store *st, struct async_slot *slot, const char *appid,
+                                   const char *openid, int64_t now, store_info_fn *done, void *arg)
+{
+    st->ops->user_info(st, slot, appid, openid, now, done, arg);
 }
 
 static inline void store_get_user(struct store *st, struct async_slot *slot, const char *appid,
@@ -306,10 +422,10 @@ static inline void store_claim(struct store *st, struct async_slot *slot, const 
 }
 
 static inline void store_claim_publish(struct store *st, const char *appid,
-                                       const uint8_t key[CRYPTO_HASH_LEN], const char *outcome,
-                                       size_t len, long keep_ms)
+                                       const uint8_t key[CRYPTO_HASH_LEN], const char *openid,
+                                       const char *outcome, size_t len, long keep_ms)
 {
-    st->claims->publish(st, appid, key, outcome, len, keep_ms);
+    st->claims->publish(st, appid, key, openid, outcome, len, keep_ms);
 }
 
 static inline void store_claim_release(struct store *st, const char *appid,
@@ -347,6 +463,14 @@ static inline void store_limit_take(struct store *st, struct async_slot *slot, c
 {
     st->limits->take(st, slot, appid, name, interval_us, burst, done, arg);
 }
+
+/* A session id as the API shows it: "s_" and 22 characters of base64url. */
+#define STORE_SID_TEXT_LEN 24
+void store_sid_text(const uint8_t sid[STORE_SID_LEN], char out[STORE_SID_TEXT_LEN + 1]);
+/* Parses one; 0 or -1. */
+int store_sid_parse(const char *s, uint8_t sid[STORE_SID_LEN]);
+/* A new random session id. Returns 0 or -1. */
+int store_sid_new(uint8_t sid[STORE_SID_LEN]);
 
 /* A random owner id (STORE_OWNER_LEN hex characters and a NUL). Returns 0 or -1. */
 int store_owner_new(char out[STORE_OWNER_LEN + 1]);

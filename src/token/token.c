@@ -14,6 +14,7 @@
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/waitlist.h"
 
 /* Refresh when less than this is left; stable tokens rotate 5 minutes before expiry. */
@@ -132,6 +133,9 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
     t->fetching = false;
     t->fetch_forced = false;
     t->fetch_on = NULL;
+    metrics_token_fetch(res->status == TOKEN_OK       ? METRICS_TOKEN_OK
+                        : res->status == TOKEN_FAILED ? METRICS_TOKEN_FAILED
+                                                      : METRICS_TOKEN_ABORTED);
     if (no_start && t->no_fetch_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
@@ -188,6 +192,7 @@ void token_fetcher_unregister(struct token_fetcher *f)
         waitlist_splice(&t->waiters, &t->force_waiters);
         struct token_result ab = {.status = TOKEN_ABORTED};
         waitlist_take(&t->waiters, &ab, &taken);
+        metrics_token_fetch(METRICS_TOKEN_ABORTED);
     }
     pthread_mutex_unlock(&t->mu);
     if (mine)
@@ -220,6 +225,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
         if (t->expires_at - now < REFRESH_MARGIN_S && !t->fetching &&
             now_ms >= t->no_fetch_until_ms && now_ms >= t->no_refresh_until_ms) {
             mark_fetching(t, f, false);
+            metrics_token_refresh();
             start = true;
         }
         goto out;
@@ -240,7 +246,7 @@ enum token_wait token_get(struct token *t, struct token_fetcher *f, struct async
     struct waiter *w = waiter_new(&t->mu, f->loop, token_trampoline, (void (*)(void))fn, arg,
                                   sizeof(struct token_result));
     if (w == NULL) {
-        out->status = TOKEN_ABORTED;
+        out->status = TOKEN_NOMEM;
         goto out;
     }
     /* A forced fetch asked while an ordinary one runs must not be answered by that one: it
@@ -260,6 +266,7 @@ out:
 
 void token_invalidate(struct token *t, struct token_fetcher *f, const char *bad)
 {
+    metrics_token_invalidation();
     if (f->ops->invalidate != NULL)
         f->ops->invalidate(f, bad);
     pthread_mutex_lock(&t->mu);

@@ -37,7 +37,8 @@ enum token_status {
     TOKEN_OK,
     TOKEN_FAILED,    /* the fetch failed: wstatus/errcode/http_status say how */
     TOKEN_THROTTLED, /* not fetched: WeChat keeps returning a token it rejects */
-    TOKEN_ABORTED,   /* the fetching worker stopped, or out of memory */
+    TOKEN_ABORTED,   /* the fetching worker stopped */
+    TOKEN_NOMEM,     /* no memory to wait for the fetch */
 };
 
 struct token_result {

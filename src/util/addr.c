@@ -1,6 +1,7 @@
 #include "util/addr.h"
 
 #include <netdb.h>
+#include <stdlib.h>
 #include <string.h>
 
 int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
@@ -21,11 +22,15 @@ int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
         if (colon == NULL)
             return -1;
         hlen = (size_t)(colon - s);
+        /* An IPv6 address goes in brackets: ":::0" or "::1:80" would otherwise listen on a
+         * guess at where the address ends. */
+        if (memchr(s, ':', hlen) != NULL)
+            return -1;
         port = colon + 1;
     }
     if (hlen == 0 || hlen >= sizeof(host) || *port == '\0' || strlen(port) > 5 ||
-        strspn(port, "0123456789") != strlen(port))
-        return -1;
+        strspn(port, "0123456789") != strlen(port) || strtol(port, NULL, 10) > 65535)
+        return -1; /* getaddrinfo would take 65536 for port 0, 65537 for 1... */
     memcpy(host, start, hlen);
     host[hlen] = '\0';
 

@@ -6,7 +6,8 @@
 
 #include <sys/socket.h>
 
-/* Resolves s into *ss. Returns 0, or -1 when s is not host:port or does not resolve. */
+/* Resolves s into *ss. Returns 0, or -1 when s is not host:port or does not resolve (an IPv6
+ * address must be in brackets). */
 int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
 #endif

@@ -16,9 +16,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 #include "runtime/async.h"
 #include "util/list.h"
 #include "version.h"
@@ -63,7 +65,9 @@ struct wechat_call {
     struct buf url, post, resp;
     bool is_post;
     bool in_multi;
+    bool aborted; /* marked by abort_transfers() */
     int attempts;
+    uint64_t start_us; /* monotonic, when the call began (for metrics) */
     struct loop_timer backoff;
     wechat_accept_fn *accept;
     wechat_decode_fn *decode;
@@ -72,6 +76,13 @@ struct wechat_call {
     char errbuf[CURL_ERROR_SIZE];
     struct list node; /* the client's active list or pool */
 };
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 /* ---- buffers and URLs ---- */
 
@@ -301,6 +312,8 @@ void wechat_body_wipe(json_t *body)
 
 static void check_done(struct wechat_client *c);
 
+static void abort_transfers(struct wechat_client *c);
+
 static void on_sock(struct loop_io *io, int fd, uint32_t events, void *arg)
 {
     (void)io;
@@ -312,7 +325,8 @@ static void on_sock(struct loop_io *io, int fd, uint32_t events, void *arg)
         flags |= CURL_CSELECT_OUT;
     if (events & EPOLLERR)
         flags |= CURL_CSELECT_ERR;
-    curl_multi_socket_action(c->multi, fd, flags, &running);
+    if (curl_multi_socket_action(c->multi, fd, flags, &running) == CURLM_ABORTED_BY_CALLBACK)
+        abort_transfers(c);
     check_done(c);
 }
 
@@ -345,7 +359,9 @@ static void on_timer(void *arg)
 {
     struct wechat_client *c = arg;
     int running;
-    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running) ==
+        CURLM_ABORTED_BY_CALLBACK)
+        abort_transfers(c);
     check_done(c);
 }
 
@@ -486,6 +502,8 @@ static int attempt(struct wechat_call *call)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
     }
     call->attempts++;
+    metrics_wechat_attempt(call->api);
+    call->aborted = false;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
         return -1;
     call->in_multi = true;
@@ -495,6 +513,9 @@ static int attempt(struct wechat_call *call)
 static void finish(struct wechat_call *call, struct wechat_reply *r)
 {
     r->attempts = call->attempts;
+    uint64_t now = mono_us();
+    metrics_wechat_call(call->api, r->status, r->errcode,
+                        now > call->start_us ? now - call->start_us : 0);
     wechat_decode_fn *decode = call->decode;
     void (*done)(void) = call->done;
     void *arg = call->arg;
@@ -550,6 +571,39 @@ static void transfer_done(struct wechat_call *call, CURLcode code)
     finish(call, &r);
 }
 
+/*
+ * sock_cb failed (no memory to watch a socket): curl then stops every transfer of the multi
+ * handle, reports none of them done, and refuses new ones while any is still added
+ * (CURLM_ABORTED_BY_CALLBACK). End each as a failed transfer (retried like a connection
+ * failure), so nothing waits for an answer that cannot come and the handle works again. The
+ * calls are marked first: the callbacks may start new transfers, which are not to be ended.
+ */
+static void abort_transfers(struct wechat_client *c)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &c->active)
+    {
+        struct wechat_call *call = list_item(pos, struct wechat_call, node);
+        call->aborted = call->in_multi;
+    }
+    for (;;) {
+        struct wechat_call *next = NULL;
+        list_for_each_safe(pos, tmp, &c->active)
+        {
+            struct wechat_call *call = list_item(pos, struct wechat_call, node);
+            if (call->aborted) {
+                next = call;
+                break;
+            }
+        }
+        if (next == NULL)
+            return;
+        next->aborted = false;
+        if (next->in_multi)
+            transfer_done(next, CURLE_ABORTED_BY_CALLBACK);
+    }
+}
+
 static void check_done(struct wechat_client *c)
 {
     CURLMsg *msg;
@@ -583,6 +637,7 @@ int wechat_call(struct wechat_client *c, struct async_slot *slot, enum wechat_ap
     }
     call->api = api;
     call->attempts = 0;
+    call->start_us = mono_us();
     call->accept = accept;
     call->decode = decode;
     call->done = done;

@@ -8,53 +8,39 @@ Process stderr goes to one file per process (``<tmp>/<name>.log``); at
 teardown a process whose stderr holds a sanitizer report fails the test.
 """
 
-import http.client
+import base64
 import json
 import os
-import signal
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = os.environ.get("WXLOGIN_BIN", str(REPO / "build" / "wxlogin"))
-MOCK_BIN = os.environ.get("WXLOGIN_MOCK_BIN", str(Path(BIN).parent / "wxlogin-mock"))
-
-DEFAULT_APPID = "wx1234567890abcdef"
-DEFAULT_SECRET = "0123456789abcdef0123456789abcdef"
-
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
-                     "WARNING: ThreadSanitizer", "ThreadSanitizer:")
-
-READY_TIMEOUT = 10.0
+# The process machinery lives in tests/harness (shared with bench/run.py); this file re-exports
+# what the tests import from it, so `from conftest import ...` keeps working.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import (BIN, DEFAULT_APPID, DEFAULT_SECRET, MOCK_BIN, READY_TIMEOUT,  # noqa: E402,F401
+                     REPO, SANITIZED, SANITIZER_MARKERS, MockProc, Proc, ProcessGroup,
+                     RedisServer, Resp, ServeProc, base_env, free_port, request,
+                     sanitizer_report, wait_until)
+from harness.web import http_ok as _http_ok  # noqa: E402
 
 # The suite runs once per build flavour (normal, ASan+UBSan, TSan). Tests of what does not
 # depend on the flavour (packages, documents, the unit file) run in the normal pass only:
-# decorate them with @normal_build_only.
-SANITIZED = bool(os.environ.get("WXLOGIN_TSAN")) or any(
-    f in Path(BIN).resolve().parent.name for f in ("asan", "tsan"))
+# decorate them with @normal_build_only. (SANITIZED: harness/wxlogin.py.)
 normal_build_only = pytest.mark.skipif(SANITIZED, reason="checked in the normal build's pass")
 
 
 # --------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
 
 def closed_port():
     """A port nothing listens on (best effort: just freed)."""
@@ -71,74 +57,9 @@ def new_code(user="alice", *directives, app=None):
     return "_".join(([app] if app else []) + list(directives) + [f"{user}-{nonce}"])
 
 
-def base_env(**overrides):
-    """The caller's environment without any WXLOGIN_* variable, plus overrides.
-
-    Values of None in overrides remove the variable.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WXLOGIN_")}
-    for k, v in overrides.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = str(v)
-    return env
-
-
-def sanitizer_report(text):
-    """Return an excerpt around the first sanitizer marker in text, or None."""
-    for m in SANITIZER_MARKERS:
-        i = text.find(m)
-        if i >= 0:
-            return text[max(0, i - 200): i + 3000]
-    return None
-
-
-def wait_until(pred, timeout=5.0, interval=0.02):
-    """Poll pred() until it returns something truthy; return it (or the last falsy value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
 # --------------------------------------------------------------------------
 # HTTP helpers
 # --------------------------------------------------------------------------
-
-class Resp(NamedTuple):
-    status: int
-    headers: dict  # lower-cased header names
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body.decode("utf-8"))
-
-
-def request(port, method, path, body=None, headers=None, timeout=15.0):
-    """One request on its own connection. Returns Resp(status, headers, body).
-
-    Every response body is checked for the string "session_key": wxlogin must
-    never hand the session key (or even its name) to a client.
-    """
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        hdrs = {k.lower(): v for k, v in r.getheaders()}
-        resp = Resp(r.status, hdrs, data)
-    finally:
-        conn.close()
-    assert b"session_key" not in resp.body, f"session_key leaked in response: {resp}"
-    return resp
-
 
 def post_json(port, path, obj, headers=None, timeout=15.0):
     """POST obj as JSON (bytes/str are sent verbatim)."""
@@ -315,220 +236,8 @@ def raw_exchange(port, data, timeout=5.0, read=True, half_close=False):
 # processes
 # --------------------------------------------------------------------------
 
-class Proc:
-    """A started wxlogin process with stderr (and stdout) captured to a file."""
-
-    def __init__(self, name, argv, env, log_path, port):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = Path(log_path)
-        self.port = port
-        self._log = open(self.log_path, "wb")
-        # its own working directory: serve keeps files (e.g. a default sqlite store)
-        # relative to it, and they must not land in the repository
-        self.cwd = self.log_path.with_suffix(".cwd")
-        self.cwd.mkdir(exist_ok=True)
-        self.popen = subprocess.Popen(
-            argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=self._log, start_new_session=True)
-        self.returncode = None
-        self.stop_signal_needed_kill = False
-
-    @property
-    def pid(self):
-        return self.popen.pid
-
-    def alive(self):
-        return self.popen.poll() is None
-
-    def log_text(self):
-        try:
-            return self.log_path.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_lines(self):
-        return [l for l in self.log_text().splitlines() if l.strip()]
-
-    def json_lines(self, pred=lambda d: True):
-        """The log lines that are JSON objects and satisfy pred, parsed."""
-        out = []
-        for line in self.log_lines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and pred(d):
-                out.append(d)
-        return out
-
-    def wait_log(self, pred, timeout=5.0):
-        """Poll the log until pred(text) is truthy; return the text."""
-        text = wait_until(lambda: (lambda t: t if pred(t) else None)(self.log_text()),
-                          timeout=timeout)
-        return text or self.log_text()
-
-    def terminate(self):
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout=10.0):
-        """SIGTERM, wait, then SIGKILL. Returns the exit code."""
-        if self.alive():
-            try:
-                self.popen.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.stop_signal_needed_kill = True
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-        self.returncode = self.popen.returncode
-        try:
-            self._log.close()
-        except Exception:
-            pass
-        return self.returncode
-
-    def check_sanitizers(self):
-        rep = sanitizer_report(self.log_text())
-        if rep:
-            return f"sanitizer report in {self.name} ({self.log_path}):\n{rep}"
-        return None
-
-
-class MockProc(Proc):
-    @property
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stats(self):
-        r = request(self.port, "GET", "/mock/stats", timeout=5)
-        assert r.status == 200, r
-        return r.json()
-
-    def requests(self):
-        return self.stats()["jscode2session"]["requests"]
-
-    def exchanges(self):
-        return self.stats()["jscode2session"]["exchanges"]
-
-
-class ServeProc(Proc):
-    pass
-
-
 def _ready(port, path):
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", path)
-        r = conn.getresponse()
-        r.read()
-        conn.close()
-        return r.status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-
-
-def _start(cls, name, make_argv_env, log_dir, ready_path, attempts=4, fixed_port=None):
-    """Start a process on a fresh port; retry with another port if it exits early.
-
-    fixed_port: the process listens there by its own configuration (one attempt).
-    """
-    last = ""
-    if fixed_port is not None:
-        attempts = 1
-    for attempt in range(attempts):
-        port = fixed_port if fixed_port is not None else free_port()
-        argv, env = make_argv_env(port)
-        log_path = Path(log_dir) / f"{name}-{attempt}.log" if attempt else Path(log_dir) / f"{name}.log"
-        p = cls(name, argv, env, log_path, port)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if not p.alive():
-                break
-            if _ready(port, ready_path):
-                return p
-            time.sleep(0.02)
-        if p.alive():
-            p.stop(timeout=3)
-            raise RuntimeError(
-                f"{name} did not answer GET {ready_path} on port {port} within "
-                f"{READY_TIMEOUT}s; log:\n{p.log_text()[-4000:]}")
-        last = p.log_text()
-        p.stop()
-        rep = sanitizer_report(last)
-        if rep:
-            raise RuntimeError(f"{name} crashed at start with a sanitizer report:\n{rep}")
-    raise RuntimeError(f"{name} exited at start {attempts} times; last log:\n{last[-4000:]}")
-
-
-class ProcessGroup:
-    """Starts mocks and serves; stops them all at teardown and reports sanitizer findings."""
-
-    def __init__(self, log_dir):
-        self.log_dir = Path(log_dir)
-        self.procs = []
-        self._n = 0
-
-    def _name(self, kind):
-        self._n += 1
-        return f"{kind}{self._n}"
-
-    def mock(self, apps=None, threads=None, args=None, port=None):
-        """Start ``wxlogin-mock``: apps [(appid, secret)], extra args (e.g. ["--token-ttl",
-        "305"]), port: a fixed port (else a free one)."""
-        def mk(p):
-            argv = [MOCK_BIN, "--listen", f"127.0.0.1:{p}"]
-            for appid, secret in (apps or []):
-                argv += ["--app", f"{appid}:{secret}"]
-            if threads:
-                argv += ["--threads", str(threads)]
-            argv += list(args or [])
-            return argv, base_env()
-        p = _start(MockProc, self._name("mock"), mk, self.log_dir, "/mock/stats",
-                   fixed_port=port)
-        self.procs.append(p)
-        return p
-
-    def serve(self, mock=None, env=None, args=None, appid=DEFAULT_APPID,
-              secret=DEFAULT_SECRET, wechat_base=None, config_port=None):
-        """Start `wxlogin serve` configured by environment.
-
-        env: extra WXLOGIN_* (or other) variables; a value of None removes it.
-        appid/secret/wechat_base: None leaves the variable unset.
-        config_port: the port a --config file sets `listen` to; WXLOGIN_LISTEN is
-        then not set and readiness is polled there.
-        """
-        def mk(port):
-            e = {} if config_port is not None else {"WXLOGIN_LISTEN": f"127.0.0.1:{port}"}
-            if appid is not None:
-                e["WXLOGIN_APPID"] = appid
-            if secret is not None:
-                e["WXLOGIN_SECRET"] = secret
-            if wechat_base is not None:
-                e["WXLOGIN_WECHAT_BASE"] = wechat_base
-            elif mock is not None:
-                e["WXLOGIN_WECHAT_BASE"] = mock.base
-            e.update(env or {})
-            return [BIN, "serve"] + list(args or []), base_env(**e)
-        p = _start(ServeProc, self._name("serve"), mk, self.log_dir, "/healthz",
-                   fixed_port=config_port)
-        self.procs.append(p)
-        return p
-
-    def close(self):
-        problems = []
-        for p in reversed(self.procs):
-            p.stop(timeout=5 if isinstance(p, MockProc) else 10)
-            msg = p.check_sanitizers()
-            if msg:
-                problems.append(msg)
-        self.procs = []
-        return problems
+    return _http_ok(port, path)
 
 
 def _finish(group):
@@ -665,10 +374,93 @@ class Counter:
     def delta(self):
         return self.mock.requests() - self.before
 
-    def assert_delta(self, expected, settle=0.1):
-        # The mock counts a request when it arrives; give a late (wrong) retry a
-        # moment to show up, and a slow counter a moment to catch up.
-        wait_until(lambda: self.delta() >= expected, timeout=2.0)
-        time.sleep(settle)
-        got = self.delta()
-        assert got == expected, f"expected exactly {expected} upstream request(s), mock saw {got}"
+    def assert_delta(self, expected, settle=0.15, timeout=10.0):
+        # The mock counts a request when it arrives. Wait for the expected count (a loaded
+        # machine may be slow to get there: no fixed sleep decides it), failing as soon as it
+        # is passed; then hold it for `settle` seconds, watching, so a late (wrong) retry shows
+        # up as one more instead of passing early (the first retry's backoff is 50-100 ms).
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.delta()
+            assert got <= expected, f"expected exactly {expected} upstream request(s), mock saw {got}"
+            if got == expected:
+                break
+            assert time.monotonic() < deadline, (
+                f"expected {expected} upstream request(s), mock saw {got} after {timeout} s"
+            )
+            time.sleep(0.01)
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            time.sleep(0.02)
+            got = self.delta()
+            assert got == expected, (
+                f"expected exactly {expected} upstream request(s), mock saw {got} (one came late)"
+            )
+
+
+# --------------------------------------------------------------------------
+# stores: one test, run once per backend
+# --------------------------------------------------------------------------
+
+STORES = ("sqlite", "redis")
+# Redis stores need a master key (SQLite ones make theirs beside the database).
+STORE_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+_STORE_REDIS_DBS = 1024
+
+
+class StoreURL(str):
+    """A WXLOGIN_STORE value (the string itself) with what a test needs beside it:
+    kind ("sqlite" or "redis"), env(**extra) for serve, and for Redis client() to inspect its
+    db (a RespClient on the right db; close it, or use it in a with block)."""
+
+    def __new__(cls, url, kind, redis=None, db=None):
+        s = super().__new__(cls, url)
+        s.kind, s.redis, s.db = kind, redis, db
+        return s
+
+    def env(self, **extra):
+        e = {"WXLOGIN_STORE": str(self)}
+        if self.kind == "redis":
+            e["WXLOGIN_MASTER_KEY"] = STORE_MASTER_KEY
+        e.update({k: str(v) for k, v in extra.items()})
+        return e
+
+    def client(self):
+        assert self.kind == "redis", "client() is for Redis stores"
+        return self.redis.client(self.db)
+
+
+@pytest.fixture(scope="session")
+def store_redis():
+    """The redis-server behind the `store` fixture's Redis runs, started on first use."""
+    d = tempfile.mkdtemp(prefix="wxl-store-")
+    r = RedisServer(Path(d), databases=_STORE_REDIS_DBS).start()
+    r.next_db = 0
+    yield r
+    r.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_store(kind, req, directory):
+    """A fresh, empty store of kind: a SQLite file in directory, or the next db (flushed) of the
+    session's redis-server. req: the fixture's `request`."""
+    if kind == "sqlite":
+        return StoreURL(f"sqlite:{directory}/wx.db", kind)
+    r = req.getfixturevalue("store_redis")
+    r.next_db += 1
+    n = r.next_db % _STORE_REDIS_DBS
+    with r.client(n) as c:
+        c.cmd("FLUSHDB")
+    return StoreURL(r.url(n), kind, r, n)
+
+
+@pytest.fixture(params=STORES)
+def store(request, tmp_path):
+    """A fresh store URL, once per backend (sqlite, redis): serve(env=store.env())."""
+    return make_store(request.param, request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=STORES)
+def module_store(request, tmp_path_factory):
+    """As `store`, shared by a module's tests (e.g. one serve per backend for a table)."""
+    return make_store(request.param, request, tmp_path_factory.mktemp("store"))

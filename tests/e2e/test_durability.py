@@ -62,31 +62,6 @@ def report(kind, rounds):
 # Redis with an append-only file
 # --------------------------------------------------------------------------
 
-class AofRedis(RedisServer):
-    """A RedisServer with `appendonly yes` and the given appendfsync policy: a restart on the
-    same directory (start() after kill9()) replays the AOF."""
-
-    def __init__(self, workdir, fsync):
-        super().__init__(workdir)
-        self.fsync = fsync
-
-    def argv(self):
-        a = super().argv()
-        a[a.index("--appendonly") + 1] = "yes"
-        return a + ["--appendfsync", self.fsync]
-
-    def kill9(self):
-        """SIGKILL, also when frozen (no SIGCONT first: it would let Redis run once more)."""
-        os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-        self.paused = False
-
-    def info(self, section):
-        with self.client() as c:
-            text = c.cmd("INFO", section).decode()
-        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
 @pytest.fixture
 def aof_redis(tmp_path):
     if not os.path.exists(REDIS_SERVER):
@@ -94,7 +69,8 @@ def aof_redis(tmp_path):
     started = []
 
     def make(fsync):
-        r = AofRedis(tmp_path / f"redis-{fsync}-{len(started)}", fsync)
+        # appendonly yes: a start() after kill9() replays the AOF (tests/harness)
+        r = RedisServer(tmp_path / f"redis-{fsync}-{len(started)}", appendfsync=fsync)
         started.append(r)
         return r.start()
 

@@ -291,8 +291,8 @@ def is_int(v):
 
 def test_access_line_client_app_openid_and_numbers(procs, mock):
     """JSON: client (the TCP peer; an X-Forwarded-For from a peer not in trusted_proxies is
-    ignored, and no peer field), app and openid on login, session check and logout, and status,
-    bytes and duration_ms as JSON numbers."""
+    ignored, and no peer field), app and openid on login, session check, refresh and logout,
+    and status, bytes and duration_ms as JSON numbers."""
     s = procs.serve(mock=mock, env={"WXLOGIN_LOG_FORMAT": "json"})
     r_login = login_v1(s.port, new_code("acc"), headers={"X-Forwarded-For": "6.6.6.6"})
     assert r_login.status == 200, r_login
@@ -303,21 +303,24 @@ def test_access_line_client_app_openid_and_numbers(procs, mock):
     assert r_openid.status == 200
     r_bad = request(s.port, "GET", "/v1/session", headers=bearer("wxl_" + "A" * 43))
     assert r_bad.status == 401
+    r_ref = request(s.port, "POST", "/v1/refresh", headers=bearer(tok))
+    assert r_ref.status == 200, r_ref
+    tok = r_ref.json()["token"]
     r_out = request(s.port, "POST", "/v1/logout", headers=bearer(tok))
     assert r_out.status == 204
     r_404 = request(s.port, "GET", "/nope")
-    login_l, check_l, openid_l, bad_l, out_l, nf_l = wait_access(
-        s, r_login, r_check, r_openid, r_bad, r_out, r_404)
+    login_l, check_l, openid_l, bad_l, ref_l, out_l, nf_l = wait_access(
+        s, r_login, r_check, r_openid, r_bad, r_ref, r_out, r_404)
 
     for d, r in ((login_l, r_login), (check_l, r_check), (openid_l, r_openid),
-                 (bad_l, r_bad), (out_l, r_out), (nf_l, r_404)):
+                 (bad_l, r_bad), (ref_l, r_ref), (out_l, r_out), (nf_l, r_404)):
         assert d["client"] == "127.0.0.1", d
         assert "peer" not in d, f"no proxy in between: {d}"
         assert is_int(d["status"]) and d["status"] == r.status, d
         assert is_int(d["bytes"]) and d["bytes"] == len(r.body), (d, r)
         assert isinstance(d["duration_ms"], (int, float)) and d["duration_ms"] >= 0, d
     assert "6.6.6.6" not in s.log_text(), "a spoofed X-Forwarded-For reached the log"
-    for d in (login_l, check_l, out_l):
+    for d in (login_l, check_l, ref_l, out_l):
         assert d["app"] == DEFAULT_APPID and d["openid"] == openid, d
     assert openid_l["app"] == DEFAULT_APPID and openid_l["openid"] == r_openid.json()["openid"]
     # a token that names no session: the app, no user

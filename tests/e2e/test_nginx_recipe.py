@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, new_code, request, wait_until
+from conftest import DEFAULT_APPID, REPO, free_port, new_code, request, wait_until
 
 NGINX = "/usr/sbin/nginx"
 RECIPE = REPO / "contrib" / "nginx" / "wxlogin-auth.conf"
@@ -359,6 +359,27 @@ def test_logout_takes_effect_on_the_next_request(front, backend):
     out = https(nginx.port, "POST", "/v1/logout", headers=[bearer(u["token"])])
     assert out.status == 204, out
     assert_relogin_401(https(nginx.port, "GET", "/api/a", headers=[bearer(u["token"])]))
+    assert len(backend.seen) == 1
+
+
+def test_ban_takes_effect_on_the_next_request(front, backend, procs, mock, tmp_path):
+    """An operator bans the user (admin route, straight to wxlogin): the next request through
+    nginx is wxlogin's JSON 401, and a new login through nginx is the JSON 403 user_banned."""
+    admin = "k7Qx2mP9vR4tY8wZ3nB6cF1hJ5dL0sGaE"
+    wx = procs.serve(mock=mock, env={"WXLOGIN_STORE": f"sqlite:{tmp_path}/wx.db",
+                                     "WXLOGIN_ADMIN_TOKEN": admin})
+    nginx, _ = front(wx)
+    u = login_through(nginx, "ufrank")
+    assert https(nginx.port, "GET", "/api/a", headers=[bearer(u["token"])]).status == 200
+    r = request(wx.port, "POST", f"/admin/v1/apps/{DEFAULT_APPID}/users/{u['openid']}/ban",
+                body=json.dumps({"reason": "abuse"}).encode(),
+                headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
+    assert r.status == 200 and r.json()["revoked"] == 1, r
+    assert_relogin_401(https(nginx.port, "GET", "/api/a", headers=[bearer(u["token"])]))
+    again = https(nginx.port, "POST", "/v1/login",
+                  body=json.dumps({"code": new_code("ufrank")}).encode())
+    assert again.status == 403 and again.json()["error"] == "user_banned", again
+    assert again.json()["action"] == "none"
     assert len(backend.seen) == 1
 
 

@@ -1,12 +1,13 @@
-"""POST /openid: the success path and every row of the error table."""
+"""POST /openid: the success path and every row of the error table (ERROR_TABLE: run on\n/openid and /v1/login, on each store)."""
 
 import json
 import threading
 import time
+from typing import NamedTuple
 
 import pytest
 
-from conftest import (Counter, assert_error, assert_json_ct,
+from conftest import (ABSENT, Counter, assert_error, assert_json_ct,
                       assert_ok, closed_port, login, new_code, post_json, request,
                       wait_until)
 
@@ -51,15 +52,6 @@ def test_body_parsed_as_json_whatever_content_type(serve, headers):
     body = json.dumps({"code": new_code("frank")})
     r = request(serve.port, "POST", "/openid", body=body, headers=headers)
     assert_ok(r)
-
-
-def test_code_exactly_512_chars_is_not_bad_request(serve, mock):
-    # 512 is accepted by wxlogin; the mock rejects codes over 128 bytes with 40029.
-    code = "a" * 512
-    with Counter(mock) as c:
-        r = login(serve.port, code)
-    assert_error(r, 400, "invalid_code", "relogin", 40029)
-    c.assert_delta(1)
 
 
 def test_keep_alive_connection_serves_several_requests(serve):
@@ -147,35 +139,93 @@ def test_bad_request(serve, mock, body):
 
 
 # --------------------------------------------------------------------------
-# WeChat errcodes
+# the error table: what WeChat (the mock) does -> what the client gets, and how many
+# upstream requests it took; on both login endpoints, on each store
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("directive,status,error,action,wx", [
-    ("err40029", 400, "invalid_code", "relogin", 40029),
-    ("err40226", 403, "user_blocked", "none", 40226),
-    ("err45011", 429, "rate_limited", "retry", 45011),
-    ("err40163", 400, "code_used", "relogin", 40163),
-    ("err40097", 502, "upstream_error", "relogin", 40097),
-    ("err40013", 500, "config_error", "none", 40013),
-    ("err40125", 500, "config_error", "none", 40125),
-    ("err40243", 500, "config_error", "none", 40243),
-    ("err40164", 500, "config_error", "none", 40164),
-    ("err41002", 500, "config_error", "none", 41002),
-    ("err41004", 500, "config_error", "none", 41004),
-])
-def test_wechat_errcode_mapping_not_retried(serve, mock, directive, status, error, action, wx):
+class Row(NamedTuple):
+    """One row: a code carrying the mock directives gets status; error/action/wx_errcode the
+    error body (error None: a success); attempts the requests the mock counts (None: not
+    counted here); retry_after the Retry-After header, if one is due."""
+    directives: tuple
+    status: int
+    error: str = None
+    action: str = None
+    wx: object = ABSENT
+    attempts: int = 1
+    retry_after: str = None
+    code_len: int = None  # pad the code to this many characters
+
+
+# The table serve: upstream_retries=2, a 3 s upstream timeout (timeouts: further below).
+ERROR_TABLE = {
+    # WeChat errcodes: mapped, never retried
+    "err40029": Row(("err40029",), 400, "invalid_code", "relogin", 40029),
+    "err40226": Row(("err40226",), 403, "user_blocked", "none", 40226),
+    "err45011": Row(("err45011",), 429, "rate_limited", "retry", 45011, retry_after="60"),
+    "err40163": Row(("err40163",), 400, "code_used", "relogin", 40163),
+    "err40097": Row(("err40097",), 502, "upstream_error", "relogin", 40097),
+    "err40013": Row(("err40013",), 500, "config_error", "none", 40013),
+    "err40125": Row(("err40125",), 500, "config_error", "none", 40125),
+    "err40243": Row(("err40243",), 500, "config_error", "none", 40243),
+    "err40164": Row(("err40164",), 500, "config_error", "none", 40164),
+    "err41002": Row(("err41002",), 500, "config_error", "none", 41002),
+    "err41004": Row(("err41004",), 500, "config_error", "none", 41004),
+    # 512 characters pass wxlogin's check; the mock refuses codes over 128 bytes with 40029
+    "code-512": Row((), 400, "invalid_code", "relogin", 40029, code_len=512),
+    # busy (-1) is retried, up to upstream_retries
+    "busy1": Row(("busy1",), 200, attempts=2),
+    "busy2": Row(("busy2",), 200, attempts=3),
+    "busy3": Row(("busy3",), 503, "upstream_busy", "retry", -1, attempts=3),
+    "err-1": Row(("err-1",), 503, "upstream_busy", "retry", -1, attempts=3),
+    # HTTP failures: 5xx retried, a non-JSON body not
+    "http503x1": Row(("http503x1",), 200, attempts=2),
+    "http500": Row(("http500",), 502, "upstream_error", "relogin", attempts=3),
+    "html": Row(("html",), 502, "upstream_error", "relogin", attempts=1),
+    # a reset: its attempts are counted in test_upstream_retries_setting, on a single-threaded
+    # serve whose upstream connection state is known
+    "reset": Row(("reset",), 502, "upstream_error", "relogin", attempts=None),
+    "resetx1": Row(("resetx1",), 200, attempts=2),
+}
+
+ENDPOINTS = ("/openid", "/v1/login")
+
+
+@pytest.fixture(scope="module")
+def table_serve(module_procs, mock, module_store):
+    """One serve per store (module_store: sqlite, redis) against the shared mock."""
+    return module_procs.serve(mock=mock, env=module_store.env(
+        WXLOGIN_UPSTREAM_RETRIES="2", WXLOGIN_UPSTREAM_TIMEOUT_MS="3000"))
+
+
+def assert_login_ok(resp, endpoint):
+    if endpoint == "/openid":
+        return assert_ok(resp, unionid=False)
+    assert resp.status == 200, f"expected 200, got {resp}"
+    body = resp.json()
+    assert set(body) == {"token", "openid", "expires_in"}, resp
+    assert body["token"].startswith("wxl_") and body["openid"], resp
+    return body
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("row", list(ERROR_TABLE.values()), ids=list(ERROR_TABLE))
+def test_error_table(table_serve, mock, endpoint, row):
+    code = new_code("tbl", *row.directives)
+    if row.code_len:
+        code += "x" * (row.code_len - len(code))
+        assert len(code) == row.code_len
     with Counter(mock) as c:
-        r = login(serve.port, new_code("nina", directive))
-    assert_error(r, status, error, action, wx)
-    if status == 429:
-        assert r.headers.get("retry-after") == "60", f"Retry-After: {r.headers}"
-    c.assert_delta(1)
-
-
-def test_rate_limited_has_retry_after_60(serve):
-    r = login(serve.port, new_code("oscar", "err45011"))
-    assert_error(r, 429, "rate_limited", "retry", 45011)
-    assert r.headers.get("retry-after") == "60", r.headers
+        r = post_json(table_serve.port, endpoint, {"code": code})
+    if row.error is None:
+        assert r.status == row.status, r
+        assert_login_ok(r, endpoint)
+    else:
+        assert_error(r, row.status, row.error, row.action, row.wx)
+    if row.retry_after is not None:
+        assert r.headers.get("retry-after") == row.retry_after, f"Retry-After: {r.headers}"
+    if row.attempts is not None:
+        c.assert_delta(row.attempts)
 
 
 def test_same_code_twice_is_answered_from_the_first_exchange(serve, mock):
@@ -189,67 +239,9 @@ def test_same_code_twice_is_answered_from_the_first_exchange(serve, mock):
     c.assert_delta(0)
 
 
-def test_code_used_from_wechat_is_mapped(serve, mock):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("paula", "err40163"))
-    assert_error(r, 400, "code_used", "relogin", 40163)
-    c.assert_delta(1)
-
-
 # --------------------------------------------------------------------------
-# retries (serve fixture: retries=2)
+# retries (each on its own serve)
 # --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("directive,attempts", [("busy1", 2), ("busy2", 3)])
-def test_busy_within_retries_succeeds(serve, mock, directive, attempts):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("quinn", directive))
-    assert_ok(r)
-    c.assert_delta(attempts)
-
-
-@pytest.mark.parametrize("directive", ["busy3", "err-1"])
-def test_busy_beyond_retries_is_upstream_busy(serve, mock, directive):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("rita", directive))
-    assert_error(r, 503, "upstream_busy", "retry", -1)
-    c.assert_delta(3)
-
-
-def test_http503_once_then_success(serve, mock):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("sam", "http503x1"))
-    assert_ok(r)
-    c.assert_delta(2)
-
-
-def test_http500_is_upstream_error_after_retries(serve, mock):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("tom", "http500"))
-    assert_error(r, 502, "upstream_error", "relogin")
-    c.assert_delta(3)
-
-
-def test_html_body_is_upstream_error_not_retried(serve, mock):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("vic", "html"))
-    assert_error(r, 502, "upstream_error", "relogin")
-    c.assert_delta(1)
-
-
-def test_reset_is_upstream_error(serve, mock):
-    # the number of attempts is checked in test_upstream_retries_setting, on a
-    # single-threaded serve whose upstream connection state is known
-    r = login(serve.port, new_code("walt", "reset"))
-    assert_error(r, 502, "upstream_error", "relogin")
-
-
-def test_reset_once_then_success(serve, mock):
-    with Counter(mock) as c:
-        r = login(serve.port, new_code("xena", "resetx1"))
-    assert_ok(r)
-    c.assert_delta(2)
-
 
 @pytest.mark.parametrize("retries,directive,ok,attempts", [
     ("0", "busy1", False, 1),

@@ -1,7 +1,11 @@
 """Sessions: POST /v1/login, GET /v1/session, POST /v1/logout, /readyz, the SQLite store and the
-idempotent, single-flight code exchange (issue: sessions)."""
+idempotent, single-flight code exchange (issue: sessions).
+
+The tests on `store_srv` run once per store (sqlite, redis: conftest's `store` fixture); the
+rest are about the SQLite store (test_redis.py has Redis's own)."""
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -13,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import (Counter, assert_error, new_code, post_json, request, wait_until)
+from conftest import (DEFAULT_APPID as APPID, Counter, assert_error, new_code, post_json,
+                      request, wait_until)
 
 
 def mock_session_key(mock, openid):
@@ -65,7 +70,27 @@ def srv(procs, mock, tmp_path):
     return procs.serve(mock=mock, env=store_env(tmp_path))
 
 
-def test_login_session_logout_cycle(srv, mock):
+@pytest.fixture
+def store_srv(procs, mock, store):
+    """A serve on a fresh store, once per backend (conftest's `store`: sqlite, redis)."""
+    return procs.serve(mock=mock, env=store.env())
+
+
+def redis_user_key(openid):
+    return f"wxlogin:{APPID}:u:{openid}".encode()
+
+
+def redis_session_key(token):
+    return f"wxlogin:{APPID}:s:{hashlib.sha256(token.encode()).hexdigest()}".encode()
+
+
+def redis_hash(c, key):
+    flat = c.cmd("HGETALL", key)
+    return dict(zip(flat[0::2], flat[1::2]))
+
+
+def test_login_session_logout_cycle(store_srv, store):
+    srv = store_srv
     r = login(srv.port, new_code("ubob"))
     tok = token_of(r)
     body = r.json()
@@ -76,20 +101,40 @@ def test_login_session_logout_cycle(srv, mock):
     assert s.status == 200, s
     sb = s.json()
     assert sb["openid"] == body["openid"] and sb["unionid"] == body["unionid"]
-    assert sb["appid"] == "wx1234567890abcdef"
+    assert sb["appid"] == APPID
     assert 604790 <= sb["expires_in"] <= 604800
     assert s.headers["x-wx-openid"] == body["openid"]
     assert s.headers["x-wx-unionid"] == body["unionid"]
-    assert s.headers["x-wx-appid"] == "wx1234567890abcdef"
+    assert s.headers["x-wx-appid"] == APPID
+
+    if store.kind == "redis":  # the documented key layout (docs/operations.md)
+        with store.client() as c:
+            ukey, skey = redis_user_key(body["openid"]), redis_session_key(tok)
+            found = sorted(c.cmd("KEYS", f"wxlogin:{APPID}:u:*") +
+                           c.cmd("KEYS", f"wxlogin:{APPID}:s:*"))
+            assert found == sorted([ukey, skey])
+            u = redis_hash(c, ukey)
+            assert {b"sk", b"unionid", b"updated"} <= set(u), u
+            assert u[b"unionid"] == body["unionid"].encode()
+            assert abs(int(u[b"updated"]) - time.time()) < 60, u
+            sess = redis_hash(c, skey)
+            assert sess[b"openid"] == body["openid"].encode(), sess
+            assert abs(int(sess[b"exp"]) - (time.time() + 604800)) < 60, sess
 
     out = request(srv.port, "POST", "/v1/logout", headers={"Authorization": f"Bearer {tok}"})
     assert out.status == 204 and out.body == b"", out
+    if store.kind == "redis":
+        with store.client() as c:
+            assert c.cmd("EXISTS", redis_session_key(tok)) == 0, \
+                "logout must delete the session key"
+            assert c.cmd("EXISTS", redis_user_key(body["openid"])) == 1, "the user stays"
     assert_invalid_token(session(srv.port, tok))
     assert_invalid_token(request(srv.port, "POST", "/v1/logout",
                                  headers={"Authorization": f"Bearer {tok}"}))
 
 
-def test_user_without_unionid_has_no_unionid_header(srv):
+def test_user_without_unionid_has_no_unionid_header(store_srv):
+    srv = store_srv
     tok = token_of(login(srv.port, new_code("carol")))
     s = session(srv.port, tok)
     assert s.status == 200 and "unionid" not in s.json(), s
@@ -104,8 +149,8 @@ def test_user_without_unionid_has_no_unionid_header(srv):
     "Bearer wxl_" + "A" * 43,          # well-formed, unknown
     "Token wxl_" + "A" * 43,
 ])
-def test_401_variants(srv, auth):
-    r = request(srv.port, "GET", "/v1/session",
+def test_401_variants(store_srv, auth):
+    r = request(store_srv.port, "GET", "/v1/session",
                 headers={} if auth is None else {"Authorization": auth})
     assert_invalid_token(r)
 
@@ -124,14 +169,21 @@ def test_bearer_scheme_is_case_insensitive(srv):
     assert session(srv.port, auth=f"bearer {tok}").status == 200
 
 
-def test_expired_token_is_401(procs, mock, tmp_path):
-    s = procs.serve(mock=mock, env=store_env(tmp_path, WXLOGIN_SESSION_TTL=2))
+def test_expired_token_is_401(procs, mock, store):
+    s = procs.serve(mock=mock, env=store.env(WXLOGIN_SESSION_TTL=2))
     r = login(s.port, new_code("frank"))
     tok = token_of(r)
     assert r.json()["expires_in"] == 2
     assert session(s.port, tok).status == 200
+    if store.kind == "redis":
+        with store.client() as c:
+            assert 1 <= c.cmd("TTL", redis_session_key(tok)) <= 2
     assert wait_until(lambda: session(s.port, tok).status == 401, timeout=6.0)
     assert_invalid_token(session(s.port, tok))
+    if store.kind == "redis":
+        with store.client() as c:
+            assert wait_until(lambda: c.cmd("EXISTS", redis_session_key(tok)) == 0,
+                              timeout=3.0), "an expired session must leave Redis (TTL)"
 
 
 def test_logout_of_an_expired_token_is_401(procs, mock, tmp_path):
@@ -204,7 +256,8 @@ def test_no_raw_token_or_session_key_in_database_files(srv, mock, tmp_path):
         assert base64.b64decode(k) not in blob, "decoded session_key in the database files"
 
 
-def test_same_code_twice_in_a_row_is_one_exchange(srv, mock):
+def test_same_code_twice_in_a_row_is_one_exchange(store_srv, mock):
+    srv = store_srv
     code = new_code("judy")
     with Counter(mock) as c:
         a = login(srv.port, code)
@@ -221,7 +274,8 @@ def test_same_code_twice_in_a_row_is_one_exchange(srv, mock):
     assert session(srv.port, ta).status == 200
 
 
-def test_same_code_ten_times_concurrently_is_one_exchange(srv, mock):
+def test_same_code_ten_times_concurrently_is_one_exchange(store_srv, mock):
+    srv = store_srv
     code = new_code("kim", "delay300")
     results = []
     barrier = threading.Barrier(10)
@@ -241,6 +295,8 @@ def test_same_code_ten_times_concurrently_is_one_exchange(srv, mock):
     assert len({r.json()["openid"] for r in results}) == 1
     # Issue 9: one code, one session (it used to be one per request)
     assert len({r.json()["token"] for r in results}) == 1
+    for r in results:
+        assert session(srv.port, r.json()["token"]).status == 200
 
 
 def test_final_failure_is_remembered_transient_is_not(srv, mock):

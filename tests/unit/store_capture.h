@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
@@ -111,7 +112,24 @@ static inline void on_limit(void *arg, int status, uint64_t wait_us)
     called(c, status);
 }
 
+static inline void on_revoked(void *arg, int status, const struct store_revoked *r)
+{
+    struct cap *c = arg;
+    c->has = r != NULL;
+    c->count = r != NULL ? r->count : 0;
+    called(c, status);
+}
+
 /* ---- starting operations ---- */
+
+/* Ends the session of hash (a logout) into c's slot. */
+static inline void cap_delete_session(struct store *st, struct cap *c, const char *appid,
+                                      const uint8_t *hash)
+{
+    struct store_revoke in = {
+        .what = STORE_REVOKE_TOKEN, .appid = appid, .hash = hash, .now = (int64_t)time(NULL)};
+    store_revoke(st, &c->slot, &in, on_revoked, c);
+}
 
 /* Starts a login into c's slot; c->loop is the loop its callback stops. */
 static inline void cap_start_login(struct store *st, struct loop *loop, struct cap *c,
@@ -119,11 +137,14 @@ static inline void cap_start_login(struct store *st, struct loop *loop, struct c
                                    const char *key, const uint8_t *hash, int64_t expires_at,
                                    int64_t now)
 {
+    uint8_t sid[STORE_SID_LEN];
+    assert_int_equal(store_sid_new(sid), 0);
     struct store_login in = {.appid = appid,
                              .openid = openid,
                              .unionid = unionid,
                              .session_key = key,
                              .token_hash = hash,
+                             .sid = sid,
                              .expires_at = expires_at,
                              .now = now};
     c->loop = loop;

@@ -674,6 +674,46 @@ static void test_store_sqlite_without_path_rejected(void **state)
     assert_contains(err, "store");
 }
 
+/* systemd's StateDirectory=: the default database moves there (contrib/systemd/wxlogin.service
+ * runs with "/" as its working directory, read-only); a store that is named stays put. */
+static void test_store_default_in_state_directory(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:/var/lib/wxlogin/wxlogin.db");
+}
+
+static void test_store_state_directory_first_of_several_no_trailing_slash(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin//:/var/lib/other", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:/var/lib/wxlogin/wxlogin.db");
+}
+
+static void test_store_state_directory_relative_ignored(void **state)
+{
+    struct fixture *f = *state;
+    char *const env[] = {"STATE_DIRECTORY=var/lib/wxlogin", NULL};
+    load_ok(f, NULL, env);
+    assert_string_equal(f->cfg.store, "sqlite:wxlogin.db");
+}
+
+static void test_store_named_in_file_or_env_wins_over_state_directory(void **state)
+{
+    struct fixture *f = *state;
+    const char *path = write_file(f, "store.conf", "store = sqlite:/srv/sessions.db\n");
+    char *const env[] = {"STATE_DIRECTORY=/var/lib/wxlogin", NULL};
+    load_ok(f, path, env);
+    assert_string_equal(f->cfg.store, "sqlite:/srv/sessions.db");
+    config_done(&f->cfg);
+    char *const env2[] = {"STATE_DIRECTORY=/var/lib/wxlogin", "WXLOGIN_STORE=sqlite:other.db",
+                          NULL};
+    load_ok(f, NULL, env2);
+    assert_string_equal(f->cfg.store, "sqlite:other.db");
+}
+
 static void test_request_timeout_bounds(void **state)
 {
     struct fixture *f = *state;
@@ -1101,10 +1141,94 @@ static void test_example_file_keys_are_all_valid(void **state)
     assert_non_null(f->cfg.listen);
 }
 
+/* ---- reload (config_diff, config_keep) and serve --check (config_print) ---- */
+
+struct names {
+    char list[1024];
+};
+
+static void collect_name(const char *name, void *arg)
+{
+    struct names *n = arg;
+    size_t len = strlen(n->list);
+    snprintf(n->list + len, sizeof(n->list) - len, "%s;", name);
+}
+
+static void test_diff_names_changed_keys_never_values(void **state)
+{
+    struct fixture *f = *state;
+    const char *sa = write_file(f, "sa", "Secr3tOfAppA-1\n");
+    const char *a = write_file(f, "a.conf",
+                               "appid = wx1\nsecret = s3cretOne\nlisten = 127.0.0.1:1\n"
+                               "rate_limit_openid = 5/min\n[app \"wx2\"]\nsecret = first2\n");
+    char *b_text = NULL;
+    assert_true(
+        asprintf(&b_text,
+                 "appid = wx1\nsecret = s3cretTwo\nlisten = 127.0.0.1:2\n"
+                 "rate_limit_openid = 5/min\nadmin_token = aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI\n"
+                 "[app \"wx2\"]\nsecret_file = %s\n[app \"wx3\"]\nsecret = x\n",
+                 sa) > 0);
+    const char *b = write_file(f, "b.conf", b_text);
+    free(b_text);
+    struct config ca, cb;
+    assert_int_equal(config_load(&ca, a, no_env, NULL, NULL, f->err), 0);
+    assert_int_equal(config_load(&cb, b, no_env, NULL, NULL, f->err), 0);
+    struct names n = {""};
+    config_diff(&ca, &cb, collect_name, &n);
+    assert_string_equal(n.list, "listen;secret;admin_token;[app \"wx2\"] secret;"
+                                "[app \"wx2\"] secret_file;apps;");
+    struct names none = {""};
+    config_diff(&ca, &ca, collect_name, &none);
+    assert_string_equal(none.list, "");
+    /* keep: the running value comes back, the others stay */
+    assert_int_equal(config_keep(&cb, &ca, "listen"), 0);
+    assert_string_equal(cb.listen, "127.0.0.1:1");
+    assert_string_equal(cb.secret, "s3cretTwo");
+    assert_int_equal(config_keep(&cb, &ca, "rate_limit_openid"), 0);
+    assert_int_equal(config_keep(&cb, &ca, "no_such_key"), -1);
+    config_done(&ca);
+    config_done(&cb);
+}
+
+static void test_print_redacts_every_secret(void **state)
+{
+    struct fixture *f = *state;
+    const char *p = write_file(
+        f, "p.conf",
+        "appid = wx1\nsecret = S3cretValue\nadmin_token = aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI\n"
+        "master_key = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+        "store = redis://u:RedisPass@127.0.0.1:6379/2\n"
+        "wechat_base = http://p:ProxyPass@127.0.0.1:9\nrate_limit_wechat = 7/10s\n"
+        "trusted_proxies = 10.0.0.0/8\n[app \"wx2\"]\nsecret = S3condSecret\n");
+    load_ok(f, p, no_env);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+    assert_non_null(out);
+    config_print(&f->cfg, out);
+    assert_int_equal(fclose(out), 0);
+    assert_not_contains(buf, "S3cretValue");
+    assert_not_contains(buf, "S3condSecret");
+    assert_not_contains(buf, "aB3dE5gH7jK9");
+    assert_not_contains(buf, "AAECAwQF");
+    assert_not_contains(buf, "RedisPass");
+    assert_not_contains(buf, "ProxyPass");
+    assert_contains(buf, "\nsecret = ***\n");
+    assert_contains(buf, "\nadmin_token = ***\n");
+    assert_contains(buf, "\nmaster_key = ***\n");
+    assert_contains(buf, "\nrate_limit_wechat = 7/10s\n");
+    assert_contains(buf, "\ntrusted_proxies = 10.0.0.0/8\n");
+    assert_contains(buf, "[app \"wx2\"]\nsecret = ***\n");
+    /* what it prints parses back to the same settings, secrets aside */
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        T(test_diff_names_changed_keys_never_values),
+        T(test_print_redacts_every_secret),
         T(test_defaults_without_file_or_env),
         T(test_null_envp_is_no_environment),
         T(test_good_file_sets_every_key),
@@ -1151,6 +1275,10 @@ int main(void)
         T(test_error_never_contains_master_key),
         T(test_store_other_than_sqlite_rejected),
         T(test_store_sqlite_without_path_rejected),
+        T(test_store_default_in_state_directory),
+        T(test_store_state_directory_first_of_several_no_trailing_slash),
+        T(test_store_state_directory_relative_ignored),
+        T(test_store_named_in_file_or_env_wins_over_state_directory),
         T(test_session_ttl_out_of_range_rejected),
         T(test_code_reuse_window_and_exchange_table_size_bounds),
         T(test_request_timeout_bounds),

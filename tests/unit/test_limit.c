@@ -210,6 +210,26 @@ static void test_table_is_bounded_whatever_is_sprayed(void **state)
 
 /* One set (a small table): a new key takes the fullest bucket, so a key in debt outlives keys
  * that hold less. */
+/* A reload changes the rate of the buckets in use: the debt they hold stays (no fresh burst),
+ * and they refill at the new rate. */
+static void test_set_rate_keeps_the_buckets(void **state)
+{
+    (void)state;
+    struct limit *l = local(10, 60000, 64, 'a'); /* 10/min: a token every 6 s */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(take(l, "", "k", T0), 0);
+    assert_true(take(l, "", "k", T0) > 0);
+    assert_int_equal(limit_set_rate(l, 1, 1000), 0); /* 1/s: room for one, every second */
+    assert_int_equal(limit_set_rate(l, 0, 1000), -1);
+    /* the old debt (60 s ahead) is far over the new room (1 s): still refused */
+    assert_true(take(l, "", "k", T0 + 1 * S) > 0);
+    /* another key: one token of the new burst, then a wait of about a second */
+    assert_int_equal(take(l, "", "other", T0), 0);
+    uint64_t w = take(l, "", "other", T0);
+    assert_true(w > 0 && w <= 1 * S);
+    limit_free(l);
+}
+
 static void test_the_fullest_bucket_is_forgotten_first(void **state)
 {
     (void)state;
@@ -380,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_interval),
         cmocka_unit_test(test_burst_then_refused_with_the_wait),
         cmocka_unit_test(test_burst_of_one),
+        cmocka_unit_test(test_set_rate_keeps_the_buckets),
         cmocka_unit_test(test_long_run_rate),
         cmocka_unit_test(test_retry_after_rounds_up),
         cmocka_unit_test(test_new_refuses_nonsense),

@@ -338,7 +338,7 @@ static int login(struct worker *w, const char *openid, const char *unionid, cons
 static int delete_session(struct worker *w, const uint8_t *hash)
 {
     struct cap c = {.loop = w->loop};
-    store_delete_session(w->st, &c.slot, APPID, hash, on_done, &c);
+    cap_delete_session(w->st, &c, APPID, hash);
     await_all(w->loop, &c, 1);
     return c.status;
 }
@@ -581,7 +581,7 @@ static void test_lookup_racing_a_logout_does_not_bring_it_back(void **state)
     struct cap get = {.loop = f->w.loop}, del = {.loop = f->w.loop};
     store_get_session(f->w.st, &get.slot, APPID, h, NOW, on_session, &get);
     assert_int_equal(get.calls, 0);
-    store_delete_session(f->w.st, &del.slot, APPID, h, on_done, &del);
+    cap_delete_session(f->w.st, &del, APPID, h);
     await_all(f->w.loop, &get, 1);
     await_all(f->w.loop, &del, 1);
     assert_int_equal(get.status, STORE_OK); /* read before the delete ran */

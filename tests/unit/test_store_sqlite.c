@@ -52,7 +52,7 @@
 #define KEY_B "QkJCQkJCQkJCQkJCQkJCQg=="
 #define KEY_C "Q0NDQ0NDQ0NDQ0NDQ0NDQw=="
 /* The number of migrations in store/sqlite.c. */
-#define SCHEMA_LATEST 2
+#define SCHEMA_LATEST 3
 
 extern char **environ;
 
@@ -141,7 +141,7 @@ static int get_session(struct worker *w, const uint8_t *hash, int64_t now, struc
 static int delete_session_of(struct worker *w, const char *appid, const uint8_t *hash)
 {
     struct cap c = {.loop = w->loop};
-    store_delete_session(w->st, &c.slot, appid, hash, on_done, &c);
+    cap_delete_session(w->st, &c, appid, hash);
     return finish(w, &c);
 }
 
@@ -172,9 +172,13 @@ static int purge(struct worker *w, int64_t now, long limit, long *count)
 
 /* ---- opening and closing ---- */
 
+/* user_retention_s of the stores the fixture opens (a test sets it, then reopens). */
+static long retention_s;
+
 static int shared_new(const char *url, struct store_shared **sh, char err[STORE_ERR_MAX])
 {
-    struct store_config cfg = {.url = url, .timeout_ms = 1000, .master_key = master};
+    struct store_config cfg = {
+        .url = url, .timeout_ms = 1000, .master_key = master, .user_retention_s = retention_s};
     return store_shared_new(&cfg, sh, err);
 }
 
@@ -571,6 +575,138 @@ static void test_purge_with_nothing_expired_reports_zero(void **state)
     assert_int_equal(purge(&f->w, NOW, 100, &n), STORE_OK);
     assert_int_equal(n, 0);
     assert_int_equal(get_session(&f->w, h, NOW, NULL), STORE_OK);
+}
+
+static int refresh_at(struct worker *w, const uint8_t *old, const uint8_t *next, int64_t now,
+                      long max_age, struct store_session *out)
+{
+    struct cap c = {.loop = w->loop};
+    struct store_refresh in = {.appid = APPID,
+                               .old_hash = old,
+                               .new_hash = next,
+                               .now = now,
+                               .grace_s = 60,
+                               .ttl_s = HOUR,
+                               .max_age_s = max_age};
+    store_refresh(w->st, &c.slot, &in, on_session, &c);
+    int status = finish(w, &c);
+    if (out != NULL && status == STORE_OK)
+        *out = c.s;
+    return status;
+}
+
+static int revoke_user(struct worker *w, enum store_revoke_what what, const char *openid,
+                       long *count)
+{
+    struct cap c = {.loop = w->loop};
+    struct store_revoke in = {
+        .what = what, .appid = APPID, .openid = openid, .reason = "test", .now = NOW};
+    store_revoke(w->st, &c.slot, &in, on_revoked, &c);
+    int status = finish(w, &c);
+    if (count != NULL)
+        *count = c.count;
+    return status;
+}
+
+/* A refresh makes the chain's next token once; the old one keeps a grace period; a repeat
+ * answers the same successor; the chain stops at its max age. */
+static void test_refresh_chain(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h1[CRYPTO_HASH_LEN], h2[CRYPTO_HASH_LEN], h3[CRYPTO_HASH_LEN];
+    token_hash("wxl_r1", h1);
+    token_hash("wxl_r2", h2);
+    token_hash("wxl_r3", h3);
+    assert_int_equal(login(&f->w, "o-r", "u-r", KEY_A, h1, NOW + HOUR), STORE_OK);
+    struct store_session s;
+    assert_int_equal(refresh_at(&f->w, h1, h2, NOW + 10, 2 * HOUR, &s), STORE_OK);
+    assert_string_equal(s.openid, "o-r");
+    assert_string_equal(s.unionid, "u-r");
+    assert_int_equal(s.expires_at, NOW + 10 + HOUR);
+    /* the same refresh again: the same successor; another successor: refused */
+    assert_int_equal(refresh_at(&f->w, h1, h2, NOW + 20, 2 * HOUR, NULL), STORE_OK);
+    assert_int_equal(refresh_at(&f->w, h1, h3, NOW + 20, 2 * HOUR, NULL), STORE_NOT_FOUND);
+    /* the old token lives out its grace (60 s from the refresh) and no longer */
+    assert_int_equal(get_session(&f->w, h1, NOW + 69, NULL), STORE_OK);
+    assert_int_equal(get_session(&f->w, h1, NOW + 70, NULL), STORE_NOT_FOUND);
+    assert_int_equal(refresh_at(&f->w, h1, h2, NOW + 70, 2 * HOUR, NULL), STORE_NOT_FOUND);
+    /* the next token's lifetime is cut to the chain's max age, and then it ends */
+    assert_int_equal(refresh_at(&f->w, h2, h3, NOW + HOUR, 2 * HOUR, &s), STORE_OK);
+    assert_int_equal(s.expires_at, NOW + 2 * HOUR);
+    assert_int_equal(refresh_at(&f->w, h3, h1, NOW + 2 * HOUR, 2 * HOUR, NULL), STORE_NOT_FOUND);
+    /* one session all along */
+    long n = 0;
+    assert_int_equal(revoke_user(&f->w, STORE_REVOKE_USER, "o-r", &n), STORE_OK);
+    assert_int_equal(n, 1);
+}
+
+/* A ban refuses logins (nothing written) and ends the sessions; unban lifts it. */
+static void test_ban_refuses_login_and_unban_lifts_it(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h[CRYPTO_HASH_LEN];
+    token_hash("wxl_ban", h);
+    assert_int_equal(login(&f->w, "o-b", "", KEY_A, h, NOW + HOUR), STORE_OK);
+    long n = 0;
+    assert_int_equal(revoke_user(&f->w, STORE_BAN, "o-b", &n), STORE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(get_session(&f->w, h, NOW, NULL), STORE_NOT_FOUND);
+    assert_int_equal(login(&f->w, "o-b", "", KEY_B, h, NOW + HOUR), STORE_BANNED);
+    struct store_user u;
+    assert_int_equal(get_user(&f->w, APPID, "o-b", &u), STORE_OK);
+    assert_string_equal(u.session_key, KEY_A); /* the refused login wrote nothing */
+    assert_int_equal(revoke_user(&f->w, STORE_UNBAN, "o-b", NULL), STORE_OK);
+    assert_int_equal(revoke_user(&f->w, STORE_UNBAN, "o-b", NULL), STORE_NOT_FOUND);
+    assert_int_equal(login(&f->w, "o-b", "", KEY_B, h, NOW + HOUR), STORE_OK);
+}
+
+/* With user_retention, the purge takes users not seen since then (and their sessions). */
+static void test_purge_takes_users_past_their_retention(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(login_at(&f->w, APPID, "o-old", "", KEY_A, NULL, 0, NOW - 1000), STORE_OK);
+    assert_int_equal(login_at(&f->w, APPID, "o-new", "", KEY_A, NULL, 0, NOW - 10), STORE_OK);
+    long n = -1;
+    assert_int_equal(purge(&f->w, NOW, 100, &n), STORE_OK);
+    assert_int_equal(n, 0); /* no retention: users are kept */
+    close_store(f);
+    retention_s = 500;
+    int rc = open_store(f);
+    retention_s = 0;
+    assert_int_equal(rc, 0);
+    assert_int_equal(purge(&f->w, NOW, 100, &n), STORE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(get_user(&f->w, APPID, "o-old", NULL), STORE_NOT_FOUND);
+    assert_int_equal(get_user(&f->w, APPID, "o-new", NULL), STORE_OK);
+}
+
+/* Erasure leaves no byte of the openid in the database files. */
+static void test_erase_leaves_no_trace_in_the_files(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t h[CRYPTO_HASH_LEN], h2[CRYPTO_HASH_LEN];
+    token_hash("wxl_erase", h);
+    token_hash("wxl_erase2", h2);
+    const char *id = "o-erase-me-7f3a9c";
+    assert_int_equal(login(&f->w, id, "u-erase-me-7f3a9c", KEY_A, h, NOW + HOUR), STORE_OK);
+    assert_int_equal(login(&f->w, id, "u-erase-me-7f3a9c", KEY_B, h2, NOW + HOUR), STORE_OK);
+    assert_int_equal(revoke_user(&f->w, STORE_BAN, id, NULL), STORE_OK);
+    assert_int_equal(revoke_user(&f->w, STORE_ERASE, id, NULL), STORE_OK);
+    assert_int_equal(revoke_user(&f->w, STORE_ERASE, id, NULL), STORE_NOT_FOUND);
+    close_store(f);
+    const char *files[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char p[sizeof(f->path) + 16];
+        snprintf(p, sizeof(p), "%s%s", f->path, files[i]);
+        FILE *fp = fopen(p, "rb");
+        if (fp == NULL)
+            continue;
+        static char buf[1 << 20];
+        size_t n = fread(buf, 1, sizeof(buf), fp);
+        fclose(fp);
+        assert_null(memmem(buf, n, "erase-me-7f3a9c", 15));
+    }
+    assert_int_equal(open_store(f), 0);
 }
 
 static void test_migration_creates_latest_schema_version(void **state)
@@ -1222,6 +1358,24 @@ static void test_logins_from_several_worker_threads(void **state)
     assert_int_equal(count_closed(f, "SELECT count(*) FROM sessions"), THREADS * PER_THREAD);
 }
 
+/* The database remembers the master key's check value: another key is refused with
+ * STORE_WRONG_KEY (the caller exits 2), the same key opens it again; the value stored is
+ * neither the key nor its hash. */
+static void test_another_master_key_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    close_store(f);
+    uint8_t other[CRYPTO_KEY_LEN] = {1, 2, 3};
+    struct store_config cfg = {.url = f->url, .timeout_ms = 1000, .master_key = other};
+    struct store_shared *sh = NULL;
+    char err[STORE_ERR_MAX] = "";
+    assert_int_equal(store_shared_new(&cfg, &sh, err), STORE_WRONG_KEY);
+    assert_null(sh);
+    assert_non_null(strstr(err, "different master key"));
+    assert_int_equal(open_store(f), 0);
+    assert_int_equal(ping(&f->w), STORE_OK);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--second-process") == 0)
@@ -1232,6 +1386,7 @@ int main(int argc, char **argv)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_ping_ok),
+        T(test_another_master_key_is_refused),
         T(test_login_with_token_then_get_session_finds_user),
         T(test_get_session_without_unionid_reports_empty),
         T(test_get_session_with_other_hash_is_not_found),
@@ -1247,6 +1402,10 @@ int main(int argc, char **argv)
         T(test_put_session_for_existing_user),
         T(test_purge_expired_respects_limit_and_spares_live),
         T(test_purge_with_nothing_expired_reports_zero),
+        T(test_refresh_chain),
+        T(test_ban_refuses_login_and_unban_lifts_it),
+        T(test_purge_takes_users_past_their_retention),
+        T(test_erase_leaves_no_trace_in_the_files),
         T(test_migration_creates_latest_schema_version),
         T(test_reopen_existing_db_keeps_data_and_version),
         T(test_migration_from_version_1_keeps_data),

@@ -1,4 +1,4 @@
-// Command openidpeer is the Go peer of wxlogin's POST /openid in bench/run.sh: the plain
+// Command openidpeer is the Go peer of wxlogin's POST /openid in bench/run.py: the plain
 // net/http way to do it, for comparison. For {"code": "..."} it asks WeChat's code2Session
 // (GET /sns/jscode2session, here wxlogin's mock) and answers {"openid": "..."}. Nothing else:
 // no store, no retries, no per-request log.
@@ -90,7 +90,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Fprintln(os.Stderr, ln.Addr()) // first line: run.sh reads the port from it
+	fmt.Fprintln(os.Stderr, ln.Addr()) // first line: run.py reads the port from it
 	mux := http.NewServeMux()
 	mux.HandleFunc("/openid", openid)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}

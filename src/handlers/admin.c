@@ -48,6 +48,37 @@ static bool check_attempt(void *arg)
     return admin_authorized(a->req, a->admin_token);
 }
 
+/* The audit line of a refused admin call (its client address, the peer the lockout counts). */
+static void audit_refused(struct http_request *req, const char *reason)
+{
+    if (!log_enabled(LOG_INFO))
+        return;
+    const char *auth = http_request_header(req, "Authorization");
+    const struct log_field f[] = {
+        LOG_STR("reason", reason != NULL ? reason
+                          : auth == NULL ? "missing_token"
+                                         : "wrong_token"),
+        LOG_STR("peer", http_request_peer(req)),
+        LOG_STR("route", http_request_path(req)),
+        LOG_STR("request_id", http_request_id(req)),
+    };
+    log_audit("admin_refused", http_request_client(req), f, sizeof(f) / sizeof(f[0]));
+}
+
+/* The audit line of an admin action on an app's access token (never the token). */
+static void audit_token(struct http_request *req, const char *event, const struct handlers_app *app,
+                        const struct log_field *more, size_t n)
+{
+    if (!log_enabled(LOG_INFO))
+        return;
+    struct log_field f[4] = {LOG_STR("app", app->cred.appid)};
+    size_t k = 1;
+    for (size_t i = 0; i < n && k < 3; i++)
+        f[k++] = more[i];
+    f[k++] = LOG_STR("request_id", http_request_id(req));
+    log_audit(event, http_request_client(req), f, k);
+}
+
 /*
  * True when the request carries the admin token. Otherwise answers 401, or 429 while its address
  * is locked out (the token is then not looked at, so a locked-out guesser learns nothing). The
@@ -69,18 +100,22 @@ static bool admin_allowed(struct http_request *req, struct handlers_ctx *ctx)
         snprintf(num, sizeof(num), "%" PRIu64, (retry_ms + 999) / 1000);
         metrics_rate_limited(METRICS_LIMIT_ADMIN);
         http_add_header(req, "Retry-After", num);
+        audit_refused(req, "locked_out");
         http_reply_error(req, 429, "too_many_attempts",
                          "too many failed admin attempts from this address; retry after "
                          "Retry-After seconds",
                          "retry");
         return false;
     case LOCKOUT_FAILED_LOCK: {
-        char secs[24];
-        snprintf(num, sizeof(num), "%ld", ctx->cfg->admin_max_failures);
-        snprintf(secs, sizeof(secs), "%ld", ctx->cfg->admin_lockout_s);
-        log_kv(LOG_WARN, "admin route refused; address locked out", "peer", peer, "failures", num,
-               "lockout_s", secs, "path", http_request_path(req), "request_id",
-               http_request_id(req), NULL);
+        const struct log_field f[] = {
+            LOG_STR("peer", peer),
+            LOG_INT("failures", ctx->cfg->admin_max_failures),
+            LOG_INT("lockout_s", ctx->cfg->admin_lockout_s),
+            LOG_STR("path", http_request_path(req)),
+            LOG_STR("request_id", http_request_id(req)),
+        };
+        log_fields(LOG_WARN, "admin route refused; address locked out", f,
+                   sizeof(f) / sizeof(f[0]));
         break;
     }
     case LOCKOUT_FAILED_FIRST:
@@ -92,6 +127,7 @@ static bool admin_allowed(struct http_request *req, struct handlers_ctx *ctx)
                "request_id", http_request_id(req), NULL);
         break;
     }
+    audit_refused(req, NULL);
     http_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
     http_reply_error(req, 401, "unauthorized", "admin token required", "none");
     return false;
@@ -179,14 +215,21 @@ void handle_admin_token_invalidate(struct http_request *req, void *arg)
     }
     token_invalidate(app->token, handlers_fetcher(ctx, app), bad[0]);
     crypto_wipe((char *)bad[0], n);
+    audit_token(req, "access_token_invalidate", app, NULL, 0);
     reply_token(req, ctx, app, 0);
 }
 
 void handle_admin_token_refresh(struct http_request *req, void *arg)
 {
+    struct handlers_ctx *ctx = arg;
     const char *force = http_request_query(req, "force");
     unsigned flags = TOKEN_DROP;
     if (force != NULL && strcmp(force, "true") == 0)
         flags |= TOKEN_FORCE;
-    get_token(req, arg, flags);
+    const struct handlers_app *app = admin_app(req, ctx);
+    if (app == NULL)
+        return;
+    const struct log_field f[] = {LOG_BOOL("force", (flags & TOKEN_FORCE) != 0)};
+    audit_token(req, "access_token_refresh", app, f, 1);
+    reply_token(req, ctx, app, flags);
 }

@@ -73,6 +73,8 @@ const struct handlers_app *handlers_app(struct http_request *req, struct handler
     const struct handlers_app *app = request_app(req, ctx, &named);
     if (app == NULL)
         reply_unknown_app(req, named);
+    else
+        http_request_set_user(req, app->cred.appid, NULL);
     return app;
 }
 
@@ -116,22 +118,26 @@ void handlers_reply_wechat(struct http_request *req, enum wechat_api api,
 {
     struct wechat_http_error e;
     wechat_error_map(api, r->status, r->errcode, &e);
-
-    char errcode[24] = "", http_status[16] = "", attempts[16], status[8];
+    /* Numbers as numbers; a field that does not apply is left out (the optional ones last). */
+    struct log_field f[9] = {
+        LOG_STR("api", wechat_api_name(api)),
+        LOG_STR("error", e.error),
+        LOG_INT("status", e.status),
+        LOG_INT("attempts", r->attempts),
+        LOG_STR("wx_rid", r->rid[0] ? r->rid : NULL),
+        LOG_STR("detail", r->detail),
+        LOG_STR("request_id", http_request_id(req)),
+    };
+    size_t n = 7;
     if (e.has_errcode)
-        snprintf(errcode, sizeof(errcode), "%ld", r->errcode);
+        f[n++] = LOG_INT("wx_errcode", r->errcode);
     if (r->http_status != 0)
-        snprintf(http_status, sizeof(http_status), "%ld", r->http_status);
-    snprintf(attempts, sizeof(attempts), "%d", r->attempts);
-    snprintf(status, sizeof(status), "%u", e.status);
-    log_kv(e.config ? LOG_ERROR : LOG_WARN,
-           e.config ? "WeChat rejected the service's configuration: check appid, secret and the "
-                      "API IP whitelist"
-                    : "WeChat call failed",
-           "api", wechat_api_name(api), "error", e.error, "status", status, "wx_errcode",
-           e.has_errcode ? errcode : NULL, "wx_rid", r->rid[0] ? r->rid : NULL,
-           "upstream_http_status", r->http_status ? http_status : NULL, "attempts", attempts,
-           "detail", r->detail, "request_id", http_request_id(req), NULL);
+        f[n++] = LOG_INT("upstream_http_status", r->http_status);
+    log_fields(e.config ? LOG_ERROR : LOG_WARN,
+               e.config ? "WeChat rejected the service's configuration: check appid, secret and "
+                          "the API IP whitelist"
+                        : "WeChat call failed",
+               f, n);
     handlers_reply_mapped(req, &e);
 }
 
@@ -190,6 +196,8 @@ bool handlers_authenticate(struct http_request *req, struct handlers_ctx *ctx,
         reply_unknown_app(req, true);
         return false;
     }
+    if (*app != NULL)
+        http_request_set_user(req, (*app)->cred.appid, NULL);
     /* Several apps and none named: the token says which (the store looks it up). */
     if (handlers_bearer_hash(req, hash, &why) != 0) {
         handlers_reply_invalid_token(req, why);
@@ -215,8 +223,13 @@ void handlers_reply_limited(struct http_request *req, enum handlers_limit which,
     metrics_rate_limited(which == HANDLERS_LIMIT_OPENID   ? METRICS_LIMIT_OPENID
                          : which == HANDLERS_LIMIT_WECHAT ? METRICS_LIMIT_WECHAT
                                                           : METRICS_LIMIT_ADDRESS);
-    log_kv(LOG_DEBUG, "rate limited", "limit", limits[which].name, "retry_after", ra, "path",
-           http_request_path(req), "request_id", http_request_id(req), NULL);
+    const struct log_field f[] = {
+        LOG_STR("limit", limits[which].name),
+        LOG_INT("retry_after", limit_retry_after_s(wait_us)),
+        LOG_STR("path", http_request_path(req)),
+        LOG_STR("request_id", http_request_id(req)),
+    };
+    log_fields(LOG_DEBUG, "rate limited", f, sizeof(f) / sizeof(f[0]));
     http_add_header(req, "Retry-After", ra);
     http_reply_error(req, 429, "rate_limited", limits[which].message, "retry");
 }

@@ -20,7 +20,27 @@
 
 struct login_req {
     struct http_request *req;
+    const struct handlers_app *app;
 };
+
+/* The audit line of a login: who, for which app, and whether a session was made or reused. */
+static void audit_login(struct http_request *req, const struct handlers_app *app,
+                        const struct login_result *r)
+{
+    http_request_set_user(req, NULL, r->openid);
+    if (!log_enabled(LOG_INFO))
+        return;
+    const char *session = r->token == NULL ? "none" : r->repeat ? "reused" : "new";
+    const struct log_field f[] = {
+        LOG_STR("app", app->cred.appid),
+        LOG_STR("openid", r->openid),
+        LOG_STR("session", session),
+        LOG_BOOL("repeat", r->repeat),
+        LOG_STR("route", http_request_path(req)),
+        LOG_STR("request_id", http_request_id(req)),
+    };
+    log_audit("login", http_request_client(req), f, sizeof(f) / sizeof(f[0]));
+}
 
 static void on_login(void *arg, const struct login_result *r)
 {
@@ -28,6 +48,7 @@ static void on_login(void *arg, const struct login_result *r)
     struct http_request *req = lr->req;
     switch (r->status) {
     case LOGIN_OK: {
+        audit_login(req, lr->app, r);
         char buf[1024];
         struct jsonw w;
         jsonw_begin(&w, buf, sizeof(buf));
@@ -99,6 +120,7 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
         return;
     }
     lr->req = req;
+    lr->app = app;
     struct login_origin origin = {.client = http_request_client(req),
                                   .user_agent = http_request_header(req, "User-Agent")};
     if (login_code(ctx->login, http_request_slot(req), &app->cred, code, want_session, &origin,

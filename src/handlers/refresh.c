@@ -47,8 +47,10 @@ static void on_refreshed(void *arg, int status, const struct store_session *s)
         if (s->unionid[0] != '\0')
             jsonw_str(&w, "unionid", s->unionid);
         jsonw_num(&w, "expires_in", left > 0 ? left : 0);
-        struct log_field f[] = {LOG_STR("app", s->appid), LOG_STR("openid", s->openid)};
-        log_audit("refresh", http_request_client(req), f, 2);
+        http_request_set_user(req, s->appid, s->openid);
+        struct log_field f[] = {LOG_STR("app", s->appid), LOG_STR("openid", s->openid),
+                                LOG_STR("request_id", http_request_id(req))};
+        log_audit("refresh", http_request_client(req), f, 3);
         http_reply_jsonw(req, 200, &w);
         crypto_wipe(buf, sizeof(buf));
     }

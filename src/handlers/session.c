@@ -32,6 +32,7 @@ static void reply_session(struct http_request *req, const struct store_session *
         jsonw_str(&w, "unionid", s->unionid);
     jsonw_str(&w, "appid", s->appid);
     jsonw_num(&w, "expires_in", left > 0 ? left : 0);
+    http_request_set_user(req, s->appid, s->openid);
     http_add_header(req, "X-WX-OpenID", s->openid);
     http_add_header(req, "X-WX-AppID", s->appid);
     if (s->unionid[0] != '\0')
@@ -115,8 +116,9 @@ static void on_revoked(void *arg, int status, const struct store_revoked *r)
         return;
     }
     struct log_field f[] = {LOG_STR("app", lo->app->cred.appid), LOG_STR("openid", lo->openid),
-                            LOG_INT("sessions", r != NULL ? r->count : 0)};
-    log_audit(lo->all ? "user_logout_all" : "logout", http_request_client(lo->req), f, 3);
+                            LOG_INT("sessions", r != NULL ? r->count : 0),
+                            LOG_STR("request_id", http_request_id(lo->req))};
+    log_audit(lo->all ? "user_logout_all" : "logout", http_request_client(lo->req), f, 4);
     http_reply(lo->req, 204, NULL, NULL, 0);
 }
 
@@ -135,6 +137,7 @@ static void on_live(void *arg, int status, const struct store_session *s)
         handlers_reply_invalid_token(lo->req, "unknown, expired or logged-out token");
         return;
     }
+    http_request_set_user(lo->req, s->appid, s->openid);
     snprintf(lo->openid, sizeof(lo->openid), "%s", s->openid);
     struct store_revoke rv = {.what = lo->all ? STORE_REVOKE_USER : STORE_REVOKE_TOKEN,
                               .appid = lo->app->cred.appid,

@@ -95,6 +95,7 @@ static void on_session(void *arg, int status, const struct store_session *s)
         handlers_reply_invalid_token(op->req, "unknown, expired or logged-out token");
         return;
     }
+    http_request_set_user(op->req, s->appid, s->openid);
     op->session = *s;
     store_get_user(op->ctx->store, http_request_slot(op->req), s->appid, s->openid, on_user, op);
 }
@@ -129,21 +130,24 @@ void handlers_reply_token_error(struct http_request *req, const struct token_res
      * failed for now. */
     enum wechat_status ws = res->status == TOKEN_FAILED ? res->wstatus : WECHAT_CONNECT;
     wechat_error_map(WECHAT_API_TOKEN, ws, res->errcode, &e);
-    char ec[24] = "";
-    if (e.has_errcode)
-        snprintf(ec, sizeof(ec), "%ld", res->errcode);
     /* The cause in words (the errcode table's message: "the service's IP is not whitelisted
      * at WeChat", "WeChat's daily quota...") with WeChat's rid, and for 40164 the address to
      * whitelist. */
     bool failed = res->status == TOKEN_FAILED;
-    log_kv(e.config ? LOG_ERROR : LOG_WARN,
-           e.config ? "WeChat refused to issue an access token" : "no access token", "cause",
-           e.message, "wx_errcode", ec[0] ? ec : NULL, "wx_rid",
-           failed && res->rid[0] ? res->rid : NULL, "caller_ip",
-           failed && res->caller_ip[0] ? res->caller_ip : NULL, "reason",
-           res->status == TOKEN_THROTTLED ? "throttled: WeChat keeps returning a rejected token"
-                                          : "fetch failed",
-           "request_id", http_request_id(req), NULL);
+    struct log_field f[7] = {
+        LOG_STR("cause", e.message),
+        LOG_STR("wx_rid", failed && res->rid[0] ? res->rid : NULL),
+        LOG_STR("caller_ip", failed && res->caller_ip[0] ? res->caller_ip : NULL),
+        LOG_STR("reason", res->status == TOKEN_THROTTLED
+                              ? "throttled: WeChat keeps returning a rejected token"
+                              : "fetch failed"),
+        LOG_STR("request_id", http_request_id(req)),
+    };
+    size_t n = 5;
+    if (e.has_errcode)
+        f[n++] = LOG_INT("wx_errcode", res->errcode);
+    log_fields(e.config ? LOG_ERROR : LOG_WARN,
+               e.config ? "WeChat refused to issue an access token" : "no access token", f, n);
     handlers_reply_mapped(req, &e);
 }
 

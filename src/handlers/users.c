@@ -64,7 +64,8 @@ static struct user_req *begin(struct http_request *req, struct handlers_ctx *ctx
 
 static void audit(const struct user_req *u, const char *event, long sessions)
 {
-    struct log_field f[4];
+    http_request_set_user(u->req, u->appid, u->openid);
+    struct log_field f[5];
     size_t n = 0;
     f[n++] = LOG_STR("app", u->appid);
     if (u->openid != NULL)
@@ -74,6 +75,7 @@ static void audit(const struct user_req *u, const char *event, long sessions)
     f[n++] = LOG_INT("sessions", sessions);
     if (u->reason[0] != '\0')
         f[n++] = LOG_STR("reason", u->reason);
+    f[n++] = LOG_STR("request_id", http_request_id(u->req));
     log_audit(event, http_request_client(u->req), f, n);
 }
 

@@ -100,6 +100,7 @@ struct http_request {
     char *peer;                /* http_request_peer(), in the arena once asked for */
     char *client_text;         /* http_request_client(), in the arena once asked for */
     struct ipaddr client;      /* http_request_client_addr(), when client_state is CLIENT_KNOWN */
+    struct ipaddr peer_ip;     /* the TCP peer, when client_state is CLIENT_KNOWN */
     uint8_t client_state;      /* enum client_state */
     char id[40];
     struct timespec start;
@@ -117,6 +118,8 @@ struct http_request {
     size_t body_mem; /* arena bytes taken for the body, counted in srv->body_mem */
 
     unsigned status;
+    size_t bytes; /* of the answer's body, for the access line */
+    char app[HTTP_USER_ID_MAX + 1], openid[HTTP_USER_ID_MAX + 1]; /* http_request_set_user() */
     size_t route; /* index of the route that took it; SIZE_MAX: none (for metrics) */
     struct MHD_Response *resp;
     struct reply_header headers[MAX_REPLY_HEADERS];
@@ -370,6 +373,7 @@ static void conn_abort(struct http_conn *c, unsigned status, const char *slug, c
         if (n > 0 && (size_t)n < sizeof(out))
             (void)!send(c->fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         req->status = status;
+        req->bytes = blen;
         req->state = REQ_ABORTED;
     }
     char sink[4096];
@@ -496,7 +500,12 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     return req;
 }
 
-static void log_request(const struct http_request *req)
+/*
+ * The access line. The client address is the one the rate limits use (X-Forwarded-For believed
+ * only from trusted_proxies); the peer is added when it differs (the proxy that forwarded it).
+ * Addresses are formatted on the stack: nothing is allocated for the line.
+ */
+static void log_request(struct http_request *req)
 {
     if (!log_enabled(LOG_INFO) || req->status == 0)
         return;
@@ -504,9 +513,24 @@ static void log_request(const struct http_request *req)
     clock_gettime(CLOCK_MONOTONIC, &now);
     long long us = (long long)(now.tv_sec - req->start.tv_sec) * 1000000 +
                    (now.tv_nsec - req->start.tv_nsec) / 1000;
+    struct ipaddr client;
+    char client_text[IPADDR_TEXT_MAX], peer_text[IPADDR_TEXT_MAX];
+    bool has_client = http_request_client_addr(req, &client);
+    bool forwarded = has_client && memcmp(&req->peer_ip, &client, sizeof(client)) != 0;
+    if (has_client)
+        ipaddr_format(&client, client_text);
+    if (forwarded)
+        ipaddr_format(&req->peer_ip, peer_text);
     const struct log_field f[] = {
-        LOG_STR("method", req->method), LOG_STR("path", req->path),
-        LOG_INT("status", req->status), LOG_MS("duration_ms", us),
+        LOG_STR("method", req->method),
+        LOG_STR("path", req->path),
+        LOG_INT("status", req->status),
+        LOG_MS("duration_ms", us),
+        LOG_INT("bytes", (long long)req->bytes),
+        LOG_STR("client", has_client ? client_text : NULL),
+        LOG_STR("peer", forwarded ? peer_text : NULL),
+        LOG_STR("app", req->app[0] != '\0' ? req->app : NULL),
+        LOG_STR("openid", req->openid[0] != '\0' ? req->openid : NULL),
         LOG_STR("request_id", req->id),
     };
     log_fields(LOG_INFO, "request", f, sizeof(f) / sizeof(f[0]));
@@ -1061,6 +1085,7 @@ bool http_request_client_addr(struct http_request *req, struct ipaddr *out)
             if (x.too_many)
                 x.n = 0;
             ipaddr_forwarded(&peer, srv->trusted, srv->ntrusted, x.v, x.n, &req->client);
+            req->peer_ip = peer;
             req->client_state = CLIENT_KNOWN;
             if (x.n > 0 && !srv->warned_xff && !ipaddr_in(&peer, srv->trusted, srv->ntrusted)) {
                 srv->warned_xff = true;
@@ -1090,6 +1115,22 @@ const char *http_request_client(struct http_request *req)
         ipaddr_format(&a, buf);
     req->client_text = arena_strdup(&req->arena, buf);
     return req->client_text != NULL ? req->client_text : "";
+}
+
+/* Copies s into out (HTTP_USER_ID_MAX bytes and the NUL), cut if longer. */
+static void copy_id(char out[HTTP_USER_ID_MAX + 1], const char *s)
+{
+    size_t n = strnlen(s, HTTP_USER_ID_MAX);
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+void http_request_set_user(struct http_request *req, const char *appid, const char *openid)
+{
+    if (appid != NULL)
+        copy_id(req->app, appid);
+    if (openid != NULL)
+        copy_id(req->openid, openid);
 }
 
 struct async_slot *http_request_slot(struct http_request *req)
@@ -1126,10 +1167,11 @@ static void finish(struct http_request *req)
 }
 
 /* The answer when the real one cannot be built: a header MHD refused, or no memory. */
-static struct MHD_Response *internal_error_response(void)
+static struct MHD_Response *internal_error_response(size_t *len)
 {
     static const char err[] = "{\"error\":\"internal\",\"message\":\"the answer could not be "
                               "built\",\"action\":\"retry\"}";
+    *len = sizeof(err) - 1;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(sizeof(err) - 1, (void *)err, MHD_RESPMEM_PERSISTENT);
     if (resp != NULL)
@@ -1171,7 +1213,7 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         rc = -ENOMEM;
     }
     if (resp == NULL) {
-        resp = internal_error_response();
+        resp = internal_error_response(&len);
         status = 500;
         if (resp == NULL) {
             /* Out of memory: the best left is to drop the connection. */
@@ -1184,6 +1226,7 @@ int http_reply(struct http_request *req, unsigned status, const char *content_ty
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     req->resp = resp;
     req->status = status;
+    req->bytes = len;
     req->state = REQ_REPLIED;
     finish(req);
     return rc;

@@ -147,6 +147,15 @@ bool http_request_client_addr(struct http_request *req, struct ipaddr *out);
 /* The same as text ("203.0.113.9"), "" when unknown. */
 const char *http_request_client(struct http_request *req);
 
+/*
+ * Names the app and the user the request acts for, for its access line ("app", "openid"): a
+ * handler calls it as soon as it knows them (the app once resolved, the openid once a login or a
+ * session said whose it is). NULL leaves that one as it was. Copied into the request itself (no
+ * allocation); a value longer than HTTP_USER_ID_MAX bytes is cut. Never pass a secret here.
+ */
+#define HTTP_USER_ID_MAX 128
+void http_request_set_user(struct http_request *req, const char *appid, const char *openid);
+
 /* The request's one pending slot: every asynchronous operation a handler starts goes here. */
 struct async_slot *http_request_slot(struct http_request *req);
 

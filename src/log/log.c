@@ -218,6 +218,11 @@ static size_t number_text(const struct log_field *f, char out[32])
 {
     if (f->type == LOG_F_INT)
         return jsonw_int(out, f->i);
+    if (f->type == LOG_F_BOOL) {
+        size_t n = f->i != 0 ? 4 : 5;
+        memcpy(out, f->i != 0 ? "true" : "false", n);
+        return n;
+    }
     /* microseconds as milliseconds with three decimals */
     long long us = f->i < 0 ? 0 : f->i;
     size_t n = jsonw_int(out, us / 1000);

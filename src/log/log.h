@@ -49,9 +49,10 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 
 /* Typed fields, for lines that carry numbers (the access line). */
 enum log_field_type {
-    LOG_F_STR, /* s; NULL skips the field */
-    LOG_F_INT, /* i */
-    LOG_F_MS,  /* i microseconds, written as milliseconds with three decimals */
+    LOG_F_STR,  /* s; NULL skips the field */
+    LOG_F_INT,  /* i */
+    LOG_F_MS,   /* i microseconds, written as milliseconds with three decimals */
+    LOG_F_BOOL, /* i: true when non-zero (JSON true/false, text true/false) */
 };
 
 struct log_field {
@@ -64,6 +65,7 @@ struct log_field {
 #define LOG_STR(k, v) ((struct log_field){.key = (k), .type = LOG_F_STR, .s = (v)})
 #define LOG_INT(k, v) ((struct log_field){.key = (k), .type = LOG_F_INT, .i = (v)})
 #define LOG_MS(k, us) ((struct log_field){.key = (k), .type = LOG_F_MS, .i = (us)})
+#define LOG_BOOL(k, v) ((struct log_field){.key = (k), .type = LOG_F_BOOL, .i = (v) ? 1 : 0})
 
 void log_fields(enum log_level level, const char *msg, const struct log_field *fields, size_t n);
 

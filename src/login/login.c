@@ -157,13 +157,14 @@ static void reply_status(struct login_op *op, enum login_status status)
     reply(op, &r);
 }
 
-static void reply_ok(struct login_op *op)
+static void reply_ok(struct login_op *op, bool repeat)
 {
     struct login_result r = {.status = LOGIN_OK,
                              .openid = op->out.openid,
                              .unionid = op->out.unionid,
                              .token = op->want_session ? op->token : NULL,
-                             .expires_at = op->expires_at};
+                             .expires_at = op->expires_at,
+                             .repeat = repeat};
     reply(op, &r);
 }
 
@@ -260,7 +261,7 @@ static void on_session_found(void *arg, int status, const struct store_session *
         return;
     }
     op->expires_at = s->expires_at;
-    reply_ok(op);
+    reply_ok(op, true);
 }
 
 /* True while a repeat of the code may still be answered its session. */
@@ -276,7 +277,7 @@ static void follow(struct login_op *op, const struct exchange_outcome *o)
     case EXCHANGE_OK:
         op->out = *o;
         if (!op->want_session) {
-            reply_ok(op);
+            reply_ok(op, true);
             return;
         }
         /* Never a second session: the leader's one, looked up by the code's token, or none. */
@@ -329,7 +330,7 @@ static void on_stored(void *arg, int status)
     if (op->user_wait_us > 0)
         reply_limited(op, true, op->user_wait_us);
     else
-        reply_ok(op);
+        reply_ok(op, false);
 }
 
 /* The user and their new session_key, and the code's session unless the user's limit said no. */

@@ -81,6 +81,7 @@ struct login_result {
     const char *unionid; /* "" when none */
     const char *token;   /* with a session: the code's token (wiped after the callback) */
     int64_t expires_at;
+    bool repeat; /* answered from an earlier exchange of the code (its session, if any, reused) */
     /* LOGIN_WECHAT */
     const struct wechat_reply *reply;
     /* LOGIN_LIMITED: true for the user's limit (the code was exchanged and the user recorded,

@@ -17,6 +17,7 @@
 
 #include "crypto/crypto.h"
 #include "loop/loop.h"
+#include "redis/rhealth.h"
 #include "util/list.h"
 
 #define RECONNECT_MIN_MS 100
@@ -31,6 +32,7 @@ struct rcmd {
     rconn_reply_fn *fn;
     void *arg;
     uint64_t deadline_ms;
+    uint32_t id;      /* rhealth_cmd_id() of a caller's command; 0 for our own set-up */
     struct list node; /* the connection's commands in flight */
 };
 
@@ -53,6 +55,8 @@ struct rconn {
     size_t nscripts;
     size_t loads_pending; /* SCRIPT LOADs sent and not yet answered */
     char last_error[RCONN_ERR_MAX];
+    struct rhealth_conn health; /* what this connection told opts.health last */
+    bool setup_refused;         /* Redis refused a set-up command of this attempt */
 };
 
 /* ---- URL ---- */
@@ -71,6 +75,7 @@ void rconn_opts_done(struct rconn_opts *o)
 {
     free(o->host);
     free(o->unix_path);
+    free(o->user);
     if (o->password != NULL) {
         memset(o->password, 0, strlen(o->password));
         free(o->password);
@@ -140,6 +145,18 @@ int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_
         goto out;
     }
     out->password = dup_part(u, CURLUPART_PASSWORD);
+    out->user = dup_part(u, CURLUPART_USER);
+    if (out->user != NULL && out->user[0] == '\0') { /* redis://:password@: the default user */
+        free(out->user);
+        out->user = NULL;
+    }
+    if (out->user != NULL && out->password == NULL) {
+        /* A lone password written where the user goes would be sent as a user name: refuse. */
+        snprintf(err, RCONN_ERR_MAX,
+                 "a Redis user name needs its password (redis://user:password@host); a password "
+                 "alone is written redis://:password@host");
+        goto out;
+    }
     path = dup_part(u, CURLUPART_PATH);
     out->host = dup_part(u, CURLUPART_HOST);
     if (out->host == NULL || out->host[0] == '\0') {
@@ -282,6 +299,16 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     struct rcmd *k = privdata;
     rconn_reply_fn *fn = k->fn;
     void *arg = k->arg;
+    const redisReply *reply = r;
+    /* A caller's command answered: an error (but NOSCRIPT, which the caller mends by loading
+     * the scripts again) is the store failing; a success may end that. */
+    if (reply != NULL && k->id != 0) {
+        struct rhealth *h = k->c->opts.health;
+        if (reply->type != REDIS_REPLY_ERROR)
+            rhealth_reply_ok(h, k->id);
+        else if (!rconn_noscript(reply))
+            rhealth_reply_error(h, k->id, reply->str);
+    }
     cmd_put(k);
     fn(r, arg);
 }
@@ -313,11 +340,13 @@ static void on_deadline(void *arg)
     struct rconn *c = arg;
     uint64_t now = loop_now_ms(c->loop);
     if (c->state == R_CONNECTING && now >= c->connect_deadline_ms) {
+        rhealth_conn_failed(c->opts.health, &c->health, "connect timed out", false);
         drop(c, "connect timed out");
         return;
     }
     struct rcmd *k = oldest(c);
     if (k != NULL && now >= k->deadline_ms) {
+        rhealth_conn_failed(c->opts.health, &c->health, "command timed out", false);
         drop(c, "command timed out");
         return;
     }
@@ -363,6 +392,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         /* hiredis frees the context after this callback, without a disconnect callback. */
         snprintf(c->last_error, sizeof(c->last_error), "%s",
                  ac->errstr != NULL ? ac->errstr : "connect failed");
+        rhealth_conn_failed(c->opts.health, &c->health, c->last_error, false);
         c->ac = NULL;
         schedule_reconnect(c);
         return;
@@ -376,7 +406,13 @@ static void on_setup(const redisReply *r, void *arg)
     if (r == NULL)
         return; /* the connection is already going */
     if (r->type == REDIS_REPLY_ERROR) {
+        /* The first refusal says why: after a refused AUTH, the set-up commands queued behind
+         * it are all refused NOAUTH. */
+        if (c->setup_refused)
+            return;
+        c->setup_refused = true;
         snprintf(c->last_error, sizeof(c->last_error), "setup refused: %.200s", r->str);
+        rhealth_conn_failed(c->opts.health, &c->health, r->str, true);
         loop_timer_start(c->loop, &c->kill, 0);
         return;
     }
@@ -389,12 +425,13 @@ static void on_ready_check(const redisReply *r, void *arg)
         c->state = R_READY;
         c->backoff_ms = RECONNECT_MIN_MS;
         c->last_error[0] = '\0';
+        rhealth_conn_ready(c->opts.health, &c->health);
         arm_deadline(c);
     }
 }
 
 static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, const char **argv,
-                     const size_t *lens)
+                     const size_t *lens, uint32_t id)
 {
     struct rcmd *k = cmd_get(c);
     if (k == NULL) {
@@ -404,6 +441,7 @@ static void send_cmd(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, c
     k->c = c;
     k->fn = fn;
     k->arg = arg;
+    k->id = id;
     k->deadline_ms = loop_now_ms(c->loop) + (uint64_t)c->opts.timeout_ms;
     bool first = list_empty(&c->cmds);
     list_push_back(&c->cmds, &k->node);
@@ -425,6 +463,7 @@ static void start_connect(struct rconn *c)
     if (ac == NULL || ac->err) {
         snprintf(c->last_error, sizeof(c->last_error), "%s",
                  ac != NULL && ac->errstr != NULL ? ac->errstr : "cannot connect");
+        rhealth_conn_failed(c->opts.health, &c->health, c->last_error, false);
         if (ac != NULL)
             redisAsyncFree(ac);
         schedule_reconnect(c);
@@ -441,23 +480,28 @@ static void start_connect(struct rconn *c)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->state = R_CONNECTING;
+    c->setup_refused = false;
     c->connect_deadline_ms = loop_now_ms(c->loop) + (uint64_t)c->opts.timeout_ms;
     /* Queued now, sent as soon as the connection is up; a reply to the last one means ready. */
-    if (c->opts.password != NULL) {
+    if (c->opts.password != NULL && c->opts.user != NULL) {
+        /* An ACL user (Redis 6): AUTH with both, or Redis would take the default user's. */
+        const char *argv[] = {"AUTH", c->opts.user, c->opts.password};
+        send_cmd(c, on_setup, c, 3, argv, NULL, 0);
+    } else if (c->opts.password != NULL) {
         const char *argv[] = {"AUTH", c->opts.password};
-        send_cmd(c, on_setup, c, 2, argv, NULL);
+        send_cmd(c, on_setup, c, 2, argv, NULL, 0);
     }
     if (c->opts.db != 0 && c->ac != NULL) {
         char db[16];
         snprintf(db, sizeof(db), "%d", c->opts.db);
         const char *argv[] = {"SELECT", db};
-        send_cmd(c, on_setup, c, 2, argv, NULL);
+        send_cmd(c, on_setup, c, 2, argv, NULL, 0);
     }
     if (c->ac != NULL)
         rconn_reload_scripts(c);
     if (c->ac != NULL) {
         const char *argv[] = {"PING"};
-        send_cmd(c, on_ready_check, c, 1, argv, NULL);
+        send_cmd(c, on_ready_check, c, 1, argv, NULL, 0);
     }
     /* hiredis only learns the connect finished from a write event. */
     ev_add_write(c);
@@ -487,7 +531,7 @@ void rconn_reload_scripts(struct rconn *c)
     for (size_t i = 0; i < c->nscripts && c->ac != NULL; i++) {
         const char *argv[] = {"SCRIPT", "LOAD", c->scripts[i]->text};
         c->loads_pending++;
-        send_cmd(c, on_script_loaded, c, 3, argv, NULL);
+        send_cmd(c, on_script_loaded, c, 3, argv, NULL, 0);
     }
 }
 
@@ -510,6 +554,7 @@ struct rconn *rconn_new(struct loop *loop, const struct rconn_opts *opts,
     c->opts = *opts;
     c->opts.host = opts->host != NULL ? strdup(opts->host) : NULL;
     c->opts.unix_path = opts->unix_path != NULL ? strdup(opts->unix_path) : NULL;
+    c->opts.user = opts->user != NULL ? strdup(opts->user) : NULL;
     c->opts.password = opts->password != NULL ? strdup(opts->password) : NULL;
     c->backoff_ms = RECONNECT_MIN_MS;
     loop_timer_init(&c->reconnect, on_reconnect, c);
@@ -549,7 +594,10 @@ void rconn_command(struct rconn *c, rconn_reply_fn *fn, void *arg, int argc, con
         fn(NULL, arg);
         return;
     }
-    send_cmd(c, fn, arg, argc, argv, lens);
+    size_t n0 = lens != NULL ? lens[0] : strlen(argv[0]);
+    size_t n1 = argc > 1 ? (lens != NULL ? lens[1] : strlen(argv[1])) : 0;
+    send_cmd(c, fn, arg, argc, argv, lens,
+             rhealth_cmd_id(argv[0], n0, argc > 1 ? argv[1] : NULL, n1));
 }
 
 bool rconn_ready(const struct rconn *c)

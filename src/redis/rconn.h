@@ -9,7 +9,9 @@
  * with it: a Redis that does not answer one command is not answering the others either.
  *
  * Every command's callback runs exactly once: with the reply, or with NULL on any failure; it
- * may run before rconn_command() returns. Library-like: no logging, last error kept as text.
+ * may run before rconn_command() returns. Library-like: no logging of its own, last error kept
+ * as text; what goes wrong and what recovers is reported to the rhealth it is given
+ * (redis/rhealth.h), which tells the operator once per change.
  */
 #ifndef WXLOGIN_REDIS_RCONN_H
 #define WXLOGIN_REDIS_RCONN_H
@@ -20,6 +22,7 @@
 
 struct loop;
 struct rconn;
+struct rhealth;
 
 #define RCONN_ERR_MAX 256
 
@@ -27,15 +30,17 @@ struct rconn_opts {
     char *host; /* TCP host, NULL with a unix socket */
     int port;
     char *unix_path; /* unix socket path, NULL with TCP */
+    char *user;      /* ACL user name (AUTH user password); NULL: the default user */
     char *password;  /* NULL: no AUTH */
     int db;
-    long timeout_ms; /* connect and command deadline */
+    long timeout_ms;        /* connect and command deadline */
+    struct rhealth *health; /* borrowed, told of failures and recoveries; NULL: none */
 };
 
 /*
- * Parses redis://[:password@]host[:port][/db] and redis+unix:///path[?db=N] (through libcurl's
- * URL parser). Returns 0, or -1 with err (never quoting the password). Release with
- * rconn_opts_done().
+ * Parses redis://[[user]:password@]host[:port][/db] and redis+unix:///path[?db=N] (through
+ * libcurl's URL parser). A user name needs its password. Returns 0, or -1 with err (never
+ * quoting the password). Release with rconn_opts_done().
  */
 int rconn_parse_url(const char *url, struct rconn_opts *out, char err[RCONN_ERR_MAX]);
 void rconn_opts_done(struct rconn_opts *o);

@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "redis/rconn.h"
+#include "redis/rhealth.h"
 #include "runtime/async.h"
 #include "store/backend.h"
 #include "store/seal.h"
@@ -293,6 +294,7 @@ enum script_id {
 struct rd_shared {
     struct store_shared base;
     struct rconn_opts opts;
+    struct rhealth *health; /* why the store fails, logged once per change (every worker's) */
     const uint8_t *master_key;
     long user_retention_s;
     char *apps_json; /* the apps served, for find_lua */
@@ -1029,6 +1031,7 @@ static void rd_shared_free(struct store_shared *base)
     if (sh == NULL)
         return;
     rconn_opts_done(&sh->opts);
+    rhealth_free(sh->health);
     free(sh->apps_json);
     free(sh);
 }
@@ -1147,6 +1150,10 @@ int store_redis_shared_new(const char *url, const struct store_config *cfg,
     }
     sh->base.ops = &rd_shared_ops;
     sh->opts.timeout_ms = cfg->timeout_ms;
+    char target[512];
+    store_url_redacted(url, target, sizeof(target));
+    sh->health = rhealth_new(target);
+    sh->opts.health = sh->health;
     sh->master_key = cfg->master_key;
     sh->user_retention_s = cfg->user_retention_s;
     json_t *apps = json_array();
@@ -1157,7 +1164,8 @@ int store_redis_shared_new(const char *url, const struct store_config *cfg,
         }
     sh->apps_json = apps != NULL ? json_dumps(apps, JSON_COMPACT) : NULL;
     json_decref(apps);
-    if (sh->apps_json == NULL) { /* out of memory, or an appid that is not UTF-8 */
+    if (sh->apps_json == NULL || sh->health == NULL) { /* out of memory, or an appid that is
+                                                           not UTF-8 */
         snprintf(err, STORE_ERR_MAX, "store: cannot list the apps served for Redis");
         rd_shared_free(&sh->base);
         return -1;

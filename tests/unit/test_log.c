@@ -613,6 +613,45 @@ static void test_lines_from_successive_calls_are_separate(void **state)
     assert_field(b, "level", "error");
 }
 
+static void test_bool_fields_json_and_text(void **state)
+{
+    (void)state;
+    struct capture c;
+    capture_begin(&c);
+    const struct log_field f[] = {LOG_BOOL("yes", 7), LOG_BOOL("no", 0), LOG_INT("n", -3)};
+    log_fields(LOG_INFO, "flags", f, 3);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    json_t *o = one_json_line(out, len);
+    assert_true(json_is_true(json_object_get(o, "yes")));
+    assert_true(json_is_false(json_object_get(o, "no")));
+    assert_int_equal(json_integer_value(json_object_get(o, "n")), -3);
+
+    log_setup(LOG_DEBUG, LOG_FORMAT_TEXT);
+    capture_begin(&c);
+    log_fields(LOG_INFO, "flags", f, 3);
+    out = capture_end(&c, &len);
+    assert_non_null(strstr(out, " flags yes=true no=false n=-3\n"));
+}
+
+static void test_audit_line_event_client_fields(void **state)
+{
+    (void)state;
+    struct capture c;
+    capture_begin(&c);
+    const struct log_field f[] = {LOG_STR("app", "wx1"), LOG_BOOL("force", 1)};
+    log_audit("access_token_refresh", "203.0.113.9", f, 2);
+    size_t len;
+    char *out = capture_end(&c, &len);
+    json_t *o = one_json_line(out, len);
+    assert_field(o, "level", "info");
+    assert_field(o, "msg", "audit");
+    assert_field(o, "event", "access_token_refresh");
+    assert_field(o, "client", "203.0.113.9");
+    assert_field(o, "app", "wx1");
+    assert_true(json_is_true(json_object_get(o, "force")));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -643,6 +682,8 @@ int main(void)
         T(test_text_invalid_utf8_replaced),
         T(test_text_long_escape_heavy_values_for_many_lengths),
         T(test_lines_from_successive_calls_are_separate),
+        T(test_bool_fields_json_and_text),
+        T(test_audit_line_event_client_fields),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -377,3 +377,30 @@ def test_redis_user_records_expire_after_user_retention(procs, mock, redis, db):
     with redis.client(db) as c:
         ttl = c.cmd("TTL", f"wxlogin:{DEFAULT_APPID}:u:{u['openid']}")
     assert 0 < int(ttl) <= 60, ttl
+
+
+def test_every_revocation_is_an_audit_line(procs, mock, tmp_path):
+    p = start_pair("sqlite", procs, mock, tmp_path)
+    u = login(p.a.port, "uaudit")
+    refreshed = refresh(p.a.port, u["token"]).json()["token"]
+    sid = admin(p.a.port, "GET", f"/users/{u['openid']}").json()["sessions"][0]["id"]
+    assert admin(p.a.port, "DELETE", f"/sessions/{sid}").status == 204
+    t = login(p.a.port, "uaudit")["token"]
+    assert post_json(p.a.port, "/v1/logout", {"all": True}, headers=bearer(t)).status == 204
+    assert admin(p.a.port, "POST", f"/users/{u['openid']}/logout").status == 200
+    assert admin(p.a.port, "POST", f"/users/{u['openid']}/ban", {"reason": "audit me"}).status == 200
+    assert admin(p.a.port, "DELETE", f"/users/{u['openid']}/ban").status == 204
+    assert admin(p.a.port, "DELETE", f"/users/{u['openid']}").status == 204
+
+    def events():
+        return [d for d in p.a.json_lines(lambda d: d.get("msg") == "audit")]
+    want = ["refresh", "session_revoked", "user_logout_all", "user_logout_all", "user_banned",
+            "user_unbanned", "user_erased"]
+    assert wait_until(lambda: [e["event"] for e in events() if e["event"] in want] == want,
+                      timeout=5.0), [e["event"] for e in events()]
+    for e in events():
+        assert e["client"] == "127.0.0.1" and e["app"] == DEFAULT_APPID, e
+        assert u["token"] not in json.dumps(e) and refreshed not in json.dumps(e)
+    banned = next(e for e in events() if e["event"] == "user_banned")
+    assert banned["openid"] == u["openid"] and banned["reason"] == "audit me"
+    assert next(e for e in events() if e["event"] == "session_revoked")["session_id"] == sid

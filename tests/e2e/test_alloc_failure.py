@@ -254,11 +254,6 @@ BAD = []
 # Open bugs this test found and that are not fixed yet: (function of the call site, failed
 # call) -> what is wrong. Reported (printed with -s), not failed on; remove an entry with its fix.
 KNOWN = {
-    ("wechat_classify", "json_loadb"):
-        "no memory to parse WeChat's answer is taken for a bad answer (502 upstream_error)",
-    ("loop_io_add", "calloc"):
-        "curl's socket could not be watched: the aborted transfer is retried, and a retried "
-        "code2Session/phone call finds its code used (400 code_used / invalid_code)",
     ("handlers_parse_fields", "json_loadb"): "no memory to parse the body answers 400",
     ("crypto_b64_decode_lenient", "malloc"): "no memory to decode base64 answers 400",
     ("handle_decrypt", "malloc"): "no memory answers 400",

@@ -42,7 +42,8 @@ struct token {
     uint64_t no_fetch_until_ms;
     /* No early refresh before this: the last refresh brought back a token still inside the
      * margin (a WeChat that does not renew early hands back the same one until it expires),
-     * so asking again before then would only get it again, once per request. */
+     * so asking again before then would only get it again, once per request; or the last
+     * refresh could not start (start_fetch()). */
     uint64_t no_refresh_until_ms;
     struct token_result last_failure; /* returned while no_fetch_until_ms holds */
     unsigned long fetches;
@@ -104,13 +105,19 @@ static void mark_fetching(struct token *t, struct token_fetcher *f, bool force)
 
 static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start);
 
-/* Lock not held: starts the fetch marked as f's; a fetch that cannot start ends at once (and,
- * like a failed one, is not tried again for a while: it would fail the same way). */
+/*
+ * Lock not held: starts the fetch marked as f's. A fetch that cannot start (no memory for the
+ * call, no randomness for the lease's owner) ends at once, for its waiters too, as our failure
+ * (TOKEN_NOMEM: 503 internal), not WeChat's and not a shutdown. An early refresh that cannot
+ * start is not tried again for a while (it would likely fail the same way, and the token is
+ * still served meanwhile); with no token to serve, nothing is held back: a backoff would refuse
+ * every request of the next second for one failed allocation, and nothing reached WeChat.
+ */
 static void start_fetch(struct token_fetcher *f, bool force)
 {
     if (f->ops->start(f, force) != 0) {
-        struct token_result ab = {.status = TOKEN_ABORTED};
-        fetch_ended(f, &ab, true);
+        struct token_result nomem = {.status = TOKEN_NOMEM};
+        fetch_ended(f, &nomem, true);
     }
 }
 
@@ -136,8 +143,9 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
     metrics_token_fetch(res->status == TOKEN_OK       ? METRICS_TOKEN_OK
                         : res->status == TOKEN_FAILED ? METRICS_TOKEN_FAILED
                                                       : METRICS_TOKEN_ABORTED);
-    if (no_start && t->no_fetch_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
-        t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
+    if (no_start && t->token[0] != '\0' && t->expires_at > (int64_t)time(NULL) &&
+        t->no_refresh_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
+        t->no_refresh_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
         int64_t now = (int64_t)time(NULL);
         /* A refresh (a token was being served) that brought back a token still short of the

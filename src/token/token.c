@@ -103,30 +103,18 @@ static void mark_fetching(struct token *t, struct token_fetcher *f, bool force)
     t->fetches++;
 }
 
-static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start);
-
-/*
- * Lock not held: starts the fetch marked as f's. A fetch that cannot start (no memory for the
+/* Lock not held: starts the fetch marked as f's. A fetch that cannot start (no memory for the
  * call, no randomness for the lease's owner) ends at once, for its waiters too, as our failure
- * (TOKEN_NOMEM: 503 internal), not WeChat's and not a shutdown. An early refresh that cannot
- * start is not tried again for a while (it would likely fail the same way, and the token is
- * still served meanwhile); with no token to serve, nothing is held back: a backoff would refuse
- * every request of the next second for one failed allocation, and nothing reached WeChat.
- */
+ * (TOKEN_NOMEM: 503 internal), not WeChat's and not a shutdown. */
 static void start_fetch(struct token_fetcher *f, bool force)
 {
     if (f->ops->start(f, force) != 0) {
         struct token_result nomem = {.status = TOKEN_NOMEM};
-        fetch_ended(f, &nomem, true);
+        token_fetched(f, &nomem);
     }
 }
 
 void token_fetched(struct token_fetcher *f, const struct token_result *res)
-{
-    fetch_ended(f, res, false);
-}
-
-static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start)
 {
     struct token *t = f->t;
     uint64_t now_ms = loop_clock_ms();
@@ -143,7 +131,14 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
     metrics_token_fetch(res->status == TOKEN_OK       ? METRICS_TOKEN_OK
                         : res->status == TOKEN_FAILED ? METRICS_TOKEN_FAILED
                                                       : METRICS_TOKEN_ABORTED);
-    if (no_start && t->token[0] != '\0' && t->expires_at > (int64_t)time(NULL) &&
+    /* Our own failure (no memory to start the fetch or to read WeChat's answer): an early
+     * refresh is not tried again for a while (it would likely fail the same way, and the token
+     * is served meanwhile), but with no token to serve nothing is held back and no failure is
+     * kept to be served: a backoff would refuse every request of the next second for one
+     * failed allocation. */
+    bool ours = res->status == TOKEN_NOMEM ||
+                (res->status == TOKEN_FAILED && res->wstatus == WECHAT_INTERNAL);
+    if (ours && t->token[0] != '\0' && t->expires_at > (int64_t)time(NULL) &&
         t->no_refresh_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
         t->no_refresh_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
@@ -163,7 +158,7 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
             t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
             t->same_token_backoff = true;
         }
-    } else if (res->status == TOKEN_FAILED) {
+    } else if (res->status == TOKEN_FAILED && !ours) {
         t->last_failure = *res;
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
         t->same_token_backoff = false;

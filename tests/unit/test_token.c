@@ -778,6 +778,53 @@ static void test_start_failure_is_nomem_and_not_held_back(void **state)
     assert_string_equal(out.token, "tok-1");
 }
 
+/* A fetch that failed on our side (out of memory reading WeChat's answer): its waiters are told
+ * (503 internal), but no failure is kept and served for a second: the next get fetches. */
+static void test_fetch_failed_on_our_side_is_not_held_back(void **state)
+{
+    struct fixture *f = *state;
+    struct rec *r = &f->rec[0];
+    struct token_result out;
+    assert_int_equal(get(f, &f->fa, r, 0, &out), TOKEN_WAIT);
+    struct token_result ours = failed_result(WECHAT_INTERNAL, 0, 200);
+    fetched(&f->fa, &ours);
+    drain(f->la);
+    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->res.status, TOKEN_FAILED);
+    assert_int_equal(r->res.wstatus, WECHAT_INTERNAL);
+    assert_int_equal(get(f, &f->fb, &f->rec[1], 0, &out), TOKEN_WAIT);
+    assert_int_equal(f->fb.starts, 1);
+    finish_ok(&f->fb, "tok-1", now_s() + LONG_S);
+    drain(f->lb);
+    assert_string_equal(f->rec[1].res.token, "tok-1");
+    /* WeChat's own failure still is held back, as before. */
+    assert_int_equal(get(f, &f->fa, &f->rec[2], TOKEN_DROP, &out), TOKEN_WAIT);
+    struct token_result theirs = failed_result(WECHAT_HTTP_ERROR, 0, 502);
+    fetched(&f->fa, &theirs);
+    drain(f->la);
+    assert_ready_status(f, &f->fb, TOKEN_FAILED);
+}
+
+/* An early refresh that failed on our side: the token is still served, and the refresh is not
+ * repeated on every get. */
+static void test_refresh_failed_on_our_side_keeps_serving_and_waits(void **state)
+{
+    struct fixture *f = *state;
+    cache_token(f, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short"); /* starts the refresh */
+    assert_int_equal(f->fa.starts, 2);
+    struct token_result ours = failed_result(WECHAT_INTERNAL, 0, 200);
+    fetched(&f->fa, &ours);
+    assert_ready_token(f, &f->fa, "tok-short");
+    assert_ready_token(f, &f->fb, "tok-short");
+    assert_int_equal(f->fa.starts + f->fb.starts, 2);
+    sleep_ms(PAST_FAILURE_BACKOFF_MS);
+    assert_ready_token(f, &f->fb, "tok-short");
+    assert_int_equal(f->fb.starts, 1);
+    finish_ok(&f->fb, "tok-new", now_s() + LONG_S);
+    assert_ready_token(f, &f->fa, "tok-new");
+}
+
 static void test_refresh_that_cannot_start_still_serves_the_token(void **state)
 {
     struct fixture *f = *state;
@@ -1414,6 +1461,8 @@ int main(void)
         T(test_aborted_fetch_does_not_back_off),
         T(test_drop_lets_a_fetch_through_the_failure_backoff),
         T(test_start_failure_is_nomem_and_not_held_back),
+        T(test_fetch_failed_on_our_side_is_not_held_back),
+        T(test_refresh_failed_on_our_side_keeps_serving_and_waits),
         T(test_refresh_that_cannot_start_still_serves_the_token),
         T(test_invalidate_is_compare_and_swap),
         T(test_invalidate_with_no_token_or_no_op),

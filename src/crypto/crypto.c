@@ -209,17 +209,35 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out)
     return n - (int)pad;
 }
 
+/*
+ * Through a buffer on the stack, a block of 4-character groups at a time (base64 decodes each
+ * group on its own): no allocation, so -1 always means the text, never a lack of memory. Only
+ * the last block may carry padding, so this accepts exactly what crypto_b64_decode() does on the
+ * whole text with its spaces read as '+'.
+ */
 int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out)
 {
-    char *copy = malloc(len + 1);
-    if (copy == NULL)
+    char block[256];
+    size_t total = 0, off = 0;
+    int rc = -1;
+    if (len % 4 != 0 || len > (size_t)INT32_MAX)
         return -1;
-    for (size_t i = 0; i < len; i++)
-        copy[i] = s[i] == ' ' ? '+' : s[i];
-    copy[len] = '\0';
-    int n = crypto_b64_decode(copy, len, out);
-    free(copy);
-    return n;
+    do {
+        size_t n = len - off < sizeof(block) ? len - off : sizeof(block);
+        for (size_t i = 0; i < n; i++)
+            block[i] = s[off + i] == ' ' ? '+' : s[off + i];
+        if (off + n < len && memchr(block, '=', n) != NULL)
+            goto out;
+        int m = crypto_b64_decode(block, n, out + total);
+        if (m < 0)
+            goto out;
+        total += (size_t)m;
+        off += n;
+    } while (off < len);
+    rc = (int)total;
+out:
+    crypto_wipe(block, sizeof(block));
+    return rc;
 }
 
 int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,

@@ -61,6 +61,7 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out);
 /*
  * Base64 as Mini Programs deliver it: standard alphabet, but spaces are read as '+' (a '+' sent
  * unencoded through a URL or form arrives as a space). Otherwise as strict as crypto_b64_decode.
+ * Allocates nothing: -1 is always the text's fault.
  */
 int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out);
 

@@ -68,7 +68,9 @@ static void decrypt_ready(struct user_op *op)
     int ctlen = -1;
     if (ct != NULL && crypto_b64_decode_lenient(ivs, strlen(ivs), iv) == 16)
         ctlen = crypto_b64_decode_lenient(ed, edlen, ct);
-    if (ct == NULL || ctlen <= 0) { /* checked before; only out of memory gets here */
+    /* The input was checked before and the decoding allocates nothing: only ct's allocation
+     * can fail here. */
+    if (ct == NULL || ctlen <= 0) {
         free(ct);
         handlers_reply_internal(op->req, "out of memory");
         return;
@@ -110,7 +112,11 @@ void handle_decrypt(struct http_request *req, void *arg)
         why = "encryptedData must not be empty";
     else {
         uint8_t *ct = malloc(edlen / 4 * 3 + 3);
-        int n = ct != NULL ? crypto_b64_decode_lenient(ed, edlen, ct) : -1;
+        if (ct == NULL) {
+            handlers_reply_internal(req, "out of memory");
+            return;
+        }
+        int n = crypto_b64_decode_lenient(ed, edlen, ct);
         free(ct);
         if (n < 0)
             why = "encryptedData is not base64";

@@ -254,8 +254,6 @@ BAD = []
 # Open bugs this test found and that are not fixed yet: (function of the call site, failed
 # call) -> what is wrong. Reported (printed with -s), not failed on; remove an entry with its fix.
 KNOWN = {
-    ("crypto_b64_decode_lenient", "malloc"): "no memory to decode base64 answers 400",
-    ("handle_decrypt", "malloc"): "no memory answers 400",
     ("try_decrypt", "malloc"): "no memory answers 422 decrypt_failed (relogin)",
     ("try_decrypt", "json_loadb"): "no memory answers 422 decrypt_failed (relogin)",
     ("crypto_aes128cbc_decrypt", "EVP_CIPHER_CTX_new"):

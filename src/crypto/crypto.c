@@ -3,6 +3,7 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include "crypto/crypto.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -243,15 +244,18 @@ out:
 int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
                              size_t len, uint8_t *out)
 {
-    int rc = -1, n = 0, total;
+    int rc = -ENOMEM, n = 0, total;
     if (len == 0 || len % 16 != 0 || len > (size_t)INT32_MAX)
         return -1;
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL)
-        return -1;
+        return -ENOMEM;
+    /* Any key and any blocks of the right length go through these: their failing says nothing
+     * about the key, only that OpenSSL could not run (out of memory). */
     if (EVP_DecryptInit_ex(ctx, EVP_aes_128_cbc(), NULL, key, iv) != 1 ||
         EVP_DecryptUpdate(ctx, out, &n, in, (int)len) != 1)
         goto out;
+    rc = -1;
     total = n;
     if (EVP_DecryptFinal_ex(ctx, out + total, &n) != 1) /* checks the PKCS#7 padding */
         goto out;

@@ -67,8 +67,9 @@ int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out);
 
 /*
  * AES-128-CBC decryption with PKCS#7 padding (WeChat's encryptedData). out must hold len bytes.
- * Returns the plaintext length, or -1 when len is not a positive multiple of 16 or the padding
- * is wrong (the usual sign of a wrong key); out is wiped on failure.
+ * Returns the plaintext length, -1 when len is not a positive multiple of 16 or the padding is
+ * wrong (the usual sign of a wrong key), or -ENOMEM when OpenSSL could not run it (out of
+ * memory: nothing is known about the key); out is wiped on failure.
  */
 int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
                              size_t len, uint8_t *out);

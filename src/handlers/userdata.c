@@ -6,6 +6,7 @@
  * The previous session_key is tried too while inside session_key_grace, so data encrypted just
  * before a re-login still opens.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,33 +24,46 @@ static void reply_valid(struct http_request *req, bool valid)
 
 /* ---- POST /v1/decrypt ---- */
 
-/* Decrypts with one session_key string; returns the JSON object or NULL. */
-static json_t *try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, const uint8_t iv[16])
+/*
+ * Decrypts with one session_key string: 0 with *out the JSON object, -1 when the data does not
+ * open with this key into a JSON object, -ENOMEM when it could not be tried (which says nothing
+ * about the key: never answered as decrypt_failed, whose action is to log in again).
+ */
+static int try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, const uint8_t iv[16],
+                       json_t **out)
 {
     uint8_t key[24];
-    json_t *obj = NULL;
+    int rc = -1;
     /* 24 base64 characters decode to at most 18 bytes: key can hold them. */
     if (strlen(sk) != 24 || crypto_b64_decode(sk, 24, key) != 16) {
         crypto_wipe(key, sizeof(key));
-        return NULL;
+        return -1;
     }
     uint8_t *pt = malloc(ctlen);
-    if (pt == NULL)
+    if (pt == NULL) {
+        rc = -ENOMEM;
         goto out;
+    }
     int n = crypto_aes128cbc_decrypt(key, iv, ct, ctlen, pt);
+    if (n == -ENOMEM)
+        rc = -ENOMEM;
     if (n > 0) {
         json_error_t jerr;
-        obj = json_loadb((const char *)pt, (size_t)n, 0, &jerr);
-        if (obj != NULL && !json_is_object(obj)) {
+        json_t *obj = json_loadb((const char *)pt, (size_t)n, 0, &jerr);
+        if (obj == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+            rc = -ENOMEM;
+        else if (json_is_object(obj))
+            rc = 0;
+        if (rc == 0)
+            *out = obj;
+        else
             json_decref(obj);
-            obj = NULL;
-        }
         crypto_wipe(pt, (size_t)n);
     }
     free(pt);
 out:
     crypto_wipe(key, sizeof(key));
-    return obj;
+    return rc;
 }
 
 struct decrypt_in {
@@ -75,11 +89,15 @@ static void decrypt_ready(struct user_op *op)
         handlers_reply_internal(op->req, "out of memory");
         return;
     }
-    obj = try_decrypt(op->sk, ct, (size_t)ctlen, iv);
-    if (obj == NULL && op->prev_sk[0] != '\0')
-        obj = try_decrypt(op->prev_sk, ct, (size_t)ctlen, iv);
+    int rc = try_decrypt(op->sk, ct, (size_t)ctlen, iv, &obj);
+    if (rc == -1 && op->prev_sk[0] != '\0')
+        rc = try_decrypt(op->prev_sk, ct, (size_t)ctlen, iv, &obj);
     free(ct);
-    if (obj == NULL) {
+    if (rc == -ENOMEM) {
+        handlers_reply_internal(op->req, "out of memory");
+        return;
+    }
+    if (rc != 0) {
         /* Almost always data encrypted with a session_key a later wx.login replaced. */
         http_reply_error(op->req, 422, "decrypt_failed",
                          "the data does not decrypt with this user's session key", "relogin");

@@ -288,7 +288,7 @@ int crypto_unhex(const char *s, size_t len, uint8_t *out, size_t n)
     return OPENSSL_hexstr2buf_ex(out, n, &got, text, '\0') == 1 && got == n ? 0 : -1;
 }
 
-void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
+int crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
 {
     uint8_t md[20];
     unsigned int n = sizeof(md);
@@ -296,13 +296,15 @@ void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, ch
     if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) != 1 ||
         EVP_DigestUpdate(ctx, a, alen) != 1 || EVP_DigestUpdate(ctx, b, blen) != 1 ||
         EVP_DigestFinal_ex(ctx, md, &n) != 1) {
-        /* Only on allocation failure; an empty string never equals a real signature. */
+        /* Only on allocation failure. The caller must not take "" for a hash: a verdict on a
+         * signature needs one. */
         out[0] = '\0';
         EVP_MD_CTX_free(ctx);
-        return;
+        return -ENOMEM;
     }
     EVP_MD_CTX_free(ctx);
     crypto_hex(md, sizeof(md), out);
+    return 0;
 }
 
 /*

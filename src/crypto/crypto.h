@@ -79,8 +79,9 @@ void crypto_hex(const uint8_t *in, size_t n, char *out);
 /* The n bytes whose hex (either case) is the len characters at s. Returns 0, or -1 when s is
  * not exactly that. */
 int crypto_unhex(const char *s, size_t len, uint8_t *out, size_t n);
-/* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)). */
-void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
+/* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)).
+ * Returns 0, or -ENOMEM (out "") when it could not be computed. */
+int crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
 /* HMAC-SHA256(key, msg). Returns 0, or -1 (out untouched). */
 int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
                        uint8_t out[CRYPTO_HASH_LEN]);

@@ -155,27 +155,35 @@ void handle_decrypt(struct http_request *req, void *arg)
 
 /* ---- POST /v1/check-signature ---- */
 
-static bool signature_matches(const char *raw, const char *sk, const char *sig)
+/* 1 when sig is SHA-1(raw + sk), 0 when not, -ENOMEM when the hash could not be computed: no
+ * verdict then, either way. */
+static int signature_matches(const char *raw, const char *sk, const char *sig)
 {
     char want[41];
-    crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), want);
-    return want[0] != '\0' && crypto_equal(want, sig, 40);
+    if (crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), want) != 0)
+        return -ENOMEM;
+    return crypto_equal(want, sig, 40) ? 1 : 0;
 }
 
 static void check_signature_ready(struct user_op *op)
 {
     const char *raw = op->in[0], *given = op->in[1];
     char sig[41];
-    bool valid = false;
+    int valid = 0;
     size_t n = strlen(given);
     if (n == 40 && strspn(given, "0123456789abcdefABCDEF") == 40) {
         for (size_t i = 0; i < 40; i++)
             sig[i] = (char)(given[i] >= 'A' && given[i] <= 'F' ? given[i] + 32 : given[i]);
         sig[40] = '\0';
-        valid = signature_matches(raw, op->sk, sig) ||
-                (op->prev_sk[0] != '\0' && signature_matches(raw, op->prev_sk, sig));
+        valid = signature_matches(raw, op->sk, sig);
+        if (valid == 0 && op->prev_sk[0] != '\0')
+            valid = signature_matches(raw, op->prev_sk, sig);
     }
-    reply_valid(op->req, valid);
+    if (valid < 0) {
+        handlers_reply_internal(op->req, "out of memory");
+        return;
+    }
+    reply_valid(op->req, valid == 1);
 }
 
 void handle_check_signature(struct http_request *req, void *arg)

@@ -3,6 +3,7 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include "crypto/crypto.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -209,31 +210,52 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out)
     return n - (int)pad;
 }
 
+/*
+ * Through a buffer on the stack, a block of 4-character groups at a time (base64 decodes each
+ * group on its own): no allocation, so -1 always means the text, never a lack of memory. Only
+ * the last block may carry padding, so this accepts exactly what crypto_b64_decode() does on the
+ * whole text with its spaces read as '+'.
+ */
 int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out)
 {
-    char *copy = malloc(len + 1);
-    if (copy == NULL)
+    char block[256];
+    size_t total = 0, off = 0;
+    int rc = -1;
+    if (len % 4 != 0 || len > (size_t)INT32_MAX)
         return -1;
-    for (size_t i = 0; i < len; i++)
-        copy[i] = s[i] == ' ' ? '+' : s[i];
-    copy[len] = '\0';
-    int n = crypto_b64_decode(copy, len, out);
-    free(copy);
-    return n;
+    do {
+        size_t n = len - off < sizeof(block) ? len - off : sizeof(block);
+        for (size_t i = 0; i < n; i++)
+            block[i] = s[off + i] == ' ' ? '+' : s[off + i];
+        if (off + n < len && memchr(block, '=', n) != NULL)
+            goto out;
+        int m = crypto_b64_decode(block, n, out + total);
+        if (m < 0)
+            goto out;
+        total += (size_t)m;
+        off += n;
+    } while (off < len);
+    rc = (int)total;
+out:
+    crypto_wipe(block, sizeof(block));
+    return rc;
 }
 
 int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
                              size_t len, uint8_t *out)
 {
-    int rc = -1, n = 0, total;
+    int rc = -ENOMEM, n = 0, total;
     if (len == 0 || len % 16 != 0 || len > (size_t)INT32_MAX)
         return -1;
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL)
-        return -1;
+        return -ENOMEM;
+    /* Any key and any blocks of the right length go through these: their failing says nothing
+     * about the key, only that OpenSSL could not run (out of memory). */
     if (EVP_DecryptInit_ex(ctx, EVP_aes_128_cbc(), NULL, key, iv) != 1 ||
         EVP_DecryptUpdate(ctx, out, &n, in, (int)len) != 1)
         goto out;
+    rc = -1;
     total = n;
     if (EVP_DecryptFinal_ex(ctx, out + total, &n) != 1) /* checks the PKCS#7 padding */
         goto out;
@@ -266,7 +288,7 @@ int crypto_unhex(const char *s, size_t len, uint8_t *out, size_t n)
     return OPENSSL_hexstr2buf_ex(out, n, &got, text, '\0') == 1 && got == n ? 0 : -1;
 }
 
-void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
+int crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41])
 {
     uint8_t md[20];
     unsigned int n = sizeof(md);
@@ -274,13 +296,15 @@ void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, ch
     if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) != 1 ||
         EVP_DigestUpdate(ctx, a, alen) != 1 || EVP_DigestUpdate(ctx, b, blen) != 1 ||
         EVP_DigestFinal_ex(ctx, md, &n) != 1) {
-        /* Only on allocation failure; an empty string never equals a real signature. */
+        /* Only on allocation failure. The caller must not take "" for a hash: a verdict on a
+         * signature needs one. */
         out[0] = '\0';
         EVP_MD_CTX_free(ctx);
-        return;
+        return -ENOMEM;
     }
     EVP_MD_CTX_free(ctx);
     crypto_hex(md, sizeof(md), out);
+    return 0;
 }
 
 /*

@@ -61,13 +61,15 @@ int crypto_b64_decode(const char *s, size_t len, uint8_t *out);
 /*
  * Base64 as Mini Programs deliver it: standard alphabet, but spaces are read as '+' (a '+' sent
  * unencoded through a URL or form arrives as a space). Otherwise as strict as crypto_b64_decode.
+ * Allocates nothing: -1 is always the text's fault.
  */
 int crypto_b64_decode_lenient(const char *s, size_t len, uint8_t *out);
 
 /*
  * AES-128-CBC decryption with PKCS#7 padding (WeChat's encryptedData). out must hold len bytes.
- * Returns the plaintext length, or -1 when len is not a positive multiple of 16 or the padding
- * is wrong (the usual sign of a wrong key); out is wiped on failure.
+ * Returns the plaintext length, -1 when len is not a positive multiple of 16 or the padding is
+ * wrong (the usual sign of a wrong key), or -ENOMEM when OpenSSL could not run it (out of
+ * memory: nothing is known about the key); out is wiped on failure.
  */
 int crypto_aes128cbc_decrypt(const uint8_t key[16], const uint8_t iv[16], const uint8_t *in,
                              size_t len, uint8_t *out);
@@ -77,8 +79,9 @@ void crypto_hex(const uint8_t *in, size_t n, char *out);
 /* The n bytes whose hex (either case) is the len characters at s. Returns 0, or -1 when s is
  * not exactly that. */
 int crypto_unhex(const char *s, size_t len, uint8_t *out, size_t n);
-/* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)). */
-void crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
+/* Lowercase hex SHA-1 of a followed by b (rawData signatures: SHA-1(rawData + session_key)).
+ * Returns 0, or -ENOMEM (out "") when it could not be computed. */
+int crypto_sha1_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[41]);
 /* HMAC-SHA256(key, msg). Returns 0, or -1 (out untouched). */
 int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
                        uint8_t out[CRYPTO_HASH_LEN]);

@@ -8,6 +8,7 @@
  * chain ends session_max_age after the wx.login that began it: past that, or for a token already
  * past its grace, 401 invalid_token (relogin). Rate-limited per client address like the logins.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -57,17 +58,21 @@ static void on_refreshed(void *arg, int status, const struct store_session *s)
     crypto_wipe(r->token, sizeof(r->token));
 }
 
-/* The body: none, or a JSON object (nothing in it is read). */
-static bool body_ok(struct http_request *req)
+/* The body: none, or a JSON object (nothing in it is read). 0, -1, or -ENOMEM when it could not
+ * be parsed for want of memory (it may well be good). */
+static int body_check(struct http_request *req)
 {
     size_t len;
     const char *body = http_request_body(req, &len);
     if (len == 0)
-        return true;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
-    bool ok = json_is_object(j);
+        return 0;
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+        return -ENOMEM;
+    int rc = json_is_object(j) ? 0 : -1;
     json_decref(j);
-    return ok;
+    return rc;
 }
 
 static void start_refresh(struct http_request *req, void *arg)
@@ -77,7 +82,12 @@ static void start_refresh(struct http_request *req, void *arg)
     uint8_t old_hash[CRYPTO_HASH_LEN], new_hash[CRYPTO_HASH_LEN];
     if (!handlers_authenticate(req, ctx, &app, old_hash))
         return;
-    if (!body_ok(req)) {
+    int brc = body_check(req);
+    if (brc == -ENOMEM) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
+    if (brc != 0) {
         http_reply_error(req, 400, "bad_request", "the body must be empty or a JSON object",
                          "none");
         return;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 
@@ -147,7 +148,8 @@ static void on_live(void *arg, int status, const struct store_session *s)
     store_revoke(lo->ctx->store, http_request_slot(lo->req), &rv, on_revoked, lo);
 }
 
-/* The body: none, or an object whose one known member is "all" (a boolean). 0 or -1. */
+/* The body: none, or an object whose one known member is "all" (a boolean). 0, -1, or -ENOMEM
+ * when it could not be parsed for want of memory (it may well be good). */
 static int logout_body(struct http_request *req, bool *all)
 {
     size_t len;
@@ -155,7 +157,10 @@ static int logout_body(struct http_request *req, bool *all)
     *all = false;
     if (len == 0)
         return 0;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+        return -ENOMEM;
     json_t *a = json_is_object(j) ? json_object_get(j, "all") : NULL;
     int rc = json_is_object(j) && (a == NULL || json_is_boolean(a)) ? 0 : -1;
     *all = rc == 0 && json_is_true(a);
@@ -175,7 +180,12 @@ void handle_logout(struct http_request *req, void *arg)
     lo->ctx = ctx;
     if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
         return;
-    if (logout_body(req, &lo->all) != 0) {
+    int brc = logout_body(req, &lo->all);
+    if (brc == -ENOMEM) {
+        handlers_reply_internal(req, "out of memory");
+        return;
+    }
+    if (brc != 0) {
         http_reply_error(req, 400, "bad_request",
                          "the body must be empty or a JSON object such as {\"all\": true}", "none");
         return;

@@ -29,6 +29,10 @@ int handlers_parse_fields(struct http_request *req, const char *const *names, co
     json_error_t jerr;
     json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     char msg[96];
+    if (o == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
+        handlers_reply_internal(req, "out of memory"); /* the body may well be good */
+        return -1;
+    }
     if (o == NULL || !json_is_object(o)) {
         json_decref(o);
         http_reply_error(req, 400, "bad_request",

@@ -6,6 +6,7 @@
  * The previous session_key is tried too while inside session_key_grace, so data encrypted just
  * before a re-login still opens.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,33 +24,46 @@ static void reply_valid(struct http_request *req, bool valid)
 
 /* ---- POST /v1/decrypt ---- */
 
-/* Decrypts with one session_key string; returns the JSON object or NULL. */
-static json_t *try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, const uint8_t iv[16])
+/*
+ * Decrypts with one session_key string: 0 with *out the JSON object, -1 when the data does not
+ * open with this key into a JSON object, -ENOMEM when it could not be tried (which says nothing
+ * about the key: never answered as decrypt_failed, whose action is to log in again).
+ */
+static int try_decrypt(const char *sk, const uint8_t *ct, size_t ctlen, const uint8_t iv[16],
+                       json_t **out)
 {
     uint8_t key[24];
-    json_t *obj = NULL;
+    int rc = -1;
     /* 24 base64 characters decode to at most 18 bytes: key can hold them. */
     if (strlen(sk) != 24 || crypto_b64_decode(sk, 24, key) != 16) {
         crypto_wipe(key, sizeof(key));
-        return NULL;
+        return -1;
     }
     uint8_t *pt = malloc(ctlen);
-    if (pt == NULL)
+    if (pt == NULL) {
+        rc = -ENOMEM;
         goto out;
+    }
     int n = crypto_aes128cbc_decrypt(key, iv, ct, ctlen, pt);
+    if (n == -ENOMEM)
+        rc = -ENOMEM;
     if (n > 0) {
         json_error_t jerr;
-        obj = json_loadb((const char *)pt, (size_t)n, 0, &jerr);
-        if (obj != NULL && !json_is_object(obj)) {
+        json_t *obj = json_loadb((const char *)pt, (size_t)n, 0, &jerr);
+        if (obj == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+            rc = -ENOMEM;
+        else if (json_is_object(obj))
+            rc = 0;
+        if (rc == 0)
+            *out = obj;
+        else
             json_decref(obj);
-            obj = NULL;
-        }
         crypto_wipe(pt, (size_t)n);
     }
     free(pt);
 out:
     crypto_wipe(key, sizeof(key));
-    return obj;
+    return rc;
 }
 
 struct decrypt_in {
@@ -68,16 +82,22 @@ static void decrypt_ready(struct user_op *op)
     int ctlen = -1;
     if (ct != NULL && crypto_b64_decode_lenient(ivs, strlen(ivs), iv) == 16)
         ctlen = crypto_b64_decode_lenient(ed, edlen, ct);
-    if (ct == NULL || ctlen <= 0) { /* checked before; only out of memory gets here */
+    /* The input was checked before and the decoding allocates nothing: only ct's allocation
+     * can fail here. */
+    if (ct == NULL || ctlen <= 0) {
         free(ct);
         handlers_reply_internal(op->req, "out of memory");
         return;
     }
-    obj = try_decrypt(op->sk, ct, (size_t)ctlen, iv);
-    if (obj == NULL && op->prev_sk[0] != '\0')
-        obj = try_decrypt(op->prev_sk, ct, (size_t)ctlen, iv);
+    int rc = try_decrypt(op->sk, ct, (size_t)ctlen, iv, &obj);
+    if (rc == -1 && op->prev_sk[0] != '\0')
+        rc = try_decrypt(op->prev_sk, ct, (size_t)ctlen, iv, &obj);
     free(ct);
-    if (obj == NULL) {
+    if (rc == -ENOMEM) {
+        handlers_reply_internal(op->req, "out of memory");
+        return;
+    }
+    if (rc != 0) {
         /* Almost always data encrypted with a session_key a later wx.login replaced. */
         http_reply_error(op->req, 422, "decrypt_failed",
                          "the data does not decrypt with this user's session key", "relogin");
@@ -110,7 +130,11 @@ void handle_decrypt(struct http_request *req, void *arg)
         why = "encryptedData must not be empty";
     else {
         uint8_t *ct = malloc(edlen / 4 * 3 + 3);
-        int n = ct != NULL ? crypto_b64_decode_lenient(ed, edlen, ct) : -1;
+        if (ct == NULL) {
+            handlers_reply_internal(req, "out of memory");
+            return;
+        }
+        int n = crypto_b64_decode_lenient(ed, edlen, ct);
         free(ct);
         if (n < 0)
             why = "encryptedData is not base64";
@@ -131,27 +155,35 @@ void handle_decrypt(struct http_request *req, void *arg)
 
 /* ---- POST /v1/check-signature ---- */
 
-static bool signature_matches(const char *raw, const char *sk, const char *sig)
+/* 1 when sig is SHA-1(raw + sk), 0 when not, -ENOMEM when the hash could not be computed: no
+ * verdict then, either way. */
+static int signature_matches(const char *raw, const char *sk, const char *sig)
 {
     char want[41];
-    crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), want);
-    return want[0] != '\0' && crypto_equal(want, sig, 40);
+    if (crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), want) != 0)
+        return -ENOMEM;
+    return crypto_equal(want, sig, 40) ? 1 : 0;
 }
 
 static void check_signature_ready(struct user_op *op)
 {
     const char *raw = op->in[0], *given = op->in[1];
     char sig[41];
-    bool valid = false;
+    int valid = 0;
     size_t n = strlen(given);
     if (n == 40 && strspn(given, "0123456789abcdefABCDEF") == 40) {
         for (size_t i = 0; i < 40; i++)
             sig[i] = (char)(given[i] >= 'A' && given[i] <= 'F' ? given[i] + 32 : given[i]);
         sig[40] = '\0';
-        valid = signature_matches(raw, op->sk, sig) ||
-                (op->prev_sk[0] != '\0' && signature_matches(raw, op->prev_sk, sig));
+        valid = signature_matches(raw, op->sk, sig);
+        if (valid == 0 && op->prev_sk[0] != '\0')
+            valid = signature_matches(raw, op->prev_sk, sig);
     }
-    reply_valid(op->req, valid);
+    if (valid < 0) {
+        handlers_reply_internal(op->req, "out of memory");
+        return;
+    }
+    reply_valid(op->req, valid == 1);
 }
 
 void handle_check_signature(struct http_request *req, void *arg)

@@ -81,6 +81,19 @@ static void audit(const struct user_req *u, const char *event, long sessions)
 
 /* ---- the user's record ---- */
 
+/* An optional member: o and v are dropped (NULL returned) when either is missing or the member
+ * cannot be added, so an allocation failure never answers a record short of a field. */
+static json_t *with(json_t *o, const char *key, json_t *v)
+{
+    if (o == NULL || json_object_set_new(o, key, v) != 0) { /* v is taken either way */
+        if (o == NULL)
+            json_decref(v);
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 static json_t *session_json(const struct store_session_info *si)
 {
     char id[STORE_SID_TEXT_LEN + 1];
@@ -88,39 +101,39 @@ static json_t *session_json(const struct store_session_info *si)
     json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:s}", "id", id, "created", (json_int_t)si->created,
                           "expires", (json_int_t)si->expires, "client", si->client, "user_agent",
                           si->user_agent);
-    if (o != NULL && si->refreshed > 0)
-        json_object_set_new(o, "refreshed", json_integer(si->refreshed));
+    if (si->refreshed > 0)
+        o = with(o, "refreshed", json_integer(si->refreshed));
     return o;
 }
 
+/* The whole record, or NULL (out of memory): never one with a member left out. */
 static json_t *user_json(const struct user_req *u, const struct store_user_info *info)
 {
     json_t *o = json_pack("{s:s, s:s, s:b}", "appid", u->appid, "openid", u->openid, "banned",
                           info->banned);
-    json_t *sessions = json_array();
-    if (o == NULL || sessions == NULL) {
-        json_decref(o);
-        json_decref(sessions);
-        return NULL;
-    }
     if (info->unionid[0] != '\0')
-        json_object_set_new(o, "unionid", json_string(info->unionid));
+        o = with(o, "unionid", json_string(info->unionid));
     if (info->known) {
-        json_object_set_new(o, "first_login", json_integer(info->first_login));
-        json_object_set_new(o, "last_login", json_integer(info->last_login));
+        o = with(o, "first_login", json_integer(info->first_login));
+        o = with(o, "last_login", json_integer(info->last_login));
     }
     if (info->banned) {
         json_t *ban = json_pack("{s:s, s:I}", "reason", info->ban_reason, "since",
                                 (json_int_t)info->ban_since);
-        if (ban != NULL && info->ban_until > 0)
-            json_object_set_new(ban, "until", json_integer(info->ban_until));
-        json_object_set_new(o, "ban", ban);
+        if (info->ban_until > 0)
+            ban = with(ban, "until", json_integer(info->ban_until));
+        o = with(o, "ban", ban);
     }
-    for (size_t i = 0; i < info->nsessions; i++)
-        json_array_append_new(sessions, session_json(&info->sessions[i]));
-    json_object_set_new(o, "sessions", sessions);
+    json_t *sessions = json_array();
+    for (size_t i = 0; i < info->nsessions && sessions != NULL; i++) {
+        if (json_array_append_new(sessions, session_json(&info->sessions[i])) != 0) {
+            json_decref(sessions);
+            sessions = NULL;
+        }
+    }
+    o = with(o, "sessions", sessions);
     if (info->more_sessions)
-        json_object_set_new(o, "more_sessions", json_true());
+        o = with(o, "more_sessions", json_true());
     return o;
 }
 
@@ -189,8 +202,8 @@ static void on_revoked(void *arg, int status, const struct store_revoked *r)
                     ? json_pack("{s:b, s:s, s:I}", "banned", 1, "reason", u->reason, "revoked",
                                 (json_int_t)count)
                     : json_pack("{s:I}", "revoked", (json_int_t)count);
-    if (o != NULL && u->until > 0)
-        json_object_set_new(o, "until", json_integer(u->until));
+    if (u->until > 0)
+        o = with(o, "until", json_integer(u->until));
     if (o == NULL)
         handlers_reply_internal(req, "out of memory");
     else
@@ -232,12 +245,18 @@ void handle_admin_user_unban(struct http_request *req, void *arg)
         revoke(u, STORE_UNBAN, "user_unbanned", NULL);
 }
 
-/* {"reason": "...", "until": <unix seconds, in the future>} into u; 0, or -1 answered 400. */
+/* {"reason": "...", "until": <unix seconds, in the future>} into u; 0, or -1 answered 400 (503
+ * when out of memory). */
 static int ban_body(struct user_req *u)
 {
     size_t len;
     const char *body = http_request_body(u->req, &len);
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
+        handlers_reply_internal(u->req, "out of memory"); /* the body may well be good */
+        return -1;
+    }
     json_t *reason = json_is_object(j) ? json_object_get(j, "reason") : NULL;
     json_t *until = json_is_object(j) ? json_object_get(j, "until") : NULL;
     const char *why = NULL;

@@ -41,7 +41,7 @@ static const unsigned statuses[] = {200, 201, 204, 301, 302, 304, 400, 401, 403,
 
 /* One label per WeChat API (enum wechat_api; WECHAT_API_ANY is never called). */
 #define NAPI (WECHAT_API_CHECKSESSION + 1)
-#define NWXSTATUS (WECHAT_TIMEOUT + 1)
+#define NWXSTATUS (WECHAT_STATUS_LAST + 1)
 /* Distinct errcodes of the errcode table labelled as themselves; others are "other". */
 #define ERRCODES_MAX 64
 

@@ -95,13 +95,14 @@ static int ask_wechat(struct fetcher *fe)
     return wechat_fetch_token(fe->wx, &fe->slot, fe->app, fe->api, fe->force, on_grant, fe);
 }
 
-/* With the lease held: a fetch that cannot start gives the lease back at once. */
+/* With the lease held: a fetch that cannot start (out of memory) gives the lease back at once,
+ * and its waiters are told it was our failure. */
 static void ask_leased(struct fetcher *fe)
 {
     if (ask_wechat(fe) != 0) {
         give_back(fe, "", 0);
-        struct token_result ab = {.status = TOKEN_ABORTED};
-        token_fetched(&fe->base, &ab);
+        struct token_result nomem = {.status = TOKEN_NOMEM};
+        token_fetched(&fe->base, &nomem);
     }
 }
 

@@ -42,7 +42,8 @@ struct token {
     uint64_t no_fetch_until_ms;
     /* No early refresh before this: the last refresh brought back a token still inside the
      * margin (a WeChat that does not renew early hands back the same one until it expires),
-     * so asking again before then would only get it again, once per request. */
+     * so asking again before then would only get it again, once per request; or the last
+     * refresh could not start (start_fetch()). */
     uint64_t no_refresh_until_ms;
     struct token_result last_failure; /* returned while no_fetch_until_ms holds */
     unsigned long fetches;
@@ -102,24 +103,18 @@ static void mark_fetching(struct token *t, struct token_fetcher *f, bool force)
     t->fetches++;
 }
 
-static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start);
-
-/* Lock not held: starts the fetch marked as f's; a fetch that cannot start ends at once (and,
- * like a failed one, is not tried again for a while: it would fail the same way). */
+/* Lock not held: starts the fetch marked as f's. A fetch that cannot start (no memory for the
+ * call, no randomness for the lease's owner) ends at once, for its waiters too, as our failure
+ * (TOKEN_NOMEM: 503 internal), not WeChat's and not a shutdown. */
 static void start_fetch(struct token_fetcher *f, bool force)
 {
     if (f->ops->start(f, force) != 0) {
-        struct token_result ab = {.status = TOKEN_ABORTED};
-        fetch_ended(f, &ab, true);
+        struct token_result nomem = {.status = TOKEN_NOMEM};
+        token_fetched(f, &nomem);
     }
 }
 
 void token_fetched(struct token_fetcher *f, const struct token_result *res)
-{
-    fetch_ended(f, res, false);
-}
-
-static void fetch_ended(struct token_fetcher *f, const struct token_result *res, bool no_start)
 {
     struct token *t = f->t;
     uint64_t now_ms = loop_clock_ms();
@@ -136,8 +131,16 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
     metrics_token_fetch(res->status == TOKEN_OK       ? METRICS_TOKEN_OK
                         : res->status == TOKEN_FAILED ? METRICS_TOKEN_FAILED
                                                       : METRICS_TOKEN_ABORTED);
-    if (no_start && t->no_fetch_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
-        t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
+    /* Our own failure (no memory to start the fetch or to read WeChat's answer): an early
+     * refresh is not tried again for a while (it would likely fail the same way, and the token
+     * is served meanwhile), but with no token to serve nothing is held back and no failure is
+     * kept to be served: a backoff would refuse every request of the next second for one
+     * failed allocation. */
+    bool ours = res->status == TOKEN_NOMEM ||
+                (res->status == TOKEN_FAILED && res->wstatus == WECHAT_INTERNAL);
+    if (ours && t->token[0] != '\0' && t->expires_at > (int64_t)time(NULL) &&
+        t->no_refresh_until_ms < now_ms + FAILED_FETCH_BACKOFF_MS)
+        t->no_refresh_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
     if (res->status == TOKEN_OK) {
         int64_t now = (int64_t)time(NULL);
         /* A refresh (a token was being served) that brought back a token still short of the
@@ -155,7 +158,7 @@ static void fetch_ended(struct token_fetcher *f, const struct token_result *res,
             t->no_fetch_until_ms = now_ms + SAME_TOKEN_BACKOFF_MS;
             t->same_token_backoff = true;
         }
-    } else if (res->status == TOKEN_FAILED) {
+    } else if (res->status == TOKEN_FAILED && !ours) {
         t->last_failure = *res;
         t->no_fetch_until_ms = now_ms + FAILED_FETCH_BACKOFF_MS;
         t->same_token_backoff = false;

@@ -38,7 +38,7 @@ enum token_status {
     TOKEN_FAILED,    /* the fetch failed: wstatus/errcode/http_status say how */
     TOKEN_THROTTLED, /* not fetched: WeChat keeps returning a token it rejects */
     TOKEN_ABORTED,   /* the fetching worker stopped */
-    TOKEN_NOMEM,     /* no memory to wait for the fetch */
+    TOKEN_NOMEM,     /* no memory to wait for the fetch, or to start it */
 };
 
 struct token_result {

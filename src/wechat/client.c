@@ -66,6 +66,7 @@ struct wechat_call {
     bool is_post;
     bool in_multi;
     bool aborted; /* marked by abort_transfers() */
+    bool nomem;   /* this attempt's answer could not be kept: out of memory in on_write() */
     int attempts;
     uint64_t start_us; /* monotonic, when the call began (for metrics) */
     struct loop_timer backoff;
@@ -187,7 +188,8 @@ bool wechat_retryable(enum wechat_api api, const struct wechat_reply *r)
     case WECHAT_CONNECT: return true;
     case WECHAT_OK:
     case WECHAT_BAD_BODY:
-    case WECHAT_TIMEOUT: return false;
+    case WECHAT_TIMEOUT:
+    case WECHAT_INTERNAL: return false;
     }
     return false;
 }
@@ -238,6 +240,17 @@ void wechat_classify(struct wechat_reply *r, int curl_code, long http_status, co
         r->detail = "no answer within the deadline";
         return;
     }
+    /* Failures of ours, not WeChat's: curl ran out of memory (or we did, keeping the answer:
+     * transfer_done() says so with this code), or we stopped the transfer (abort_transfers()).
+     * Not retried: the request may have reached WeChat, and a login or phone code is spent
+     * there once; another attempt would be told it was used. */
+    if (curl_code == CURLE_OUT_OF_MEMORY || curl_code == CURLE_ABORTED_BY_CALLBACK) {
+        r->status = WECHAT_INTERNAL;
+        r->detail = curl_code == CURLE_OUT_OF_MEMORY ? "out of memory receiving the answer"
+                                                     : "transfer stopped: a socket could not "
+                                                       "be watched";
+        return;
+    }
     if (curl_code == CURLE_WRITE_ERROR) {
         r->status = WECHAT_BAD_BODY;
         r->detail = "response too large";
@@ -256,6 +269,12 @@ void wechat_classify(struct wechat_reply *r, int curl_code, long http_status, co
     /* WeChat often labels JSON text/plain: the body is parsed whatever Content-Type says. */
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
+        /* WeChat's answer may well have been good: say it was us. */
+        r->status = WECHAT_INTERNAL;
+        r->detail = "out of memory parsing the answer";
+        return;
+    }
     if (root == NULL || !json_is_object(root)) {
         json_decref(root);
         r->status = WECHAT_BAD_BODY;
@@ -390,8 +409,10 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
         while (cap < b->len + n + 1)
             cap *= 2;
         char *p = malloc(cap);
-        if (p == NULL)
+        if (p == NULL) {
+            call->nomem = true; /* not "too large": see transfer_done() */
             return 0;
+        }
         if (b->p != NULL) {
             memcpy(p, b->p, b->len);
             crypto_wipe(b->p, b->len);
@@ -504,6 +525,7 @@ static int attempt(struct wechat_call *call)
     call->attempts++;
     metrics_wechat_attempt(call->api);
     call->aborted = false;
+    call->nomem = false;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
         return -1;
     call->in_multi = true;
@@ -533,7 +555,8 @@ static void on_backoff(void *arg)
 {
     struct wechat_call *call = arg;
     if (attempt(call) != 0) {
-        struct wechat_reply r = {.status = WECHAT_CONNECT, .detail = "cannot start transfer"};
+        /* curl out of memory, or refusing handles: ours, not WeChat's. */
+        struct wechat_reply r = {.status = WECHAT_INTERNAL, .detail = "cannot start transfer"};
         finish(call, &r);
     }
 }
@@ -548,11 +571,15 @@ static void transfer_done(struct wechat_call *call, CURLcode code)
 
     struct wechat_reply r;
     char detail[CURL_ERROR_SIZE];
+    /* on_write() stopped the transfer for want of memory, not because the answer was too
+     * large: the answer is not WeChat's fault. */
+    if (code == CURLE_WRITE_ERROR && call->nomem)
+        code = CURLE_OUT_OF_MEMORY;
     wechat_classify(&r, code, http_status, call->resp.p != NULL ? call->resp.p : "", call->resp.len,
                     call->accept);
-    /* curl's own words are better than its code's; copied, as the call is released before
-     * the callback runs. */
-    if (code != CURLE_OK && code != CURLE_WRITE_ERROR && call->errbuf[0] != '\0') {
+    /* curl's own words are better than its code's for a transport failure; copied, as the call
+     * is released before the callback runs. */
+    if ((r.status == WECHAT_CONNECT || r.status == WECHAT_TIMEOUT) && call->errbuf[0] != '\0') {
         memcpy(detail, call->errbuf, sizeof(detail));
         detail[sizeof(detail) - 1] = '\0';
         r.detail = detail;
@@ -574,8 +601,9 @@ static void transfer_done(struct wechat_call *call, CURLcode code)
 /*
  * sock_cb failed (no memory to watch a socket): curl then stops every transfer of the multi
  * handle, reports none of them done, and refuses new ones while any is still added
- * (CURLM_ABORTED_BY_CALLBACK). End each as a failed transfer (retried like a connection
- * failure), so nothing waits for an answer that cannot come and the handle works again. The
+ * (CURLM_ABORTED_BY_CALLBACK). End each as failed on our side (WECHAT_INTERNAL, never retried:
+ * its request may have reached WeChat, and a retried code2Session or phone call would find its
+ * code used), so nothing waits for an answer that cannot come and the handle works again. The
  * calls are marked first: the callbacks may start new transfers, which are not to be ended.
  */
 static void abort_transfers(struct wechat_client *c)

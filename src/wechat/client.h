@@ -11,8 +11,9 @@
  * Retries live here, so every WeChat API gets the same policy: errcodes the table marks
  * retryable (-1), HTTP 5xx and connection failures are retried with jittered exponential
  * backoff; a timed-out attempt never is (the code may already be spent at WeChat), nor is any
- * other errcode. Typed results per API are wechat/api.h's business; this module returns replies
- * and never logs.
+ * other errcode, nor a failure of our own (WECHAT_INTERNAL: out of memory, a transfer we had to
+ * stop), which is never taken for a bad answer of WeChat's. Typed results per API are
+ * wechat/api.h's business; this module returns replies and never logs.
  */
 #ifndef WXLOGIN_WECHAT_CLIENT_H
 #define WXLOGIN_WECHAT_CLIENT_H
@@ -98,7 +99,9 @@ bool wechat_retryable(enum wechat_api api, const struct wechat_reply *r);
 long wechat_backoff_ms(int n, uint32_t rnd);
 /* Copies WeChat's request id ("..., rid: 652d44d0-...") from errmsg into out; "" when none. */
 void wechat_errmsg_rid(const char *errmsg, char out[WECHAT_RID_MAX]);
-/* Classifies a finished attempt: curl's code, the HTTP status and the body bytes. */
+/* Classifies a finished attempt: curl's code, the HTTP status and the body bytes.
+ * CURLE_OUT_OF_MEMORY and CURLE_ABORTED_BY_CALLBACK (the client stopped the transfer), and a
+ * body that could not be parsed for want of memory, are WECHAT_INTERNAL. */
 void wechat_classify(struct wechat_reply *r, int curl_code, long http_status, const char *body,
                      size_t len, wechat_accept_fn *accept);
 /* Zeroes every string in a parsed body before it is freed (answers carry secrets). */

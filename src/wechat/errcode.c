@@ -135,6 +135,15 @@ void wechat_error_map(enum wechat_api api, enum wechat_status status, long errco
         out->config = (r->flags & CONFIG) != 0;
         return;
     }
+    if (status == WECHAT_INTERNAL) {
+        /* Nothing WeChat did: the client may retry as after any 503 internal (a single-use code
+         * may then be refused as used, and wx.login gives a new one). */
+        out->status = 503;
+        out->error = "internal";
+        out->action = "retry";
+        out->message = "the service could not complete the call to WeChat (out of memory)";
+        return;
+    }
     if (api == TOK && status != WECHAT_OK) {
         /* No token for now, whatever the reason: a later retry may get one. */
         out->status = 503;
@@ -155,6 +164,7 @@ void wechat_error_map(enum wechat_api api, enum wechat_status status, long errco
         out->message = "WeChat answered with something that is not its API's JSON";
         return;
     case WECHAT_CONNECT: out->message = "WeChat could not be reached"; return;
+    case WECHAT_INTERNAL:
     case WECHAT_OK:
     case WECHAT_ERRCODE: break;
     }
@@ -185,6 +195,7 @@ const char *wechat_status_name(enum wechat_status status)
     case WECHAT_BAD_BODY: return "bad_body";
     case WECHAT_CONNECT: return "connect";
     case WECHAT_TIMEOUT: return "timeout";
+    case WECHAT_INTERNAL: return "internal";
     }
     return "?";
 }

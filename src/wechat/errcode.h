@@ -33,7 +33,11 @@ enum wechat_status {
     WECHAT_BAD_BODY,   /* not JSON, not an object, too large, or missing what the API promises */
     WECHAT_CONNECT,    /* could not connect, reset, connection died, DNS or TLS failure */
     WECHAT_TIMEOUT,    /* no complete answer within the attempt's deadline */
+    WECHAT_INTERNAL,   /* our side failed, not WeChat: out of memory reading or parsing the answer,
+                          a socket we could not watch, a transfer that could not start; never
+                          retried (the request may have reached WeChat and spent a code) */
 };
+#define WECHAT_STATUS_LAST WECHAT_INTERNAL
 
 /* Row flags. */
 #define WECHAT_EC_RETRYABLE 1u      /* the client tries again (with backoff) */

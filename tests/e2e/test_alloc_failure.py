@@ -11,24 +11,34 @@ shared control file to fail the Nth such call, sends one request, and reads back
 Nth call came (and from where). For each route it runs N = 1, 2, ... until a request completes
 without reaching N: every call on that route's path has then failed once.
 
-Each failed request must answer (no hang, no dropped connection) with the route's success or a
-JSON 503 (`internal` or `store_unavailable`, action retry); the service must answer /healthz
-right after, and every route normally at the end. Under ASan, LeakSanitizer checks at exit that
+Each failed request must answer (no hang, no dropped connection) with the route's success,
+exactly (a 200 that an allocation failure left short of a field, or a verdict computed without
+its hash, is wrong), or a JSON 503 (`internal` or `store_unavailable`, action retry; 500
+`internal` when the answer itself could not be built). Never a 4xx (the client's request was
+good), a 5xx blaming WeChat, or a retried single-use code. The service must answer /healthz right
+after, and every route normally at the end. Any wrong answer fails the test; `pytest -s` prints
+each route's failed calls (site, function, answer). Under ASan, LeakSanitizer checks at exit that
 no failure path leaked (the process group reports it).
+
+Routes: the login and user routes (/openid, /v1/login and a reused code, /v1/session,
+/v1/refresh, /v1/logout with and without {"all": true}, /v1/decrypt, /v1/check-signature,
+/v1/phone, /v1/session/check), the access-token admin routes, the admin user routes (a user's
+record, plain and banned; erasure; logout everywhere; ban and unban; ending one session), and
+the health routes.
 """
 
 import hashlib
 import http.client
 import json
 import mmap
-import os
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, new_code, post_json, request
+from conftest import BIN, DEFAULT_APPID, new_code, post_json, request
 from loadgen import NO_LIMITS
 from test_userdata import mock_session_key, sealed, user_info
 
@@ -84,18 +94,23 @@ def login(port, user):
     return r.json()
 
 
+def status_is(*codes):
+    return lambda r, s: r.status in codes
+
+
 # Each route: setup(ctx) -> state (run unarmed before each try), send(ctx, state) -> Resp,
-# ok(resp) -> whether it is the route's success.
+# ok(resp, state) -> whether it is the route's success, exactly (a 200 missing a field that an
+# allocation failure dropped is not one).
 def _openid():
     return (lambda c: None,
             lambda c, s: post_json(c.port, "/openid", {"code": new_code("fa_openid")}),
-            lambda r: r.status == 200 and set(r.json()) == {"openid"})
+            lambda r, s: r.status == 200 and set(r.json()) == {"openid"})
 
 
 def _login():
     return (lambda c: None,
             lambda c, s: post_json(c.port, "/v1/login", {"code": new_code("fa_login")}),
-            lambda r: r.status == 200 and r.json()["token"].startswith("wxl_"))
+            lambda r, s: r.status == 200 and r.json()["token"].startswith("wxl_"))
 
 
 def _login_reuse():
@@ -106,7 +121,7 @@ def _login_reuse():
         return code, r.json()["token"]
     return (setup,
             lambda c, s: post_json(c.port, "/v1/login", {"code": s[0]}),
-            lambda r: r.status == 200 and r.json()["token"].startswith("wxl_"))
+            lambda r, s: r.status == 200 and r.json()["token"] == s[1])
 
 
 def _with_token(method, path, ok, user="fa_user", fresh=False, body=None):
@@ -138,40 +153,153 @@ def _sig_body(c, s):
     return s["sig"]
 
 
+def admin_req(c, method, path, body=None):
+    h = {"Authorization": f"Bearer {ADMIN}"}
+    if body is not None:
+        h["Content-Type"] = "application/json"
+        body = json.dumps(body)
+    return request(c.port, method, path, body=body, headers=h)
+
+
 def _admin(method, path, body=None):
-    def send(c, s):
-        h = {"Authorization": f"Bearer {ADMIN}"}
-        if body is not None:
-            h["Content-Type"] = "application/json"
-        return request(c.port, method, path, body=body, headers=h)
-    return (lambda c: None, send, lambda r: r.status == 200)
+    return (lambda c: None, lambda c, s: admin_req(c, method, path, body), status_is(200))
+
+
+# The admin user routes (src/handlers/users.c), on the mock's default app. Users whose name
+# starts with "u" get a unionid from the mock, so the record has every optional field.
+USERS = f"/admin/v1/apps/{DEFAULT_APPID}/users"
+
+
+def user_path(s, tail=""):
+    return f"{USERS}/{s['openid']}{tail}"
+
+
+def _admin_user_record(banned):
+    """GET .../users/{openid}: the answer must be the record an unarmed request gets, whole."""
+    user = "ufa_banned" if banned else "ufa_record"
+
+    def setup(c):
+        if user not in c.users:
+            u = login(c.port, user)
+            login(c.port, user)  # two live sessions
+            if banned:
+                r = admin_req(c, "POST", user_path(u, "/ban"),
+                              {"reason": "fa", "until": int(time.time()) + 86400})
+                assert r.status == 200, r
+            c.users[user] = u
+        s = dict(c.users[user])
+        r = admin_req(c, "GET", user_path(s))
+        assert r.status == 200, r
+        s["record"] = r.json()
+        want = {"appid", "openid", "unionid", "banned", "first_login", "last_login", "sessions"}
+        assert set(s["record"]) == want | ({"ban"} if banned else set()), s["record"]
+        assert len(s["record"]["sessions"]) == (0 if banned else 2), s["record"]
+        return s
+    return (setup, lambda c, s: admin_req(c, "GET", user_path(s)),
+            lambda r, s: r.status == 200 and r.json() == s["record"])
+
+
+def _admin_user_erase():
+    def setup(c):
+        return login(c.port, "ufa_erase")
+    return (setup, lambda c, s: admin_req(c, "DELETE", user_path(s)), status_is(204))
+
+
+def _admin_user_logout():
+    def setup(c):
+        u = login(c.port, "ufa_alllogout")
+        # exactly one live session: what an earlier, failed try left is ended first
+        r = admin_req(c, "POST", user_path(u, "/logout"))
+        assert r.status == 200, r
+        return login(c.port, "ufa_alllogout")
+    return (setup, lambda c, s: admin_req(c, "POST", user_path(s, "/logout")),
+            lambda r, s: r.status == 200 and r.json() == {"revoked": 1})
+
+
+def _admin_user_ban():
+    until = int(time.time()) + 86400
+
+    def setup(c):
+        if "ufa_ban" not in c.users:
+            c.users["ufa_ban"] = login(c.port, "ufa_ban")
+        # unbanned, with exactly one live session: whatever an earlier try left is undone
+        u = c.users["ufa_ban"]
+        assert admin_req(c, "DELETE", user_path(u, "/ban")).status == 204
+        assert admin_req(c, "POST", user_path(u, "/logout")).status == 200
+        return login(c.port, "ufa_ban")
+    return (setup,
+            lambda c, s: admin_req(c, "POST", user_path(s, "/ban"),
+                                   {"reason": "fa ban", "until": until}),
+            lambda r, s: r.status == 200 and r.json() == {
+                "banned": True, "reason": "fa ban", "revoked": 1, "until": until})
+
+
+def _admin_user_unban():
+    def setup(c):
+        if "ufa_unban" not in c.users:
+            c.users["ufa_unban"] = login(c.port, "ufa_unban")
+        u = c.users["ufa_unban"]
+        r = admin_req(c, "POST", user_path(u, "/ban"), {"reason": "fa unban"})
+        assert r.status == 200, r
+        return u
+    return (setup, lambda c, s: admin_req(c, "DELETE", user_path(s, "/ban")), status_is(204))
+
+
+def _admin_session_end():
+    def setup(c):
+        u = login(c.port, "ufa_sid")
+        r = admin_req(c, "GET", user_path(u))
+        assert r.status == 200, r
+        # the session just made: the newest
+        u["sid"] = max(r.json()["sessions"], key=lambda x: x["created"])["id"]
+        return u
+    return (setup,
+            lambda c, s: admin_req(c, "DELETE", f"/admin/v1/apps/{DEFAULT_APPID}/sessions/"
+                                   f"{s['sid']}"),
+            status_is(204))
 
 
 ROUTES = {
     "POST /openid": _openid(),
     "POST /v1/login": _login(),
     "POST /v1/login (reused code)": _login_reuse(),
-    "GET /v1/session": _with_token("GET", "/v1/session", lambda r: r.status == 200),
-    "POST /v1/logout": _with_token("POST", "/v1/logout", lambda r: r.status in (200, 204),
+    "GET /v1/session": _with_token("GET", "/v1/session", status_is(200)),
+    "POST /v1/refresh": _with_token(
+        "POST", "/v1/refresh",
+        lambda r, s: r.status == 200 and r.json()["token"].startswith("wxl_") and
+        r.json()["token"] != s["token"] and r.json()["openid"] == s["openid"],
+        user="fa_refresh", fresh=True, body=lambda c, s: "{}"),
+    "POST /v1/logout": _with_token("POST", "/v1/logout", status_is(200, 204),
                                    user="fa_logout", fresh=True),
-    "POST /v1/decrypt": _with_token("POST", "/v1/decrypt", lambda r: r.status == 200,
-                                    user="fa_decrypt", body=_decrypt_body),
+    "POST /v1/logout {all}": _with_token("POST", "/v1/logout", status_is(204),
+                                         user="fa_logout_all", fresh=True,
+                                         body=lambda c, s: '{"all": true}'),
+    "POST /v1/decrypt": _with_token(
+        "POST", "/v1/decrypt", lambda r, s: r.status == 200 and r.json() == {"data": s["data"]},
+        user="fa_decrypt", body=_decrypt_body),
     "POST /v1/check-signature": _with_token(
         "POST", "/v1/check-signature",
-        lambda r: r.status == 200 and r.json() == {"valid": True},
+        lambda r, s: r.status == 200 and r.json() == {"valid": True},
         user="fa_sig", body=_sig_body),
-    "POST /v1/phone": _with_token("POST", "/v1/phone", lambda r: r.status == 200,
-                                  user="fa_phone",
-                                  body=lambda c, s: json.dumps({"code": new_code("fa_phone")})),
-    "GET /v1/session/check": _with_token("GET", "/v1/session/check",
-                                         lambda r: r.status == 200, user="fa_check"),
+    "POST /v1/phone": _with_token(
+        "POST", "/v1/phone", lambda r, s: r.status == 200 and "phoneNumber" in r.json(),
+        user="fa_phone", body=lambda c, s: json.dumps({"code": new_code("fa_phone")})),
+    "GET /v1/session/check": _with_token("GET", "/v1/session/check", status_is(200),
+                                         user="fa_check"),
     "GET /admin/v1/access-token": _admin("GET", "/admin/v1/access-token"),
     "POST /admin/v1/access-token/refresh": _admin("POST",
                                                   "/admin/v1/access-token/refresh?force=1"),
+    "GET /admin/v1/apps/*/users/*": _admin_user_record(banned=False),
+    "GET /admin/v1/apps/*/users/* (banned)": _admin_user_record(banned=True),
+    "DELETE /admin/v1/apps/*/users/*": _admin_user_erase(),
+    "POST /admin/v1/apps/*/users/*/logout": _admin_user_logout(),
+    "POST /admin/v1/apps/*/users/*/ban": _admin_user_ban(),
+    "DELETE /admin/v1/apps/*/users/*/ban": _admin_user_unban(),
+    "DELETE /admin/v1/apps/*/sessions/*": _admin_session_end(),
     "GET /healthz": (lambda c: None, lambda c, s: request(c.port, "GET", "/healthz"),
-                     lambda r: r.status == 200),
+                     status_is(200)),
     "GET /readyz": (lambda c: None, lambda c, s: request(c.port, "GET", "/readyz"),
-                    lambda r: r.status == 200),
+                    status_is(200)),
 }
 
 
@@ -212,8 +340,10 @@ def symbolize(offsets):
 
 
 def run_route(ctx, name):
+    """Fails call 1, 2, ... of the route's path until a request reaches none. Returns the
+    number of calls and, for each failed one, (n, site, function, outcome, answered right)."""
     setup, send, ok = ROUTES[name]
-    failures = []   # (n, site, fn, outcome)
+    failures = []
     for n in range(1, MAX_N):
         state = setup(ctx)
         ctx.inj.arm(n)
@@ -225,13 +355,15 @@ def run_route(ctx, name):
         assert ctx.srv.alive(), f"{name}: wxlogin died when call {n} ({fn}) failed"
         if not hit:
             assert not isinstance(r, Exception), f"{name}: no answer without a failure: {r!r}"
-            assert ok(r), f"{name}: unexpected answer with no failure (call {n}): {r}; " \
+            assert ok(r, state), f"{name}: unexpected answer with no failure (call {n}): {r}; " \
                 f"failed before: {[(f[0], f[2], f[3]) for f in failures]}"
             return n - 1, failures
-        outcome = (f"dropped ({type(r).__name__})" if isinstance(r, Exception) else
+        answered = not isinstance(r, Exception)
+        outcome = (f"dropped ({type(r).__name__})" if not answered else
                    f"{r.status}" + (f" {r.json().get('error')}" if r.status >= 400 and
                                     r.body[:1] == b"{" else ""))
-        failures.append((n, site, fn, outcome, r))
+        right = answered and (ok(r, state) or acceptable_failure(r))
+        failures.append((n, site, fn, outcome, right))
         h = request(ctx.port, "GET", "/healthz")
         assert h.status == 200, f"{name}: /healthz after failing call {n} ({fn}): {h}"
     pytest.fail(f"{name}: still failing allocations after {MAX_N} calls")
@@ -248,43 +380,20 @@ def ctx(module_procs, mock, tmp_path_factory):
     return Ctx(srv, mock, inj)
 
 
-REPORT = []
-BAD = []
-
-# Open bugs this test found and that are not fixed yet: (function of the call site, failed
-# call) -> what is wrong. Reported (printed with -s), not failed on; remove an entry with its fix.
-KNOWN = {
-    ("wechat_classify", "json_loadb"):
-        "no memory to parse WeChat's answer is taken for a bad answer (502 upstream_error)",
-    ("loop_io_add", "calloc"):
-        "curl's socket could not be watched: the aborted transfer is retried, and a retried "
-        "code2Session/phone call finds its code used (400 code_used / invalid_code)",
-    ("handlers_parse_fields", "json_loadb"): "no memory to parse the body answers 400",
-    ("crypto_b64_decode_lenient", "malloc"): "no memory to decode base64 answers 400",
-    ("handle_decrypt", "malloc"): "no memory answers 400",
-    ("try_decrypt", "malloc"): "no memory answers 422 decrypt_failed (relogin)",
-    ("try_decrypt", "json_loadb"): "no memory answers 422 decrypt_failed (relogin)",
-    ("crypto_aes128cbc_decrypt", "EVP_CIPHER_CTX_new"):
-        "no memory answers 422 decrypt_failed (relogin)",
-    ("crypto_sha1_hex2", "EVP_MD_CTX_new"):
-        "no memory answers 200 with a signature check's verdict computed on nothing",
-}
-
-
 @pytest.mark.parametrize("name", list(ROUTES))
 def test_every_allocation_failure_is_answered(ctx, name):
     calls, failures = run_route(ctx, name)
     syms = symbolize({f[1] for f in failures})
-    for n, site, fn, outcome, r in failures:
-        REPORT.append(f"{name:38} #{n:<3} {fn:32} {syms.get(site, '?'):60} -> {outcome}")
-    print("\n" + "\n".join(l for l in REPORT if l.startswith(name + " ")))
-    bad = [(n, fn, syms.get(site), outcome) for n, site, fn, outcome, r in failures
-           if not (isinstance(r, tuple) and ROUTES[name][2](r)) and not
-           (isinstance(r, tuple) and acceptable_failure(r))]
-    known = [b for b in bad if (b[2].split()[0], b[1]) in KNOWN]
-    for b in known:
-        print(f"KNOWN {name} #{b[0]} {b[1]} in {b[2]} -> {b[3]}: {KNOWN[(b[2].split()[0], b[1])]}")
-    bad = [b for b in bad if b not in known]
+    lines = [f"{name:38} #{n:<3} {fn:32} {syms.get(site, '?'):60} -> {outcome}"
+             + ("" if right else "   WRONG")
+             for n, site, fn, outcome, right in failures]
+    seen = {}
+    for f in failures:
+        seen[f[3]] = seen.get(f[3], 0) + 1
+    print(f"\n{name}: {len(failures)} allocations failed, one at a time: "
+          + ", ".join(f"{k} x{v}" for k, v in sorted(seen.items())) + "\n" + "\n".join(lines))
+    bad = [(n, fn, syms.get(site), outcome) for n, site, fn, outcome, right in failures
+           if not right]
     assert not bad, f"{name}: failed allocations answered wrongly: {bad}"
     # run_route ended on a clean request: the route works normally after its failures
     assert calls > 0, f"{name}: no allocation of ours on its path?"

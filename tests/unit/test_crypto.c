@@ -620,7 +620,7 @@ static void test_official_rawdata_signature(void **state)
         "ibXQ/0\"}";
     static const char sk[] = "HyVFkGl5F5OQWJZZaNzBBg==";
     char out[41];
-    crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), out);
+    assert_int_equal(crypto_sha1_hex2(raw, strlen(raw), sk, strlen(sk), out), 0);
     assert_string_equal(out, "75e81ceda165f4ffa64f4068af58c64b8f54b88c");
 }
 
@@ -726,6 +726,42 @@ static void test_b64_lenient_edge_cases(void **state)
     assert_int_equal(crypto_b64_decode_lenient("    ", 4, out), 3); /* "++++" */
 }
 
+/* Long texts (encryptedData of a few KiB) decode through blocks: the same bytes as the strict
+ * decoder on the whole text, padding only at the very end, a bad character anywhere refused. */
+static void test_b64_lenient_long_text_as_strict(void **state)
+{
+    (void)state;
+    enum { RAW = 3000 };
+    static uint8_t raw[RAW], a[RAW + 3], b[RAW + 3];
+    static char text[4 * (RAW / 3 + 1) + 1], spaced[sizeof(text)];
+    for (size_t i = 0; i < RAW; i++)
+        raw[i] = (uint8_t)(i * 7 + 3);
+    for (size_t n = 1; n <= RAW; n += n < 300 ? 1 : 97) {
+        size_t len = crypto_b64_encode(raw, n, text);
+        memcpy(spaced, text, len + 1);
+        for (size_t i = 0; i < len; i++)
+            if (spaced[i] == '+')
+                spaced[i] = ' ';
+        assert_int_equal(crypto_b64_decode(text, len, a), (int)n);
+        assert_int_equal(crypto_b64_decode_lenient(spaced, len, b), (int)n);
+        assert_memory_equal(a, raw, n);
+        assert_memory_equal(b, raw, n);
+    }
+    size_t len = crypto_b64_encode(raw, 999, text); /* 1332 characters, no padding */
+    /* padding inside, in the first block or at a block's end: refused, as by the strict decoder */
+    const size_t ats[] = {2, 255, 256, 511, 1279, 1300, len - 3};
+    for (size_t i = 0; i < sizeof(ats) / sizeof(ats[0]); i++) {
+        size_t at = ats[i];
+        char saved = text[at];
+        text[at] = '=';
+        assert_int_equal(crypto_b64_decode(text, len, a), -1);
+        assert_int_equal(crypto_b64_decode_lenient(text, len, b), -1);
+        text[at] = saved;
+    }
+    text[len - 1] = '\t';
+    assert_int_equal(crypto_b64_decode_lenient(text, len, b), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -778,6 +814,7 @@ int main(void)
         cmocka_unit_test(test_hmac_sha256_rfc4231_vectors),
         cmocka_unit_test(test_token_encode_vectors),
         cmocka_unit_test(test_b64_lenient_edge_cases),
+        cmocka_unit_test(test_b64_lenient_long_text_as_strict),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

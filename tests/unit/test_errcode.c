@@ -227,6 +227,7 @@ static void test_names(void **state)
     assert_string_equal(wechat_status_name(WECHAT_BAD_BODY), "bad_body");
     assert_string_equal(wechat_status_name(WECHAT_CONNECT), "connect");
     assert_string_equal(wechat_status_name(WECHAT_TIMEOUT), "timeout");
+    assert_string_equal(wechat_status_name(WECHAT_INTERNAL), "internal");
 }
 
 /* ---- mapping ---- */
@@ -291,6 +292,22 @@ static void test_map_transport_failures_are_502_relogin(void **state)
     assert_string_not_equal(m1, m2);
     assert_string_not_equal(m1, m3);
     assert_string_not_equal(m2, m3);
+}
+
+/* Our own failure (out of memory reading WeChat's answer, a transfer we stopped) is never
+ * blamed on WeChat, at any API, whatever errcode is beside it. */
+static void test_map_internal_is_503_internal_retry(void **state)
+{
+    (void)state;
+    static const enum wechat_api apis[] = {WECHAT_API_ANY, WECHAT_API_CODE2SESSION,
+                                           WECHAT_API_TOKEN, WECHAT_API_PHONE,
+                                           WECHAT_API_CHECKSESSION};
+    for (size_t i = 0; i < sizeof(apis) / sizeof(apis[0]); i++) {
+        check_map(apis[i], WECHAT_INTERNAL, 0,
+                  &(struct want){503, "internal", "retry", false, 0, false});
+        check_map(apis[i], WECHAT_INTERNAL, 40029,
+                  &(struct want){503, "internal", "retry", false, 0, false});
+    }
 }
 
 static void test_map_token_api_failures_are_503_retry(void **state)
@@ -1110,6 +1127,7 @@ int main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_map_timeout_is_504_relogin),
         cmocka_unit_test(test_map_transport_failures_are_502_relogin),
+        cmocka_unit_test(test_map_internal_is_503_internal_retry),
         cmocka_unit_test(test_map_token_api_failures_are_503_retry),
         cmocka_unit_test(test_map_token_api_errcodes),
         cmocka_unit_test(test_map_errcode_takes_the_row),

@@ -748,7 +748,7 @@ static void test_drop_lets_a_fetch_through_the_failure_backoff(void **state)
 
 /* ---- a fetch that cannot start ---- */
 
-static void test_start_failure_aborts_the_waiters(void **state)
+static void test_start_failure_is_nomem_and_not_held_back(void **state)
 {
     struct fixture *f = *state;
     struct rec *r = &f->rec[0];
@@ -759,23 +759,70 @@ static void test_start_failure_aborts_the_waiters(void **state)
     assert_false(token_fetching_on(f->t, &f->fa.base));
     drain(f->la);
     assert_int_equal(r->calls, 1);
-    assert_int_equal(r->res.status, TOKEN_ABORTED);
+    /* Our failure (out of memory), not a shutdown nor WeChat's: answered 503 internal. */
+    assert_int_equal(r->res.status, TOKEN_NOMEM);
     assert_false(async_pending(&r->slot));
 
-    /* It would fail the same way at once: like a failed fetch, none for a while (the gets
-     * meanwhile are answered at once, not queued behind nothing)... */
+    /* Nothing reached WeChat, so nothing is held back: the very next get fetches again (a
+     * backoff would answer every request of the next second for one failed allocation)... */
     f->fa.start_rc = 0;
-    assert_int_equal(get(f, &f->fa, &f->rec[2], 0, &out), TOKEN_READY);
-    assert_int_equal(out.status, TOKEN_THROTTLED);
-    assert_int_equal(f->fa.starts, 1);
-    /* ...then the next get fetches again. */
-    sleep_ms(PAST_FAILURE_BACKOFF_MS);
     assert_int_equal(get(f, &f->fa, &f->rec[1], 0, &out), TOKEN_WAIT);
     assert_int_equal(f->fa.starts, 2);
     assert_true(token_fetching_on(f->t, &f->fa.base));
     finish_ok(&f->fa, "tok-1", now_s() + LONG_S);
     drain(f->la);
     assert_string_equal(f->rec[1].res.token, "tok-1");
+    /* ...and a failed start left no failure behind to be served later. */
+    assert_int_equal(get(f, &f->fa, &f->rec[2], 0, &out), TOKEN_READY);
+    assert_int_equal(out.status, TOKEN_OK);
+    assert_string_equal(out.token, "tok-1");
+}
+
+/* A fetch that failed on our side (out of memory reading WeChat's answer): its waiters are told
+ * (503 internal), but no failure is kept and served for a second: the next get fetches. */
+static void test_fetch_failed_on_our_side_is_not_held_back(void **state)
+{
+    struct fixture *f = *state;
+    struct rec *r = &f->rec[0];
+    struct token_result out;
+    assert_int_equal(get(f, &f->fa, r, 0, &out), TOKEN_WAIT);
+    struct token_result ours = failed_result(WECHAT_INTERNAL, 0, 200);
+    fetched(&f->fa, &ours);
+    drain(f->la);
+    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->res.status, TOKEN_FAILED);
+    assert_int_equal(r->res.wstatus, WECHAT_INTERNAL);
+    assert_int_equal(get(f, &f->fb, &f->rec[1], 0, &out), TOKEN_WAIT);
+    assert_int_equal(f->fb.starts, 1);
+    finish_ok(&f->fb, "tok-1", now_s() + LONG_S);
+    drain(f->lb);
+    assert_string_equal(f->rec[1].res.token, "tok-1");
+    /* WeChat's own failure still is held back, as before. */
+    assert_int_equal(get(f, &f->fa, &f->rec[2], TOKEN_DROP, &out), TOKEN_WAIT);
+    struct token_result theirs = failed_result(WECHAT_HTTP_ERROR, 0, 502);
+    fetched(&f->fa, &theirs);
+    drain(f->la);
+    assert_ready_status(f, &f->fb, TOKEN_FAILED);
+}
+
+/* An early refresh that failed on our side: the token is still served, and the refresh is not
+ * repeated on every get. */
+static void test_refresh_failed_on_our_side_keeps_serving_and_waits(void **state)
+{
+    struct fixture *f = *state;
+    cache_token(f, "tok-short", now_s() + SHORT_S);
+    assert_ready_token(f, &f->fa, "tok-short"); /* starts the refresh */
+    assert_int_equal(f->fa.starts, 2);
+    struct token_result ours = failed_result(WECHAT_INTERNAL, 0, 200);
+    fetched(&f->fa, &ours);
+    assert_ready_token(f, &f->fa, "tok-short");
+    assert_ready_token(f, &f->fb, "tok-short");
+    assert_int_equal(f->fa.starts + f->fb.starts, 2);
+    sleep_ms(PAST_FAILURE_BACKOFF_MS);
+    assert_ready_token(f, &f->fb, "tok-short");
+    assert_int_equal(f->fb.starts, 1);
+    finish_ok(&f->fb, "tok-new", now_s() + LONG_S);
+    assert_ready_token(f, &f->fa, "tok-new");
 }
 
 static void test_refresh_that_cannot_start_still_serves_the_token(void **state)
@@ -1062,7 +1109,7 @@ static void test_forced_get_during_fetch_waits_for_a_forced_fetch(void **state)
     assert_ready_token(f, &f->fb, "tok-brand-new");
 }
 
-static void test_forced_fetch_that_cannot_start_aborts_its_waiters(void **state)
+static void test_forced_fetch_that_cannot_start_fails_its_waiters(void **state)
 {
     struct fixture *f = *state;
     struct rec *plain = &f->rec[0], *forced = &f->rec[1];
@@ -1077,7 +1124,7 @@ static void test_forced_fetch_that_cannot_start_aborts_its_waiters(void **state)
     drain(f->lb);
     assert_string_equal(plain->res.token, "tok-1");
     assert_int_equal(forced->calls, 1);
-    assert_int_equal(forced->res.status, TOKEN_ABORTED);
+    assert_int_equal(forced->res.status, TOKEN_NOMEM); /* ours: 503 internal, not shutting_down */
 }
 
 /* ---- unregistering ---- */
@@ -1418,7 +1465,9 @@ int main(void)
         T(test_latest_failure_is_the_one_returned),
         T(test_aborted_fetch_does_not_back_off),
         T(test_drop_lets_a_fetch_through_the_failure_backoff),
-        T(test_start_failure_aborts_the_waiters),
+        T(test_start_failure_is_nomem_and_not_held_back),
+        T(test_fetch_failed_on_our_side_is_not_held_back),
+        T(test_refresh_failed_on_our_side_keeps_serving_and_waits),
         T(test_refresh_that_cannot_start_still_serves_the_token),
         T(test_invalidate_is_compare_and_swap),
         T(test_invalidate_with_no_token_or_no_op),
@@ -1430,7 +1479,7 @@ int main(void)
         T(test_drop_forgets_the_cached_token_and_fetches),
         T(test_force_starts_a_forced_fetch),
         T(test_forced_get_during_fetch_waits_for_a_forced_fetch),
-        T(test_forced_fetch_that_cannot_start_aborts_its_waiters),
+        T(test_forced_fetch_that_cannot_start_fails_its_waiters),
         T(test_unregister_of_fetching_fetcher_aborts_waiters_on_every_loop),
         T(test_unregister_of_idle_fetcher_is_quiet),
         T(test_late_result_from_former_owner_is_ignored),

@@ -166,6 +166,14 @@ static void test_retry_bad_body_and_ok_no(void **state)
     assert_false(retryable(WECHAT_OK, 0, 200));
 }
 
+/* A failure of ours is never retried: the request may have spent a single-use code. */
+static void test_retry_internal_no(void **state)
+{
+    (void)state;
+    assert_false(retryable(WECHAT_INTERNAL, 0, 0));
+    assert_false(retryable(WECHAT_INTERNAL, 0, 200));
+}
+
 /* ---- wechat_backoff_ms ---- */
 
 static long step_for(int n)
@@ -478,6 +486,21 @@ static void test_classify_write_error_is_bad_body(void **state)
     assert_null(res.body);
 }
 
+/* Out of memory (curl's, or ours keeping the answer) and a transfer we stopped are ours, not
+ * WeChat's, even with a good answer in hand. */
+static void test_classify_our_failures_are_internal(void **state)
+{
+    (void)state;
+    static const int codes[] = {CURLE_OUT_OF_MEMORY, CURLE_ABORTED_BY_CALLBACK};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        struct wechat_reply res = classify(codes[i], 200, "{\"openid\":\"o1\"}", NULL);
+        assert_int_equal(res.status, WECHAT_INTERNAL);
+        assert_null(res.body);
+        res = classify(codes[i], 0, NULL, NULL);
+        assert_int_equal(res.status, WECHAT_INTERNAL);
+    }
+}
+
 static void test_classify_curl_error_wins_over_http_200(void **state)
 {
     (void)state;
@@ -537,6 +560,7 @@ int main(void)
         cmocka_unit_test(test_retry_http_5xx_not_4xx),
         cmocka_unit_test(test_retry_connect_yes_timeout_no),
         cmocka_unit_test(test_retry_bad_body_and_ok_no),
+        cmocka_unit_test(test_retry_internal_no),
         cmocka_unit_test(test_backoff_bounds_for_each_retry),
         cmocka_unit_test(test_backoff_rnd_zero_is_half_step),
         cmocka_unit_test(test_backoff_reaches_full_step),
@@ -565,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_classify_couldnt_connect_is_connect),
         cmocka_unit_test(test_classify_recv_error_is_connect),
         cmocka_unit_test(test_classify_write_error_is_bad_body),
+        cmocka_unit_test(test_classify_our_failures_are_internal),
         cmocka_unit_test(test_classify_curl_error_wins_over_http_200),
         cmocka_unit_test(test_classify_accept_false_is_bad_body),
         cmocka_unit_test(test_classify_accept_not_consulted_for_errcode),

@@ -279,3 +279,27 @@ void handlers_limit_client(struct http_request *req, struct handlers_ctx *ctx, s
     limit_take(l, ctx->store, http_request_slot(req), app != NULL ? app->cred.appid : "", a.b,
                sizeof(a.b), on_client_token, ls);
 }
+
+json_t *handlers_body_object(struct http_request *req, bool optional, bool *answered)
+{
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    *answered = false;
+    if (len == 0 && optional)
+        return NULL;
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
+        handlers_reply_internal(req, "out of memory"); /* the body may well be good */
+        *answered = true;
+    } else if (!json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+        http_reply_error(req, 400, "bad_request",
+                         optional ? "the body must be empty or a JSON object"
+                                  : "the body must be a JSON object",
+                         "none");
+        *answered = true;
+    }
+    return j;
+}

@@ -190,6 +190,14 @@ const char *handlers_bearer_credentials(const char *header);
  */
 bool handlers_referer_appid(const char *referer, const char **appid, size_t *len);
 
+/*
+ * The request's body as a JSON object (the caller owns the reference), or NULL: with *answered
+ * false, an empty body that optional allows; with *answered true, the request was answered (400
+ * bad_request for a body that is not an object, 503 internal when it could not be parsed for
+ * want of memory).
+ */
+json_t *handlers_body_object(struct http_request *req, bool optional, bool *answered);
+
 /* 403 user_banned, action none: a banned user's login (distinct from WeChat's own 40226,
  * user_blocked). */
 void handlers_reply_banned(struct http_request *req);

@@ -58,23 +58,6 @@ static void on_refreshed(void *arg, int status, const struct store_session *s)
     crypto_wipe(r->token, sizeof(r->token));
 }
 
-/* The body: none, or a JSON object (nothing in it is read). 0, -1, or -ENOMEM when it could not
- * be parsed for want of memory (it may well be good). */
-static int body_check(struct http_request *req)
-{
-    size_t len;
-    const char *body = http_request_body(req, &len);
-    if (len == 0)
-        return 0;
-    json_error_t jerr;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory)
-        return -ENOMEM;
-    int rc = json_is_object(j) ? 0 : -1;
-    json_decref(j);
-    return rc;
-}
-
 static void start_refresh(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
@@ -82,16 +65,10 @@ static void start_refresh(struct http_request *req, void *arg)
     uint8_t old_hash[CRYPTO_HASH_LEN], new_hash[CRYPTO_HASH_LEN];
     if (!handlers_authenticate(req, ctx, &app, old_hash))
         return;
-    int brc = body_check(req);
-    if (brc == -ENOMEM) {
-        handlers_reply_internal(req, "out of memory");
+    bool answered;
+    json_decref(handlers_body_object(req, true, &answered)); /* nothing in it is read */
+    if (answered)
         return;
-    }
-    if (brc != 0) {
-        http_reply_error(req, 400, "bad_request", "the body must be empty or a JSON object",
-                         "none");
-        return;
-    }
     struct refresh *r = http_request_alloc(req, sizeof(*r));
     const char *why, *old = handlers_bearer_token(req, &why);
     if (r == NULL || old == NULL ||

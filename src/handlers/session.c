@@ -148,26 +148,6 @@ static void on_live(void *arg, int status, const struct store_session *s)
     store_revoke(lo->ctx->store, http_request_slot(lo->req), &rv, on_revoked, lo);
 }
 
-/* The body: none, or an object whose one known member is "all" (a boolean). 0, -1, or -ENOMEM
- * when it could not be parsed for want of memory (it may well be good). */
-static int logout_body(struct http_request *req, bool *all)
-{
-    size_t len;
-    const char *body = http_request_body(req, &len);
-    *all = false;
-    if (len == 0)
-        return 0;
-    json_error_t jerr;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory)
-        return -ENOMEM;
-    json_t *a = json_is_object(j) ? json_object_get(j, "all") : NULL;
-    int rc = json_is_object(j) && (a == NULL || json_is_boolean(a)) ? 0 : -1;
-    *all = rc == 0 && json_is_true(a);
-    json_decref(j);
-    return rc;
-}
-
 void handle_logout(struct http_request *req, void *arg)
 {
     struct handlers_ctx *ctx = arg;
@@ -180,16 +160,19 @@ void handle_logout(struct http_request *req, void *arg)
     lo->ctx = ctx;
     if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
         return;
-    int brc = logout_body(req, &lo->all);
-    if (brc == -ENOMEM) {
-        handlers_reply_internal(req, "out of memory");
+    /* None, or an object whose one known member is "all" (a boolean). */
+    bool answered;
+    json_t *body = handlers_body_object(req, true, &answered);
+    if (answered)
+        return;
+    json_t *all = json_object_get(body, "all");
+    if (all != NULL && !json_is_boolean(all)) {
+        json_decref(body);
+        http_reply_error(req, 400, "bad_request", "\"all\" must be true or false", "none");
         return;
     }
-    if (brc != 0) {
-        http_reply_error(req, 400, "bad_request",
-                         "the body must be empty or a JSON object such as {\"all\": true}", "none");
-        return;
-    }
+    lo->all = json_is_true(all);
+    json_decref(body);
     store_get_session(ctx->store, http_request_slot(req),
                       lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
                       on_live, lo);

@@ -249,22 +249,16 @@ void handle_admin_user_unban(struct http_request *req, void *arg)
  * when out of memory). */
 static int ban_body(struct user_req *u)
 {
-    size_t len;
-    const char *body = http_request_body(u->req, &len);
-    json_error_t jerr;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
-        handlers_reply_internal(u->req, "out of memory"); /* the body may well be good */
+    bool answered;
+    json_t *j = handlers_body_object(u->req, false, &answered);
+    if (answered)
         return -1;
-    }
-    json_t *reason = json_is_object(j) ? json_object_get(j, "reason") : NULL;
-    json_t *until = json_is_object(j) ? json_object_get(j, "until") : NULL;
+    json_t *reason = json_object_get(j, "reason");
+    json_t *until = json_object_get(j, "until");
     const char *why = NULL;
-    if (!json_is_object(j))
-        why = "the body must be a JSON object {\"reason\": \"...\", \"until\": <unix seconds>}";
-    else if (!json_is_string(reason) || json_string_length(reason) == 0 ||
-             json_string_length(reason) > STORE_REASON_MAX ||
-             !utf8_text_ok(json_string_value(reason), json_string_length(reason)))
+    if (!json_is_string(reason) || json_string_length(reason) == 0 ||
+        json_string_length(reason) > STORE_REASON_MAX ||
+        !utf8_text_ok(json_string_value(reason), json_string_length(reason)))
         why = "reason must be text of 1 to 256 bytes, without control characters";
     else if (until != NULL && (!json_is_integer(until) || json_integer_value(until) <= time(NULL)))
         why = "until, when given, must be a time in the future (unix seconds)";

@@ -1,25 +1,14 @@
 'use strict'
 // Behaviour 4: the library follows wxlogin's `action` (relogin, retry, none), once.
 
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 
 const { createWxLogin, WxLoginError } = require('..')
-const { APPID, call, fakeWx, newCode, newUser, realSetTimeout, requestsTo, startStack, T } = require('./helpers')
+const { APPID, call, fakeWx, newCode, newUser, realSetTimeout, requestsTo, startStack, T, useStack } = require('./helpers')
 
 let stack
-
-before(async () => {
-  stack = await startStack()
-})
-
-after(async () => {
-  if (stack) await stack.stop()
-})
-
-function auth(wx, extra = {}) {
-  return createWxLogin(Object.assign({ baseURL: stack.baseURL, wx, appid: APPID }, extra))
-}
+const auth = useStack((s) => (stack = s))
 
 function rejection(p) {
   return p.then(

@@ -354,7 +354,28 @@ function requestsTo(wx, p) {
   return wx.calls.request.filter((r) => r.path === p)
 }
 
+/*
+ * One stack for a test file: started before its tests, stopped after them. set(stack) hands it
+ * to the file; the returned auth(wx, extra) makes a client of that stack for APPID (the stack
+ * serves two apps, so every client names its own, as a multi-app deployment must).
+ */
+function useStack(set, opts) {
+  const { before, after } = require('node:test')
+  const { createWxLogin } = require('..')
+  let stack
+  before(async () => {
+    stack = await startStack(opts)
+    set(stack)
+  })
+  after(async () => {
+    if (stack) await stack.stop()
+  })
+  return (wx, extra = {}) =>
+    createWxLogin(Object.assign({ baseURL: stack.baseURL, wx, appid: APPID }, extra))
+}
+
 module.exports = {
+  useStack,
   APPID,
   APPID2,
   REPO,

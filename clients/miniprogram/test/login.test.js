@@ -1,28 +1,16 @@
 'use strict'
 // Behaviours 1, 2, 3, 6 and 7 of the library against a real wxlogin and mock.
 
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const net = require('node:net')
 
 const { createWxLogin, WxLoginError } = require('..')
-const { APPID, APPID2, call, fakeWx, newCode, newUser, requestsTo, startStack, T } = require('./helpers')
+const { APPID, APPID2, call, fakeWx, newCode, newUser, requestsTo, T, useStack } = require('./helpers')
 
 let stack
-
-before(async () => {
-  stack = await startStack()
-})
-
-after(async () => {
-  if (stack) await stack.stop()
-})
-
-// The stack serves two apps, so every client names its own (as a multi-app deployment must).
-function auth(wx, extra = {}) {
-  return createWxLogin(Object.assign({ baseURL: stack.baseURL, wx, appid: APPID }, extra))
-}
+const auth = useStack((s) => (stack = s))
 
 async function whoami(token) {
   return call(stack.serve.port, 'GET', '/v1/session', { headers: { Authorization: `Bearer ${token}` } })

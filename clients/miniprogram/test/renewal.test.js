@@ -1,27 +1,15 @@
 'use strict'
 // Behaviour 5 (renewal with POST /v1/refresh) and logout, against a real wxlogin and mock.
 
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('node:crypto')
 
-const { createWxLogin } = require('..')
-const { APPID, call, fakeWx, requestsTo, startStack, T } = require('./helpers')
+const { APPID, call, fakeWx, requestsTo, T, useStack } = require('./helpers')
 
 const ADMIN_TOKEN = crypto.randomBytes(32).toString('hex')
 let stack
-
-before(async () => {
-  stack = await startStack({ env: { WXLOGIN_ADMIN_TOKEN: ADMIN_TOKEN } })
-})
-
-after(async () => {
-  if (stack) await stack.stop()
-})
-
-function auth(wx, extra = {}) {
-  return createWxLogin(Object.assign({ baseURL: stack.baseURL, wx, appid: APPID }, extra))
-}
+const auth = useStack((s) => (stack = s), { env: { WXLOGIN_ADMIN_TOKEN: ADMIN_TOKEN } })
 
 function bearer(token) {
   return { headers: { Authorization: `Bearer ${token}` } }

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "config/config.h"
+#include "handlers/request_body.h"
 #include "handlers/user_op.h"
 #include "log/log.h"
 #include "loop/loop.h"
@@ -207,14 +208,13 @@ void handle_admin_token_invalidate(struct http_request *req, void *arg)
     const char *bad[1];
     if (handlers_parse_fields(req, fields, bad) != 0)
         return;
-    size_t n = strlen(bad[0]);
-    if (n == 0 || n > WECHAT_TOKEN_MAX) {
-        http_reply_error(req, 400, "bad_request", "access_token must be 1 to 512 characters",
-                         "none");
+    const char *why;
+    if (request_body_access_token_check(bad[0], &why) != 0) {
+        http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }
     token_invalidate(app->token, handlers_fetcher(ctx, app), bad[0]);
-    crypto_wipe((char *)bad[0], n);
+    crypto_wipe((char *)bad[0], strlen(bad[0]));
     audit_token(req, "access_token_invalidate", app, NULL, 0);
     reply_token(req, ctx, app, 0);
 }

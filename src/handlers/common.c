@@ -1,10 +1,12 @@
 /* Replies and request parsing shared by several handlers. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config/config.h"
 #include "handlers/handlers.h"
+#include "handlers/request_body.h"
 #include "limit/limit.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
@@ -284,22 +286,13 @@ json_t *handlers_body_object(struct http_request *req, bool optional, bool *answ
 {
     size_t len;
     const char *body = http_request_body(req, &len);
-    *answered = false;
-    if (len == 0 && optional)
-        return NULL;
-    json_error_t jerr;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
-        handlers_reply_internal(req, "out of memory"); /* the body may well be good */
-        *answered = true;
-    } else if (!json_is_object(j)) {
-        json_decref(j);
-        j = NULL;
-        http_reply_error(req, 400, "bad_request",
-                         optional ? "the body must be empty or a JSON object"
-                                  : "the body must be a JSON object",
-                         "none");
-        *answered = true;
-    }
+    json_t *j = NULL;
+    const char *why;
+    int rc = request_body_object(body, len, optional, &j, &why);
+    *answered = rc != 0;
+    if (rc == -ENOMEM)
+        handlers_reply_internal(req, why);
+    else if (rc != 0)
+        http_reply_error(req, 400, "bad_request", why, "none");
     return j;
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "handlers/handlers.h"
+#include "handlers/request_body.h"
 #include "log/log.h"
 #include "store/store.h"
 #include "util/jsonw.h"
@@ -161,18 +162,18 @@ void handle_logout(struct http_request *req, void *arg)
     if (!handlers_authenticate(req, ctx, &lo->app, lo->hash))
         return;
     /* None, or an object whose one known member is "all" (a boolean). */
-    bool answered;
-    json_t *body = handlers_body_object(req, true, &answered);
-    if (answered)
-        return;
-    json_t *all = json_object_get(body, "all");
-    if (all != NULL && !json_is_boolean(all)) {
-        json_decref(body);
-        http_reply_error(req, 400, "bad_request", "\"all\" must be true or false", "none");
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    const char *why;
+    int rc = request_body_logout(body, len, &lo->all, &why);
+    if (rc == -ENOMEM) {
+        handlers_reply_internal(req, why);
         return;
     }
-    lo->all = json_is_true(all);
-    json_decref(body);
+    if (rc != 0) {
+        http_reply_error(req, 400, "bad_request", why, "none");
+        return;
+    }
     store_get_session(ctx->store, http_request_slot(req),
                       lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
                       on_live, lo);

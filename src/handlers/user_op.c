@@ -1,11 +1,13 @@
 #include "handlers/user_op.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "config/config.h"
+#include "handlers/request_body.h"
 #include "limit/limit.h"
 #include "log/log.h"
 #include "wechat/errcode.h"
@@ -26,41 +28,30 @@ int handlers_parse_fields(struct http_request *req, const char *const *names, co
 {
     size_t len;
     const char *body = http_request_body(req, &len);
-    json_error_t jerr;
-    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    char msg[96];
-    if (o == NULL && json_error_code(&jerr) == json_error_out_of_memory) {
-        handlers_reply_internal(req, "out of memory"); /* the body may well be good */
+    json_t *root;
+    const char *vals[REQUEST_BODY_FIELDS_MAX];
+    char why[REQUEST_BODY_WHY_MAX];
+    int rc = request_body_fields(body, len, names, &root, vals, why);
+    if (rc == -ENOMEM) {
+        handlers_reply_internal(req, why);
         return -1;
     }
-    if (o == NULL || !json_is_object(o)) {
-        json_decref(o);
-        http_reply_error(req, 400, "bad_request",
-                         o == NULL ? "body is not valid JSON" : "body must be a JSON object",
-                         "none");
+    if (rc != 0) {
+        http_reply_error(req, 400, "bad_request", why, "none");
         return -1;
     }
-    int rc = 0;
     for (size_t i = 0; names[i] != NULL && rc == 0; i++) {
-        const json_t *v = json_object_get(o, names[i]);
-        if (v == NULL || !json_is_string(v)) {
-            snprintf(msg, sizeof(msg), "%s is required and must be a string", names[i]);
-            http_reply_error(req, 400, "bad_request", msg, "none");
-            rc = -1;
-            break;
-        }
-        /* NUL bytes inside are cut here; the fields we take are text. */
-        size_t n = json_string_length(v);
+        size_t n = strlen(vals[i]);
         char *copy = http_request_alloc(req, n + 1);
         if (copy == NULL) {
             handlers_reply_internal(req, "out of memory");
             rc = -1;
-            break;
+        } else {
+            memcpy(copy, vals[i], n + 1);
+            out[i] = copy;
         }
-        memcpy(copy, json_string_value(v), n);
-        out[i] = copy;
     }
-    json_decref(o);
+    json_decref(root);
     return rc;
 }
 

@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "crypto/crypto.h"
+#include "handlers/request_body.h"
 #include "handlers/user_op.h"
 
 static void reply_valid(struct http_request *req, bool valid)
@@ -121,27 +122,13 @@ void handle_decrypt(struct http_request *req, void *arg)
         return;
     /* Validate the input before touching the store: bad input changes nothing. */
     const char *ed = in[0], *ivs = in[1];
-    uint8_t iv[24];
-    size_t edlen = strlen(ed);
-    const char *why = NULL;
-    if (strlen(ivs) != 24 || crypto_b64_decode_lenient(ivs, 24, iv) != 16)
-        why = "iv must be 16 bytes in base64";
-    else if (edlen == 0)
-        why = "encryptedData must not be empty";
-    else {
-        uint8_t *ct = malloc(edlen / 4 * 3 + 3);
-        if (ct == NULL) {
-            handlers_reply_internal(req, "out of memory");
-            return;
-        }
-        int n = crypto_b64_decode_lenient(ed, edlen, ct);
-        free(ct);
-        if (n < 0)
-            why = "encryptedData is not base64";
-        else if (n == 0 || n % 16 != 0)
-            why = "encryptedData must be a non-empty multiple of 16 bytes";
+    const char *why;
+    int rc = request_body_decrypt_check(ed, ivs, &why);
+    if (rc == -ENOMEM) {
+        handlers_reply_internal(req, why);
+        return;
     }
-    if (why != NULL) {
+    if (rc != 0) {
         http_reply_error(req, 400, "bad_request", why, "none");
         return;
     }

@@ -12,15 +12,16 @@
  * (store/store.h), and one audit line (log_audit()). These routes are rare: they answer through
  * jansson, not the hot paths' fixed buffers.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "exchange/exchange.h"
 #include "handlers/handlers.h"
+#include "handlers/request_body.h"
 #include "log/log.h"
 #include "store/store.h"
-#include "util/utf8.h"
 
 /* An admin request about one user (or one session) of one app. */
 struct user_req {
@@ -249,27 +250,15 @@ void handle_admin_user_unban(struct http_request *req, void *arg)
  * when out of memory). */
 static int ban_body(struct user_req *u)
 {
-    bool answered;
-    json_t *j = handlers_body_object(u->req, false, &answered);
-    if (answered)
-        return -1;
-    json_t *reason = json_object_get(j, "reason");
-    json_t *until = json_object_get(j, "until");
-    const char *why = NULL;
-    if (!json_is_string(reason) || json_string_length(reason) == 0 ||
-        json_string_length(reason) > STORE_REASON_MAX ||
-        !utf8_text_ok(json_string_value(reason), json_string_length(reason)))
-        why = "reason must be text of 1 to 256 bytes, without control characters";
-    else if (until != NULL && (!json_is_integer(until) || json_integer_value(until) <= time(NULL)))
-        why = "until, when given, must be a time in the future (unix seconds)";
-    if (why == NULL) {
-        snprintf(u->reason, sizeof(u->reason), "%s", json_string_value(reason));
-        u->until = until != NULL ? (int64_t)json_integer_value(until) : 0;
-    }
-    json_decref(j);
-    if (why != NULL)
+    size_t len;
+    const char *body = http_request_body(u->req, &len);
+    const char *why;
+    int rc = request_body_ban(body, len, (int64_t)time(NULL), u->reason, &u->until, &why);
+    if (rc == -ENOMEM)
+        handlers_reply_internal(u->req, why);
+    else if (rc != 0)
         http_reply_error(u->req, 400, "bad_request", why, "none");
-    return why == NULL ? 0 : -1;
+    return rc == 0 ? 0 : -1;
 }
 
 void handle_admin_user_ban(struct http_request *req, void *arg)

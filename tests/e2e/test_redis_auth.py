@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import login, new_code, request, run_cli, wait_until
+from conftest import SANITIZED, login, new_code, request, run_cli, wait_until
 from test_redis import (MASTER_KEY, REDIS_SERVER, RedisServer, RespClient,
                         assert_store_unavailable, cli_env, readyz, redis_env, session,
                         session_rkey, token_of, wait_ready)
@@ -81,6 +81,12 @@ def store_lines(proc, msg):
     return proc.json_lines(lambda d: d.get("msg") == msg)
 
 
+# Each Redis command's deadline: short, so a stopped Redis is seen quickly, yet never so short
+# that a slow (sanitizer) build under the suite's parallel load times out a command Redis does
+# answer: that would be a second reason (ETIMEDOUT) before the one a test provokes.
+STORE_TIMEOUT_MS = 2000 if SANITIZED else 500
+
+
 def failing(proc):
     return store_lines(proc, "store failing")
 
@@ -104,7 +110,7 @@ def test_acl_user_name_is_sent(procs, mock, servers):
         with pytest.raises(Exception, match="WRONGPASS"):
             c.cmd("AUTH", ALICE_PW)
     s = procs.serve(mock=mock, env=redis_env(rd.acl_url(3), WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=500))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     assert wait_ready(s.port), readyz(s.port)
     tok = token_of(request(s.port, "POST", "/v1/login", body=json.dumps(
         {"code": new_code("acl")}), headers={"Content-Type": "application/json"}))
@@ -139,7 +145,7 @@ def test_wrong_password_logged_once_then_recovery_once(procs, mock, servers):
     wrong = "Wr0ng-" + PASSWORD[::-1]
     s = procs.serve(mock=mock, env=redis_env(rd.url(4, password=wrong), WXLOGIN_THREADS=2,
                                              WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=300))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     burst(s.port)
     time.sleep(1.0)  # reconnect attempts of both workers (100 ms doubling)
     burst(s.port)
@@ -170,7 +176,7 @@ def test_no_password_logs_noauth(procs, mock, servers):
     rd = servers(password=PASSWORD)
     s = procs.serve(mock=mock, env=redis_env(f"redis://127.0.0.1:{rd.port}/4",
                                              WXLOGIN_LOG_FORMAT="text",
-                                             WXLOGIN_STORE_TIMEOUT_MS=300))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     burst(s.port, 3)
     s.wait_log(lambda t: "store failing" in t)
     lines = [l for l in s.log_lines() if "store failing" in l]
@@ -182,7 +188,7 @@ def test_stopped_redis_logs_the_refusal_once_and_recovery_once(procs, mock, serv
     rd = servers()
     s = procs.serve(mock=mock, env=redis_env(rd.url(2), WXLOGIN_THREADS=2,
                                              WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=300))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     assert wait_ready(s.port)
     assert login(s.port, new_code("up")).status == 200
     rd.stop()
@@ -205,7 +211,7 @@ def test_stopped_redis_logs_the_refusal_once_and_recovery_once(procs, mock, serv
 def test_unresolvable_host_logs_why(procs, mock):
     s = procs.serve(mock=mock, env=redis_env("redis://no-such-host.invalid:6379/1",
                                              WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=300))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     assert_store_unavailable(readyz(s.port, timeout=10))
     s.wait_log(lambda t: "store failing" in t)
     [f] = failing(s)
@@ -218,7 +224,7 @@ def test_error_replies_logged_once_while_reads_still_work(procs, mock, servers):
     rd = servers()
     s = procs.serve(mock=mock, env=redis_env(rd.url(5), WXLOGIN_THREADS=1,
                                              WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=500))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     assert wait_ready(s.port)
     tok = token_of(request(s.port, "POST", "/v1/login", body=json.dumps(
         {"code": new_code("oom")}), headers={"Content-Type": "application/json"}))
@@ -246,7 +252,7 @@ def test_acl_permission_refused_logs_noperm(procs, mock, servers):
     rd = servers(AclRedis, user="bob", password="B0b-Pw-4xYz8Qw", rules="~* +@all -evalsha")
     s = procs.serve(mock=mock, env=redis_env(rd.acl_url(6), WXLOGIN_THREADS=1,
                                              WXLOGIN_LOG_FORMAT="json",
-                                             WXLOGIN_STORE_TIMEOUT_MS=500))
+                                             WXLOGIN_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS))
     assert wait_ready(s.port)
     for i in range(3):
         assert_store_unavailable(login(s.port, new_code(f"perm{i}")))

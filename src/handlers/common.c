@@ -288,11 +288,16 @@ json_t *handlers_body_object(struct http_request *req, bool optional, bool *answ
     const char *body = http_request_body(req, &len);
     json_t *j = NULL;
     const char *why;
-    int rc = request_body_object(body, len, optional, &j, &why);
-    *answered = rc != 0;
+    *answered =
+        handlers_reply_bad_body(req, request_body_object(body, len, optional, &j, &why), why);
+    return j;
+}
+
+bool handlers_reply_bad_body(struct http_request *req, int rc, const char *why)
+{
     if (rc == -ENOMEM)
-        handlers_reply_internal(req, why);
+        handlers_reply_internal(req, why); /* the body may well be good */
     else if (rc != 0)
         http_reply_error(req, 400, "bad_request", why, "none");
-    return j;
+    return rc != 0;
 }

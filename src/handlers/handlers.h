@@ -198,6 +198,10 @@ bool handlers_referer_appid(const char *referer, const char **appid, size_t *len
  */
 json_t *handlers_body_object(struct http_request *req, bool optional, bool *answered);
 
+/* After a body parser (handlers/request_body.h): true, with the request answered, when it
+ * refused the body (rc -1: 400 bad_request with why; -ENOMEM: 503 internal); false for rc 0. */
+bool handlers_reply_bad_body(struct http_request *req, int rc, const char *why);
+
 /* 403 user_banned, action none: a banned user's login (distinct from WeChat's own 40226,
  * user_blocked). */
 void handlers_reply_banned(struct http_request *req);

@@ -106,14 +106,8 @@ static void start(struct http_request *req, struct handlers_ctx *ctx, bool want_
     size_t len;
     const char *body = http_request_body(req, &len);
     int prc = login_request_parse(body, len, code, &why);
-    if (prc == -ENOMEM) {
-        handlers_reply_internal(req, why);
+    if (handlers_reply_bad_body(req, prc, why))
         return;
-    }
-    if (prc != 0) {
-        http_reply_error(req, 400, "bad_request", why, "none");
-        return;
-    }
     struct login_req *lr = http_request_alloc(req, sizeof(*lr));
     if (lr == NULL) {
         handlers_reply_internal(req, "out of memory");

@@ -58,14 +58,8 @@ static void start_phone(struct http_request *req, void *arg)
     const char *why;
     /* Phone codes have the shape of login codes. */
     int prc = login_request_parse(body, len, code, &why);
-    if (prc == -ENOMEM) {
-        handlers_reply_internal(req, why);
+    if (handlers_reply_bad_body(req, prc, why))
         return;
-    }
-    if (prc != 0) {
-        http_reply_error(req, 400, "bad_request", why, "none");
-        return;
-    }
     struct user_op *op = user_op_new(req, arg);
     char *copy = op != NULL ? http_request_alloc(req, strlen(code) + 1) : NULL;
     if (op != NULL && copy == NULL)

@@ -166,14 +166,8 @@ void handle_logout(struct http_request *req, void *arg)
     const char *body = http_request_body(req, &len);
     const char *why;
     int rc = request_body_logout(body, len, &lo->all, &why);
-    if (rc == -ENOMEM) {
-        handlers_reply_internal(req, why);
+    if (handlers_reply_bad_body(req, rc, why))
         return;
-    }
-    if (rc != 0) {
-        http_reply_error(req, 400, "bad_request", why, "none");
-        return;
-    }
     store_get_session(ctx->store, http_request_slot(req),
                       lo->app != NULL ? lo->app->cred.appid : NULL, lo->hash, (int64_t)time(NULL),
                       on_live, lo);

@@ -32,14 +32,8 @@ int handlers_parse_fields(struct http_request *req, const char *const *names, co
     const char *vals[REQUEST_BODY_FIELDS_MAX];
     char why[REQUEST_BODY_WHY_MAX];
     int rc = request_body_fields(body, len, names, &root, vals, why);
-    if (rc == -ENOMEM) {
-        handlers_reply_internal(req, why);
+    if (handlers_reply_bad_body(req, rc, why))
         return -1;
-    }
-    if (rc != 0) {
-        http_reply_error(req, 400, "bad_request", why, "none");
-        return -1;
-    }
     for (size_t i = 0; names[i] != NULL && rc == 0; i++) {
         size_t n = strlen(vals[i]);
         char *copy = http_request_alloc(req, n + 1);

@@ -124,14 +124,8 @@ void handle_decrypt(struct http_request *req, void *arg)
     const char *ed = in[0], *ivs = in[1];
     const char *why;
     int rc = request_body_decrypt_check(ed, ivs, &why);
-    if (rc == -ENOMEM) {
-        handlers_reply_internal(req, why);
+    if (handlers_reply_bad_body(req, rc, why))
         return;
-    }
-    if (rc != 0) {
-        http_reply_error(req, 400, "bad_request", why, "none");
-        return;
-    }
     struct user_op *op = user_op_new(req, arg);
     if (op == NULL)
         return;

@@ -254,11 +254,7 @@ static int ban_body(struct user_req *u)
     const char *body = http_request_body(u->req, &len);
     const char *why;
     int rc = request_body_ban(body, len, (int64_t)time(NULL), u->reason, &u->until, &why);
-    if (rc == -ENOMEM)
-        handlers_reply_internal(u->req, why);
-    else if (rc != 0)
-        http_reply_error(u->req, 400, "bad_request", why, "none");
-    return rc == 0 ? 0 : -1;
+    return handlers_reply_bad_body(u->req, rc, why) ? -1 : 0;
 }
 
 void handle_admin_user_ban(struct http_request *req, void *arg)

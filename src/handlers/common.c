@@ -288,8 +288,8 @@ json_t *handlers_body_object(struct http_request *req, bool optional, bool *answ
     const char *body = http_request_body(req, &len);
     json_t *j = NULL;
     const char *why;
-    *answered =
-        handlers_reply_bad_body(req, request_body_object(body, len, optional, &j, &why), why);
+    int rc = request_body_object(body, len, optional, &j, &why); /* sets why: call it first */
+    *answered = handlers_reply_bad_body(req, rc, why);
     return j;
 }
 

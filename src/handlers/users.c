@@ -29,7 +29,7 @@ struct user_req {
     struct handlers_ctx *ctx;
     const char *appid; /* the configured app's, outlives the request */
     const char *openid;
-    const char *event; /* the audit event of a revocation */
+    enum store_revoke_what what; /* the revocation asked for */
     char reason[STORE_REASON_MAX + 1];
     int64_t until;
 };
@@ -164,6 +164,13 @@ void handle_admin_user(struct http_request *req, void *arg)
 
 /* ---- revocations ---- */
 
+/* The audit event of each revocation. */
+static const char *const events[] = {
+    [STORE_REVOKE_TOKEN] = "logout",         [STORE_REVOKE_SID] = "session_revoked",
+    [STORE_REVOKE_USER] = "user_logout_all", [STORE_BAN] = "user_banned",
+    [STORE_UNBAN] = "user_unbanned",         [STORE_ERASE] = "user_erased",
+};
+
 static void on_revoked(void *arg, int status, const struct store_revoked *r)
 {
     struct user_req *u = arg;
@@ -173,36 +180,39 @@ static void on_revoked(void *arg, int status, const struct store_revoked *r)
         return;
     }
     long count = r != NULL ? r->count : 0;
-    if (strcmp(u->event, "user_erased") == 0) {
+    json_t *o = NULL;
+    switch (u->what) {
+    case STORE_ERASE:
         /* What this process remembers of the user's codes goes too (the store took its own). */
-        size_t forgotten = exchange_forget_user(u->ctx->exchange, u->openid);
-        if (status != STORE_OK && forgotten == 0) {
+        if (exchange_forget_user(u->ctx->exchange, u->openid) == 0 && status != STORE_OK) {
             http_reply_error(req, 404, "unknown_user", "no such user of this app", "none");
             return;
         }
-        audit(u, u->event, count);
+        break;
+    case STORE_REVOKE_SID:
+        if (status != STORE_OK) {
+            http_reply_error(req, 404, "unknown_session", "no such session of this app", "none");
+            return;
+        }
+        break;
+    case STORE_UNBAN:
+        if (status != STORE_OK) { /* lifting no ban is no error, and no event */
+            http_reply(req, 204, NULL, NULL, 0);
+            return;
+        }
+        break;
+    case STORE_BAN:
+        o = json_pack("{s:b, s:s, s:I}", "banned", 1, "reason", u->reason, "revoked",
+                      (json_int_t)count);
+        break;
+    case STORE_REVOKE_USER: o = json_pack("{s:I}", "revoked", (json_int_t)count); break;
+    case STORE_REVOKE_TOKEN: break; /* not an admin route */
+    }
+    audit(u, events[u->what], u->what == STORE_UNBAN ? 0 : count);
+    if (u->what != STORE_BAN && u->what != STORE_REVOKE_USER) {
         http_reply(req, 204, NULL, NULL, 0);
         return;
     }
-    if (strcmp(u->event, "session_revoked") == 0 && status != STORE_OK) {
-        http_reply_error(req, 404, "unknown_session", "no such session of this app", "none");
-        return;
-    }
-    if (strcmp(u->event, "user_unbanned") == 0) {
-        if (status == STORE_OK)
-            audit(u, u->event, 0);
-        http_reply(req, 204, NULL, NULL, 0); /* lifting no ban is no error */
-        return;
-    }
-    audit(u, u->event, count);
-    if (strcmp(u->event, "session_revoked") == 0) {
-        http_reply(req, 204, NULL, NULL, 0);
-        return;
-    }
-    json_t *o = strcmp(u->event, "user_banned") == 0
-                    ? json_pack("{s:b, s:s, s:I}", "banned", 1, "reason", u->reason, "revoked",
-                                (json_int_t)count)
-                    : json_pack("{s:I}", "revoked", (json_int_t)count);
     if (u->until > 0)
         o = with(o, "until", json_integer(u->until));
     if (o == NULL)
@@ -211,10 +221,9 @@ static void on_revoked(void *arg, int status, const struct store_revoked *r)
         http_reply_json(req, 200, o);
 }
 
-static void revoke(struct user_req *u, enum store_revoke_what what, const char *event,
-                   const uint8_t *sid)
+static void revoke(struct user_req *u, enum store_revoke_what what, const uint8_t *sid)
 {
-    u->event = event;
+    u->what = what;
     struct store_revoke in = {.what = what,
                               .appid = u->appid,
                               .openid = u->openid,
@@ -229,21 +238,21 @@ void handle_admin_user_erase(struct http_request *req, void *arg)
 {
     struct user_req *u = begin(req, arg, true);
     if (u != NULL)
-        revoke(u, STORE_ERASE, "user_erased", NULL);
+        revoke(u, STORE_ERASE, NULL);
 }
 
 void handle_admin_user_logout(struct http_request *req, void *arg)
 {
     struct user_req *u = begin(req, arg, true);
     if (u != NULL)
-        revoke(u, STORE_REVOKE_USER, "user_logout_all", NULL);
+        revoke(u, STORE_REVOKE_USER, NULL);
 }
 
 void handle_admin_user_unban(struct http_request *req, void *arg)
 {
     struct user_req *u = begin(req, arg, true);
     if (u != NULL)
-        revoke(u, STORE_UNBAN, "user_unbanned", NULL);
+        revoke(u, STORE_UNBAN, NULL);
 }
 
 /* {"reason": "...", "until": <unix seconds, in the future>} into u; 0, or -1 answered 400 (503
@@ -261,7 +270,7 @@ void handle_admin_user_ban(struct http_request *req, void *arg)
 {
     struct user_req *u = begin(req, arg, true);
     if (u != NULL && ban_body(u) == 0)
-        revoke(u, STORE_BAN, "user_banned", NULL);
+        revoke(u, STORE_BAN, NULL);
 }
 
 void handle_admin_session_end(struct http_request *req, void *arg)
@@ -278,5 +287,5 @@ void handle_admin_session_end(struct http_request *req, void *arg)
         http_reply_error(req, 400, "bad_request", "a session id is s_ and 22 characters", "none");
         return;
     }
-    revoke(u, STORE_REVOKE_SID, "session_revoked", sid);
+    revoke(u, STORE_REVOKE_SID, sid);
 }
